@@ -84,8 +84,9 @@ def run_cmd(
     config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Run the whole DAG (or up to --until), re-doing only stages whose inputs, parameters or
-    code changed, and publish the tileset to out/<name>/."""
+    """Run the whole DAG (or up to --until) through the cache; publish out/<name>/.
+
+    Only stages whose inputs, parameters or code changed are re-done."""
     _setup_logging(verbose)
     if until and until not in STAGES:
         raise typer.BadParameter(f"unknown stage '{until}'; stages are: {', '.join(STAGES)}",
@@ -163,7 +164,7 @@ def _option_for(field: dataclasses.Field, tp: Any) -> tuple[Any, Any]:
         opt = typer.Option(f"{flag}/--no-{field.name.replace('_', '-')}",
                            help=f"{helptext} [default: {'on' if default else 'off'}]", show_default=False)
         return Annotated[Optional[bool], opt], None
-    if origin in (tuple, list):
+    if origin in (tuple, list) or tp in (tuple, list):
         opt = typer.Option(flag, help=f"{helptext} Comma-separated. [default: {shown}]", show_default=False)
         return Annotated[Optional[str], opt], None
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -304,19 +305,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: user errors become one red line on stderr and exit code 1."""
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except SystemExit:
         raise
     except KeyboardInterrupt:
         typer.secho("interrupted: nothing cached was lost; rerun to resume", fg="red", err=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - mapped below
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             typer.secho("aborted", fg="red", err=True)
             sys.exit(1)
-        if isinstance(e, click.ClickException):
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # usage errors: exit 2
             e.show()
             sys.exit(e.exit_code)
         if debug:
@@ -327,3 +326,4 @@ def main(argv: Optional[list[str]] = None) -> None:
             typer.secho(f"internal error: {type(e).__name__}: {e} (set {DEBUG_ENV}=1 for the traceback)",
                         fg="red", err=True)
         sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -130,6 +130,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
+    if tp in (tuple, list):  # bare annotation: numbers where they parse as numbers
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_number_or_str(v) for v in value)
     if origin in (tuple, list):
         args = typing.get_args(tp)
         if isinstance(value, str):
@@ -166,3 +172,13 @@ def resolve_params(stage: Any, config: Config, cli: dict[str, Any]) -> Any:
         return cls(**values)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{stage.NAME}: {e}") from None
+
+
+def _number_or_str(v: Any) -> Any:
+    if isinstance(v, str):
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+    return v

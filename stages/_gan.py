@@ -1,0 +1,179 @@
+"""DCGAN networks for tilegan: a transposed-conv generator and a strided-conv discriminator.
+
+The shapes follow the DCGAN family: the generator grows a ``nz``-dim noise vector from 4×4 to
+``size``×``size`` by doubling, the discriminator halves its input down to 4×4 and ends in one
+logit.  Sizes 32, 64 and 128 are square powers of two; more generally ``(height, width)`` whose sides are
+any ``(height, width)`` pair of multiples of 16 is accepted through ``GANConfig.height/width``:
+the first layer then starts from ``(h/2^k, w/2^k)`` instead of 4×4 (256×224 starts at 8×7),
+which is how whole non-square screens train on a GPU.
+
+Everything here is pure torch; the training loop lives in :mod:`stages.train`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Bumped whenever the network layout changes so that old checkpoints are refused clearly.
+ARCH_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """Architecture of a generator/discriminator pair.
+
+    Attributes
+    ----------
+    height, width : int
+        Output image size in pixels; both multiples of 2**n_up where n_up is chosen so the
+        smaller side starts at 4 (32 -> 3 doublings, 64 -> 4, 128 -> 5).
+    channels : int
+        3 for RGB, 4 for RGBA.
+    nz : int
+        Length of the noise vector.
+    ngf, ndf : int
+        Base widths of the generator and discriminator (the widest layer is 8× this).
+    spectral_norm : bool
+        Spectral normalisation on every discriminator conv (and no batch norm in D).
+    """
+
+    height: int = 64
+    width: int = 64
+    channels: int = 3
+    nz: int = 100
+    ngf: int = 32
+    ndf: int = 32
+    spectral_norm: bool = True
+
+    @property
+    def n_up(self) -> int:
+        """Number of doubling stages between the first feature map and the image."""
+        k = 0
+        while (self.height % 2 ** (k + 1) == 0 and self.width % 2 ** (k + 1) == 0
+               and min(self.height, self.width) // 2 ** (k + 1) >= 4):
+            k += 1
+        return k
+
+    @property
+    def base(self) -> tuple[int, int]:
+        """Spatial size (h, w) of the first generator feature map / last D feature map."""
+        f = 2 ** self.n_up
+        return self.height // f, self.width // f
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the configuration cannot build."""
+        for name in ("height", "width", "nz", "ngf", "ndf"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.channels not in (3, 4):
+            raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels}")
+        if self.n_up < 2 or max(self.base) > 4 * min(self.base):
+            raise ValueError(f"image size {self.height}x{self.width} cannot be built by doubling: "
+                             "use sides such as 32, 64, 128 or 256x224")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GANConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _mult(i: int, n: int) -> int:
+    """Width multiplier of stage i of n (widest first), capped at 8."""
+    return min(8, 2 ** (n - 1 - i))
+
+
+class Generator(nn.Module):
+    """Noise (B, nz, 1, 1) float -> image (B, C, H, W) float in [-1, 1] (tanh)."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        n, g = cfg.n_up, cfg.ngf
+        bh, bw = cfg.base
+        layers: list[nn.Module] = [
+            # nz × 1 × 1 -> (ngf*m0) × bh × bw   (4 × 4 for square images)
+            nn.ConvTranspose2d(cfg.nz, g * _mult(0, n), (bh, bw), 1, 0, bias=False),
+            nn.BatchNorm2d(g * _mult(0, n)),
+            nn.ReLU(True),
+        ]
+        for i in range(1, n):
+            # (ngf*m_{i-1}) × s × s -> (ngf*m_i) × 2s × 2s
+            layers += [nn.ConvTranspose2d(g * _mult(i - 1, n), g * _mult(i, n), 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(g * _mult(i, n)),
+                       nn.ReLU(True)]
+        # ngf × (H/2) × (W/2) -> C × H × W
+        layers += [nn.ConvTranspose2d(g * _mult(n - 1, n), cfg.channels, 4, 2, 1, bias=False),
+                   nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    """Image (B, C, H, W) float in [-1, 1] -> logits (B,) float32."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        n, d = cfg.n_up, cfg.ndf
+        sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
+        # C × H × W -> ndf × H/2 × W/2
+        layers: list[nn.Module] = [sn(nn.Conv2d(cfg.channels, d, 4, 2, 1, bias=cfg.spectral_norm)),
+                                   nn.LeakyReLU(0.2, True)]
+        for i in range(1, n):
+            cin, cout = d * _mult(n - i, n), d * _mult(n - 1 - i, n)
+            # (ndf*m) × s × s -> (ndf*2m) × s/2 × s/2
+            layers.append(sn(nn.Conv2d(cin, cout, 4, 2, 1, bias=cfg.spectral_norm)))
+            if not cfg.spectral_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.LeakyReLU(0.2, True))
+        bh, bw = cfg.base
+        # (ndf*8) × bh × bw -> 1 × 1 × 1
+        layers.append(sn(nn.Conv2d(d * _mult(0, n), 1, (bh, bw), 1, 0, bias=False)))
+        self.main = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).reshape(x.shape[0]).float()
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: conv weights N(0, 0.02), batch-norm scale N(1, 0.02), bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(w, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in module.modules())
+
+
+def to_uint8(x: torch.Tensor) -> "Any":
+    """Generator output (B, C, H, W) in [-1, 1] -> numpy uint8 (B, H, W, C)."""
+    x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round_()
+    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def from_uint8(a: "Any", *, device: "torch.device | str" = "cpu") -> torch.Tensor:
+    """numpy uint8 (B, H, W, C) -> float tensor (B, C, H, W) in [-1, 1]."""
+    t = torch.from_numpy(a).to(device)
+    return t.permute(0, 3, 1, 2).float().mul_(1.0 / 127.5).sub_(1.0)

@@ -1,0 +1,464 @@
+"""report.html for the export stage: one self-contained page (every image inlined as base64).
+
+Sections: the generated level, the kept tiles (hover for their properties), the novelty
+histogram, dropped tiles beside their nearest training tiles, generated screens beside their
+rebuilt maps, training curves and sample grid, and the summary of every stage that led here
+(read from the ``manifest.json`` the artifact cache keeps beside each artifact).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from stages._common import IMAGE_SUFFIXES, atomic_write_text, expand_inputs, png_bytes
+
+log = logging.getLogger("tilegan.export")
+
+STAGE_ORDER = ("scrape", "crop", "train", "sample", "quantize", "slice", "dedupe", "export")
+MAX_TILES_SHOWN = 1024
+MAX_ROWS_SHOWN = 200
+MAX_MANIFESTS = 4000
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+img.px{image-rendering:pixelated;image-rendering:crisp-edges}
+.tiles img{width:48px;height:48px;margin:1px;background:#888;image-rendering:pixelated}
+.pair{display:inline-block;margin:.5em;text-align:center;font-size:.8em;vertical-align:top}
+.pair img{image-rendering:pixelated;margin:2px;border:1px solid #ccc}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:.2em .5em;text-align:left;vertical-align:top}
+.muted{color:#777}.warn{color:#a40}
+.scroll{overflow-x:auto}
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _img_tag(data: Optional[bytes], *, alt: str, scale: float = 1.0, width: Optional[int] = None,
+             title: Optional[str] = None, cls: str = "px") -> str:
+    if data is None:
+        return f'<p class="muted">({_esc(alt)}: not available)</p>'
+    style = ""
+    if width is not None:
+        style = f' style="width:{int(width * scale)}px"'
+    t = f' title="{_esc(title)}"' if title else ""
+    return f'<img class="{cls}" alt="{_esc(alt)}"{t}{style} src="{_data_uri(data)}">'
+
+
+def _png_of_file(path: Optional[Path]) -> tuple[Optional[bytes], int]:
+    """PNG bytes of an image file (re-encoded if it is not a PNG) and its width."""
+    if path is None or not Path(path).is_file():
+        return None, 0
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            width = im.width
+            if im.format == "PNG":
+                return Path(path).read_bytes(), width
+            return png_bytes(im.convert("RGBA")), width
+    except Exception as e:  # a broken picture must not break the report
+        log.warning("report: cannot read %s (%s)", path, e)
+        return None, 0
+
+
+def _flatten(d: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """(dotted key, short text) pairs of a nested dict, two levels deep."""
+    if isinstance(d, dict) and d and depth < 2:
+        out: list[tuple[str, str]] = []
+        for k in sorted(d, key=str):
+            out += _flatten(d[k], f"{prefix}.{k}" if prefix else str(k), depth + 1)
+        return out
+    text = json.dumps(d, default=str) if isinstance(d, (list, dict)) else str(d)
+    if len(text) > 160:
+        text = (f"[{len(d)} items] " if isinstance(d, list) else "") + text[:140] + "…"
+    return [(prefix, text)]
+
+
+def _kv_table(d: dict) -> str:
+    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in _flatten(d))
+    return f"<table>{rows}</table>"
+
+
+# --------------------------------------------------------------------------- charts (SVG)
+def svg_histogram(series: Sequence[tuple[str, Sequence[float], str]], *, xlabel: str,
+                  width: int = 640, height: int = 220) -> str:
+    """Inline SVG histogram of one or more integer-valued series on shared unit bins.
+
+    ``series``: (label, values, colour).  Bars of the series sit side by side in each bin.
+    """
+    vals = [np.asarray([v for v in s[1] if v is not None], dtype=np.float64) for s in series]
+    allv = np.concatenate([v for v in vals if v.size] or [np.zeros(0)])
+    if allv.size == 0:
+        return '<p class="muted">(no values)</p>'
+    lo, hi = int(np.floor(allv.min())), int(np.ceil(allv.max()))
+    nb = max(1, hi - lo + 1)
+    if nb > 64:  # wide ranges: 64 equal bins
+        edges = np.linspace(lo, hi + 1, 65)
+    else:
+        edges = np.arange(lo, hi + 2, dtype=np.float64)
+    counts = [np.histogram(v, bins=edges)[0] if v.size else np.zeros(len(edges) - 1, int)
+              for v in vals]
+    cmax = max(1, max(int(c.max()) for c in counts))
+    ml, mb, mt = 40, 34, 10
+    pw, ph = width - ml - 10, height - mb - mt
+    nbins = len(edges) - 1
+    bw = pw / nbins
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-size="11" font-family="sans-serif">',
+             f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" stroke="#444"/>',
+             f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="#444"/>',
+             f'<text x="{ml - 4}" y="{mt + 8}" text-anchor="end">{cmax}</text>',
+             f'<text x="{ml - 4}" y="{mt + ph}" text-anchor="end">0</text>',
+             f'<text x="{ml + pw / 2}" y="{height - 4}" text-anchor="middle">{_esc(xlabel)}</text>']
+    ns = len(series)
+    for si, ((label, _, colour), c) in enumerate(zip(series, counts)):
+        for b in range(nbins):
+            if c[b] == 0:
+                continue
+            h = ph * c[b] / cmax
+            x = ml + b * bw + si * bw / ns
+            parts.append(f'<rect x="{x:.1f}" y="{mt + ph - h:.1f}" width="{max(bw / ns - 1, 1):.1f}" '
+                         f'height="{h:.1f}" fill="{colour}"><title>{_esc(label)} '
+                         f'{edges[b]:g}: {int(c[b])}</title></rect>')
+    step = max(1, nbins // 12)
+    for b in range(0, nbins, step):
+        parts.append(f'<text x="{ml + (b + 0.5) * bw:.1f}" y="{mt + ph + 13}" '
+                     f'text-anchor="middle">{edges[b]:g}</text>')
+    for si, (label, _, colour) in enumerate(series):
+        y = mt + 12 + 14 * si
+        parts.append(f'<rect x="{ml + pw - 150}" y="{y - 9}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{ml + pw - 136}" y="{y}">{_esc(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_lines(xs: Sequence[float], series: dict[str, Sequence[float]], *, xlabel: str,
+              width: int = 640, height: int = 240) -> str:
+    """Inline SVG line chart of several series over shared ``xs``."""
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    x = np.asarray(xs, np.float64)
+    good = {k: np.asarray(v, np.float64) for k, v in series.items() if len(v) == len(x)}
+    if x.size < 2 or not good:
+        return '<p class="muted">(not enough points)</p>'
+    allv = np.concatenate([v[np.isfinite(v)] for v in good.values()] or [np.zeros(1)])
+    lo, hi = float(allv.min()), float(allv.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    ml, mb, mt = 50, 30, 10
+    pw, ph = width - ml - 10, height - mb - mt
+    x0, x1 = float(x.min()), float(x.max()) if x.max() > x.min() else float(x.min()) + 1
+
+    def px(v: float) -> float:
+        return ml + pw * (v - x0) / (x1 - x0)
+
+    def py(v: float) -> float:
+        return mt + ph * (1 - (v - lo) / (hi - lo))
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-size="11" font-family="sans-serif">',
+             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>',
+             f'<text x="{ml - 4}" y="{mt + 8}" text-anchor="end">{hi:.3g}</text>',
+             f'<text x="{ml - 4}" y="{mt + ph}" text-anchor="end">{lo:.3g}</text>',
+             f'<text x="{ml}" y="{height - 4}">{x0:g}</text>',
+             f'<text x="{ml + pw}" y="{height - 4}" text-anchor="end">{x1:g}</text>',
+             f'<text x="{ml + pw / 2}" y="{height - 4}" text-anchor="middle">{_esc(xlabel)}</text>']
+    for i, (name, v) in enumerate(good.items()):
+        col = palette[i % len(palette)]
+        pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, v) if np.isfinite(b))
+        parts.append(f'<polyline fill="none" stroke="{col}" stroke-width="1.2" points="{pts}"/>')
+        parts.append(f'<text x="{ml + 8}" y="{mt + 14 + 14 * i}" fill="{col}">{_esc(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- stage summaries
+def collect_stage_summaries(dirs: Iterable[Path]) -> dict[str, dict]:
+    """Summaries of the stages behind ``dirs``, read from the artifact cache's manifests.
+
+    Each artifact directory of the cache (``<root>/<stage>/<key>/``) holds a ``manifest.json``
+    with ``stage``, ``summary``, ``seconds`` and ``inputs`` (name -> content digest of the
+    upstream artifact).  Starting from ``dirs`` we follow those digests to the upstream
+    manifests under the same root.  Directories without a manifest (standalone runs) add nothing.
+
+    Returns
+    -------
+    dict
+        stage name -> {"summary": ..., "seconds": ...}, in pipeline order.
+    """
+    found: dict[str, dict] = {}
+    index: Optional[dict[str, Path]] = None
+    queue = [Path(d) for d in dirs if Path(d).is_dir()]
+    seen: set[Path] = set()
+    while queue:
+        d = queue.pop(0)
+        try:
+            d = d.resolve()
+        except OSError:
+            continue
+        if d in seen:
+            continue
+        seen.add(d)
+        mpath = d / "manifest.json"
+        if not mpath.is_file():
+            continue
+        try:
+            m = json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        stage = str(m.get("stage") or d.parent.name)
+        if stage not in found:
+            found[stage] = {"summary": m.get("summary", {}), "seconds": m.get("seconds")}
+        digests = [v for v in (m.get("inputs") or {}).values() if isinstance(v, str)]
+        if digests:
+            if index is None:
+                index = _manifest_index(d.parent.parent)
+            queue += [index[g] for g in digests if g in index]
+    order = {s: i for i, s in enumerate(STAGE_ORDER)}
+    return {k: found[k] for k in sorted(found, key=lambda s: (order.get(s, 99), s))}
+
+
+def _manifest_index(root: Path) -> dict[str, Path]:
+    """content_digest -> artifact directory, over at most MAX_MANIFESTS manifests under root."""
+    index: dict[str, Path] = {}
+    n = 0
+    try:
+        stage_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return index
+    for sd in stage_dirs:
+        for ad in sorted(sd.iterdir()):
+            mp = ad / "manifest.json"
+            if not mp.is_file():
+                continue
+            n += 1
+            if n > MAX_MANIFESTS:
+                return index
+            try:
+                dig = json.loads(mp.read_text(encoding="utf-8")).get("content_digest")
+            except (OSError, ValueError):
+                continue
+            if isinstance(dig, str):
+                index[dig] = ad
+    return index
+
+
+# --------------------------------------------------------------------------- sections
+def _section_level(out_dir: Path, summary: dict) -> str:
+    data, w = _png_of_file(out_dir / "previews" / "level.png")
+    lv = summary.get("level", {})
+    note = (f"{_esc(lv.get('method'))}: {lv.get('attempts')} attempt(s), {lv.get('backtracks')} "
+            f"backtrack(s), {lv.get('violations')} unseen neighbour pair(s), "
+            f"{lv.get('states')} tile states")
+    return (f"<h2>Level (maps/level.tmx)</h2><p>Made by Wave Function Collapse over the "
+            f"neighbours seen in the generated screens. {note}.</p>"
+            f'<div class="scroll">{_img_tag(data, alt="level preview", scale=2, width=w)}</div>')
+
+
+def _section_tiles(bank: np.ndarray, props: list[dict]) -> str:
+    k = bank.shape[0]
+    imgs = []
+    for i in range(min(k, MAX_TILES_SHOWN)):
+        p = props[i] if i < len(props) else {}
+        tip = f"tile {i} (GID {i + 1})" + "".join(
+            f"\n{name}: {v}" for name, v in p.items() if v is not None)
+        imgs.append(_img_tag(png_bytes(bank[i]), alt=f"tile {i}", title=tip, cls=""))
+    more = (f'<p class="muted">first {MAX_TILES_SHOWN} of {k} shown; all are in tileset.png</p>'
+            if k > MAX_TILES_SHOWN else "")
+    return (f"<h2>Kept tiles ({k})</h2><p>Best first, as in tileset.png. Hover a tile for its "
+            f'properties (the same as in Tiled).</p><div class="tiles">{"".join(imgs)}</div>{more}')
+
+
+def _dropped_distance(rec: dict) -> Optional[float]:
+    for key in ("distance", "novelty"):
+        v = rec.get(key)
+        if isinstance(v, (int, float)):
+            return float(v)
+    nt = rec.get("nearest_training") or rec.get("training")
+    if isinstance(nt, dict) and isinstance(nt.get("distance"), (int, float)):
+        return float(nt["distance"])
+    return None
+
+
+def _section_novelty(meta: list, dropped: list) -> str:
+    kept = [m.get("novelty") for m in meta if isinstance(m, dict)
+            and isinstance(m.get("novelty"), (int, float))]
+    drop = [_dropped_distance(d) for d in dropped if isinstance(d, dict)]
+    drop = [d for d in drop if d is not None]
+    series = [("kept tiles", kept, "#2c7fb8")]
+    if drop:
+        series.append(("dropped tiles", drop, "#d95f0e"))
+    unknown = sum(1 for m in meta if isinstance(m, dict) and m.get("novelty") is None)
+    extra = f' <span class="muted">({unknown} tiles without a training neighbour)</span>' if unknown else ""
+    return ("<h2>Novelty</h2><p>Hamming distance of each tile's perceptual hash to the nearest "
+            f"training tile: higher is more original.{extra}</p>"
+            + svg_histogram(series, xlabel="distance to nearest training tile (bits)"))
+
+
+def _section_dropped(dropped: list, evidence: Optional[Path]) -> str:
+    data, w = _png_of_file(evidence)
+    parts = [f"<h2>Dropped tiles ({len(dropped)})</h2>",
+             "<p>Each dropped tile beside its nearest training tile, with the distance "
+             "(dedupe's evidence sheet):</p>",
+             f'<div class="scroll">{_img_tag(data, alt="copy evidence", scale=2, width=w)}</div>']
+    if dropped:
+        rows = []
+        for rec in dropped[:MAX_ROWS_SHOWN]:
+            if not isinstance(rec, dict):
+                continue
+            cells = "; ".join(f"{k}={v}" for k, v in _flatten(rec) if k != "reason")
+            rows.append(f"<tr><td>{_esc(rec.get('reason', ''))}</td><td>{_esc(cells)}</td></tr>")
+        more = (f'<p class="muted">first {MAX_ROWS_SHOWN} of {len(dropped)} shown (dropped.json)</p>'
+                if len(dropped) > MAX_ROWS_SHOWN else "")
+        parts.append(f"<table><tr><th>reason</th><th>details</th></tr>{''.join(rows)}</table>{more}")
+    return "".join(parts)
+
+
+def _section_samples(out_dir: Path, sample_paths: Sequence[Path], sample_maps: list[dict],
+                     n: int) -> str:
+    files: list[Path] = []
+    if sample_paths:
+        try:
+            files = expand_inputs(sample_paths, IMAGE_SUFFIXES)
+        except Exception as e:  # the report never fails on an optional input
+            log.warning("report: cannot list samples (%s)", e)
+    by_stem = {f.stem: f for f in files}
+    cards = []
+    for sm in sample_maps[:n]:
+        src = by_stem.get(str(sm["source_image"]))
+        stem = Path(sm["map"]).stem
+        rebuilt, w = _png_of_file(out_dir / "previews" / f"{stem}.png")
+        orig, w0 = _png_of_file(src)
+        left = (_img_tag(orig, alt="generated", scale=3, width=w0) + "<br>generated"
+                if orig else "")
+        cards.append(f'<div class="pair">{left}'
+                     f'{"<br>" if orig else ""}{_img_tag(rebuilt, alt=stem, scale=3, width=w)}'
+                     f"<br>{_esc(sm['map'])}<br><span class=muted>{_esc(sm['source_image'])}"
+                     f"</span></div>")
+    if not cards and files:
+        for f in files[:n]:
+            d, w = _png_of_file(f)
+            cards.append(f'<div class="pair">{_img_tag(d, alt=f.name, scale=3, width=w)}'
+                         f"<br>{_esc(f.name)}</div>")
+    head = ("<h2>Generated screens</h2><p>Each generated screen beside its map rebuilt from "
+            "the kept tiles (maps/sample_NNN.tmx).</p>")
+    return head + ("".join(cards) or '<p class="muted">(no samples)</p>')
+
+
+def _section_training(train_dirs: Sequence[Path]) -> str:
+    d = next((Path(p) for p in train_dirs if Path(p).is_dir()), None)
+    if d is None:
+        return '<h2>Training</h2><p class="muted">(no training artifact given)</p>'
+    parts = ["<h2>Training</h2>"]
+    curves, w = _png_of_file(d / "curves.png")
+    if curves:
+        parts.append(_img_tag(curves, alt="training curves", width=w, cls=""))
+    else:
+        parts.append(_metrics_chart(d / "metrics.jsonl"))
+    grids = sorted((d / "grids").glob("*.png")) if (d / "grids").is_dir() else []
+    if grids:
+        g, gw = _png_of_file(grids[-1])
+        parts.append(f"<p>Fixed-noise samples at the last checkpoint ({_esc(grids[-1].name)}):</p>"
+                     + _img_tag(g, alt="sample grid", scale=2, width=gw))
+    return "".join(parts)
+
+
+def _metrics_chart(path: Path) -> str:
+    if not path.is_file():
+        return '<p class="muted">(no curves.png or metrics.jsonl)</p>'
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and isinstance(r.get("step"), (int, float)):
+            rows.append(r)
+    keys = sorted({k for r in rows for k, v in r.items()
+                   if "loss" in k and isinstance(v, (int, float))})
+    xs = [r["step"] for r in rows]
+    series = {k: [float(r.get(k, np.nan)) for r in rows] for k in keys}
+    return svg_lines(xs, series, xlabel="step")
+
+
+def _section_stages(stages: dict[str, dict], summary: dict) -> str:
+    parts = ["<h2>Stages</h2>"]
+    stages = dict(stages)
+    stages.setdefault("export", {"summary": summary, "seconds": summary.get("seconds")})
+    for name, info in stages.items():
+        secs = info.get("seconds")
+        t = f" <span class=muted>({secs} s)</span>" if secs is not None else ""
+        parts.append(f"<h3>{_esc(name)}{t}</h3>{_kv_table(info.get('summary') or {})}")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- main
+def write_report(out_dir: Path, *, title: str, summary: dict, bank: np.ndarray,
+                 tile_meta: list, tile_props: list[dict], dropped: list,
+                 evidence: Optional[Path], train_dirs: Sequence[Path],
+                 sample_paths: Sequence[Path], sample_maps: list[dict],
+                 upstream_dirs: Sequence[Path], report_samples: int = 16) -> Path:
+    """Write ``out_dir/report.html`` (expects previews/ already written) and return its path.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Export's output folder; ``previews/*.png`` are read from it.
+    title : str
+        Tileset name (escaped).
+    summary : dict
+        Export's summary (shown in the "Stages" section).
+    bank : ndarray, shape (K, T, T, 4), uint8
+        Kept tiles.
+    tile_meta, dropped : list
+        Contents of dedupe's tiles.json and dropped.json.
+    tile_props : list of dict
+        The per-tile properties written into tileset.tsx.
+    evidence : Path or None
+        dedupe's evidence.png.
+    train_dirs, sample_paths : sequence of Path
+        train's artifact folder and sample's images (may be empty).
+    sample_maps : list of dict
+        ``{"map": "maps/sample_000.tmx", "source_image": stem}`` per sample map.
+    upstream_dirs : sequence of Path
+        Artifact folders whose cache manifests give the per-stage summaries.
+    report_samples : int
+        Generated screens to show.
+    """
+    out_dir = Path(out_dir)
+    stage_info = collect_stage_summaries(list(upstream_dirs) + list(train_dirs) + list(sample_paths))
+    warn = "".join(f'<li class="warn">{_esc(w)}</li>' for w in summary.get("warnings", []))
+    head = (f"<p>{summary.get('tiles')} tiles of {summary.get('tile_size')}×"
+            f"{summary.get('tile_size')} px, {len(summary.get('maps', []))} maps, "
+            f"{summary.get('dropped')} tiles dropped by dedupe. Open "
+            "<code>tilegan.tiled-project</code> or <code>maps/*.tmx</code> in Tiled.</p>"
+            + (f"<ul>{warn}</ul>" if warn else ""))
+    body = [
+        f"<h1>{_esc(title)}</h1>", head,
+        _section_level(out_dir, summary),
+        _section_tiles(bank, tile_props),
+        _section_novelty(tile_meta, dropped),
+        _section_dropped(dropped, evidence),
+        _section_samples(out_dir, sample_paths, sample_maps, report_samples),
+        _section_training(train_dirs),
+        _section_stages(stage_info, summary),
+    ]
+    doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+           f"<title>{_esc(title)} — tilegan report</title><style>{CSS}</style></head><body>\n"
+           + "\n".join(body) + "\n</body></html>\n")
+    return atomic_write_text(out_dir / "report.html", doc)

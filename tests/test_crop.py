@@ -1,0 +1,358 @@
+"""crop: upscale detection, letterbox trim, patch grid, tiles and origins, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import crop, scrape
+from stages._common import InputError, ParamError
+
+
+def native(h: int, w: int, seed: int = 0, colours: int = 6) -> np.ndarray:
+    """A random pixel-art-like screen: (h, w, 3) uint8 from a small palette."""
+    rng = np.random.default_rng(seed)
+    pal = rng.integers(0, 256, (colours, 3), dtype=np.uint8)
+    return pal[rng.integers(0, colours, (h, w))]
+
+
+def up(a: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(np.repeat(a, k, 0), k, 1)
+
+
+def save(path: Path, a: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+    return path
+
+
+def run(paths, out: Path, **kw):
+    out.mkdir(parents=True, exist_ok=True)
+    return crop.run({"images": [str(p) for p in paths]}, crop.Params(**kw), out)
+
+
+# --------------------------------------------------------------------------- scale detection
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_detect_scale_finds_the_factor(k):
+    a = native(12, 10, seed=k)
+    assert crop.detect_scale(up(a, k)) == (k, 0, 0)
+
+
+@pytest.mark.parametrize("k,cut", [(2, 1), (3, 1), (3, 2), (4, 3)])
+def test_detect_scale_with_a_cut_border_and_exact_undo(k, cut):
+    a = native(12, 10, seed=10 + k)
+    u = up(a, k)[cut:, cut:]                       # first block row/column is partial
+    got = crop.detect_scale(u)
+    assert got == (k, k - cut, k - cut)
+    assert np.array_equal(crop.downscale(u, *got), a[1:, 1:])
+
+
+def test_detect_scale_native_image_is_one():
+    assert crop.detect_scale(native(40, 40, seed=3))[0] == 1
+
+
+def test_detect_scale_uniform_image_is_one():
+    assert crop.detect_scale(np.zeros((32, 32, 3), np.uint8)) == (1, 0, 0)
+
+
+def test_detect_scale_respects_max_scale():
+    a = up(native(8, 8, seed=4), 6)
+    assert crop.detect_scale(a, max_scale=4)[0] == 3   # 6x blocks are also 3x blocks
+    assert crop.detect_scale(a, max_scale=8)[0] == 6
+
+
+def test_detect_scale_lossy_needs_tolerance():
+    a = up(native(16, 16, seed=5), 3)
+    noise = np.random.default_rng(0).integers(-3, 4, a.shape)
+    noisy = np.clip(a.astype(int) + noise, 0, 255).astype(np.uint8)
+    assert crop.detect_scale(noisy)[0] == 1
+    k, ox, oy = crop.detect_scale(noisy, tolerance=8)
+    assert k == 3
+    back = crop.downscale(noisy, k, ox, oy, mean=True)
+    assert np.abs(back.astype(int) - native(16, 16, seed=5)).max() <= 3
+
+
+def test_downscale_takes_one_pixel_per_block():
+    a = native(5, 7, seed=6)
+    assert np.array_equal(crop.downscale(up(a, 4), 4), a)
+
+
+# --------------------------------------------------------------------------- letterbox
+def test_trim_removes_letterbox_on_opposite_sides():
+    a = native(48, 64, seed=7)
+    boxed = np.zeros((48 + 16, 64 + 6, 3), np.uint8)
+    boxed[8:56, 3:67] = a
+    out, t = crop.trim_borders(boxed)
+    assert t == (8, 3, 8, 3) and out.shape == (48, 64, 3)
+
+
+def test_trim_keeps_a_one_sided_uniform_sky():
+    a = native(48, 64, seed=8)
+    a[:10] = (90, 150, 250)                        # sky at the top only
+    out, t = crop.trim_borders(a)
+    assert t == (0, 0, 0, 0) and out.shape == a.shape
+
+
+# --------------------------------------------------------------------------- patches and tiles
+def test_patches_are_16_aligned_and_counted(tmp_path):
+    a = native(64, 96, seed=9)
+    f = save(tmp_path / "in" / "s.png", a)
+    out = tmp_path / "out"
+    s = run([f], out, patch_size=32, stride=16)
+    p = np.load(out / "patches.npy")
+    assert s["patches"] == 3 * 5 and p.shape == (15, 32, 32, 3) and p.dtype == np.uint8
+    assert np.array_equal(p[0], a[0:32, 0:32])
+    assert np.array_equal(p[6], a[16:48, 16:48])     # row 1, column 1 (5 per row)
+    assert np.array_equal(p[-1], a[32:64, 64:96])
+
+
+def test_patch_count_with_stride_32(tmp_path):
+    f = save(tmp_path / "s.png", native(128, 128, seed=10))
+    assert run([f], tmp_path / "o", patch_size=64, stride=32)["patches"] == 9
+
+
+def test_tiles_and_origins_cover_every_grid_tile(tmp_path):
+    a = native(40, 72, seed=11)                      # 2 x 4 whole tiles (edges dropped)
+    b = native(32, 32, seed=12)
+    fa, fb = save(tmp_path / "a.png", a), save(tmp_path / "b.png", b)
+    out = tmp_path / "out"
+    run([fa, fb], out, patch_size=32)
+    tiles = np.load(out / "tiles.npy")
+    org = np.load(out / "tiles_origin.npy")
+    assert tiles.shape == (8 + 4, 16, 16, 3) and org.dtype == np.int32 and org.shape == (12, 3)
+    screens = [a, b]
+    for t, (i, x, y) in zip(tiles, org):
+        assert np.array_equal(t, screens[i][y:y + 16, x:x + 16])
+    assert org[1].tolist() == [0, 16, 0] and org[4].tolist() == [0, 0, 16]
+
+
+def test_upscaled_screen_is_stored_at_native_size(tmp_path):
+    a = native(48, 64, seed=13)
+    f = save(tmp_path / "big.png", up(a, 3))
+    out = tmp_path / "out"
+    s = run([f], out, patch_size=32)
+    meta = json.loads((out / "screens.json").read_text())[0]
+    assert (meta["scale"], meta["width"], meta["height"]) == (3, 64, 48)
+    assert s["scales"] == {"3": 1}
+    assert np.array_equal(np.asarray(Image.open(out / "screens" / f"{meta['id']}.png")), a)
+
+
+def test_given_scale_overrides_detection(tmp_path):
+    f = save(tmp_path / "s.png", up(native(32, 32, seed=14), 4))
+    out = tmp_path / "out"
+    run([f], out, patch_size=32, scale=2)
+    assert json.loads((out / "screens.json").read_text())[0]["width"] == 64
+
+
+def test_flip_adds_mirrored_patches(tmp_path):
+    a = native(32, 32, seed=15)
+    f = save(tmp_path / "s.png", a)
+    out = tmp_path / "out"
+    run([f], out, patch_size=32, flip=True)
+    p = np.load(out / "patches.npy")
+    assert p.shape[0] == 2 and np.array_equal(p[1], a[:, ::-1])
+
+
+def test_rgba_keeps_alpha_in_patches_but_tiles_stay_rgb(tmp_path):
+    a = np.concatenate([native(32, 32, seed=16), np.full((32, 32, 1), 255, np.uint8)], axis=2)
+    a[:4, :4, 3] = 0
+    f = save(tmp_path / "s.png", a)
+    out = tmp_path / "out"
+    run([f], out, patch_size=32, rgba=True)
+    assert np.load(out / "patches.npy").shape == (1, 32, 32, 4)
+    assert np.load(out / "patches.npy")[0, 0, 0, 3] == 0
+    assert np.load(out / "tiles.npy").shape[-1] == 3
+
+
+def test_max_patches_takes_a_seeded_subset(tmp_path):
+    f = save(tmp_path / "s.png", native(128, 128, seed=17))
+    p1 = run([f], tmp_path / "o1", patch_size=32, max_patches=10, seed=1)
+    run([f], tmp_path / "o2", patch_size=32, max_patches=10, seed=1)
+    assert p1["patches"] == 10 and p1["patches_available"] == 49
+    assert np.array_equal(np.load(tmp_path / "o1" / "patches.npy"), np.load(tmp_path / "o2" / "patches.npy"))
+
+
+def test_parallel_decoding_gives_the_same_result(tmp_path):
+    files = [save(tmp_path / "in" / f"{i:02d}.png", up(native(32, 48, seed=i), 1 + i % 3)) for i in range(6)]
+    run(files, tmp_path / "o1", patch_size=32, workers=1)
+    run(files, tmp_path / "o2", patch_size=32, workers=2)
+    for name in ("patches.npy", "tiles.npy", "tiles_origin.npy", "screens.json"):
+        assert (tmp_path / "o1" / name).read_bytes() == (tmp_path / "o2" / name).read_bytes()
+
+
+def test_same_stem_in_two_folders_gets_distinct_ids(tmp_path):
+    fa = save(tmp_path / "a" / "s.png", native(32, 32, seed=18))
+    fb = save(tmp_path / "b" / "s.png", native(32, 32, seed=19))
+    out = tmp_path / "out"
+    run([fa, fb], out, patch_size=32)
+    ids = [m["id"] for m in json.loads((out / "screens.json").read_text())]
+    assert ids == ["s", "s-2"] and len(list((out / "screens").iterdir())) == 2
+
+
+def test_scrape_artifact_input_keeps_the_original_source(tmp_path):
+    src = tmp_path / "shots"
+    save(src / "level1.png", up(native(32, 32, seed=20), 2))
+    art = tmp_path / "scraped"
+    art.mkdir()
+    scrape.run({"source": [src]}, scrape.Params(), art)
+    out = tmp_path / "out"
+    crop.run({"images": [art]}, crop.Params(patch_size=32), out)
+    meta = json.loads((out / "screens.json").read_text())[0]
+    assert meta["source"] == str(src / "level1.png") and meta["scale"] == 2
+
+
+# --------------------------------------------------------------------------- bad input
+def test_corrupt_image_is_skipped_and_counted(tmp_path):
+    good = save(tmp_path / "good.png", native(32, 32, seed=21))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(good.read_bytes()[:40])
+    s = run([good, bad], tmp_path / "out", patch_size=32)
+    assert s["screens"] == 1 and s["skipped"] == 1 and "bad.png" in s["skipped_items"][0]["reason"]
+
+
+def test_image_smaller_than_patch_is_skipped(tmp_path):
+    big = save(tmp_path / "big.png", native(64, 64, seed=22))
+    small = save(tmp_path / "small.png", native(32, 48, seed=23))
+    s = run([big, small], tmp_path / "out")
+    assert s["screens"] == 1 and s["too_small"] == 1
+
+
+def test_all_images_too_small_is_input_error_with_advice(tmp_path):
+    files = [save(tmp_path / f"{i}.png", native(40, 48, seed=i)) for i in range(3)]
+    msg = r"all 3 images are smaller than the 64x64 patch; use --patch-size 32"
+    with pytest.raises(InputError, match=msg):
+        run(files, tmp_path / "out")
+
+
+def test_only_corrupt_images_is_input_error(tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(InputError, match="none of the 1 images is usable.*x.png"):
+        run([bad], tmp_path / "out")
+
+
+def test_no_input_is_input_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no input images"):
+        run([tmp_path / "empty"], tmp_path / "out")
+
+
+def test_missing_file_is_input_error(tmp_path):
+    with pytest.raises(InputError, match="nope.png: no such file"):
+        run([tmp_path / "nope.png"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("kw", [{"stride": 8}, {"patch_size": 40}, {"tolerance": 300}, {"max_patches": 0}])
+def test_bad_params_are_param_errors(tmp_path, kw):
+    f = save(tmp_path / "s.png", native(64, 64))
+    with pytest.raises(ParamError):
+        run([f], tmp_path / "out", **kw)
+
+
+# --------------------------------------------------------------------------- tile grid
+def tiled(rows: int, cols: int, seed: int = 0, n_tiles: int = 5) -> np.ndarray:
+    """A screen made of 16x16 tiles drawn from a small random tile set."""
+    rng = np.random.default_rng(seed)
+    bank = np.stack([native(16, 16, seed=100 + seed * 10 + t) for t in range(n_tiles)])
+    ids = rng.integers(0, n_tiles, (rows, cols))
+    return bank[ids].transpose(0, 2, 1, 3, 4).reshape(rows * 16, cols * 16, 3)
+
+
+def test_detect_grid_finds_a_shifted_tile_grid():
+    a = tiled(8, 10, seed=1)[3:, 5:]                 # cut 3 rows and 5 columns off
+    assert crop.detect_grid(a) == (11, 13)
+
+
+def test_detect_grid_keeps_the_corner_for_unaligned_screens():
+    assert crop.detect_grid(tiled(8, 10, seed=2)) == (0, 0)
+    assert crop.detect_grid(native(80, 96, seed=3)) == (0, 0)   # no repeated tiles at all
+
+
+def test_tiles_follow_the_detected_grid(tmp_path):
+    a = tiled(6, 6, seed=3)[0:, 7:]                  # grid at x = 9
+    f = save(tmp_path / "s.png", a)
+    out = tmp_path / "out"
+    run([f], out, patch_size=32)
+    org = np.load(out / "tiles_origin.npy")
+    assert set(org[:, 1] % 16) == {9} and set(org[:, 2] % 16) == {0}
+    assert json.loads((out / "screens.json").read_text())[0]["grid"] == [9, 0]
+    run([f], tmp_path / "o2", patch_size=32, align=False)
+    assert set(np.load(tmp_path / "o2" / "tiles_origin.npy")[:, 1] % 16) == {0}
+
+
+def test_identical_screens_are_kept_once(tmp_path):
+    a = native(32, 32, seed=30)
+    f1, f2 = save(tmp_path / "one.png", a), save(tmp_path / "two.png", up(a, 2))
+    s = run([f1, f2], tmp_path / "out", patch_size=32)
+    assert s["screens"] == 1 and s["duplicates"] == 1
+
+
+def test_single_colour_screen_is_skipped(tmp_path):
+    good = save(tmp_path / "good.png", native(32, 32, seed=31))
+    blank = save(tmp_path / "blank.png", np.zeros((64, 64, 3), np.uint8))
+    s = run([good, blank], tmp_path / "out", patch_size=32)
+    assert s["screens"] == 1 and "single colour" in s["skipped_items"][0]["reason"]
+
+
+def test_screen_with_many_colours_is_flagged_but_kept(tmp_path):
+    yy, xx = np.mgrid[0:64, 0:64]
+    smooth = np.stack([yy * 4, xx * 4, (yy + xx) * 2], axis=-1).astype(np.uint8)  # 4096 colours
+    f = save(tmp_path / "photo.png", smooth)
+    out = tmp_path / "out"
+    s = run([f], out, patch_size=32)
+    assert s["screens"] == 1 and s["many_colours"] == 1
+    assert json.loads((out / "screens.json").read_text())[0]["colours"] == 4096
+
+
+# --------------------------------------------------------------------------- the example corpus
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_example_corpus_is_small_and_attributed():
+    files = sorted((EXAMPLES / "screens").glob("*.png"))
+    assert 40 <= len(files) <= 150
+    assert sum(f.stat().st_size for f in EXAMPLES.rglob("*") if f.is_file()) < 10e6
+    attribution = (EXAMPLES / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    for prefix in {f.name.split("_")[0] + "_" + f.name.split("_")[1] for f in files}:
+        assert f"`{prefix}_" in attribution, prefix
+    assert "Permission is hereby granted" in attribution and "You can re-distribute" in attribution
+
+
+def test_example_corpus_upscales_are_detected():
+    from stages._common import load_image
+
+    for f in sorted((EXAMPLES / "screens").glob("*.png")):
+        want = 3 if "_x3" in f.stem else 2 if "_x2" in f.stem else 1
+        assert crop.detect_scale(load_image(f))[0] == want, f.name
+
+
+def jpeg(a: np.ndarray, q: int = 90) -> np.ndarray:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=q)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def test_detect_scale_on_jpeg_with_tolerance():
+    a = up(tiled(6, 6, seed=40), 3)
+    j = jpeg(a)
+    assert crop.detect_scale(j)[0] == 1             # exact mode: JPEG noise breaks the blocks
+    assert crop.detect_scale(j, tolerance=8)[0] == 3
+
+
+def test_lossy_mode_does_not_invent_a_factor_for_native_jpeg():
+    assert crop.detect_scale(jpeg(tiled(8, 8, seed=41), q=50), tolerance=8)[0] == 1
+
+
+def test_jpeg_files_use_lossy_detection_automatically(tmp_path):
+    a = up(tiled(4, 4, seed=42), 2)
+    f = tmp_path / "shot.jpg"
+    Image.fromarray(a).save(f, "JPEG", quality=92)
+    out = tmp_path / "out"
+    run([f], out, patch_size=32)
+    meta = json.loads((out / "screens.json").read_text())[0]
+    assert (meta["scale"], meta["width"]) == (2, 64)

@@ -1,0 +1,231 @@
+"""The export stage: Tiled files, previews, level, report; bad inputs."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages import export
+from stages._common import InputError, ParamError, StageError, save_npy, write_json
+from tests._helpers_tiled import (assert_matches_tiled, load_tmx, make_dedupe_dir, make_maps,
+                                  make_samples_dir, make_tiles, make_train_dir, pytmx_cells)
+from tilesets import tiled
+
+SPECIAL = 'Bob & "Alice" <\'s> set'
+
+
+def run_export(tmp_path: Path, dd: Path, dirname: str = "out", **params) -> tuple[Path, dict]:
+    out = tmp_path / dirname
+    out.mkdir()
+    inputs = {"tiles": [dd]}
+    for key in ("train", "samples"):
+        if key in params:
+            inputs[key] = [params.pop(key)]
+    p = export.Params(**{"level_width": 16, "level_height": 6, **params})
+    return out, export.run(inputs, p, out)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    dd = make_dedupe_dir(tmp / "dedupe", k=12, source_names=[SPECIAL, "gen_0001"])
+    tr = make_train_dir(tmp / "train")
+    sm = make_samples_dir(tmp / "samples", [f"gen_{i:04d}" for i in range(6)])
+    out, summary = run_export(tmp, dd, name=SPECIAL, train=tr, samples=sm, columns=5)
+    return dd, out, summary
+
+
+def test_writes_every_artifact(exported):
+    _, out, summary = exported
+    for rel in ("tileset.png", "tileset.tsx", "maps/sheet.tmx", "maps/level.tmx",
+                "maps/sample_000.tmx", "maps/sample_005.tmx", "previews/level.png",
+                "previews/sheet.png", "previews/sample_000.png", "report.html",
+                "tilegan.tiled-project"):
+        assert (out / rel).is_file(), rel
+    assert summary["tiles"] == 12 and summary["samples"] == 6
+    assert len(summary["maps"]) == 8
+
+
+def test_pytmx_loads_every_map_with_the_right_gids_and_flips(exported):
+    dd, out, _ = exported
+    with np.load(dd / "maps.npz") as z:
+        stems = sorted(z.files)
+        maps = {k: z[k] for k in stems}
+    for i, stem in enumerate(stems):
+        m = load_tmx(out / "maps" / f"sample_{i:03d}.tmx")
+        gids, flips = pytmx_cells(m)
+        np.testing.assert_array_equal(gids, (maps[stem] & tiled.GID_MASK) + 1)
+        np.testing.assert_array_equal(flips, maps[stem] & tiled.FLIP_MASK)
+        assert m.properties["source_image"] == stem
+    assert (flips != 0).any()
+
+
+def test_sheet_holds_every_tile_once_in_atlas_order(exported):
+    _, out, _ = exported
+    gids, flips = pytmx_cells(load_tmx(out / "maps" / "sheet.tmx"))
+    assert gids.shape == (3, 5)  # 12 tiles, 5 columns
+    np.testing.assert_array_equal(gids.ravel()[:12], np.arange(1, 13))
+    assert not gids.ravel()[12:].any() and not flips.any()
+
+
+def test_tileset_carries_tile_properties_and_escaped_name(exported):
+    _, out, _ = exported
+    text = (out / "tileset.tsx").read_text()
+    assert "Bob &amp; &quot;Alice&quot; &lt;&apos;s&gt; set" in text
+    m = load_tmx(out / "maps" / "sheet.tmx")
+    assert m.tilesets[0].name == SPECIAL
+    props = m.get_tile_properties_by_gid(m.layers[0].data[0][1])  # tile id 1
+    assert props["novelty"] == 5 and props["source_image"] == "gen_0001"
+    assert isinstance(props["score"], float) and props["colours"] == 4
+    p0 = m.get_tile_properties_by_gid(m.layers[0].data[0][0])
+    assert p0["source_image"] == SPECIAL and "novelty" not in p0
+
+
+def test_every_map_renders_in_tiled_exactly_as_our_preview(exported):
+    _, out, _ = exported
+    for tmx in sorted((out / "maps").glob("*.tmx")):
+        assert_matches_tiled(tmx, out / "previews" / f"{tmx.stem}.png")
+
+
+def test_base64_zlib_maps_render_in_tiled_and_load_in_pytmx(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", k=8)
+    out, s = run_export(tmp_path, dd, encoding=export.Encoding.base64_zlib)
+    assert 'compression="zlib"' in (out / "maps" / "sample_000.tmx").read_text()
+    assert s["encoding"] == "base64-zlib"
+    for tmx in sorted((out / "maps").glob("*.tmx")):
+        load_tmx(tmx)
+        assert_matches_tiled(tmx, out / "previews" / f"{tmx.stem}.png")
+
+
+def test_level_is_solved_without_unseen_pairs(exported):
+    _, out, summary = exported
+    lv = summary["level"]
+    assert lv["method"] in ("wfc", "wfc-backtracking") and lv["violations"] == 0
+    gids, _ = pytmx_cells(load_tmx(out / "maps" / "level.tmx"))
+    assert gids.shape == (6, 16) and (gids > 0).all()
+
+
+def test_paths_in_files_are_relative(exported):
+    _, out, _ = exported
+    assert re.search(r'<tileset firstgid="1" source="../tileset.tsx"/>',
+                     (out / "maps" / "level.tmx").read_text())
+    assert '<image source="tileset.png"' in (out / "tileset.tsx").read_text()
+    assert json.loads((out / "tilegan.tiled-project").read_text())["folders"] == ["."]
+
+
+def test_report_is_self_contained_and_has_every_section(exported):
+    _, out, _ = exported
+    html = (out / "report.html").read_text()
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for heading in ("Level", "Kept tiles", "Novelty", "Dropped tiles", "Generated screens",
+                    "Training", "Stages"):
+        assert f"<h2>{heading}" in html, heading
+    assert "<svg" in html  # novelty histogram
+    assert "Bob &amp; &quot;Alice&quot;" in html and SPECIAL not in html
+
+
+def test_report_shows_upstream_stage_summaries_from_cache_manifests(tmp_path):
+    cache = tmp_path / "cache"
+    dd = make_dedupe_dir(cache / "dedupe" / "k1", k=6)
+    sl = cache / "slice" / "k0"
+    sl.mkdir(parents=True)
+    write_json(sl / "manifest.json", {"stage": "slice", "content_digest": "abc",
+                                      "summary": {"unique_tiles": 77}, "seconds": 1.5})
+    write_json(dd / "manifest.json", {"stage": "dedupe", "inputs": {"tiles": "abc"},
+                                      "summary": {"kept": 6}, "seconds": 0.5})
+    out, _ = run_export(tmp_path, dd)
+    html = (out / "report.html").read_text()
+    assert "<h3>slice" in html and "unique_tiles" in html and "<h3>dedupe" in html
+
+
+def test_runs_without_train_and_samples(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", k=5)
+    out, s = run_export(tmp_path, dd)
+    assert "no training artifact" in (out / "report.html").read_text()
+
+
+def test_same_inputs_give_same_bytes(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", k=6)
+    a, _ = run_export(tmp_path, dd, dirname="a")
+    b, _ = run_export(tmp_path, dd, dirname="b")
+    for f in sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file()):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+# --------------------------------------------------------------------------- bad input
+def test_empty_bank_names_the_threshold_to_loosen(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", bank=np.zeros((0, 16, 16, 4), np.uint8), maps={})
+    with pytest.raises(StageError, match="kept no tile.*training-distance threshold"):
+        run_export(tmp_path, dd)
+
+
+def test_empty_bank_from_duplicates_names_the_duplicate_threshold(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", bank=np.zeros((0, 16, 16, 4), np.uint8), maps={})
+    write_json(dd / "dropped.json", [{"tile": i, "reason": "near_duplicate"} for i in range(3)])
+    with pytest.raises(StageError, match="near-duplicate threshold"):
+        run_export(tmp_path, dd)
+
+
+def test_tileset_over_max_tiles_is_refused(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", k=12)
+    with pytest.raises(ParamError, match="12 tiles exceed max_tiles=10"):
+        run_export(tmp_path, dd, max_tiles=10)
+
+
+def test_missing_bank_is_an_input_error(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InputError, match="no bank.npy"):
+        run_export(tmp_path, tmp_path / "nothing")
+
+
+def test_corrupt_bank_is_an_input_error(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", k=4)
+    (dd / "bank.npy").write_bytes(b"not numpy")
+    with pytest.raises(InputError, match="bank.npy: not a readable"):
+        run_export(tmp_path, dd)
+
+
+def test_wrong_bank_shape_is_an_input_error(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", k=4)
+    save_npy(dd / "bank.npy", np.zeros((4, 16, 8, 4), np.uint8))
+    with pytest.raises(InputError, match=r"\(K, T, T, 4\)"):
+        run_export(tmp_path, dd)
+
+
+def test_map_using_a_missing_tile_is_an_input_error(tmp_path):
+    maps = make_maps(10, n=2)
+    dd = make_dedupe_dir(tmp_path / "dd", bank=make_tiles(4), maps=maps)
+    with pytest.raises(InputError, match="do not belong together"):
+        run_export(tmp_path, dd)
+
+
+@pytest.mark.parametrize("field,value,msg", [("level_width", 0, "level size"),
+                                             ("max_tiles", -1, "max_tiles"),
+                                             ("columns", -2, "columns")])
+def test_bad_params_are_param_errors(tmp_path, field, value, msg):
+    dd = make_dedupe_dir(tmp_path / "dd", k=4)
+    with pytest.raises(ParamError, match=msg):
+        run_export(tmp_path, dd, **{field: value})
+
+
+def test_nes_option_calls_write_nes_bundle(tmp_path, monkeypatch):
+    calls = []
+    fake = types.ModuleType("tilesets.nes")
+
+    def write_nes_bundle(bank, maps, *, out_dir):
+        calls.append((bank.shape, sorted(maps), out_dir))
+        (out_dir / "tiles.chr").write_bytes(b"\0" * 16)
+        return {"chr_bytes": 16}
+
+    fake.write_nes_bundle = write_nes_bundle
+    monkeypatch.setitem(sys.modules, "tilesets.nes", fake)
+    dd = make_dedupe_dir(tmp_path / "dd", k=4)
+    out, s = run_export(tmp_path, dd, nes=True)
+    assert calls and calls[0][0] == (4, 16, 16, 4) and calls[0][2] == out / "nes"
+    assert s["nes"] == {"chr_bytes": 16} and (out / "nes" / "tiles.chr").is_file()

@@ -1,0 +1,129 @@
+"""NES legality validator, sub-palette fitting and CHR / palette / nametable files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from palettes.colour import srgb_to_lab
+from palettes.io import get_palette
+from palettes.nesfit import apply_fit, area_histograms, fit_subpalettes, validate_nes
+from tilesets.nes import (decode_chr, decode_nametable, decode_palette, encode_chr,
+                          encode_nametable, render_screen, write_nes_bundle)
+
+SUBS = np.array([[0x01, 0x11, 0x21], [0x06, 0x16, 0x26], [0x09, 0x19, 0x29], [0x00, 0x10, 0x20]])
+BACK = 0x0F
+
+
+def legal_screen(h=240, w=256, seed=0):
+    """A hand-made legal screen: each 16x16 area draws from one sub-palette + backdrop."""
+    rng = np.random.default_rng(seed)
+    attr = rng.integers(0, 4, (h // 16, w // 16))
+    shapes = rng.integers(0, 4, (6, 8, 8))                     # a few 8x8 shapes (values 0..3)
+    pick = rng.integers(0, 6, (h // 8, w // 8))
+    vals = shapes[pick].transpose(0, 2, 1, 3).reshape(h, w)
+    big = np.repeat(np.repeat(attr, 16, 0), 16, 1)
+    cols = np.concatenate([np.full((4, 1), BACK), SUBS], 1)
+    return cols[big, vals].astype(np.uint8), attr
+
+
+def test_chr_roundtrip_and_layout():
+    t = np.zeros((2, 8, 8), np.uint8)
+    t[0, 0, 0] = 1                       # leftmost pixel, plane 0 -> MSB of byte 0
+    t[1, 7, 7] = 3                       # bottom-right pixel, both planes
+    data = encode_chr(t, pad_to=None)
+    assert len(data) == 32 and data[0] == 0x80 and data[8] == 0
+    assert data[16 + 7] == 0x01 and data[16 + 15] == 0x01
+    assert np.array_equal(decode_chr(data), t)
+
+
+def test_nametable_attribute_roundtrip():
+    rng = np.random.default_rng(3)
+    tid = rng.integers(0, 256, (30, 32))
+    attr = rng.integers(0, 4, (15, 16))
+    data = encode_nametable(tid, attr)
+    assert len(data) == 1024
+    t2, a2 = decode_nametable(data)
+    assert np.array_equal(t2, tid) and np.array_equal(a2, attr)
+    # byte 0 of the attribute table: areas (0,0) (1,0) (0,1) (1,1) in bits 0-1, 2-3, 4-5, 6-7
+    assert data[960] == attr[0, 0] | attr[0, 1] << 2 | attr[1, 0] << 4 | attr[1, 1] << 6
+
+
+def test_validator_accepts_legal_screen():
+    s, _ = legal_screen()
+    v = validate_nes([s], backdrop=BACK, subpalettes=SUBS)
+    assert v["legal"], v["problems"]
+    assert validate_nes([s])["legal"]                       # inferred palette set
+
+
+def test_validator_rejects_five_colours_in_an_area():
+    s, _ = legal_screen()
+    s[0:2, 0:2] = [[0x01, 0x06], [0x09, 0x00]]
+    v = validate_nes([s], backdrop=BACK, subpalettes=SUBS)
+    assert not v["legal"] and "area (0, 0)" in v["problems"][0]
+
+
+def test_validator_rejects_too_many_tiles():
+    rng = np.random.default_rng(0)
+    s = np.where(rng.random((240, 256)) < 0.5, BACK, 0x01).astype(np.uint8)
+    v = validate_nes([s], backdrop=BACK, subpalettes=SUBS)
+    assert not v["legal"] and "256" in " ".join(v["problems"])
+
+
+def test_validator_rejects_0d():
+    s, _ = legal_screen(32, 32)
+    s[0, 0] = 0x0D
+    assert not validate_nes([s], allowed=get_palette("nes").usable())["legal"]
+
+
+def test_fit_produces_legal_output_for_noisy_images():
+    pal = get_palette("nes")
+    pl = srgb_to_lab(pal.colours)
+    rng = np.random.default_rng(1)
+    imgs = [rng.choice(pal.usable(), size=(32, 48)) for _ in range(3)]
+    H = area_histograms(imgs, 64)
+    fit = fit_subpalettes(H, pl, pal.usable())
+    outs = [apply_fit(pl[im], fit, pl)[0] for im in imgs]
+    v = validate_nes(outs, backdrop=fit.backdrop, subpalettes=fit.subpalettes, allowed=pal.usable())
+    assert v["legal"], v["problems"]
+
+
+def test_fit_keeps_a_legal_screen_exactly():
+    pal = get_palette("nes")
+    pl = srgb_to_lab(pal.colours)
+    s, _ = legal_screen(64, 64, seed=4)
+    fit = fit_subpalettes(area_histograms([s], 64), pl, pal.usable())
+    out, _, err = apply_fit(pl[s], fit, pl)
+    assert np.array_equal(out, s) and err.max() == 0
+
+
+def test_bundle_roundtrip_real_legal_screen(tmp_path):
+    s, attr = legal_screen()
+    info = write_nes_bundle([s], ["level1"], tmp_path, backdrop=BACK, subpalettes=SUBS)
+    tiles = decode_chr((tmp_path / "tiles.chr").read_bytes())
+    pal16 = decode_palette((tmp_path / "palette.pal").read_bytes())
+    tid, at = decode_nametable((tmp_path / "level1.nam").read_bytes())
+    assert len((tmp_path / "tiles.chr").read_bytes()) == 4096 and info["tiles"] <= 7
+    assert np.array_equal(render_screen(tiles, pal16, tid, at), s)
+    # same sub-palette per area as the hand-made screen (sub-palettes are distinct here)
+    assert np.array_equal(at, attr)
+    assert pal16[:, 1:].tolist() == SUBS.tolist() and (pal16[:, 0] == BACK).all()
+
+
+def test_bundle_small_screens_and_inferred_palette(tmp_path):
+    a, _ = legal_screen(64, 64, seed=1)
+    b, _ = legal_screen(32, 48, seed=2)
+    info = write_nes_bundle([a, b], ["a", "b"], tmp_path)
+    tiles = decode_chr((tmp_path / "tiles.chr").read_bytes())
+    pal16 = decode_palette((tmp_path / "palette.pal").read_bytes())
+    for name, s in (("a", a), ("b", b)):
+        tid, at = decode_nametable((tmp_path / f"{name}.nam").read_bytes())
+        r = render_screen(tiles, pal16, tid, at)
+        h, w = s.shape
+        assert np.array_equal(r[:h, :w], s) and (r[h:] == info["backdrop"]).all()
+
+
+def test_bundle_rejects_illegal_screen(tmp_path):
+    s, _ = legal_screen(32, 32)
+    s[0:2, 0:2] = [[0x01, 0x06], [0x09, 0x00]]
+    with pytest.raises(ValueError, match="area"):
+        write_nes_bundle([s], ["bad"], tmp_path, backdrop=BACK, subpalettes=SUBS)

@@ -1,0 +1,232 @@
+"""Palettes: loaders, colour maths, exact nearest colour, dithering, clean-up."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from palettes.colour import ciede2000, srgb_to_lab
+from palettes.io import (Palette, PaletteError, get_palette, list_palettes, load_palette_file,
+                         usable_indices, write_swatch)
+from palettes.nearest import NearestMapper, get_mapper, nearest_bruteforce
+
+
+@pytest.fixture(scope="module")
+def nes_mapper():
+    pal = get_palette("nes")
+    return pal, get_mapper(pal.colours, pal.usable())
+
+
+# ------------------------------------------------------------------ palettes
+def test_builtin_palettes_listed_with_default_nes():
+    names = {d["name"]: d for d in list_palettes()}
+    assert {"nes", "nes-ntsc", "nes-ntsc-vivid", "gameboy", "pico8", "c64"} <= set(names)
+    assert names["nes"]["default"] and names["nes"]["colours"] == 64
+    assert names["gameboy"]["colours"] == 4 and names["pico8"]["colours"] == 16
+
+
+@pytest.mark.parametrize("name", ["nes", "nes-ntsc", "nes-ntsc-vivid"])
+def test_nes_blacks_collapse_to_0f_and_0d_never_usable(name):
+    u = set(get_palette(name).usable().tolist())
+    assert 0x0D not in u
+    assert 0x0F in u
+    assert not u & {0x0E, 0x1D, 0x1E, 0x1F, 0x2E, 0x2F, 0x3E, 0x3F}
+
+
+def test_drop_xd_column_removes_whole_column():
+    u = set(get_palette("nes").usable(drop_xd_column=True).tolist())
+    assert not u & {0x0D, 0x1D, 0x2D, 0x3D}
+    assert 0x2D in set(get_palette("nes").usable().tolist())
+
+
+def test_generic_duplicates_keep_first():
+    p = Palette("t", np.array([[1, 2, 3], [9, 9, 9], [1, 2, 3]], np.uint8))
+    assert usable_indices(p).tolist() == [0, 1]
+
+
+def test_pal_loader_192_and_1536(tmp_path):
+    cols = np.arange(192, dtype=np.uint8)
+    (tmp_path / "a.pal").write_bytes(cols.tobytes())
+    p = load_palette_file(tmp_path / "a.pal")
+    assert len(p) == 64 and p.kind == "nes" and p.colours[1].tolist() == [3, 4, 5]
+    (tmp_path / "b.pal").write_bytes(np.tile(cols, 8).tobytes())
+    q = load_palette_file(tmp_path / "b.pal")
+    assert len(q) == 64 and q.emphasis.shape == (8, 64, 3)
+
+
+def test_pal_wrong_size_names_file(tmp_path):
+    (tmp_path / "bad.pal").write_bytes(bytes(100))
+    with pytest.raises(PaletteError, match=r"bad\.pal.*100 bytes"):
+        load_palette_file(tmp_path / "bad.pal")
+
+
+def test_gpl_loader_and_bad_line(tmp_path):
+    f = tmp_path / "p.gpl"
+    f.write_text("GIMP Palette\nName: t\nColumns: 2\n# c\n255 0 0 red\n0 0 255\tblue\n")
+    assert load_palette_file(f).colours.tolist() == [[255, 0, 0], [0, 0, 255]]
+    f.write_text("GIMP Palette\n255 0 0\n1 2 x\n")
+    with pytest.raises(PaletteError, match=r"p\.gpl:3"):
+        load_palette_file(f)
+
+
+def test_hex_loader_and_bad_line(tmp_path):
+    f = tmp_path / "p.hex"
+    f.write_text("ff0000\n#00ff00\n\n0000ff\n")
+    assert load_palette_file(f).colours.tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+    f.write_text("ff0000\nzz0000\n")
+    with pytest.raises(PaletteError, match=r"p\.hex:2"):
+        load_palette_file(f)
+
+
+def test_png_strip_loader_in_scan_order(tmp_path):
+    a = np.zeros((2, 6, 3), np.uint8)
+    a[:, 0:2] = (10, 20, 30)
+    a[:, 2:4] = (200, 0, 0)
+    a[:, 4:6] = (10, 20, 30)
+    Image.fromarray(a).save(tmp_path / "s.png")
+    assert load_palette_file(tmp_path / "s.png").colours.tolist() == [[10, 20, 30], [200, 0, 0]]
+
+
+def test_more_than_256_colours_refused(tmp_path):
+    f = tmp_path / "big.hex"
+    f.write_text("\n".join(f"{i:06x}" for i in range(300)))
+    with pytest.raises(PaletteError, match="300 colours"):
+        load_palette_file(f)
+
+
+def test_unknown_palette_name_lists_builtins():
+    with pytest.raises(PaletteError, match="pico8"):
+        get_palette("nosuch")
+
+
+def test_swatch_png(tmp_path):
+    p = write_swatch("pico8", tmp_path / "sw.png", cell=4, columns=8)
+    a = np.asarray(Image.open(p).convert("RGB"))
+    assert a.shape == (8, 32, 3)
+    assert a[0, 0].tolist() == [0, 0, 0] and a[5, 1].tolist() == get_palette("pico8").colours[8].tolist()
+
+
+# ------------------------------------------------------------------ colour maths
+def test_lab_reference_values():
+    lab = srgb_to_lab(np.array([[255, 255, 255], [255, 0, 0]]))
+    assert np.allclose(lab[0], [100, 0, 0], atol=1e-6)
+    assert np.allclose(lab[1], [53.2408, 80.0925, 67.2032], atol=1e-3)
+
+
+def test_ciede2000_sharma_pair():
+    assert ciede2000(np.array([50, 2.6772, -79.7751]), np.array([50, 0, -82.7485])) == pytest.approx(2.0425, abs=1e-4)
+
+
+# ------------------------------------------------------------------ exact nearest colour
+def _hard_colours(rng, n=120_000):
+    """Random colours plus colours right around palette Voronoi boundaries (midpoints)."""
+    pal = get_palette("nes").colours.astype(np.int64)
+    x = rng.integers(0, 256, (n, 3))
+    i, j = rng.integers(0, 64, (2, n // 2))
+    mid = (pal[i] + pal[j]) // 2 + rng.integers(-2, 3, (n // 2, 3))
+    return np.clip(np.concatenate([x, mid]), 0, 255).astype(np.uint8)
+
+
+def test_lab_mapper_equals_bruteforce(nes_mapper, rng):
+    pal, m = nes_mapper
+    x = _hard_colours(rng)
+    assert np.array_equal(m.map(x), nearest_bruteforce(x, pal.colours, pal.usable()))
+
+
+def test_lab_mapper_full_table_equals_kernel(nes_mapper, rng):
+    pal, m = nes_mapper
+    x = rng.integers(0, 256, (50_000, 3)).astype(np.uint8)
+    assert np.array_equal(m.map(x, use_numba=False), m.map(x))
+
+
+def test_whole_cube_exact_for_small_palette(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILEGAN_CACHE", str(tmp_path))
+    pal = get_palette("pico8")
+    m = NearestMapper(pal.colours, pal.usable(), metric="rgb")
+    full = m.full_table()
+    rng = np.random.default_rng(5)
+    p = rng.integers(0, 1 << 24, 200_000)
+    rgb = np.stack([(p >> 16) & 255, (p >> 8) & 255, p & 255], -1).astype(np.uint8)
+    assert np.array_equal(full[p], nearest_bruteforce(rgb, pal.colours, metric="rgb"))
+    # the table was cached on disk and loads back identical
+    m2 = NearestMapper(pal.colours, pal.usable(), metric="rgb")
+    assert np.array_equal(m2.full_table(), full)
+
+
+def test_mapper_never_produces_excluded_indices(nes_mapper, rng):
+    pal, m = nes_mapper
+    x = np.concatenate([rng.integers(0, 256, (20000, 3)), np.zeros((10, 3), int)]).astype(np.uint8)
+    out = set(np.unique(m.map(x)).tolist())
+    assert out <= set(pal.usable().tolist())
+    assert m.map(np.zeros((1, 3), np.uint8))[0] == 0x0F
+
+
+def test_ciede2000_metric_matches_bruteforce(rng):
+    pal = get_palette("c64")
+    m = NearestMapper(pal.colours, metric="ciede2000")
+    x = rng.integers(0, 256, (3000, 3)).astype(np.uint8)
+    assert np.array_equal(m.map(x), nearest_bruteforce(x, pal.colours, metric="ciede2000"))
+
+
+# ------------------------------------------------------------------ dithering
+@pytest.mark.parametrize("mode", ["none", "bayer2", "bayer4", "bayer8", "floyd"])
+def test_dither_modes_run_and_stay_in_palette(nes_mapper, mode):
+    from palettes.dither import dither_map
+
+    pal, m = nes_mapper
+    g = np.linspace(0, 255, 32)
+    img = np.stack(np.broadcast_arrays(g[None, :], g[:, None], 128 + 0 * g[None, :]), -1).astype(np.uint8)
+    out = dither_map(img, m, mode)
+    assert out.shape == (32, 32)
+    assert set(np.unique(out).tolist()) <= set(pal.usable().tolist())
+    if mode != "none":
+        assert not np.array_equal(out, dither_map(img, m, "none"))
+
+
+def test_dither_none_is_deterministic(nes_mapper, rng):
+    from palettes.dither import dither_map
+
+    _, m = nes_mapper
+    img = rng.integers(0, 256, (20, 20, 3)).astype(np.uint8)
+    assert np.array_equal(dither_map(img, m, "none"), dither_map(img.copy(), m, "none"))
+
+
+# ------------------------------------------------------------------ clean-up
+def _clean_art():
+    """32x32 NES-style art: 4 colours per 16x16 area, a lone 'star' pixel, 1-px lines."""
+    a = np.full((32, 32), 0x0F, np.uint8)
+    a[4, 4] = 0x30                       # a star: isolated on purpose
+    a[16:, :] = 0x19
+    a[20, :] = 0x29                      # 1-px line
+    a[24:28, 8:12] = 0x07
+    a[2:10, 20:28] = 0x16
+    a[5, 23] = 0x30                      # highlight
+    return a
+
+
+def test_cleanup_leaves_clean_art_unchanged(nes_mapper):
+    from palettes.cleanup import limit_area_colours, remove_isolated
+
+    pal, m = nes_mapper
+    art = _clean_art()
+    rgb = pal.colours[art]
+    idx = m.map(rgb)
+    assert np.array_equal(idx, art)
+    lab, pl = srgb_to_lab(rgb), srgb_to_lab(pal.colours)
+    out = remove_isolated(limit_area_colours(idx, lab, pl, pal.usable(), max_colours=4), lab, pl,
+                          strength=2)
+    assert np.array_equal(out, art)
+
+
+def test_cleanup_reduces_isolated_pixels_and_colours_on_noise(nes_mapper, rng):
+    from palettes.cleanup import area_colour_counts, isolated_mask, limit_area_colours, remove_isolated
+
+    pal, m = nes_mapper
+    base = pal.colours[_clean_art()].astype(np.int64)
+    rgb = np.clip(base + rng.normal(0, 14, base.shape), 0, 255).astype(np.uint8)
+    idx = m.map(rgb)
+    lab, pl = srgb_to_lab(rgb), srgb_to_lab(pal.colours)
+    lim = limit_area_colours(idx, lab, pl, pal.usable(), max_colours=4)
+    out = remove_isolated(lim, lab, pl, strength=1)
+    assert area_colour_counts(out).max() <= 4 < area_colour_counts(idx).max()
+    assert isolated_mask(out).sum() < isolated_mask(idx).sum()

@@ -1,0 +1,340 @@
+"""Tests for the train stage, its networks (stages._gan), DiffAugment and metrics.
+
+Everything runs tiny models (ngf 4-8, a handful of steps) on hand-made patches.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stages import train
+from stages._augment import augment_cutout, augment_translation, diff_augment, parse_policy
+from stages._common import InputError, ParamError, StageError
+from stages._gan import Discriminator, GANConfig, Generator
+from stages._metrics import colours_per_tile, share_over, swd
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def tiny(**kw) -> train.Params:
+    """The smoke configuration (train.TINY) at 32×32 unless overridden."""
+    return train.Params(**{**train.TINY, "size": 32, **kw})
+
+
+def make_patches(path: Path, n: int = 24, size: int = 32, channels: int = 3, seed: int = 0) -> Path:
+    """Blocky two-colour patches: a few flat 8×8 blocks, pixel-art-like."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 2, (n, size // 8, size // 8))
+    colours = rng.integers(0, 256, (n, 2, channels), dtype=np.uint8)
+    a = colours[np.arange(n)[:, None, None], blocks]                   # (n, s/8, s/8, C)
+    a = a.repeat(8, axis=1).repeat(8, axis=2)
+    if channels == 4:
+        a[..., 3] = np.where(blocks.repeat(8, 1).repeat(8, 2) == 0, 0, 255)
+    np.save(path, np.ascontiguousarray(a))
+    return path
+
+
+@pytest.fixture
+def patches(tmp_path: Path) -> Path:
+    return make_patches(tmp_path / "patches.npy")
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ networks
+@pytest.mark.parametrize("size,channels", [(32, 3), (64, 3), (128, 3), (64, 4)])
+def test_networks_map_noise_to_image_and_image_to_one_logit(size, channels):
+    cfg = GANConfig(height=size, width=size, channels=channels, nz=8, ngf=4, ndf=4)
+    G, D = Generator(cfg), Discriminator(cfg)
+    x = G(torch.randn(2, 8))
+    assert x.shape == (2, channels, size, size)
+    assert float(x.detach().abs().max()) <= 1.0
+    assert D(x).shape == (2,)
+
+
+def test_non_square_screen_size_builds():
+    cfg = GANConfig(height=224, width=256, nz=8, ngf=2, ndf=2, spectral_norm=False)
+    x = Generator(cfg)(torch.randn(1, 8))
+    assert x.shape == (1, 3, 224, 256)
+    assert Discriminator(cfg)(x).shape == (1,)
+
+
+def test_size_that_cannot_double_is_refused():
+    with pytest.raises(ValueError, match="12x12 cannot be built by doubling"):
+        GANConfig(height=12, width=12).validate()
+
+
+# ------------------------------------------------------------------ augmentation and metrics
+def test_translation_shifts_by_whole_pixels_with_zero_fill():
+    x = torch.arange(1, 1 + 2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
+    y = augment_translation(x, generator=torch.Generator().manual_seed(3))
+    # every output value is either 0 (fill) or a value of the same image: no blending
+    for i in range(2):
+        vals = set(y[i].unique().tolist()) - {0.0}
+        assert vals <= set(x[i].unique().tolist())
+
+
+def test_cutout_zeroes_a_half_side_square():
+    x = torch.ones(4, 3, 16, 16)
+    y = augment_cutout(x, generator=torch.Generator().manual_seed(0))
+    zeros = (y[:, 0] == 0).sum(dim=(1, 2))
+    assert (zeros > 0).all() and (zeros <= 64).all()
+
+
+def test_diffaug_keeps_shape_and_gradients():
+    x = torch.rand(3, 4, 16, 16, requires_grad=True)
+    y = diff_augment(x, parse_policy("translation,cutout,color"),
+                     generator=torch.Generator().manual_seed(0))
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad is not None
+    assert torch.equal(y[:, 3] != 0, y[:, 3] != 0)        # alpha exists and untouched by colour
+
+
+def test_unknown_diffaug_op_is_a_param_error(patches, tmp_path):
+    with pytest.raises(ParamError, match="diffaug"):
+        train.run({"patches": [patches]}, tiny(diffaug="translation,blur"), tmp_path / "o")
+
+
+def test_swd_is_lower_for_same_distribution_than_for_noise(tmp_path):
+    base = np.load(make_patches(tmp_path / "a.npy", n=64, seed=1))
+    other = np.load(make_patches(tmp_path / "b.npy", n=64, seed=2))
+    noise = np.random.default_rng(0).integers(0, 256, base.shape, dtype=np.uint8)
+    same = swd(base, other, seed=0, n_per_image=16)["swd"]
+    diff = swd(base, noise, seed=0, n_per_image=16)["swd"]
+    assert same < diff
+
+
+def test_colours_per_tile_counts_distinct_colours():
+    img = np.zeros((1, 16, 32, 3), np.uint8)
+    img[0, :, 16:, 0] = np.arange(16)[:, None]                           # 16 colours in tile 2
+    counts = colours_per_tile(img)
+    assert counts.tolist() == [1, 16]
+    assert share_over(counts, 4) == 0.5
+
+
+# ------------------------------------------------------------------ data order
+def test_batch_indices_depend_only_on_seed_and_step():
+    a = train.batch_indices(7, 5, 30, 8)
+    assert np.array_equal(a, train.batch_indices(7, 5, 30, 8))
+    assert not np.array_equal(a, train.batch_indices(8, 5, 30, 8))
+    # one epoch of steps covers every index exactly once
+    epoch = np.concatenate([train.batch_indices(7, s, 32, 8) for s in range(4)])
+    assert sorted(epoch.tolist()) == list(range(32))
+
+
+def test_images_are_cut_into_size_squares(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 70, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "small.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    arr, skipped = train.load_patches([tmp_path], size=32, channels=4)
+    assert arr.shape == (2, 32, 32, 4) and arr.dtype == np.uint8
+    assert {Path(s["path"]).name for s in skipped} == {"small.png", "bad.png"}
+
+
+def test_patches_smaller_than_size_name_the_file(tmp_path):
+    p = make_patches(tmp_path / "p.npy", size=16 * 2)
+    with pytest.raises(InputError, match="p.npy.*smaller than size=64"):
+        train.load_patches([p], size=64, channels=3)
+
+
+# ------------------------------------------------------------------ one run
+def test_one_step_writes_every_artifact(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = []
+    s = train.run({"patches": [patches]}, tiny(steps=1, grid_every=1),
+                  out, progress=lambda *a, **k: calls.append((a, k)))
+    for name in ("ckpt.pt", "config.json", "metrics.jsonl", "curves.png",
+                 "grids/step_000001.png"):
+        assert (out / name).is_file(), name
+    assert s["steps"] == 1 and s["n_patches"] == 24
+    row = metrics(out)[0]
+    assert row["step"] == 1 and {"lossD", "lossG", "ips"} <= row.keys()
+    assert calls[-1][0] == ("train", 1, 1) and "lossD" in calls[-1][1]
+
+
+def test_rgba_training_keeps_four_channels(tmp_path):
+    p = make_patches(tmp_path / "p.npy", channels=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    train.run({"patches": [p]}, tiny(channels=4, steps=1), out)
+    from PIL import Image
+
+    with Image.open(out / "grids" / "step_000001.png") as im:
+        assert im.mode == "RGBA"
+
+
+def test_checkpoint_loads_with_weights_only_and_restores_generator(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    train.run({"patches": [patches]}, tiny(), out)
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    assert {"G", "D", "G_ema", "optG", "optD", "step", "rng", "config", "version"} <= ck.keys()
+    assert ck["step"] == 3 and ck["config"]["params"]["ngf"] == 8
+    assert {"torch", "numpy", "python"} <= ck["rng"].keys()
+    G = Generator(GANConfig.from_dict(ck["config"]["gan"]))
+    G.load_state_dict(ck["G_ema"])
+    assert G(torch.randn(1, 16)).shape == (1, 3, 32, 32)
+
+
+def test_max_minutes_stops_early_and_still_writes_checkpoint(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    s = train.run({"patches": [patches]}, tiny(steps=50, max_minutes=1e-9), out)
+    assert s["stopped"] == "max_minutes" and s["steps"] < 50
+    assert (out / "ckpt.pt").is_file()
+
+
+def test_rerun_with_finished_checkpoint_resumes_without_training(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    train.run({"patches": [patches]}, tiny(), out)
+    s = train.run({"patches": [patches]}, tiny(), out)
+    assert s["resumed_from"] == 3 and s["steps"] == 3
+
+
+def test_checkpoint_with_other_params_is_not_resumed(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    train.run({"patches": [patches]}, tiny(), out)
+    s = train.run({"patches": [patches]}, tiny(lr_g=1e-3), out)
+    assert s["resumed_from"] is None
+
+
+# ------------------------------------------------------------------ faults
+def test_nan_rolls_back_to_last_checkpoint_with_halved_lr(patches, tmp_path, monkeypatch):
+    fired = []
+
+    def poison(step, loss):
+        if step == 4 and not fired:
+            fired.append(step)
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train, "_FAULT_HOOK", poison)
+    out = tmp_path / "out"
+    out.mkdir()
+    s = train.run({"patches": [patches]}, tiny(steps=6, ckpt_every=3), out)
+    assert fired == [4] and s["rollbacks"] == 1 and s["steps"] == 6
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ck["optG"]["param_groups"][0]["lr"] == pytest.approx(tiny().lr_g / 2)
+    events = [r for r in metrics(out) if r.get("event") == "rollback"]
+    assert events == [{"step": 3, "event": "rollback", "bad_step": 4, "lr_scale": 0.5}]
+    assert all(np.isfinite(r["lossD"]) for r in metrics(out) if "lossD" in r)
+
+
+def test_persistent_nan_stops_with_a_clear_error(patches, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "_FAULT_HOOK", lambda step, loss: loss * float("nan"))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(StageError, match="diverged at step 0.*2 rollback"):
+        train.run({"patches": [patches]}, tiny(max_rollbacks=2), out)
+
+
+# ------------------------------------------------------------------ resume after SIGKILL
+_CHILD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(1)
+from stages import train
+if {slow}:
+    train._STEP_HOOK = lambda step: time.sleep(0.3)
+p = train.Params(**{params!r})
+train.run({{"patches": [Path({patches!r})]}}, p, Path({out!r}))
+"""
+
+
+def _child(out: Path, patches: Path, params: dict, slow: bool) -> list[str]:
+    code = _CHILD.format(root=str(ROOT), slow=slow, params=params, patches=str(patches),
+                         out=str(out))
+    return [PY, "-c", code]
+
+
+def test_sigkill_mid_run_then_rerun_follows_uninterrupted_run(patches, tmp_path):
+    params = {**train.TINY, "size": 32, "steps": 12, "ckpt_every": 4, "grid_every": 4}
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    ref.mkdir()
+    cut.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_child(ref, patches, params, False), check=True, env=env, timeout=120)
+
+    proc = subprocess.Popen(_child(cut, patches, params, True), env=env)
+    deadline = time.time() + 90
+    while not (cut / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.4)                                        # now somewhere past the checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(cut / "ckpt.pt", weights_only=True)["step"]
+    assert 4 <= killed_at < 12, "the child was not killed mid-run"
+
+    subprocess.run(_child(cut, patches, params, False), check=True, env=env, timeout=120)
+    a = {r["step"]: r for r in metrics(ref) if "lossD" in r}
+    b = {r["step"]: r for r in metrics(cut) if "lossD" in r}
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    for s in range(killed_at + 1, 13):
+        assert b[s]["lossD"] == pytest.approx(a[s]["lossD"], abs=1e-4)
+        assert b[s]["lossG"] == pytest.approx(a[s]["lossG"], abs=1e-4)
+    ca = torch.load(ref / "ckpt.pt", weights_only=True)
+    cb = torch.load(cut / "ckpt.pt", weights_only=True)
+    assert ca["step"] == cb["step"] == 12
+    for k in ca["G_ema"]:
+        assert torch.allclose(ca["G_ema"][k].float(), cb["G_ema"][k].float(), atol=1e-4), k
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+    assert files(ref) == files(cut)
+
+
+# ------------------------------------------------------------------ DDP
+_DDP_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(1)
+from stages import train
+p = train.Params(**{params!r})
+s = train.run({{"patches": [Path({patches!r})]}}, p, Path({out!r}))
+rank = os.environ["RANK"]
+Path({out!r}, "rank" + rank + ".json").write_text(json.dumps(s))
+"""
+
+
+@pytest.mark.skipif(not (Path(PY).parent / "torchrun").exists(), reason="torchrun not installed")
+def test_two_process_gloo_ddp_keeps_ranks_in_sync(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    params = {**train.TINY, "size": 32, "steps": 4, "ckpt_every": 2}
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT.format(root=str(ROOT), params=params, patches=str(patches),
+                                         out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(Path(PY).parent / "torchrun"), "--nproc_per_node=2",
+                        "--master_port=0", str(script)],
+                       env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s0 = json.loads((out / "rank0.json").read_text())
+    s1 = json.loads((out / "rank1.json").read_text())
+    assert s0["world_size"] == s1["world_size"] == 2
+    assert s0["g_checksum"] == pytest.approx(s1["g_checksum"], rel=1e-6)
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ck["step"] == 4 and ck["config"]["world_size"] == 2
+    assert len(list(out.glob("*.pt"))) == 1 and not list(out.glob(".*tmp"))
+    assert len(metrics(out)) == 4                   # written once, by rank 0

@@ -1,0 +1,334 @@
+"""Exact tile bank: unique tiles, flip-aware identity, Tiled flip bits, palette swaps.
+
+A *tile* here is an RGBA uint8 array of shape (T, T, 4) whose alpha is 0 or 255 and whose
+transparent pixels are (0, 0, 0, 0), so equal-looking tiles have equal bytes
+(:func:`normalize_alpha`).
+
+With ``flips=True`` a tile and its horizontally, vertically and doubly flipped forms are one bank
+entry.  A map cell then stores the bank id plus Tiled's flip bits (:data:`FLIP_H` = bit 31,
+:data:`FLIP_V` = bit 30): the cell shows ``flip(bank[id], h, v)``, exactly how Tiled draws a
+GID with those bits.  With ``flips=False`` (NES mode: NES background tiles cannot flip) every
+orientation is its own entry and no flip bit is ever set.
+
+A *palette swap* is the same pixel pattern in other colours (how NES games reuse one tile in
+several palettes).  :func:`pattern_keys` gives every tile a colour-blind key (colours renamed
+in order of first appearance, minimised over flips when flips are on); tiles of two or more
+colours that share a key form a palette-swap group.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["FLIP_H", "FLIP_V", "ID_MASK", "TileBank", "normalize_alpha", "flip_tile",
+           "flip_variants", "cut_tiles", "pattern_keys", "palette_swap_groups",
+           "encode_cells", "decode_cells", "apply_cells"]
+
+#: Tiled GID bit: the tile is drawn flipped horizontally.
+FLIP_H = np.uint32(1 << 31)
+#: Tiled GID bit: the tile is drawn flipped vertically.
+FLIP_V = np.uint32(1 << 30)
+#: Low bits holding the bank id (Tiled reserves bits 29..31 for flips/rotation).
+ID_MASK = np.uint32((1 << 29) - 1)
+
+# flip codes: bit 0 = horizontal, bit 1 = vertical; composing two flips XORs their codes.
+_FLIP_CODES = (0, 1, 2, 3)
+
+
+def normalize_alpha(rgba: np.ndarray, *, threshold: int = 128) -> np.ndarray:
+    """Make alpha binary (0/255) and zero the colour of transparent pixels.
+
+    Parameters
+    ----------
+    rgba : ndarray, shape (..., 4), uint8
+    threshold : int
+        Alpha values ``>= threshold`` become opaque.
+
+    Returns
+    -------
+    ndarray, same shape, uint8 (a new array)
+    """
+    rgba = np.asarray(rgba)
+    if rgba.dtype != np.uint8 or rgba.shape[-1] != 4:
+        raise ValueError(f"rgba must be uint8 with 4 channels, got {rgba.dtype} {rgba.shape}")
+    out = rgba.copy()
+    opaque = out[..., 3] >= threshold
+    out[..., 3] = np.where(opaque, 255, 0)
+    out[~opaque] = 0
+    return out
+
+
+def flip_tile(tile: np.ndarray, code: int) -> np.ndarray:
+    """Flip tile(s) (..., T, T, C) by ``code`` (bit 0 horizontal, bit 1 vertical)."""
+    out = tile
+    if code & 1:
+        out = out[..., :, ::-1, :]
+    if code & 2:
+        out = out[..., ::-1, :, :]
+    return out
+
+
+def flip_variants(tiles: np.ndarray) -> np.ndarray:
+    """All four orientations: (N, T, T, C) -> (N, 4, T, T, C), index = flip code."""
+    return np.stack([flip_tile(tiles, c) for c in _FLIP_CODES], axis=1)
+
+
+def cut_tiles(image: np.ndarray, tile_size: int) -> np.ndarray:
+    """Cut an image (H, W, C) whose sides are multiples of ``tile_size`` into grid tiles.
+
+    Returns
+    -------
+    ndarray, shape (H/T * W/T, T, T, C), row-major grid order
+    """
+    h, w, c = image.shape
+    t = tile_size
+    if h % t or w % t:
+        raise ValueError(f"image size {w}x{h} is not a multiple of the tile size {t}")
+    g = image.reshape(h // t, t, w // t, t, c).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(g).reshape(-1, t, t, c)
+
+
+def _rows_as_keys(flat: np.ndarray) -> np.ndarray:
+    """(N, L) uint8 -> (N,) void keys comparable with ==, sortable by np.unique."""
+    flat = np.ascontiguousarray(flat)
+    return flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
+
+
+def _canonical(tiles: np.ndarray, flips: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical bytes of each tile and the flip code that maps the tile to them.
+
+    The canonical form is the lexicographically smallest of the orientations considered.
+    Returns (keys (N,) void, code (N,) uint8) with ``flip_tile(tile, code) == canonical``.
+    """
+    n = len(tiles)
+    if not flips:
+        return _rows_as_keys(tiles.reshape(n, -1)), np.zeros(n, np.uint8)
+    var = flip_variants(tiles).reshape(n, 4, -1)
+    best = var[:, 0]
+    code = np.zeros(n, np.uint8)
+    for c in (1, 2, 3):
+        cand = var[:, c]
+        diff = cand != best
+        first = diff.argmax(axis=1)
+        anydiff = diff[np.arange(n), first]
+        rows = np.arange(n)
+        smaller = anydiff & (cand[rows, first] < best[rows, first])
+        best = np.where(smaller[:, None], cand, best)
+        code[smaller] = c
+    return _rows_as_keys(best), code
+
+
+@dataclass
+class TileBank:
+    """A bank of unique tiles with flip-aware identity.
+
+    Attributes
+    ----------
+    tile_size : int
+    flips : bool
+        Whether a tile equals its flipped forms.
+    tiles : list of ndarray (T, T, 4) uint8
+        Bank tiles in order of first appearance, stored as first seen.
+    counts : list of int
+        How many cells use each tile.
+    origins : list of tuple
+        (image name, x, y) of each tile's first occurrence, in pixels.
+    """
+
+    tile_size: int
+    flips: bool = True
+    tiles: list = field(default_factory=list)
+    counts: list = field(default_factory=list)
+    origins: list = field(default_factory=list)
+    _index: dict = field(default_factory=dict, repr=False)   # canonical bytes -> (id, code)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tile_size, (int, np.integer)) or self.tile_size < 1:
+            raise ValueError(f"tile_size must be a positive int, got {self.tile_size!r}")
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def add_tiles(self, tiles: np.ndarray, *, origins: Optional[Sequence[tuple]] = None) -> np.ndarray:
+        """Add tiles and return one cell value per tile.
+
+        Parameters
+        ----------
+        tiles : ndarray, shape (N, T, T, 4), uint8
+            Alpha-normalised tiles (:func:`normalize_alpha`).
+        origins : sequence of (image, x, y), optional
+            Where each tile comes from; remembered for tiles new to the bank.
+
+        Returns
+        -------
+        ndarray, shape (N,), uint32
+            Bank id in the low bits plus :data:`FLIP_H` / :data:`FLIP_V` so that flipping
+            ``bank[id]`` as the bits say gives back the tile exactly.
+        """
+        tiles = np.asarray(tiles)
+        t = self.tile_size
+        if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[1:] != (t, t, 4):
+            raise ValueError(f"tiles must be uint8 (N, {t}, {t}, 4), got {tiles.dtype} {tiles.shape}")
+        n = len(tiles)
+        out = np.zeros(n, np.uint32)
+        if n == 0:
+            return out
+        keys, codes = _canonical(tiles, self.flips)
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        # process unique keys in order of first appearance so ids follow reading order
+        order = np.argsort(first, kind="stable")
+        ids = np.empty(len(uniq), np.int64)
+        bank_code = np.empty(len(uniq), np.uint8)
+        for u in order:
+            key = uniq[u].tobytes()
+            hit = self._index.get(key)
+            if hit is None:
+                i = int(first[u])
+                hit = (len(self.tiles), int(codes[i]))
+                self._index[key] = hit
+                self.tiles.append(tiles[i].copy())
+                self.counts.append(0)
+                self.origins.append(tuple(origins[i]) if origins is not None else None)
+                if len(self.tiles) > int(ID_MASK):
+                    raise ValueError("more unique tiles than Tiled's 29-bit ids can hold")
+            ids[u], bank_code[u] = hit
+        np.add.at(counts := np.zeros(len(self.tiles), np.int64), ids[inverse], 1)
+        for i in np.flatnonzero(counts):
+            self.counts[i] += int(counts[i])
+        # tile = flip(canonical, code_t) and canonical = flip(bank, code_b) => tile = flip(bank, t ^ b)
+        rel = codes ^ bank_code[inverse]
+        out[:] = ids[inverse].astype(np.uint32)
+        out |= np.where(rel & 1, FLIP_H, np.uint32(0)).astype(np.uint32)
+        out |= np.where(rel & 2, FLIP_V, np.uint32(0)).astype(np.uint32)
+        return out
+
+    def add_image(self, image: np.ndarray, name: str) -> np.ndarray:
+        """Cut an RGBA image (H, W, 4) into tiles, add them, return its map (H/T, W/T) uint32."""
+        t = self.tile_size
+        h, w = image.shape[:2]
+        tiles = cut_tiles(image, t)
+        gw = w // t
+        origins = [(name, (k % gw) * t, (k // gw) * t) for k in range(len(tiles))]
+        return self.add_tiles(tiles, origins=origins).reshape(h // t, w // t)
+
+    def array(self) -> np.ndarray:
+        """The bank as one array (K, T, T, 4) uint8."""
+        t = self.tile_size
+        if not self.tiles:
+            return np.zeros((0, t, t, 4), np.uint8)
+        return np.stack(self.tiles)
+
+
+# --------------------------------------------------------------------------- cells
+def encode_cells(ids: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Bank ids and flip codes (bit 0 H, bit 1 V) -> Tiled cell values, uint32."""
+    ids = np.asarray(ids).astype(np.uint32)
+    codes = np.asarray(codes).astype(np.uint32)
+    return (ids & ID_MASK) | ((codes & 1) << 31) | (((codes >> 1) & 1) << 30)
+
+
+def decode_cells(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tiled cell values -> (ids int64, flip codes uint8)."""
+    cells = np.asarray(cells).astype(np.uint32)
+    ids = (cells & ID_MASK).astype(np.int64)
+    codes = (((cells >> 31) & 1) | (((cells >> 30) & 1) << 1)).astype(np.uint8)
+    return ids, codes
+
+
+def apply_cells(bank: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Rebuild an image from a bank (K, T, T, C) and a map (h, w) of cell values.
+
+    Returns
+    -------
+    ndarray, shape (h*T, w*T, C), uint8
+    """
+    ids, codes = decode_cells(cells)
+    h, w = cells.shape
+    k, t, _, c = bank.shape
+    if ids.size and ids.max() >= k:
+        raise ValueError(f"map refers to tile {int(ids.max())} but the bank has {k} tiles")
+    var = flip_variants(bank)                               # (K, 4, T, T, C)
+    tiles = var[ids.ravel(), codes.ravel()]                 # (h*w, T, T, C)
+    return tiles.reshape(h, w, t, t, c).transpose(0, 2, 1, 3, 4).reshape(h * t, w * t, c)
+
+
+# --------------------------------------------------------------------------- palette swaps
+def _relabel(flat: np.ndarray) -> np.ndarray:
+    """(N, P, C) pixels -> (N, P) colour labels numbered by first appearance (vectorised)."""
+    n, p, c = flat.shape
+    code = np.zeros((n, p), np.uint32)
+    for ch in range(c):
+        code |= flat[..., ch].astype(np.uint32) << np.uint32(8 * ch)
+    rows = np.arange(n)[:, None]
+    order = np.argsort(code, axis=1, kind="stable")             # equal colours: by position
+    srt = code[rows, order]
+    new = np.ones((n, p), bool)
+    new[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    idx = np.broadcast_to(np.arange(p), (n, p))
+    start = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
+    first = order[rows, start]                # first position of each pixel's colour (sorted)
+    mark = np.zeros((n, p), np.int32)
+    mark[np.nonzero(new)[0], order[new]] = 1                 # first appearances
+    rank = np.cumsum(mark, axis=1) - 1
+    out = np.empty((n, p), np.uint16)
+    out[rows, order] = rank[rows, first]
+    return out
+
+
+def pattern_keys(tiles: np.ndarray, *, flips: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Colour-blind pattern key of every tile and its number of colours.
+
+    Parameters
+    ----------
+    tiles : ndarray, shape (N, T, T, C), uint8
+    flips : bool
+        If true, the key is the smallest over the four orientations, so a flipped palette swap
+        has the same key.
+
+    Returns
+    -------
+    keys : ndarray, shape (N,), void
+        Equal keys = same pixel pattern up to a renaming of colours.
+    colours : ndarray, shape (N,), int64
+        Distinct colours (RGBA values) per tile.
+    """
+    tiles = np.asarray(tiles)
+    n, t, _, c = tiles.shape
+    codes = _FLIP_CODES if flips else (0,)
+    labels = []
+    for code in codes:
+        v = np.ascontiguousarray(flip_tile(tiles, code)).reshape(n, t * t, c)
+        labels.append(_relabel(v))
+    lab = np.stack(labels, axis=1).astype(np.uint16)        # (N, F, P)
+    colours = lab[:, 0].max(axis=1).astype(np.int64) + 1 if n else np.zeros(0, np.int64)
+    # smallest orientation, lexicographically on big-endian bytes
+    be = lab.astype(">u2").view(np.uint8).reshape(n, len(codes), -1)
+    best = be[:, 0]
+    for f in range(1, len(codes)):
+        cand = be[:, f]
+        diff = cand != best
+        first = diff.argmax(axis=1)
+        rows = np.arange(n)
+        smaller = diff[rows, first] & (cand[rows, first] < best[rows, first])
+        best = np.where(smaller[:, None], cand, best)
+    return _rows_as_keys(best), colours
+
+
+def palette_swap_groups(tiles: np.ndarray, *, flips: bool = True) -> list[list[int]]:
+    """Groups of bank ids (sorted, size >= 2) that are palette swaps of each other.
+
+    Single-colour tiles are left out: every flat tile would otherwise be a swap of every other.
+    """
+    if len(tiles) == 0:
+        return []
+    keys, colours = pattern_keys(tiles, flips=flips)
+    groups: dict[bytes, list[int]] = {}
+    for i, (k, nc) in enumerate(zip(keys, colours)):
+        if nc >= 2:
+            groups.setdefault(k.tobytes(), []).append(i)
+    out = [g for g in groups.values() if len(g) >= 2]
+    out.sort(key=lambda g: g[0])
+    return out
