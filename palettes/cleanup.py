@@ -44,28 +44,127 @@ def area_colour_counts(idx: np.ndarray, mask: Optional[np.ndarray] = None, *, ar
     return np.array(out, np.int64)
 
 
-def _kmeans_lab(x: np.ndarray, k: int, iters: int = 12) -> np.ndarray:
-    """Deterministic k-means on Lab points (farthest-point initialisation).  x: (N, 3)."""
-    centres = [x[0]]
-    d = delta_e76_sq(x, centres[0])
-    # start from the point closest to the mean so the first centre is typical
+def _kmeans_numpy(x: np.ndarray, k: int, iters: int = 12) -> np.ndarray:
+    """Deterministic k-means on Lab points (reference implementation, see :func:`_kmeans_lab`)."""
     mean = x.mean(axis=0)
-    centres = [x[np.argmin(delta_e76_sq(x, mean))]]
-    d = delta_e76_sq(x, centres[0])
-    while len(centres) < k:
+    first = int(np.argmin(delta_e76_sq(x, mean)))
+    idx = [first]
+    d = delta_e76_sq(x, x[first])
+    while len(idx) < k:
         j = int(np.argmax(d))
         if d[j] <= 0:
             break
-        centres.append(x[j])
+        idx.append(j)
         d = np.minimum(d, delta_e76_sq(x, x[j]))
-    c = np.array(centres)
+    c = x[idx].copy()
+    kk = len(c)
+    prev = None
     for _ in range(iters):
         lab = np.argmin(delta_e76_sq(x[:, None, :], c[None]), axis=1)
-        newc = np.array([x[lab == i].mean(axis=0) if np.any(lab == i) else c[i] for i in range(len(c))])
-        if np.allclose(newc, c):
+        if prev is not None and np.array_equal(lab, prev):
             break
-        c = newc
+        prev = lab
+        cnt = np.bincount(lab, minlength=kk).astype(np.float64)
+        nz = cnt > 0
+        for dim in range(3):
+            c[nz, dim] = np.bincount(lab, weights=x[:, dim], minlength=kk)[nz] / cnt[nz]
     return c
+
+
+_kmeans_jit = None
+
+
+def _get_kmeans_jit():
+    global _kmeans_jit
+    if _kmeans_jit is None:
+        import numba as nb
+
+        @nb.njit(cache=True)
+        def km(x, k, iters):                                     # pragma: no cover (jitted)
+            n = x.shape[0]
+            m0 = x[:, 0].mean()
+            m1 = x[:, 1].mean()
+            m2 = x[:, 2].mean()
+            d = np.empty(n)
+            best = np.inf
+            first = 0
+            for i in range(n):
+                t0 = x[i, 0] - m0
+                t1 = x[i, 1] - m1
+                t2 = x[i, 2] - m2
+                v = t0 * t0 + t1 * t1 + t2 * t2
+                if v < best:
+                    best = v
+                    first = i
+            c = np.empty((k, 3))
+            c[0] = x[first]
+            for i in range(n):
+                t0 = x[i, 0] - c[0, 0]
+                t1 = x[i, 1] - c[0, 1]
+                t2 = x[i, 2] - c[0, 2]
+                d[i] = t0 * t0 + t1 * t1 + t2 * t2
+            kk = 1
+            while kk < k:
+                j = 0
+                for i in range(n):
+                    if d[i] > d[j]:
+                        j = i
+                if d[j] <= 0:
+                    break
+                c[kk] = x[j]
+                for i in range(n):
+                    t0 = x[i, 0] - c[kk, 0]
+                    t1 = x[i, 1] - c[kk, 1]
+                    t2 = x[i, 2] - c[kk, 2]
+                    v = t0 * t0 + t1 * t1 + t2 * t2
+                    if v < d[i]:
+                        d[i] = v
+                kk += 1
+            lab = np.full(n, -1, np.int64)
+            for _ in range(iters):
+                changed = False
+                for i in range(n):
+                    bj = 0
+                    bv = np.inf
+                    for j in range(kk):
+                        t0 = x[i, 0] - c[j, 0]
+                        t1 = x[i, 1] - c[j, 1]
+                        t2 = x[i, 2] - c[j, 2]
+                        v = t0 * t0 + t1 * t1 + t2 * t2
+                        if v < bv:
+                            bv = v
+                            bj = j
+                    if lab[i] != bj:
+                        changed = True
+                        lab[i] = bj
+                if not changed:
+                    break
+                s = np.zeros((kk, 3))
+                cnt = np.zeros(kk)
+                for i in range(n):
+                    s[lab[i]] += x[i]
+                    cnt[lab[i]] += 1.0
+                for j in range(kk):
+                    if cnt[j] > 0:
+                        c[j] = s[j] / cnt[j]
+            return c[:kk].copy()
+
+        _kmeans_jit = km
+    return _kmeans_jit
+
+
+def _kmeans_lab(x: np.ndarray, k: int, iters: int = 12) -> np.ndarray:
+    """Deterministic k-means on Lab points.
+
+    Initialisation: the point nearest the mean, then repeatedly the point farthest from all
+    chosen centres; Lloyd iterations until no label changes (at most ``iters``).
+    x: (N, 3) float64.  Returns (<= k, 3) centres.  Uses numba when available.
+    """
+    try:
+        km = _get_kmeans_jit()
+    except ImportError:                                           # pragma: no cover
+        return _kmeans_numpy(x, k, iters)
+    return km(np.ascontiguousarray(x, np.float64), int(k), int(iters))
 
 
 def limit_area_colours(idx: np.ndarray, src_lab: np.ndarray, pal_lab: np.ndarray,

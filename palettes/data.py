@@ -96,7 +96,7 @@ def _register(name: str, colours: np.ndarray, kind: str, description: str, sourc
 
 
 _register("nes", _hex_table(_NES_FCEUX_HEX), "nes",
-          "NES 2C02, the classic FCEUX-style table (default)",
+          "NES 2C02, the classic FCEUX-style table",
           "FCEUX default 2C02 table, as published in many NES tools")
 _register("nes-ntsc", nes_ntsc_palette(), "nes",
           "NES 2C02 decoded from the NTSC composite-signal model",

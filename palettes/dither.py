@@ -70,27 +70,66 @@ def dither_map(rgb: np.ndarray, mapper: NearestMapper, mode: str) -> np.ndarray:
     return _floyd(rgb, mapper)
 
 
+_fs_jit = None
+
+
+def _get_fs_jit():
+    global _fs_jit
+    if _fs_jit is None:
+        import numba as nb
+
+        @nb.njit(cache=True)
+        def fs(rgb, pal, coarse, blocks, out):                   # pragma: no cover (jitted)
+            h, w = out.shape
+            buf = rgb.astype(np.float64)
+            for y in range(h):
+                for x in range(w):
+                    r = min(255, max(0, int(np.floor(buf[y, x, 0] + 0.5))))
+                    g = min(255, max(0, int(np.floor(buf[y, x, 1] + 0.5))))
+                    b = min(255, max(0, int(np.floor(buf[y, x, 2] + 0.5))))
+                    v = np.int64(coarse[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)])
+                    i = blocks[v, ((r & 3) << 4) | ((g & 3) << 2) | (b & 3)]
+                    out[y, x] = i
+                    for c in range(3):
+                        e = buf[y, x, c] - pal[i, c]
+                        if x + 1 < w:
+                            buf[y, x + 1, c] += e * (7.0 / 16.0)
+                        if y + 1 < h:
+                            if x > 0:
+                                buf[y + 1, x - 1, c] += e * (3.0 / 16.0)
+                            buf[y + 1, x, c] += e * (5.0 / 16.0)
+                            if x + 1 < w:
+                                buf[y + 1, x + 1, c] += e * (1.0 / 16.0)
+
+        _fs_jit = fs
+    return _fs_jit
+
+
 def _floyd(rgb: np.ndarray, mapper: NearestMapper) -> np.ndarray:
+    """Floyd–Steinberg in RGB (left to right, top to bottom); exact lookup per pixel."""
     h, w = rgb.shape[:2]
-    pal = mapper.colours.astype(np.float64)
-    buf = rgb.astype(np.float64)
     out = np.zeros((h, w), np.uint8)
+    pal = mapper.colours.astype(np.float64)
+    if mapper.coarse is not None:
+        try:
+            fs = _get_fs_jit()
+            fs(np.ascontiguousarray(rgb), pal, mapper.coarse, mapper.blocks, out)
+            return out
+        except ImportError:                                      # pragma: no cover
+            pass
+    buf = rgb.astype(np.float64)
     for y in range(h):
-        row = buf[y]
-        q = np.clip(np.round(row), 0, 255).astype(np.uint8)
         for x in range(w):
-            c = np.clip(np.round(row[x]), 0, 255).astype(np.uint8)
+            c = np.clip(np.floor(buf[y, x] + 0.5), 0, 255).astype(np.uint8)
             i = int(mapper.map(c[None])[0])
             out[y, x] = i
-            err = row[x] - pal[i]
+            err = buf[y, x] - pal[i]
             if x + 1 < w:
-                row[x + 1] += err * (7 / 16)
+                buf[y, x + 1] += err * (7 / 16)
             if y + 1 < h:
-                nxt = buf[y + 1]
                 if x > 0:
-                    nxt[x - 1] += err * (3 / 16)
-                nxt[x] += err * (5 / 16)
+                    buf[y + 1, x - 1] += err * (3 / 16)
+                buf[y + 1, x] += err * (5 / 16)
                 if x + 1 < w:
-                    nxt[x + 1] += err * (1 / 16)
-        del q
+                    buf[y + 1, x + 1] += err * (1 / 16)
     return out

@@ -399,3 +399,66 @@ def validate_nes(images: Sequence[np.ndarray], *, backdrop: Optional[int] = None
                             f"pattern table holds; merge near-identical tiles or use a smaller screen")
     res["legal"] = not problems
     return res
+
+
+def merge_patterns(pats: np.ndarray, max_tiles: int = MAX_TILES) -> tuple[np.ndarray, dict]:
+    """Merge near-identical 8×8 patterns until at most ``max_tiles`` unique ones remain.
+
+    Greedy: repeatedly replace the rarer tile of the closest pair (fewest differing pixels;
+    ties: the rarer tile, then the lower id) by the other one.
+
+    Parameters
+    ----------
+    pats : ndarray, shape (N, 8, 8), uint8 values 0..3 — :func:`pattern_tiles`
+
+    Returns
+    -------
+    merged : ndarray, shape (N, 8, 8), uint8
+    info : dict — ``unique_before``, ``unique_after``, ``merges``, ``max_pixels_changed`` (the
+        error bound: no tile changes in more than this many of its 64 pixels)
+    """
+    flat = pats.reshape(len(pats), 64)
+    uniq, inv, counts = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    n = len(uniq)
+    info = {"unique_before": int(n), "unique_after": int(n), "merges": 0, "max_pixels_changed": 0}
+    if n <= max_tiles:
+        return pats.copy(), info
+    dist = (uniq[:, None, :] != uniq[None, :, :]).sum(axis=2).astype(np.float64)
+    np.fill_diagonal(dist, np.inf)
+    target = np.arange(n)
+    cnt = counts.astype(np.float64)
+    alive = np.ones(n, bool)
+    worst = 0
+    while alive.sum() > max_tiles:
+        # cost: pixel distance, then prefer moving the rarer tile
+        i, j = np.unravel_index(np.argmin(dist), dist.shape)
+        src, dst = (i, j) if (cnt[i], i) <= (cnt[j], j) else (j, i)
+        worst = max(worst, int(dist[i, j]))
+        target[target == src] = dst
+        cnt[dst] += cnt[src]
+        alive[src] = False
+        dist[src, :] = np.inf
+        dist[:, src] = np.inf
+        info["merges"] += 1
+    # distance of every original tile to its final representative
+    final = target[inv]
+    changed = (uniq[inv] != uniq[final]).sum(axis=1)
+    info["unique_after"] = int(alive.sum())
+    info["max_pixels_changed"] = int(changed.max())
+    del worst
+    return uniq[final].reshape(-1, 8, 8).astype(np.uint8), info
+
+
+def patterns_to_image(pats: np.ndarray, attr: np.ndarray, backdrop: int, subpalettes: np.ndarray,
+                      h: int, w: int, *, area: int = AREA) -> np.ndarray:
+    """Inverse of :func:`pattern_tiles`: 2-bit tiles + attributes back to NES colour numbers.
+
+    Returns
+    -------
+    ndarray, shape (h, w), uint8
+    """
+    vals = pats.reshape(h // 8, w // 8, 8, 8).transpose(0, 2, 1, 3).reshape(h, w)
+    big = np.repeat(np.repeat(attr, area, 0), area, 1)[:h, :w]
+    cols = np.concatenate([np.full((len(subpalettes), 1), backdrop), np.asarray(subpalettes)], 1)
+    return cols[big, vals].astype(np.uint8)

@@ -177,6 +177,13 @@ def _option_for(field: dataclasses.Field, tp: Any) -> tuple[Any, Any]:
     return Annotated[Optional[str], opt], None
 
 
+def _reflow(doc: str) -> str:
+    """Module docstring -> help text: paragraphs re-flowed, RST literals made plain."""
+    paras = [" ".join(line.strip() for line in p.splitlines()) for p in doc.strip().split("\n\n")]
+    return "\n\n".join(p.replace("``", "`").replace(":class:", "").replace(":func:", "")
+                       .replace(":mod:", "") for p in paras if p)
+
+
 def _make_stage_command(name: str, mod: Any) -> None:
     prim = primary_input(mod)
     up = mod.INPUTS[prim]
@@ -223,9 +230,8 @@ def _make_stage_command(name: str, mod: Any) -> None:
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__name__ = f"{name}_cmd"
-    doc = (mod.__doc__ or f"The {name} stage.").strip()
-    command.__doc__ = doc
-    app.command(name, help=doc.split("\n\n")[0] + "\n\n" + "\n\n".join(doc.split("\n\n")[1:]))(command)
+    command.__doc__ = _reflow(mod.__doc__ or f"The {name} stage.")
+    app.command(name, help=command.__doc__)(command)
 
 
 def _run_single(name: str, kw: dict[str, Any]) -> None:
@@ -267,6 +273,11 @@ def _run_single(name: str, kw: dict[str, Any]) -> None:
             digests[inp] = store.content_digest(art)
     params = resolve_params(mod, cfg, kw)
     t0 = time.time()
+    from .runner import dist_rank
+
+    if dist_rank() > 0:  # torchrun worker: rank 0 owns the store
+        execute(store, mod, params, inputs, digests, force=force)
+        return
     with store:
         res = execute(store, mod, params, inputs, digests, force=force)
     _print_table([res], time.time() - t0)

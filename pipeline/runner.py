@@ -58,6 +58,18 @@ class ProgressBars:
         self.bars.clear()
 
 
+def dist_rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def inputs_as_paths(inputs: dict[str, list[str]]) -> dict[str, list[Any]]:
+    return {k: [p if str(p).startswith(("http://", "https://")) else Path(p) for p in v]
+            for k, v in inputs.items()}
+
+
 def execute(store: C.Store, mod: ModuleType, params: Any, inputs: dict[str, list[str]],
             digests: dict[str, str], *, force: bool = False,
             progress: Optional[Callable[..., None]] = None) -> StageResult:
@@ -68,6 +80,12 @@ def execute(store: C.Store, mod: ModuleType, params: Any, inputs: dict[str, list
     if hit is not None and not force:
         store.set_latest(name, key)
         return StageResult(name, key, hit, False, 0.0, store.manifest(hit).get("summary", {}))
+    if dist_rank() > 0:
+        # torchrun worker: reads the same work dir as rank 0 (to resume from the same
+        # checkpoint) but never writes to it; rank 0 alone commits the artifact.
+        work = store.root / name / f"{key}.partial"
+        summary = mod.run(inputs_as_paths(inputs), params, work, progress or (lambda *a, **k: None))
+        return StageResult(name, key, work, True, 0.0, summary or {})
     work = store.root / name / f"{key}.partial"
     if work.exists() and (force or name not in RESUMABLE):
         shutil.rmtree(work)
@@ -78,9 +96,7 @@ def execute(store: C.Store, mod: ModuleType, params: Any, inputs: dict[str, list
     bars = progress or ProgressBars()
     started = time.time()
     try:
-        summary = mod.run({k: [Path(p) if not str(p).startswith(("http://", "https://")) else p
-                               for p in v] for k, v in inputs.items()},
-                          params, work, bars)
+        summary = mod.run(inputs_as_paths(inputs), params, work, bars)
     finally:
         if progress is None:
             bars.close()

@@ -145,11 +145,12 @@ def png_bytes(arr_or_image: "Any", *, palette: Optional[np.ndarray] = None,
         if a.ndim == 2:
             if palette is None:
                 raise ValueError("an index image needs a palette")
-            im = Image.fromarray(a, mode="P")
+            a = np.ascontiguousarray(a)
+            im = Image.frombytes("P", (a.shape[1], a.shape[0]), a.tobytes())
             pal = np.asarray(palette, np.uint8).reshape(-1, 3)
             im.putpalette(pal.tobytes(), rawmode="RGB")
         elif a.ndim == 3 and a.shape[2] in (3, 4):
-            im = Image.fromarray(a, mode="RGB" if a.shape[2] == 3 else "RGBA")
+            im = Image.fromarray(np.ascontiguousarray(a))
         else:
             raise ValueError(f"unsupported image array shape {a.shape}")
     else:

@@ -29,7 +29,8 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 img.px{image-rendering:pixelated;image-rendering:crisp-edges}
-.tiles img{width:48px;height:48px;margin:1px;background:#888;image-rendering:pixelated}
+img.px,.tiles img,.pair img{background:repeating-conic-gradient(#ddd 0 25%,#fff 0 50%) 0 0/16px 16px}
+.tiles img{width:48px;height:48px;margin:1px;image-rendering:pixelated}
 .pair{display:inline-block;margin:.5em;text-align:center;font-size:.8em;vertical-align:top}
 .pair img{image-rendering:pixelated;margin:2px;border:1px solid #ccc}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
@@ -285,26 +286,32 @@ def _section_tiles(bank: np.ndarray, props: list[dict]) -> str:
 
 
 def _dropped_distance(rec: dict) -> Optional[float]:
-    for key in ("distance", "novelty"):
-        v = rec.get(key)
-        if isinstance(v, (int, float)):
-            return float(v)
-    nt = rec.get("nearest_training") or rec.get("training")
-    if isinstance(nt, dict) and isinstance(nt.get("distance"), (int, float)):
-        return float(nt["distance"])
+    """Distance of a dropped tile to its training twin (None for other reasons)."""
+    reason = str(rec.get("reason", ""))
+    if reason and not reason.startswith("training"):
+        return None
+    v = rec.get("distance")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    for key in ("training", "nearest_training"):
+        nt = rec.get(key)
+        if isinstance(nt, dict) and isinstance(nt.get("distance"), (int, float)):
+            return float(nt["distance"])
     return None
 
 
 def _section_novelty(meta: list, dropped: list) -> str:
-    kept = [m.get("novelty") for m in meta if isinstance(m, dict)
-            and isinstance(m.get("novelty"), (int, float))]
+    kept = [m["novelty"] for m in meta if isinstance(m, dict)
+            and isinstance(m.get("novelty"), (int, float)) and m["novelty"] >= 0]
     drop = [_dropped_distance(d) for d in dropped if isinstance(d, dict)]
     drop = [d for d in drop if d is not None]
     series = [("kept tiles", kept, "#2c7fb8")]
     if drop:
         series.append(("dropped tiles", drop, "#d95f0e"))
-    unknown = sum(1 for m in meta if isinstance(m, dict) and m.get("novelty") is None)
-    extra = f' <span class="muted">({unknown} tiles without a training neighbour)</span>' if unknown else ""
+    unknown = sum(1 for m in meta if isinstance(m, dict) and not (
+        isinstance(m.get("novelty"), (int, float)) and m["novelty"] >= 0))
+    extra = (f' <span class="muted">({unknown} tiles not measured: flat, or no training '
+             f"tiles given)</span>" if unknown else "")
     return ("<h2>Novelty</h2><p>Hamming distance of each tile's perceptual hash to the nearest "
             f"training tile: higher is more original.{extra}</p>"
             + svg_histogram(series, xlabel="distance to nearest training tile (bits)"))

@@ -1,7 +1,8 @@
 """crop: bring screenshots to native pixels; cut 16-px-aligned training patches and tiles.
 
 Per screen: (1) detect an integer nearest-neighbour upscale k (all colour changes fall on a
-k-px grid; statistically for JPEG) and undo it exactly; (2) remove a uniform letterbox found on
+k-px grid; statistically for JPEG) and undo it exactly, likewise a non-integer per-axis stretch
+(8:7 aspect-corrected captures) when unambiguous; (2) remove a uniform letterbox found on
 two opposite sides; (3) find the 16-px tile grid (the phase where whole tiles repeat most);
 (4) cut patch_size patches every stride px and every 16x16 tile on that grid.
 Writes screens/<id>.png, screens.json, patches.npy (N,S,S,C) uint8, tiles.npy (M,16,16,3)
@@ -18,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -45,6 +46,8 @@ LOSSY_RECON = 0.7
 JPEG_TOLERANCE = 8
 #: smallest non-integer stretch undone (closer to 1, a few identical neighbour lines could fake it)
 STRETCH_MIN_RATIO = 1.1
+#: the tile grid is searched in the top-left GRID_WINDOW² pixels (same phase as the whole)
+GRID_WINDOW = 768
 
 
 @dataclass(frozen=True)
@@ -225,26 +228,38 @@ def fit_stretch(pos: np.ndarray, m: int, *, max_scale: int = 8,
     ``floor((j + phi) * n / m)``; the image can only change where that source index steps.
     Returns the smallest native length n (``m / n`` in [min_ratio, max_scale]) and a phase phi
     under which every change position in ``pos`` (as from ``_change_positions``) is such a step,
-    or None.  Needs changes at no fewer than half the native lines (evidence).
+    or None: also when a second size below 1.15 n fits too (ambiguous), and unless the image
+    changes at no fewer than half the native lines (evidence).
     """
     if pos.size == 0:
         return None
     lo = max(pos.size + 1, int(np.ceil(m / max_scale)))    # n lines have n-1 steps at most
     hi = min(int(np.floor(m / min_ratio)), 2 * pos.size)
     p = pos.astype(np.float64)[:, None]
-    j = np.arange(1, m, dtype=np.float64)[:, None]
+    found: Optional[tuple[int, np.ndarray]] = None
     for n in range(lo, hi + 1):
+        if found is not None and n >= 1.15 * found[0]:
+            break
         r = n / m
         step = np.floor((p + _PHASES) * r + _TIE) > np.floor((p - 1 + _PHASES) * r - _TIE)
         ok = step.all(axis=0)
         if ok.any():
-            # several phases may fit; the tightest one (fewest possible steps) is the real one,
-            # then the pixel-centre convention (phi = 0.5) that most scalers use
-            phases = _PHASES[ok]
-            steps = (np.floor((j + phases) * r + _TIE) > np.floor((j - 1 + phases) * r - _TIE)).sum(0)
-            best = np.lexsort((np.abs(phases - 0.5), steps))[0]
-            return n, float(phases[best])
-    return None
+            if found is not None:
+                # two native sizes within 15 % of each other both explain the image: a screen
+                # with many repeated lines; refuse to guess rather than drop real lines
+                return None
+            found = (n, ok)
+    if found is None:
+        return None
+    n, ok = found
+    # several phases may fit; the tightest one (fewest possible steps) is the real one, then
+    # the pixel-centre convention (phi = 0.5) that most scalers use
+    r = n / m
+    j = np.arange(1, m, dtype=np.float64)[:, None]
+    phases = _PHASES[ok]
+    steps = (np.floor((j + phases) * r + _TIE) > np.floor((j - 1 + phases) * r - _TIE)).sum(0)
+    best = np.lexsort((np.abs(phases - 0.5), steps))[0]
+    return n, float(phases[best])
 
 
 def unstretch(a: np.ndarray, axis: int, n: int, phi: float) -> np.ndarray:
@@ -333,10 +348,12 @@ def _window_hashes(a: np.ndarray, size: int = TILE) -> tuple[np.ndarray, np.ndar
 def detect_grid(a: np.ndarray, *, size: int = TILE, min_gain: int = 4) -> tuple[int, int]:
     """Find where the tile grid of a tile-based screen starts.
 
-    Tile-based art repeats whole tiles; on the right grid more size×size cells are exact copies
-    of each other than on a shifted one.  Counts repeated non-uniform cells for each of the
-    size×size phases and returns the best ``(gx, gy)`` in [0, size); (0, 0) unless another
-    phase has at least ``min_gain`` more repeats (and 25 % more) than (0, 0).
+    Tile-based art repeats whole tiles; on the right grid the size×size cells hold fewer
+    distinct pictures than on a shifted one.  For each of the size×size phases, counts the
+    distinct non-uniform cells per cell and returns the phase ``(gx, gy)`` in [0, size) with
+    the lowest share when it is at most 0.8 of the corner's (with at least ``min_gain``
+    repeated cells); failing that, the phase with the most repeated cells when it has at least
+    ``min_gain`` and 25 % more than the corner (tiles among non-tiled layers); else (0, 0).
 
     Parameters
     ----------
@@ -347,6 +364,7 @@ def detect_grid(a: np.ndarray, *, size: int = TILE, min_gain: int = 4) -> tuple[
     -------
     (gx, gy) : tuple of int
     """
+    a = a[:GRID_WINDOW, :GRID_WINDOW]   # plenty of evidence; keeps big level maps cheap
     h, w = a.shape[:2]
     if h < 2 * size or w < 2 * size:
         return 0, 0
@@ -361,16 +379,24 @@ def detect_grid(a: np.ndarray, *, size: int = TILE, min_gain: int = 4) -> tuple[
     ph, hv = phase[keep], hashes.ravel()[keep]
     order = np.lexsort((hv, ph))
     ph, hv = ph[order], hv[order]
-    same = (ph[1:] == ph[:-1]) & (hv[1:] == hv[:-1])
+    new = np.ones(ph.size, bool)
+    new[1:] = (ph[1:] != ph[:-1]) | (hv[1:] != hv[:-1])
+    cells = np.bincount(ph, minlength=size * size)
+    distinct = np.bincount(ph[new], minlength=size * size)
+    # (a) busy tile art: the true phase has clearly fewer distinct cells per cell
+    ratio = np.where(cells > 0, distinct / np.maximum(cells, 1), 1.0)
+    i = int(np.argmin(ratio))  # first minimum: the lowest (gy, gx) among ties
+    if i and ratio[i] <= 0.8 * ratio[0] and cells[i] - distinct[i] >= min_gain:
+        return i % size, i // size
+    # (b) sparse repeats (tiles among non-tiled layers): clearly more cells that repeat
+    same = ~new[1:]
     rep = np.zeros(ph.size, bool)
     rep[1:] |= same
     rep[:-1] |= same
-    counts = np.bincount(ph[rep], minlength=size * size)
-    base = int(counts[0])
-    i = int(np.argmax(counts))  # first maximum: the lowest (gy, gx) among ties
-    best, best_n = (i % size, i // size), int(counts[i])
-    if best_n >= base + min_gain and best_n >= 1.25 * base:
-        return best
+    repeats = np.bincount(ph[rep], minlength=size * size)
+    j = int(np.argmax(repeats))
+    if j and repeats[j] >= repeats[0] + min_gain and repeats[j] >= 1.25 * repeats[0]:
+        return j % size, j // size
     return 0, 0
 
 
@@ -473,27 +499,43 @@ def _validate(p: Params) -> None:
         raise ParamError(f"crop: workers must be 0 (auto) or more, got {p.workers}")
 
 
-def _prepare_all(files: list[tuple[Path, str]], params: Params, progress: ProgressFn) -> list[dict]:
+def _prepare_all(files: list[tuple[Path, str]], params: Params,
+                 progress: ProgressFn) -> Iterator[dict]:
+    """prepare_screen over ``files``, in order; in a process pool when there are many."""
     opts = {"rgba": params.rgba, "scale": params.scale, "max_scale": params.max_scale,
             "tolerance": params.tolerance, "trim": params.trim, "align": params.align,
             "stretch": params.stretch}
     n = len(files)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = params.workers or (min(cores, 4) if n >= 16 else 1)
-    results: list[dict] = []
     progress("crop: decode", 0, n)
     if workers <= 1:
         for i, (f, _) in enumerate(files):
-            results.append(prepare_screen(str(f), opts))
+            yield prepare_screen(str(f), opts)
             progress("crop: decode", i + 1, n)
-        return results
+        return
     with ProcessPoolExecutor(max_workers=workers) as ex:
         chunk = max(1, min(16, n // (4 * workers)))
         for i, r in enumerate(ex.map(prepare_screen, [str(f) for f, _ in files], [opts] * n,
                                      chunksize=chunk)):
-            results.append(r)
+            yield r
             progress("crop: decode", i + 1, n)
-    return results
+
+
+def grid_tiles(scr: np.ndarray, gx: int = 0, gy: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every whole 16×16 tile of ``scr`` on the grid starting at (gx, gy), row by row.
+
+    Returns
+    -------
+    tiles : ndarray, shape (M, 16, 16, 3), uint8
+    origin : ndarray, shape (M, 2), int64: (x, y) of each tile's top-left pixel
+    """
+    th, tw = (scr.shape[0] - gy) // TILE, (scr.shape[1] - gx) // TILE
+    body = scr[gy:gy + th * TILE, gx:gx + tw * TILE, :3]
+    g = body.reshape(th, TILE, tw, TILE, 3).transpose(0, 2, 1, 3, 4)   # (th, tw, 16, 16, 3)
+    yy, xx = np.meshgrid(gy + np.arange(th) * TILE, gx + np.arange(tw) * TILE, indexing="ij")
+    return (np.ascontiguousarray(g.reshape(-1, TILE, TILE, 3)),
+            np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.int64))
 
 
 # --------------------------------------------------------------------------- run
@@ -524,7 +566,9 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
 
     S, stride = params.patch_size, params.stride
     screens_meta: list[dict[str, Any]] = []
-    screens: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []       # screens are not kept in memory: (h, w) each
+    tiles_l: list[np.ndarray] = []
+    origin_l: list[np.ndarray] = []
     skipped: list[dict[str, str]] = []
     too_small: list[dict[str, str]] = []
     scales: dict[str, int] = {}
@@ -537,7 +581,7 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     (out_dir / "screens").mkdir(parents=True, exist_ok=True)
     for (f, source), sid, r in zip(files, ids, prepared):
         if not r["ok"]:
-            log.warning("crop: skipped %s", r["reason"])
+            log.warning("skipped %s", r["reason"])
             skipped.append({"source": source, "reason": r["reason"]})
             continue
         scr = r["screen"]
@@ -545,12 +589,12 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         if h < S or w < S:
             msg = (f"{source}: {w}x{h} native pixels (scale {r['scale']}) is smaller than the "
                    f"{S}x{S} patch")
-            log.warning("crop: skipped %s", msg)
+            log.warning("skipped %s", msg)
             too_small.append({"source": source, "reason": msg, "width": w, "height": h})
             continue
         if (scr == scr[:1, :1]).all():
             msg = f"{source}: the screen is a single colour"
-            log.warning("crop: skipped %s", msg)
+            log.warning("skipped %s", msg)
             skipped.append({"source": source, "reason": msg})
             continue
         digest = hashlib.sha256(np.ascontiguousarray(scr).tobytes() + str(scr.shape).encode()).hexdigest()
@@ -561,15 +605,18 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         flat = scr[..., :3].reshape(-1, 3).astype(np.uint32)
         n_colours = int(np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]).size)
         if n_colours > MANY_COLOURS:
-            log.warning("crop: %s has %d colours after undoing scale %d: resampled, lossy or not "
+            log.warning("%s has %d colours after undoing scale %d: resampled, lossy or not "
                         "pixel art? (try --tolerance for JPEG sources)", source, n_colours, r["scale"])
             many_colours.append(source)
         gx, gy = r["grid"]
         if h - gy < S or w - gx < S:
             gx, gy = 0, 0  # the shifted grid leaves no room for a patch; use the corner
-        idx = len(screens)
-        screens.append(scr)
+        idx = len(sizes)
+        sizes.append((h, w))
         grids.append((gx, gy))
+        tiles_i, origin_i = grid_tiles(scr, gx, gy)
+        tiles_l.append(tiles_i)
+        origin_l.append(np.concatenate([np.full((len(origin_i), 1), idx), origin_i], axis=1))
         scales[str(r["scale"])] = scales.get(str(r["scale"]), 0) + 1
         if r["scale_xy"] != [float(r["scale"])] * 2:
             stretched += 1
@@ -580,39 +627,35 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
                              "scale_xy": r["scale_xy"],
                              "original_size": r["orig"]})
 
-    if not screens:
+    if not sizes:
         raise InputError(_nothing_usable(len(files), skipped, too_small, S))
 
     # ---- patch positions on each screen's 16-px grid, seeded subset
-    pos = [(i, y, x) for i, (scr, (gx, gy)) in enumerate(zip(screens, grids))
-           for y in range(gy, scr.shape[0] - S + 1, stride)
-           for x in range(gx, scr.shape[1] - S + 1, stride)]
+    pos = [(i, y, x) for i, ((h, w), (gx, gy)) in enumerate(zip(sizes, grids))
+           for y in range(gy, h - S + 1, stride)
+           for x in range(gx, w - S + 1, stride)]
     n_flip = 2 if params.flip else 1
     total = len(pos) * n_flip
     picks = np.arange(total)
     if total > params.max_patches:
         rng = np.random.default_rng(params.seed)
         picks = np.sort(rng.choice(total, size=params.max_patches, replace=False))
+    # ---- cut the picked patches, one screen at a time, from the PNGs just written
     C = 4 if params.rgba else 3
     patches = np.empty((len(picks), S, S, C), np.uint8)
+    mode = "RGBA" if params.rgba else "RGB"
+    cur, scr = -1, None
     for j, q in enumerate(picks):
         i, y, x = pos[q // n_flip]
-        p = screens[i][y:y + S, x:x + S]
+        if i != cur:
+            cur, scr = i, load_image(out_dir / "screens" / f"{screens_meta[i]['id']}.png", mode=mode)
+        p = scr[y:y + S, x:x + S]
         patches[j] = p[:, ::-1] if q % n_flip else p
         if j % 4096 == 0:
             progress("crop: patches", j, len(picks))
     progress("crop: patches", len(picks), len(picks))
 
-    # ---- every grid-aligned 16x16 tile of every screen
-    tiles_l, origin_l = [], []
-    for i, (scr, (gx, gy)) in enumerate(zip(screens, grids)):
-        th, tw = (scr.shape[0] - gy) // TILE, (scr.shape[1] - gx) // TILE
-        body = scr[gy:gy + th * TILE, gx:gx + tw * TILE, :3]
-        g = body.reshape(th, TILE, tw, TILE, 3).transpose(0, 2, 1, 3, 4)   # (th, tw, 16, 16, 3)
-        tiles_l.append(g.reshape(-1, TILE, TILE, 3))
-        yy, xx = np.meshgrid(gy + np.arange(th) * TILE, gx + np.arange(tw) * TILE, indexing="ij")
-        origin_l.append(np.stack([np.full(th * tw, i), xx.ravel(), yy.ravel()], axis=1))
-    tiles = np.ascontiguousarray(np.concatenate(tiles_l)).astype(np.uint8)
+    tiles = np.concatenate(tiles_l)
     origin = np.concatenate(origin_l).astype(np.int32)
 
     save_npy(out_dir / "patches.npy", patches)
@@ -623,7 +666,7 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
                                        "too_small": too_small, "duplicates": duplicates,
                                        "many_colours": many_colours})
     return {
-        "screens": len(screens),
+        "screens": len(sizes),
         "patches": int(len(patches)),
         "patches_available": int(total),
         "tiles": int(len(tiles)),
@@ -648,6 +691,8 @@ def _nothing_usable(n: int, skipped: list[dict], too_small: list[dict], S: int) 
         return f"crop: {what} smaller than the {S}x{S} patch{fix}"
     if skipped and not too_small:
         first = skipped[0]["reason"]
+        if n == 1:
+            return f"crop: the image is not usable: {first}"
         return (f"crop: none of the {n} images is usable ({first}"
                 f"{f'; and {len(skipped) - 1} more' if len(skipped) > 1 else ''})")
     return (f"crop: no usable screen among {n} images: {len(skipped)} unreadable, "

@@ -258,7 +258,7 @@ def _training_ref(tr: _Training, uid: int) -> dict:
 
 def _evidence_sheet(rows: list[tuple[np.ndarray, np.ndarray, str]], t: int) -> np.ndarray:
     """Rows of (generated RGBA tile, training RGB tile, label) -> RGB sheet, tiles scaled x4."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     s = t * 4
     pad = 4
@@ -272,6 +272,10 @@ def _evidence_sheet(rows: list[tuple[np.ndarray, np.ndarray, str]], t: int) -> n
     height = pad + (len(rows) + 1) * (s + pad)
     im = Image.new("RGB", (width, height), (32, 32, 32))
     draw = ImageDraw.Draw(im)
+    try:                                            # Pillow's small bitmap font: fast to draw
+        draw.font = ImageFont.load_default_imagefont()
+    except AttributeError:                          # Pillow < 10.1
+        pass
     draw.text((pad, pad + s // 2 - 5), "generated", fill=(230, 230, 230))
     draw.text((2 * pad + s, pad + s // 2 - 5), "training", fill=(230, 230, 230))
     for r, (gen, train, label) in enumerate(rows, start=1):

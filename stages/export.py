@@ -70,7 +70,10 @@ class Params:
                                      "also allow this many best-matching pixel seams per tile and "
                                      "side (0: never)")
     report_samples: int = param(16, help="generated screens shown in report.html")
-    nes: bool = param(False, help="also write the NES bundle (CHR, nametables, palettes) into nes/")
+    nes: bool = param(False, help="also write the NES bundle (CHR, nametables, palette) of every "
+                                  "sample and of the level into nes/")
+    nes_palette: str = param("nes", help="NES palette the tiles were quantized with (built-in name "
+                                         "or .pal file), to read colour numbers back for --nes")
 
 
 # --------------------------------------------------------------------------- reading
@@ -119,19 +122,28 @@ def _empty_bank_error(bank_path: Path, dropped: list) -> StageError:
     reasons = Counter(str(d.get("reason", "?")) for d in dropped if isinstance(d, dict))
     detail = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "no record in dropped.json"
     top = reasons.most_common(1)[0][0] if reasons else ""
-    if "dup" in top or "near" in top:
-        hint = ("lower dedupe's near-duplicate threshold (the Hamming distance under which "
-                "generated tiles count as the same tile)")
-    elif "flat" in top:
-        hint = "generate more varied samples: every tile was a flat colour already kept"
+    if top.startswith("dup") or "near" in top:
+        hint = ("lower dedupe's --dup-distance or --dup-fraction (the limits under which "
+                "generated tiles count as near-duplicates)")
+    elif top == "flat":
+        hint = ("lower dedupe's --flat-fraction (every tile counted as a flat colour already "
+                "kept) or generate more varied samples")
     else:
-        hint = ("lower dedupe's training-distance threshold (the Hamming distance under which a "
-                "generated tile counts as a copy of a training tile)")
+        hint = ("lower dedupe's --train-distance (the Hamming distance under which a generated "
+                "tile counts as a copy of a training tile; -1 never drops)")
     return InputError(f"{bank_path}: dedupe kept no tile (dropped: {detail}); {hint}, "
                       "then rerun dedupe and export")
 
 
+#: tiles.json fields written as Tiled tile properties (absent or null fields are left out)
+TILE_PROPERTIES = ("novelty", "source_image", "score", "colours", "isolated", "flat", "uses")
+
+
 def _tile_properties(meta: list, k: int) -> list[dict[str, Any]]:
+    """Tiled properties of each kept tile from dedupe's tiles.json records.
+
+    A negative or null novelty (not measured: flat tile, or no training tiles) is left out.
+    """
     by_id: dict[int, dict] = {}
     for i, m in enumerate(meta):
         if isinstance(m, dict):
@@ -139,17 +151,20 @@ def _tile_properties(meta: list, k: int) -> list[dict[str, Any]]:
     props = []
     for i in range(k):
         m = by_id.get(i, {})
-        colours = m.get("colours")
-        if isinstance(colours, (list, tuple)):
-            colours = ",".join(_colour_text(c) for c in colours)
-        novelty = m.get("novelty")
-        score = m.get("score")
-        props.append({
-            "novelty": int(novelty) if isinstance(novelty, (int, float)) else None,
-            "source_image": m.get("source_image"),
-            "score": float(score) if isinstance(score, (int, float)) else None,
-            "colours": colours,
-        })
+        p: dict[str, Any] = {}
+        for name in TILE_PROPERTIES:
+            v = m.get(name)
+            if name == "colours" and isinstance(v, (list, tuple)):
+                v = ",".join(_colour_text(c) for c in v)
+            if name == "novelty" and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                      or v < 0):
+                v = None
+            if name == "novelty" and v is not None:
+                v = int(v)
+            if isinstance(v, (dict, list)):
+                v = json.dumps(v, sort_keys=True)
+            p[name] = v
+        props.append(p)
     return props
 
 
@@ -272,7 +287,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
 
     nes_info = None
     if params.nes:
-        nes_info = _write_nes(bank, maps, out_dir / "nes")
+        nes_info = _write_nes(bank, _nes_screens(written, ts), out_dir / "nes", params.nes_palette)
 
     summary: dict[str, Any] = {
         "name": params.name,
@@ -328,16 +343,71 @@ def _validate(params: Params) -> None:
     del enc
 
 
-def _write_nes(bank: np.ndarray, maps: dict[str, np.ndarray], out: Path) -> dict:
-    """Call ``tilesets.nes.write_nes_bundle(bank, maps, out_dir=...)`` (colour engineer's code).
+def _nes_numbers(rgba: np.ndarray, palette_spec: str, where: str) -> np.ndarray:
+    """NES colour numbers (H, W) uint8 of an RGBA image whose colours come from an NES palette.
 
-    The call: ``write_nes_bundle(bank, maps, out_dir=out)`` with ``bank`` uint8 (K, T, T, 4)
-    and ``maps`` {stem: uint32 (rows, cols)}; it returns a JSON-able dict for the summary.
+    Transparent pixels become $0F (black, the usual backdrop).  A colour that is not in the
+    palette raises ParamError naming ``where``.
+    """
+    from palettes.io import PaletteError, get_palette  # lazy: only the NES output needs it
+
+    try:
+        pal = get_palette(palette_spec)
+    except PaletteError as e:
+        raise ParamError(f"nes_palette: {e}") from None
+    if pal.kind != "nes" or len(pal) != 64:
+        raise ParamError(f"nes_palette: {pal.name} is not a 64-colour NES palette")
+    lut = {}
+    for i in pal.usable()[::-1]:  # lowest usable index wins among equal colours
+        lut[tuple(int(v) for v in pal.colours[i])] = int(i)
+    keys = (rgba[..., 0].astype(np.uint32) << 16) | (rgba[..., 1].astype(np.uint32) << 8) | rgba[..., 2]
+    uniq, inv = np.unique(keys, return_inverse=True)
+    nums = np.zeros(uniq.shape, np.uint8)
+    opaque_keys = set(np.unique(keys[rgba[..., 3] > 0]).tolist())
+    for j, k in enumerate(uniq.tolist()):
+        rgb = ((k >> 16) & 255, (k >> 8) & 255, k & 255)
+        if rgb in lut:
+            nums[j] = lut[rgb]
+        elif k in opaque_keys:
+            raise ParamError(f"{where}: colour #{k:06x} is not in the {pal.name} palette; quantize "
+                             f"with that NES palette (and --nes) or set --nes-palette")
+    out = nums[inv.reshape(keys.shape)]
+    out[rgba[..., 3] == 0] = 0x0F
+    return out
+
+
+def _write_nes(bank: np.ndarray, screens: dict[str, np.ndarray], out: Path, palette: str) -> dict:
+    """Write the NES bundle of ``screens`` (name -> GIDs) with ``tilesets.nes.write_nes_bundle``.
+
+    Each screen is rendered to pixels, mapped to NES colour numbers and handed over as
+    ``write_nes_bundle([numbers (H, W) uint8, ...], [name, ...], out)``; backdrop and
+    sub-palettes are inferred there.  Its ValueError (a screen that is not NES-legal) becomes
+    a ParamError.
     """
     try:
         from tilesets.nes import write_nes_bundle
     except ImportError as e:
         raise ParamError(f"nes output is not available in this build ({e}); run without --nes") from None
+    names = sorted(screens)
+    numbers = [_nes_numbers(render_mod.render_map(screens[n], bank), palette, f"screen {n}")
+               for n in names]
     out.mkdir(parents=True, exist_ok=True)
-    info = write_nes_bundle(bank, maps, out_dir=out)
+    try:
+        info = write_nes_bundle(numbers, names, out)
+    except ValueError as e:
+        raise ParamError(f"nes output: {e}") from None
     return dict(info) if isinstance(info, dict) else {"written": str(out)}
+
+
+def _nes_screens(written: dict[str, np.ndarray], ts: int) -> dict[str, np.ndarray]:
+    """Screens for the NES bundle: every sample map, and the level cut into 256x240 screens."""
+    screens = {k: v for k, v in written.items() if k.startswith("sample_")}
+    level = written.get("level")
+    if level is not None:
+        sw, sh = max(1, 256 // ts), max(1, 240 // ts)
+        rows, cols = level.shape
+        for r in range(0, rows, sh):
+            for c in range(0, cols, sw):
+                tag = f"level_{c // sw:02d}" if rows <= sh else f"level_{r // sh:02d}_{c // sw:02d}"
+                screens[tag] = level[r:r + sh, c:c + sw]
+    return screens

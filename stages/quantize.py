@@ -32,7 +32,7 @@ from stages._common import (InputError, ParamError, ProgressFn, expand_inputs, l
 NAME = "quantize"
 INPUTS = {"images": "sample"}
 OPTIONAL_INPUTS = ()
-LIBS = ("numpy", "pillow", "numba")
+LIBS = ("numpy", "pillow")
 
 log = logging.getLogger("tilegan.quantize")
 
@@ -65,6 +65,9 @@ class Params:
                              "(0 = no limit)")
     nes: bool = param(False, help="make NES-legal backgrounds: backdrop + 4 sub-palettes of 3, "
                       "one per 16x16 area, fitted across all images")
+    nes_merge_tiles: bool = param(True, help="with nes: when an image has more than 256 unique "
+                                  "8x8 tiles, merge the most similar ones until 256 remain "
+                                  "(the error bound is reported)")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -141,8 +144,26 @@ def _quantize_one(path: str, p: Params) -> dict:
         idx = remove_isolated(idx, src_lab, pal_lab, strength=p.cleanup, mask=mask)
     after = _stats(idx, mask)
     de = np.sqrt(((src_lab - pal_lab[idx]) ** 2).sum(-1))[mask]
-    return {"path": path, "idx": idx, "mask": mask, "before": before, "after": after,
+    return {"path": path, "idx": idx, "mask": mask, "rgb": rgb, "before": before, "after": after,
             "mean_delta_e": float(de.mean()), "transparent_pixels": int((~mask).sum())}
+
+
+#: use worker processes when the inputs hold at least this many pixels in total (starting a
+#: worker costs ~2-3 s of imports and JIT loading, a 64x64 image ~10-30 ms of work)
+_POOL_MIN_PIXELS = 8_000_000
+
+
+def _total_pixels(files: list[Path]) -> int:
+    from PIL import Image
+
+    total = 0
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                total += im.size[0] * im.size[1]
+        except Exception:
+            pass
+    return total
 
 
 def _worker_init() -> None:
@@ -201,7 +222,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     progress("quantize", 0, n)
     results: list[Optional[dict]] = [None] * n
     ncpu = os.cpu_count() or 1
-    if n >= 16 and ncpu > 1:
+    if ncpu > 1 and n > 1 and _total_pixels(files) >= _POOL_MIN_PIXELS:
         import multiprocessing as mp
 
         with cf.ProcessPoolExecutor(max_workers=min(ncpu, 8), mp_context=mp.get_context("spawn"),
@@ -228,28 +249,54 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     pal_lab = srgb_to_lab(pal.colours)
     nes_info: Optional[dict] = None
     if params.nes:
-        from palettes.nesfit import apply_fit, area_histograms, fit_subpalettes, validate_nes
+        from palettes.nesfit import (MAX_TILES, apply_fit, area_histograms, fit_subpalettes,
+                                     merge_patterns, pattern_tiles, patterns_to_image, validate_nes)
 
         H = area_histograms([r["idx"] for r in good], len(pal), [r["mask"] for r in good])
         fit = fit_subpalettes(H, pal_lab, usable)
         maps = []
         total_err = []
         for r in good:
+            # remap the cleaned colours (not the source): keeps what clean-up removed
             idx, attr, err = apply_fit(pal_lab[r["idx"]], fit, pal_lab, mask=r["mask"])
             r["idx"] = idx
+            r["opaque"] = r["mask"]
             r["mask"] = np.ones_like(r["mask"])          # NES backgrounds have no transparency
             r["nes_attr"] = attr
             r["nes_error"] = float(err.mean())
             maps.append(err)
             total_err.append(err.ravel())
+        merges = []
+        for r in good:
+            h, w = r["idx"].shape
+            if h % 8 or w % 8:
+                continue
+            pats = pattern_tiles(r["idx"], r["nes_attr"], fit.backdrop, fit.subpalettes)
+            if len(np.unique(pats.reshape(len(pats), -1), axis=0)) <= MAX_TILES:
+                continue
+            if not params.nes_merge_tiles:
+                continue
+            merged, minfo = merge_patterns(pats, MAX_TILES)
+            r["idx"] = patterns_to_image(merged, r["nes_attr"], fit.backdrop, fit.subpalettes, h, w)
+            minfo["image"] = Path(r["path"]).stem
+            merges.append(minfo)
+            log.info("%s: merged %d near-identical 8x8 tiles (%d -> %d), at most %d of 64 pixels "
+                     "changed per tile", minfo["image"], minfo["merges"], minfo["unique_before"],
+                     minfo["unique_after"], minfo["max_pixels_changed"])
+        for r in good:
+            final_de = np.sqrt(((srgb_to_lab(r["rgb"]) - pal_lab[r["idx"]]) ** 2).sum(-1))
+            r["nes_delta_e"] = float(final_de[r["opaque"]].mean())
         v = validate_nes([r["idx"] for r in good], backdrop=fit.backdrop,
                          subpalettes=fit.subpalettes, allowed=usable)
         emap = _error_map_png(out_dir, maps)
         nes_info = {**fit.as_json(), "mean_area_error": float(np.concatenate(total_err).mean()),
                     "legal": bool(v["legal"]), "problems": v["problems"],
-                    "tiles_per_image": v["tiles_per_image"], "error_map": str(emap.relative_to(out_dir))}
+                    "tiles_per_image": v["tiles_per_image"], "tile_merges": merges,
+                    "error_map": str(emap.relative_to(out_dir))}
         if not v["legal"]:
-            log.warning("NES legality: %s", "; ".join(v["problems"][:3]))
+            hint = ("" if params.nes_merge_tiles else
+                    " (turn nes_merge_tiles on to merge near-identical tiles)")
+            log.warning("NES legality: %s%s", "; ".join(v["problems"][:3]), hint)
 
     rows = []
     for r in good:
@@ -278,6 +325,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         if params.nes:
             row["nes_attributes"] = r["nes_attr"].tolist()
             row["nes_mean_area_error"] = r["nes_error"]
+            row["nes_mean_delta_e"] = r["nes_delta_e"]
         rows.append(row)
 
     def mean(key: str, sub: str) -> float:
@@ -294,6 +342,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     if nes_info is not None:
         summary["nes_legal"] = nes_info["legal"]
         summary["nes_mean_area_error"] = nes_info["mean_area_error"]
+        summary["nes_mean_delta_e"] = float(np.mean([row["nes_mean_delta_e"] for row in rows]))
     doc = {"palette": pal.name, "palette_rgb": pal.colours.tolist(),
            "palette_kind": pal.kind, "usable_indices": [int(u) for u in usable],
            "metric": Metric(params.metric).value, "dither": Dither(params.dither).value,

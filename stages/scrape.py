@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 import urllib.error
@@ -120,7 +121,7 @@ def _file_item(f: Path, max_bytes: int) -> Item:
     try:
         size = f.stat().st_size
         if size > max_bytes:
-            return Item(str(f), error=f"larger than {max_bytes / 1e6:g} MB ({size / 1e6:.1f} MB)")
+            return Item(str(f), error=f"larger than max_mb={max_bytes / 1e6:g} ({size / 1e6:.2f} MB)")
         return Item(str(f), f.read_bytes())
     except OSError as e:
         return Item(str(f), error=f"cannot read ({e.strerror or e})")
@@ -141,13 +142,13 @@ def _zip_members(zf: zipfile.ZipFile, name: str, max_bytes: int) -> Iterator[Ite
     for info in infos:
         src = f"{name}!{info.filename}"
         if info.file_size > max_bytes:
-            yield Item(src, error=f"larger than {max_bytes / 1e6:g} MB")
+            yield Item(src, error=f"larger than max_mb={max_bytes / 1e6:g}")
             continue
         try:
             with zf.open(info) as f:
                 data = f.read(max_bytes + 1)   # the declared size may lie (zip bombs)
             if len(data) > max_bytes:
-                yield Item(src, error=f"larger than {max_bytes / 1e6:g} MB")
+                yield Item(src, error=f"larger than max_mb={max_bytes / 1e6:g}")
                 continue
             yield Item(src, data)
         except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError) as e:
@@ -242,7 +243,7 @@ class _Fetcher:
                 row["final_url"] = resp.geturl()
                 data = resp.read(self.max_bytes + 1)
             if len(data) > self.max_bytes:
-                row["error"] = f"larger than {self.max_bytes / 1e6:g} MB"
+                row["error"] = f"larger than max_mb={self.max_bytes / 1e6:g}"
                 data = b""
         except urllib.error.HTTPError as e:
             row["status"] = e.code
@@ -323,7 +324,7 @@ def _crawl(start: str, fetcher: _Fetcher, p: Params, pages_budget: list[int],
         url, d, row = queue.popleft()
         if row is None:
             if pages_budget[0] <= 0:
-                log.info("scrape: max_pages reached; not following %s", url)
+                log.info("max_pages reached; not following %s", url)
                 continue
             if p.robots and not fetcher.allowed(url):
                 failed.append(Item(url, error="page not fetched: disallowed by robots.txt"))
@@ -347,7 +348,7 @@ def _crawl(start: str, fetcher: _Fetcher, p: Params, pages_budget: list[int],
             parser.feed(_decode_html(row, body))
             parser.close()
         except Exception as e:  # html.parser is lenient; be safe on odd input
-            log.warning("scrape: %s: HTML not fully parsed (%s)", url, e)
+            log.warning("%s: HTML not fully parsed (%s)", url, e)
         for u in parser.images:
             same = urllib.parse.urlsplit(u).netloc.lower() == host
             if u not in seen_img and (same or p.any_host_images):
@@ -484,7 +485,7 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     t0 = time.time()
     for item in items():
         if counts["ok"] >= params.max_images:
-            log.info("scrape: max_images=%d reached; stopping", params.max_images)
+            log.info("max_images=%d reached; stopping", params.max_images)
             break
         row: dict[str, Any] = {"source": item.source, "status": "skipped", "reason": item.error or "",
                                "sha256": None, "path": None, "bytes": None, "width": None,
@@ -513,7 +514,7 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         counts[row["status"]] += 1
         rows.append(row)
         if row["status"] == "skipped":
-            log.info("scrape: skipped %s: %s", item.source, row["reason"])
+            log.info("skipped %s: %s", item.source, row["reason"])
         progress("scrape", len(rows), None, ok=counts["ok"], skipped=counts["skipped"])
 
     atomic_write_text(out_dir / "sources.jsonl",
@@ -529,7 +530,12 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
             raise InputError(f"{what}: no files found; the source is empty")
         raise InputError(f"{what}: no usable image among {len(rows)} item(s): {detail}{more}")
     if fetcher is not None:
-        _remove_tree(out_dir / FETCH_DIR)
+        shutil.rmtree(out_dir / FETCH_DIR, ignore_errors=True)
+    # an interrupted earlier run may have stored images this run did not keep (a site changed)
+    kept = {r["path"] for r in rows if r["status"] == "ok"}
+    for f in img_dir.iterdir():
+        if f"images/{f.name}" not in kept:
+            f.unlink()
     return {
         "ok": counts["ok"],
         "skipped": counts["skipped"],
@@ -542,17 +548,6 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         "skipped_items": [{"source": r["source"], "reason": r["reason"]}
                           for r in rows if r["status"] == "skipped"],
     }
-
-
-def _remove_tree(d: Path) -> None:
-    if not d.exists():
-        return
-    for f in sorted(d.rglob("*"), reverse=True):
-        if f.is_dir():
-            f.rmdir()
-        else:
-            f.unlink()
-    d.rmdir()
 
 
 def load_sources(artifact: os.PathLike | str) -> list[dict[str, Any]]:

@@ -534,8 +534,9 @@ class Trainer:
         return np.concatenate(out)
 
     def checksum(self) -> float:
-        return float(sum(float(t.double().abs().sum()) for t in self.G.state_dict().values()
-                         if t.is_floating_point()))
+        """Sum of |weights| of G's parameters (ranks in sync agree on it; BN running
+        statistics are per rank under DDP and left out)."""
+        return float(sum(float(t.detach().double().abs().sum()) for t in self.G.parameters()))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -556,15 +557,15 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     lg = [r["lossG"] for r in rows if "lossD" in r]
     sw = [(r["step"], r["swd"]) for r in rows if r.get("swd") is not None]
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import io
 
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from PIL import Image
 
-        fig, axes = plt.subplots(1, 2 if sw else 1, figsize=(10 if sw else 6, 3.5), dpi=100,
-                                 squeeze=False)
+        fig = Figure(figsize=(10 if sw else 6, 3.5), dpi=100)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 2 if sw else 1, squeeze=False)
         ax = axes[0][0]
         ax.plot(steps, ld, label="loss D", lw=1)
         ax.plot(steps, lg, label="loss G", lw=1)
@@ -579,9 +580,6 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", metadata={"Software": None})
-        plt.close(fig)
-        from PIL import Image
-
         buf.seek(0)
         with Image.open(buf) as im:
             save_png(path, im.convert("RGB"))

@@ -160,18 +160,22 @@ def make_dedupe_dir(root: Path, *, k: int = 12, tile_size: int = 16, n_maps: int
     save_npz(root / "maps.npz", **maps)
     stems = sorted(maps) or ["none"]
     names = source_names or stems
-    tiles_json = [{"id": i, "novelty": (None if i == 0 else 4 + i % 9),
+    tiles_json = [{"id": i, "bank_id": i, "novelty": (-1 if i == 0 else 4 + i % 9),
                    "source_image": names[i % len(names)], "colours": 3 + i % 2,
-                   "score": round(1.0 - i / max(k, 1), 4),
+                   "isolated": i % 3, "flat": i == 0, "uses": 1 + i % 4,
+                   "score": round(1.0 - i / max(k, 1), 4), "hash": "00ff00ff00ff00ff",
                    "nearest_training": None if i == 0 else
                    {"screen": "s.png", "source": "examples/a.png", "x": 16, "y": 32,
                     "distance": 4 + i % 9}}
                   for i in range(k)]
     write_json(root / "tiles.json", tiles_json)
-    dropped = [{"tile": 100 + j, "reason": "training", "distance": j % 3,
-                "nearest_training": {"screen": "s.png", "source": "examples/a.png",
-                                     "x": 16 * j, "y": 0, "distance": j % 3}} for j in range(5)]
-    dropped.append({"tile": 200, "reason": "near_duplicate", "of": 3, "distance": 1})
+    # the shape of dedupe's records
+    dropped = [{"tile": 100 + j, "source_image": stems[0], "reason": "training", "distance": j % 3,
+                "flip": 0, "same_colours": True,
+                "training": {"screen": "s", "source": "examples/a.png", "x": 16 * j, "y": 0,
+                             "row": j}} for j in range(5)]
+    dropped.append({"tile": 200, "source_image": stems[0], "reason": "duplicate", "distance": 1,
+                    "flip": 0, "duplicate_of_bank": 3, "duplicate_of": 3})
     write_json(root / "dropped.json", dropped)
     ev = np.zeros((20, 60, 3), np.uint8)
     ev[:, :30] = [200, 40, 40]

@@ -230,7 +230,7 @@ def test_all_images_too_small_is_input_error_with_advice(tmp_path):
 def test_only_corrupt_images_is_input_error(tmp_path):
     bad = tmp_path / "x.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(InputError, match="none of the 1 images is usable.*x.png"):
+    with pytest.raises(InputError, match="the image is not usable: .*x.png: not a readable image"):
         run([bad], tmp_path / "out")
 
 
@@ -264,6 +264,11 @@ def tiled(rows: int, cols: int, seed: int = 0, n_tiles: int = 5) -> np.ndarray:
 def test_detect_grid_finds_a_shifted_tile_grid():
     a = tiled(8, 10, seed=1)[3:, 5:]                 # cut 3 rows and 5 columns off
     assert crop.detect_grid(a) == (11, 13)
+
+
+def test_detect_grid_on_a_big_map_where_every_phase_repeats():
+    a = tiled(60, 60, seed=5)[5:, 9:]                # 5 tiles: shifted cells repeat too
+    assert crop.detect_grid(a) == (7, 11)
 
 
 def test_detect_grid_keeps_the_corner_for_unaligned_screens():
@@ -356,3 +361,52 @@ def test_jpeg_files_use_lossy_detection_automatically(tmp_path):
     run([f], out, patch_size=32)
     meta = json.loads((out / "screens.json").read_text())[0]
     assert (meta["scale"], meta["width"]) == (2, 64)
+
+
+# --------------------------------------------------------------------------- non-integer stretch
+def test_8_to_7_aspect_stretch_is_undone_exactly(tmp_path):
+    a = native(48, 112, seed=50)
+    f = tmp_path / "wide.png"
+    Image.fromarray(a).resize((128, 96), Image.NEAREST).save(f)   # x 8:7, y x2
+    out = tmp_path / "out"
+    s = run([f], out, patch_size=32)
+    meta = json.loads((out / "screens.json").read_text())[0]
+    assert meta["scale_xy"] == [round(128 / 112, 4), 2.0] and s["stretched"] == 1
+    assert np.array_equal(np.asarray(Image.open(out / "screens" / "wide.png")), a)
+
+
+def test_stretch_off_keeps_the_stretched_width(tmp_path):
+    f = tmp_path / "wide.png"
+    Image.fromarray(native(48, 112, seed=51)).resize((128, 48), Image.NEAREST).save(f)
+    out = tmp_path / "out"
+    run([f], out, patch_size=32, stretch=False)
+    assert json.loads((out / "screens.json").read_text())[0]["width"] == 128
+
+
+def test_fit_stretch_finds_nothing_in_native_images():
+    for seed in range(5):
+        a = native(64, 96, seed=60 + seed)
+        assert crop.fit_stretch(crop._change_positions(a, 1), 96) is None
+        assert crop.fit_stretch(crop._change_positions(a, 0), 64) is None
+
+
+def steps_of(n: int, m: int) -> set[int]:
+    """Lines j where a centre-convention nearest resample n -> m steps to a new source line."""
+    src = np.floor((np.arange(m) + 0.5) * n / m).astype(int)
+    return set(np.flatnonzero(np.diff(src)) + 1)
+
+
+def test_fit_stretch_finds_the_native_size():
+    assert crop.fit_stretch(np.array(sorted(steps_of(112, 128))), 128)[0] == 112
+
+
+def test_fit_stretch_refuses_an_ambiguous_fit():
+    both = np.array(sorted(steps_of(100, 125) & steps_of(110, 125)))   # fits 100 and 110
+    assert len(both) > 60 and crop.fit_stretch(both, 125) is None
+
+
+def test_several_unusable_images_are_summed_up_in_one_line(tmp_path):
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"junk")
+    with pytest.raises(InputError, match=r"none of the 2 images is usable \(.*a.png.*; and 1 more\)"):
+        run([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out")

@@ -37,7 +37,7 @@ device = "cpu"
 [sample]
 n = 4
 [quantize]
-dither = "none"
+palette = "nes"
 [slice]
 tile_size = 16
 [export]
@@ -136,7 +136,7 @@ def test_quantize_param_change_reruns_quantize_and_after_only(project, tmp_path)
     cfg = project / "pipeline.toml"
     original = cfg.read_text()
     try:
-        cfg.write_text(original.replace('dither = "none"', 'dither = "bayer4"'))
+        cfg.write_text(original.replace('palette = "nes"', 'palette = "gameboy"'))
         st = run_cli(project, "status")
         assert "quantize  " in st.stdout and "stale" in st.stdout.split("quantize")[1].splitlines()[0]
         run_cli(project, "run")

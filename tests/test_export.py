@@ -161,14 +161,14 @@ def test_same_inputs_give_same_bytes(tmp_path):
 # --------------------------------------------------------------------------- bad input
 def test_empty_bank_names_the_threshold_to_loosen(tmp_path):
     dd = make_dedupe_dir(tmp_path / "dd", bank=np.zeros((0, 16, 16, 4), np.uint8), maps={})
-    with pytest.raises(StageError, match="kept no tile.*training-distance threshold"):
+    with pytest.raises(StageError, match="kept no tile.*train-distance"):
         run_export(tmp_path, dd)
 
 
 def test_empty_bank_from_duplicates_names_the_duplicate_threshold(tmp_path):
     dd = make_dedupe_dir(tmp_path / "dd", bank=np.zeros((0, 16, 16, 4), np.uint8), maps={})
-    write_json(dd / "dropped.json", [{"tile": i, "reason": "near_duplicate"} for i in range(3)])
-    with pytest.raises(StageError, match="near-duplicate threshold"):
+    write_json(dd / "dropped.json", [{"tile": i, "reason": "duplicate"} for i in range(3)])
+    with pytest.raises(StageError, match="dup-distance"):
         run_export(tmp_path, dd)
 
 
@@ -214,18 +214,50 @@ def test_bad_params_are_param_errors(tmp_path, field, value, msg):
         run_export(tmp_path, dd, **{field: value})
 
 
-def test_nes_option_calls_write_nes_bundle(tmp_path, monkeypatch):
-    calls = []
+def _nes_bank(k: int = 6) -> np.ndarray:
+    """Tiles drawn from one NES sub-palette ($0F backdrop, $16, $27, $30): NES-legal."""
+    from palettes.io import get_palette
+
+    cols = get_palette("nes").colours[[0x0F, 0x16, 0x27, 0x30]]
+    idx = np.random.default_rng(2).integers(0, 4, (k, 16, 16))
+    bank = np.full((k, 16, 16, 4), 255, np.uint8)
+    bank[..., :3] = cols[idx]
+    return bank
+
+
+def test_nes_bundle_holds_every_sample_and_level_screen(tmp_path):
+    from tilesets.nes import decode_chr, decode_nametable, decode_palette, render_screen
+
+    bank = _nes_bank()
+    dd = make_dedupe_dir(tmp_path / "dd", bank=bank, maps=make_maps(6, n=2, flips=False))
+    out, s = run_export(tmp_path, dd, nes=True, level_width=32, level_height=15)
+    names = sorted(x["name"] for x in s["nes"]["screens"])
+    assert names == ["level_00", "level_01", "sample_000", "sample_001"]
+    nes = out / "nes"
+    tiles = decode_chr((nes / "tiles.chr").read_bytes())
+    pal = decode_palette((nes / "palette.pal").read_bytes())
+    ids, attr = decode_nametable((nes / "sample_000.nam").read_bytes())
+    screen = render_screen(tiles, pal, ids, attr)[:64, :64]
+    from PIL import Image
+    with Image.open(out / "previews" / "sample_000.png") as im:
+        preview = np.asarray(im.convert("RGBA"))
+    np.testing.assert_array_equal(screen, export._nes_numbers(preview, "nes", "test"))
+
+
+def test_nes_needs_nes_palette_colours(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", k=4)  # random colours
+    with pytest.raises(ParamError, match="not in the nes palette"):
+        run_export(tmp_path, dd, nes=True)
+
+
+def test_nes_bundle_errors_become_param_errors(tmp_path, monkeypatch):
     fake = types.ModuleType("tilesets.nes")
 
-    def write_nes_bundle(bank, maps, *, out_dir):
-        calls.append((bank.shape, sorted(maps), out_dir))
-        (out_dir / "tiles.chr").write_bytes(b"\0" * 16)
-        return {"chr_bytes": 16}
+    def write_nes_bundle(screens, names, out_dir, **kw):
+        raise ValueError("screen sample_000: too many colours")
 
     fake.write_nes_bundle = write_nes_bundle
     monkeypatch.setitem(sys.modules, "tilesets.nes", fake)
-    dd = make_dedupe_dir(tmp_path / "dd", k=4)
-    out, s = run_export(tmp_path, dd, nes=True)
-    assert calls and calls[0][0] == (4, 16, 16, 4) and calls[0][2] == out / "nes"
-    assert s["nes"] == {"chr_bytes": 16} and (out / "nes" / "tiles.chr").is_file()
+    dd = make_dedupe_dir(tmp_path / "dd", bank=_nes_bank(), maps=make_maps(6, n=2, flips=False))
+    with pytest.raises(ParamError, match="nes output: screen sample_000"):
+        run_export(tmp_path, dd, nes=True)

@@ -127,3 +127,40 @@ def test_bundle_rejects_illegal_screen(tmp_path):
     s[0:2, 0:2] = [[0x01, 0x06], [0x09, 0x00]]
     with pytest.raises(ValueError, match="area"):
         write_nes_bundle([s], ["bad"], tmp_path, backdrop=BACK, subpalettes=SUBS)
+
+
+def test_merge_patterns_reaches_limit_with_bound():
+    from palettes.nesfit import merge_patterns
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 4, (40, 8, 8))
+    pats = np.repeat(base, 10, axis=0)
+    noisy = pats.copy()
+    flip = rng.random(noisy.shape) < 0.03                 # ~2 pixels changed per tile
+    noisy[flip] = (noisy[flip] + 1) % 4
+    merged, info = merge_patterns(noisy.astype(np.uint8), 40)
+    assert info["unique_before"] > 40 and info["unique_after"] == 40
+    assert len(np.unique(merged.reshape(len(merged), -1), axis=0)) == 40
+    changed = (merged != noisy).reshape(len(noisy), -1).sum(axis=1)
+    assert changed.max() == info["max_pixels_changed"] <= 12
+
+
+def test_quantize_nes_merges_tiles_of_a_busy_screen(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from stages import quantize as q
+
+    rng = np.random.default_rng(2)
+    pal = get_palette("nes")
+    # a full screen of noise in two colours: far more than 256 distinct 8x8 tiles
+    s = np.where(rng.random((240, 256)) < 0.5, 0x0F, 0x30)
+    Image.fromarray(pal.colours[s]).save(tmp_path / "busy.png")
+    out = tmp_path / "o"
+    out.mkdir()
+    summ = q.run({"images": [tmp_path / "busy.png"]}, q.Params(nes=True, cleanup=0), out)
+    doc = json.loads((out / "quantize.json").read_text())
+    assert summ["nes_legal"], doc["nes"]["problems"]
+    assert doc["nes"]["tile_merges"][0]["unique_before"] > 256
+    assert doc["nes"]["tiles_per_image"][0] <= 256

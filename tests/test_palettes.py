@@ -230,3 +230,25 @@ def test_cleanup_reduces_isolated_pixels_and_colours_on_noise(nes_mapper, rng):
     out = remove_isolated(lim, lab, pl, strength=1)
     assert area_colour_counts(out).max() <= 4 < area_colour_counts(idx).max()
     assert isolated_mask(out).sum() < isolated_mask(idx).sum()
+
+
+@pytest.mark.slow
+def test_lab_mapper_whole_cube_equals_bruteforce(nes_mapper):
+    """All 2^24 colours, NES palette, CIELAB: the table equals the float64 brute force."""
+    pal, m = nes_mapper
+    full = m.full_table().reshape(256, 256, 256)
+    g, b = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    for r in range(256):
+        rgb = np.stack([np.full_like(g, r), g, b], -1).astype(np.uint8)
+        ref = nearest_bruteforce(rgb, pal.colours, pal.usable())
+        assert np.array_equal(full[r], ref), f"r={r}"
+
+
+def test_numba_and_numpy_builders_agree_on_whole_cube():
+    """The fast (numba) builder and the plain numpy builder give identical tables."""
+    from palettes.nearest import _build_tables, _build_tables_numba
+
+    pal = get_palette("gameboy")
+    a = _build_tables_numba(pal.colours, pal.usable(), "rgb")
+    b = _build_tables(pal.colours, pal.usable(), "rgb")
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

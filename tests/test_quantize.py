@@ -132,3 +132,22 @@ def test_nes_mode_output_is_legal(tmp_path, rng):
                      allowed=get_palette("nes").usable())
     assert s["nes_legal"] and v["legal"], v["problems"]
     assert (out / doc["nes"]["error_map"]).is_file()
+
+
+def test_worker_processes_give_same_bytes(tmp_path, rng, monkeypatch):
+    d = _write(tmp_path, rng, 3)
+    outs = []
+    for name, thresh in (("serial", 10 ** 12), ("pool", 0)):
+        monkeypatch.setattr(q, "_POOL_MIN_PIXELS", thresh)
+        o = tmp_path / name
+        o.mkdir()
+        q.run({"images": [d]}, q.Params(), o)
+        outs.append([(o / f"sample_{i:04d}.png").read_bytes() for i in range(3)])
+    assert outs[0] == outs[1]
+
+
+def test_progress_reported(tmp_path, rng):
+    d = _write(tmp_path, rng, 2)
+    calls = []
+    q.run({"images": [d]}, q.Params(cleanup=0), tmp_path / "o", progress=lambda *a, **k: calls.append(a))
+    assert calls[-1] == ("quantize", 2, 2)

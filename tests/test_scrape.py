@@ -278,3 +278,22 @@ def test_zip_linked_from_a_page_is_opened(http_site, tmp_path):
     assert s["ok"] == 2
     assert by_name(out)["p1.png"]["source"] == http_site.main.base + "pack.zip!shots/p1.png"
     assert "/manual.pdf" not in http_site.main.requests      # not a page, not an image
+
+
+def test_max_images_stops_early(folder, tmp_path):
+    s = run([folder], tmp_path / "out", max_images=1)
+    assert s["ok"] == 1
+
+
+def test_oversized_item_is_skipped(folder, tmp_path):
+    with pytest.raises(InputError, match=r"one.png: larger than max_mb=0.0002"):
+        run([folder], tmp_path / "out", max_mb=0.0002)   # 200 bytes: every image is too big
+
+
+def test_stale_images_from_an_interrupted_run_are_removed(folder, tmp_path):
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "0123456789abcdef.png").write_bytes(png_bytes(99))
+    run([folder], out)
+    assert not (out / "images" / "0123456789abcdef.png").exists()
+    assert len(list((out / "images").iterdir())) == 2

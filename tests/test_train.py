@@ -274,7 +274,12 @@ def test_sigkill_mid_run_then_rerun_follows_uninterrupted_run(patches, tmp_path)
     ref.mkdir()
     cut.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_child(ref, patches, params, False), check=True, env=env, timeout=120)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                      # same arithmetic as the single-thread child
+    try:
+        train.run({"patches": [patches]}, train.Params(**params), ref)
+    finally:
+        torch.set_num_threads(threads)
 
     proc = subprocess.Popen(_child(cut, patches, params, True), env=env)
     deadline = time.time() + 90
@@ -317,6 +322,15 @@ Path({out!r}, "rank" + rank + ".json").write_text(json.dumps(s))
 """
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not (Path(PY).parent / "torchrun").exists(), reason="torchrun not installed")
 def test_two_process_gloo_ddp_keeps_ranks_in_sync(patches, tmp_path):
     out = tmp_path / "out"
@@ -327,7 +341,7 @@ def test_two_process_gloo_ddp_keeps_ranks_in_sync(patches, tmp_path):
                                          out=str(out)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([str(Path(PY).parent / "torchrun"), "--nproc_per_node=2",
-                        "--master_port=0", str(script)],
+                        f"--master_port={_free_port()}", str(script)],
                        env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     s0 = json.loads((out / "rank0.json").read_text())

@@ -6,7 +6,8 @@ import pytest
 
 from tests._helpers_tiled import make_maps
 from tilesets import tiled
-from tilesets.wfc import count_violations, generate, greedy_fill, learn_adjacency
+from tilesets.wfc import (add_seam_pairs, count_violations, generate, greedy_fill,
+                         learn_adjacency, make_level)
 
 
 @pytest.fixture
@@ -88,3 +89,41 @@ def test_bad_sizes_are_rejected(adj):
         generate(adj, width=0, height=3)
     with pytest.raises(ValueError, match="at least one map"):
         learn_adjacency([])
+
+
+# --------------------------------------------------------------------------- seams, make_level
+def _flat_tiles(colours):
+    """One 4x4 RGBA tile per colour value."""
+    return np.stack([np.full((4, 4, 4), [c, c, c, 255], np.uint8) for c in colours])
+
+
+def test_add_seam_pairs_links_tiles_whose_edges_match():
+    a = learn_adjacency([np.array([[0, 1]]), np.array([[2], [3]])])
+    tiles = _flat_tiles([10, 200, 10, 200])
+    tiles[0, :, -1] = [99, 99, 99, 255]  # tile 0's right edge ...
+    tiles[2, :, 0] = [99, 99, 99, 255]   # ... matches tile 2's left edge exactly
+    wide = add_seam_pairs(a, tiles, per_side=1)
+    assert wide.right[0, 2] > 0 and wide.seam_right[0, 2]
+    assert wide.right[0, 1] > 0 and not wide.seam_right[0, 1]  # seen pair kept, not marked
+    assert count_violations(np.array([[0, 2]]), wide) == 0
+    assert count_violations(np.array([[0, 2]]), wide, observed_only=True) == 1
+
+
+def test_make_level_widens_the_model_when_seen_pairs_cannot_tile():
+    maps = [np.array([[1, 2, 3]])]  # no vertical pair: no 2-row level from seen pairs alone
+    tiles = {1: 10, 2: 20, 3: 30}
+    r = make_level(maps, lambda states: _flat_tiles([tiles[int(s)] for s in states]),
+                   width=6, height=4, seed=0, seams=1)
+    assert r.stats["model"] == "observed+seams"
+    assert r.method in ("wfc", "wfc-backtracking") and r.violations == 0
+    assert r.stats["unseen_pairs"] > 0
+
+
+def test_make_level_without_seams_reports_the_fallback():
+    r = make_level([np.array([[1, 2, 3]])], None, width=6, height=4, seed=0, seams=0)
+    assert r.stats["model"] == "observed" and r.method == "greedy-fallback"
+
+
+def test_time_limit_sends_wfc_to_the_fallback(adj):
+    r = generate(adj, width=20, height=8, seed=0, time_limit=0.0)
+    assert r.method == "greedy-fallback" and r.stats["timed_out"]
