@@ -78,8 +78,15 @@ def _get_fs_jit():
     if _fs_jit is None:
         import numba as nb
 
-        @nb.njit(cache=True)
-        def fs(rgb, pal, coarse, blocks, out):                   # pragma: no cover (jitted)
+        from .nearest import _get_numba_kernel
+
+        kern = _get_numba_kernel()
+        if kern is None:
+            raise ImportError("numba unavailable")
+        lookup = kern.lookup
+
+        @nb.njit(cache=False)
+        def fs(rgb, pal, coarse, recs, raw, n_rec, out):         # pragma: no cover (jitted)
             h, w = out.shape
             buf = rgb.astype(np.float64)
             for y in range(h):
@@ -87,8 +94,7 @@ def _get_fs_jit():
                     r = min(255, max(0, int(np.floor(buf[y, x, 0] + 0.5))))
                     g = min(255, max(0, int(np.floor(buf[y, x, 1] + 0.5))))
                     b = min(255, max(0, int(np.floor(buf[y, x, 2] + 0.5))))
-                    v = np.int64(coarse[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)])
-                    i = blocks[v, ((r & 3) << 4) | ((g & 3) << 2) | (b & 3)]
+                    i = lookup(np.uint32(r), np.uint32(g), np.uint32(b), coarse, recs, raw, n_rec)
                     out[y, x] = i
                     for c in range(3):
                         e = buf[y, x, c] - pal[i, c]
@@ -113,15 +119,16 @@ def _floyd(rgb: np.ndarray, mapper: NearestMapper) -> np.ndarray:
     if mapper.coarse is not None:
         try:
             fs = _get_fs_jit()
-            fs(np.ascontiguousarray(rgb), pal, mapper.coarse, mapper.blocks, out)
+            fs(np.ascontiguousarray(rgb), pal, mapper.coarse, mapper.recs, mapper.raw.reshape(-1),
+               np.uint32(mapper.n_rec), out)
             return out
         except ImportError:                                      # pragma: no cover
             pass
     buf = rgb.astype(np.float64)
     for y in range(h):
         for x in range(w):
-            c = np.clip(np.floor(buf[y, x] + 0.5), 0, 255).astype(np.uint8)
-            i = int(mapper.map(c[None])[0])
+            c = np.clip(np.floor(buf[y, x] + 0.5), 0, 255).astype(np.int64)
+            i = mapper.nearest_one(int(c[0]), int(c[1]), int(c[2]))
             out[y, x] = i
             err = buf[y, x] - pal[i]
             if x + 1 < w:

@@ -14,12 +14,14 @@ distance of any entry) are pruned.  A cell left with one candidate is *direct*; 
 others the exact answer of each of the 64 colours is computed among the few candidates
 with the same float64 formula as the brute force, and cells whose 64 answers all agree
 become direct too.  The result is a coarse table (262144 x uint16 = 512 KB, the size of
-PIL's own colour cache) pointing into 64-byte blocks: 256 constant blocks for direct cells,
-one block per mixed cell (about 44k for the NES palette, 17 % of cells), so every lookup is
-two reads with no branch.  A small numba kernel does it (numpy fallback via the full
-2^24 table otherwise).  Building takes about 2 s (float64 CIELAB of all 2^24 colours in
-numpy plus a numba pass); tables are cached under ``~/.cache/tilegan/nearest``
-(``TILEGAN_CACHE`` overrides the folder) and load in milliseconds.
+PIL's own colour cache) whose entry is either the answer or a pointer to a 20-byte record
+of a mixed cell (about 44k for the NES palette, 17 % of cells; 2-bit code per colour + up
+to 4 values; the few cells with more distinct answers keep a raw 64-byte block).  A lookup
+is one read for most pixels and two more within one record otherwise, in a small numba
+kernel (numpy fallback via the full 2^24 table otherwise).  Building takes about 2 s
+(float64 CIELAB of all 2^24 colours in numpy plus a numba pass); tables are cached under
+``~/.cache/tilegan/nearest`` (``TILEGAN_CACHE`` overrides the folder) and load in
+milliseconds.
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ __all__ = ["NearestMapper", "get_mapper", "nearest_bruteforce", "METRICS", "cach
 log = logging.getLogger("tilegan.palettes")
 
 METRICS = ("lab", "rgb", "ciede2000")
-_VERSION = b"nearest-v3"
+_VERSION = b"nearest-v4"
+_LOCK = threading.Lock()
 _SLAB = 8            # coarse r-cells per build slab (32 r values, ~50 MB of float64 Lab)
 
 
@@ -171,7 +174,8 @@ def _get_numba_build():
     return build
 
 
-def _build_tables_numba(colours: np.ndarray, allowed: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def _build_tables_numba(colours: np.ndarray, allowed: np.ndarray,
+                        metric: str) -> tuple[np.ndarray, np.ndarray]:
     build = _get_numba_build()
     P = np.ascontiguousarray(_space(colours[allowed], metric))
     al = np.ascontiguousarray(allowed, np.int64)
@@ -258,17 +262,23 @@ def _build_tables(colours: np.ndarray, allowed: np.ndarray, metric: str) -> tupl
 
 
 # --------------------------------------------------------------------------- compact tables
-def compact_tables(coarse: np.ndarray, fine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Turn (coarse, fine) from the builder into the branch-free lookup form.
+_REC = 20      # bytes per mixed-cell record: 16 bytes of 2-bit codes + 4 candidate values
 
-    Fine blocks whose 64 answers are all equal are dropped (their cell becomes direct).
-    The result is one block table whose first 256 blocks are constant (block j answers j
-    everywhere), so every lookup is ``blocks[coarse[cell], offset]`` with no branch.
+
+def compact_tables(coarse: np.ndarray, fine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Turn (coarse, fine) from the builder into the compact lookup form.
+
+    Fine blocks whose 64 answers all agree are dropped (their cell becomes direct).  A mixed
+    cell with 2-4 distinct answers becomes a 20-byte record (a 2-bit code per colour + the
+    up-to-4 values); the rare cell with more keeps a raw 64-byte block.
 
     Returns
     -------
-    coarse : ndarray, shape (262144,), uint16 (uint32 if > 65535 blocks) — block per cell
-    blocks : ndarray, shape (256 + n_mixed, 64), uint8
+    coarse : ndarray, shape (262144,), uint16 (uint32 if needed) — value v < 256: the
+        answer; ``256 <= v < 256 + n_rec``: record ``v - 256``; else raw block ``v - 256 - n_rec``
+    recs : ndarray, shape (n_rec * 20,), uint8
+    raw : ndarray, shape (n_raw, 64), uint8
+    n_rec : int
     """
     c = coarse.astype(np.int64)
     amb = np.flatnonzero(c >= 256)
@@ -276,14 +286,48 @@ def compact_tables(coarse: np.ndarray, fine: np.ndarray) -> tuple[np.ndarray, np
     uniform = (blk == blk[:, :1]).all(axis=1)
     c[amb[uniform]] = blk[uniform, 0]
     amb, blk = amb[~uniform], blk[~uniform]
-    c[amb] = 256 + np.arange(len(amb))
-    const = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 64, axis=1)
-    blocks = np.ascontiguousarray(np.concatenate([const, blk]))
-    ctype = np.uint16 if len(blocks) <= 65536 else np.uint32
-    return c.astype(ctype), blocks
+    srt = np.sort(blk, axis=1)
+    first = np.concatenate([np.ones((len(blk), 1), bool), srt[:, 1:] != srt[:, :-1]], axis=1)
+    ndist = first.sum(axis=1)
+    small = ndist <= 4
+    sb, ss, sf = blk[small], srt[small], first[small]
+    n_rec = len(sb)
+    recs = np.zeros((n_rec, _REC), np.uint8)
+    if n_rec:
+        # values: the distinct answers in ascending order, padded with the largest
+        rank = np.cumsum(sf, axis=1) - 1                               # (n, 64) rank in sorted row
+        vals = np.repeat(ss[:, -1:], 4, axis=1)
+        rows, cols = np.nonzero(sf)
+        vals[rows, rank[rows, cols]] = ss[rows, cols]
+        # code of each colour = index of its value among the distinct values
+        codes = (sb[:, :, None] > vals[:, None, :3]).sum(axis=2).astype(np.uint8)
+        q = codes.reshape(n_rec, 16, 4)
+        recs[:, :16] = q[..., 0] | (q[..., 1] << 2) | (q[..., 2] << 4) | (q[..., 3] << 6)
+        recs[:, 16:] = vals
+    raw = np.ascontiguousarray(blk[~small])
+    c[amb[small]] = 256 + np.arange(n_rec)
+    c[amb[~small]] = 256 + n_rec + np.arange(len(raw))
+    ctype = np.uint16 if 256 + n_rec + len(raw) <= 65536 else np.uint32
+    return c.astype(ctype), recs.reshape(-1), raw.reshape(-1, 64), n_rec
 
 
 # --------------------------------------------------------------------------- lookup kernels
+_THREAD_MIN_PIXELS = 1 << 20
+#: threads used by :meth:`NearestMapper.map` when not given (None = one per CPU core)
+DEFAULT_THREADS: Optional[int] = None
+_POOLS: dict[int, "object"] = {}
+
+
+def _thread_pool(n: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _LOCK:
+        pool = _POOLS.get(n)
+        if pool is None:
+            pool = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="tilegan-nearest")
+        return pool
+
+
 _numba_kernel = None
 _numba_failed = False
 
@@ -298,28 +342,37 @@ def _get_numba_kernel():
         _numba_failed = True
         return None
 
+    @nb.njit(inline="always", boundscheck=False, nogil=True)
+    def lookup(r, g, b, coarse, recs, raw, n_rec):               # pragma: no cover (jitted)
+        v = np.uint32(coarse[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)])
+        if v < 256:
+            return np.uint8(v)
+        off = ((r & 3) << 4) | ((g & 3) << 2) | (b & 3)
+        k = v - np.uint32(256)
+        if k >= n_rec:
+            return raw[(((k - n_rec) << 6) | off)]
+        rec = k * np.uint32(20)
+        code = (np.uint32(recs[rec + (off >> 2)]) >> ((off & 3) << 1)) & np.uint32(3)
+        return recs[rec + np.uint32(16) + code]
+
     # Serial kernels with a constant pixel stride: LLVM keeps them tight (a prange version
-    # measured 2-4x slower here).  Parallelism comes from the stage (one image per process).
+    # measured 2-4x slower here).  Large images are split over threads by the caller.
     @nb.njit(cache=True, boundscheck=False, nogil=True)
-    def kernel3(flat, coarse, blocks, out):                      # pragma: no cover (jitted)
+    def kernel3(flat, coarse, recs, raw, n_rec, out):            # pragma: no cover (jitted)
         for i in range(out.shape[0]):
-            r = np.uint32(flat[3 * i])
-            g = np.uint32(flat[3 * i + 1])
-            b = np.uint32(flat[3 * i + 2])
-            v = np.uint32(coarse[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)])
-            out[i] = blocks[(v << 6) | ((r & 3) << 4) | ((g & 3) << 2) | (b & 3)]
+            out[i] = lookup(np.uint32(flat[3 * i]), np.uint32(flat[3 * i + 1]),
+                            np.uint32(flat[3 * i + 2]), coarse, recs, raw, n_rec)
 
     @nb.njit(cache=True, boundscheck=False, nogil=True)
-    def kernel4(flat, coarse, blocks, out):                      # pragma: no cover (jitted)
+    def kernel4(flat, coarse, recs, raw, n_rec, out):            # pragma: no cover (jitted)
         for i in range(out.shape[0]):
-            r = np.uint32(flat[4 * i])
-            g = np.uint32(flat[4 * i + 1])
-            b = np.uint32(flat[4 * i + 2])
-            v = np.uint32(coarse[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)])
-            out[i] = blocks[(v << 6) | ((r & 3) << 4) | ((g & 3) << 2) | (b & 3)]
+            out[i] = lookup(np.uint32(flat[4 * i]), np.uint32(flat[4 * i + 1]),
+                            np.uint32(flat[4 * i + 2]), coarse, recs, raw, n_rec)
 
-    def kernel(flat, nch, coarse, blocks, out):
-        (kernel3 if nch == 3 else kernel4)(flat, coarse, blocks, out)
+    def kernel(flat, nch, coarse, recs, raw, n_rec, out):
+        (kernel3 if nch == 3 else kernel4)(flat, coarse, recs, raw, np.uint32(n_rec), out)
+
+    kernel.lookup = lookup
 
     _numba_kernel = kernel
     return kernel
@@ -358,7 +411,9 @@ class NearestMapper:
             raise ValueError("no palette colour is allowed")
         self.metric = metric
         self.coarse: Optional[np.ndarray] = None
-        self.blocks: Optional[np.ndarray] = None
+        self.recs: Optional[np.ndarray] = None
+        self.raw: Optional[np.ndarray] = None
+        self.n_rec = 0
         self._full: Optional[np.ndarray] = None
         if metric != "ciede2000":
             self._load_or_build(use_cache)
@@ -376,10 +431,10 @@ class NearestMapper:
         if use_cache and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    coarse, blocks = z["coarse"], z["blocks"]
-                if (coarse.shape == (64 ** 3,) and blocks.ndim == 2 and blocks.shape[1] == 64
-                        and int(coarse.max()) < len(blocks)):
-                    self.coarse, self.blocks = coarse, blocks
+                    coarse, recs, raw, n_rec = z["coarse"], z["recs"], z["raw"], int(z["n_rec"])
+                if (coarse.shape == (64 ** 3,) and raw.ndim == 2 and raw.shape[1] == 64
+                        and recs.size == n_rec * _REC and int(coarse.max()) < 256 + n_rec + len(raw)):
+                    self.coarse, self.recs, self.raw, self.n_rec = coarse, recs, raw, n_rec
                     return
             except Exception as e:                                # corrupt cache: rebuild
                 log.warning("ignoring unreadable lookup cache %s (%s)", path, e)
@@ -387,13 +442,14 @@ class NearestMapper:
             coarse, fine = _build_tables_numba(self.colours, self.allowed, self.metric)
         except ImportError:                                       # pragma: no cover
             coarse, fine = _build_tables(self.colours, self.allowed, self.metric)
-        self.coarse, self.blocks = compact_tables(coarse, fine)
+        self.coarse, self.recs, self.raw, self.n_rec = compact_tables(coarse, fine)
         if use_cache:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
                 with open(tmp, "wb") as f:
-                    np.savez(f, coarse=self.coarse, blocks=self.blocks)
+                    np.savez(f, coarse=self.coarse, recs=self.recs, raw=self.raw,
+                             n_rec=np.int64(self.n_rec))
                 os.replace(tmp, path)
             except OSError as e:
                 log.warning("could not cache lookup table in %s (%s)", path.parent, e)
@@ -409,18 +465,32 @@ class NearestMapper:
                 r = idx[r0:r0 + 32, None, None]
                 g = idx[None, :, None]
                 b = idx[None, None, :]
-                v = self.coarse[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)].astype(np.int64)
-                full[r0:r0 + 32] = self.blocks[v, ((r & 3) << 4) | ((g & 3) << 2) | (b & 3)]
+                full[r0:r0 + 32] = self._decode(r, g, b)
             self._full = full.reshape(-1)
         return self._full
 
+    def _decode(self, r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Vectorised table lookup (numpy), broadcasting r, g, b (int arrays)."""
+        recs = self.recs.reshape(-1, _REC) if self.n_rec else np.zeros((1, _REC), np.uint8)
+        raw = self.raw if len(self.raw) else np.zeros((1, 64), np.uint8)
+        v = self.coarse[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)].astype(np.int64)
+        off = ((r & 3) << 4) | ((g & 3) << 2) | (b & 3)
+        k = v - 256
+        kr = np.clip(k, 0, len(recs) - 1)
+        code = (recs[kr, off >> 2].astype(np.int64) >> ((off & 3) * 2)) & 3
+        from_rec = recs[kr, 16 + code]
+        from_raw = raw[np.clip(k - self.n_rec, 0, len(raw) - 1), off]
+        return np.where(v < 256, v, np.where(k < self.n_rec, from_rec, from_raw)).astype(np.uint8)
+
     # ------------------------------------------------------------------ mapping
-    def map(self, rgb: np.ndarray, *, use_numba: bool = True) -> np.ndarray:
+    def map(self, rgb: np.ndarray, *, use_numba: bool = True, threads: Optional[int] = None) -> np.ndarray:
         """Map pixels to palette indices.
 
         Parameters
         ----------
         rgb : ndarray, shape (..., C), uint8, C = 3 or 4 (alpha ignored)
+        threads : int, optional
+            Threads for inputs of >= 1 MP (default: one per CPU core); 1 = single-threaded.
 
         Returns
         -------
@@ -437,12 +507,43 @@ class NearestMapper:
         out = np.empty(flat.size // nch, np.uint8)
         kern = _get_numba_kernel() if use_numba else None
         if kern is not None and out.size:
-            kern(flat, nch, self.coarse, self.blocks.reshape(-1), out)
+            raw = self.raw.reshape(-1)
+            if threads is None:
+                threads = DEFAULT_THREADS if DEFAULT_THREADS is not None else (os.cpu_count() or 1)
+            nthreads = min(max(1, threads), 8)
+            if nthreads > 1 and out.size >= _THREAD_MIN_PIXELS:
+                # the kernel releases the GIL: split the pixels between threads
+                bounds = np.linspace(0, out.size, nthreads + 1).astype(np.int64)
+                pool = _thread_pool(nthreads)
+                futs = [pool.submit(kern, flat[a * nch:b * nch], nch, self.coarse, self.recs, raw,
+                                    self.n_rec, out[a:b])
+                        for a, b in zip(bounds[:-1], bounds[1:])]
+                for f in futs:
+                    f.result()
+            else:
+                kern(flat, nch, self.coarse, self.recs, raw, self.n_rec, out)
         elif out.size:
             px = flat.reshape(-1, nch)
             p = (px[:, 0].astype(np.uint32) << 16) | (px[:, 1].astype(np.uint32) << 8) | px[:, 2]
             np.take(self.full_table(), p, out=out)
         return out.reshape(shape)
+
+    def nearest_one(self, r: int, g: int, b: int) -> int:
+        """Nearest palette index of one colour (memoised; used by error diffusion)."""
+        key = (r << 16) | (g << 8) | b
+        cache = self.__dict__.setdefault("_one_cache", {})
+        v = cache.get(key)
+        if v is None:
+            if self.coarse is not None:
+                v = int(self._decode(np.int64(r), np.int64(g), np.int64(b)))
+            else:
+                if not hasattr(self, "_pal_lab"):
+                    self._pal_lab = srgb_to_lab(self.colours[self.allowed])
+                x = srgb_to_lab(np.array([r, g, b]))
+                v = int(self.allowed[int(np.argmin(ciede2000(x[None], self._pal_lab)))])
+            if len(cache) < 1 << 20:
+                cache[key] = v
+        return v
 
     def _map_unique(self, px: np.ndarray) -> np.ndarray:
         packed = (px[:, 0].astype(np.uint32) << 16) | (px[:, 1].astype(np.uint32) << 8) | px[:, 2]
@@ -453,7 +554,6 @@ class NearestMapper:
 
 
 _MAPPERS: dict[tuple, NearestMapper] = {}
-_LOCK = threading.Lock()
 
 
 def get_mapper(colours: np.ndarray, allowed: Optional[np.ndarray] = None, *, metric: str = "lab",

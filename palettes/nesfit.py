@@ -260,54 +260,74 @@ def pattern_tiles(idx: np.ndarray, attr: np.ndarray, backdrop: int, subpalettes:
     return vals.reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
 
 
+def _pack_sets(sets: list, max_sub: int, limit: int = 200_000) -> Optional[list]:
+    """Group colour sets into <= max_sub bins whose unions have <= 3 colours (backtracking)."""
+    sets = sorted(sets, key=lambda t: (-len(t), sorted(t)))
+    bins: list[frozenset] = []
+    nodes = 0
+
+    def place(i: int) -> bool:
+        nonlocal nodes
+        nodes += 1
+        if nodes > limit:
+            return False
+        if i == len(sets):
+            return True
+        s = sets[i]
+        tried = set()
+        for k in range(len(bins)):
+            u = bins[k] | s
+            if len(u) <= 3 and u not in tried:
+                tried.add(u)
+                old = bins[k]
+                bins[k] = u
+                if place(i + 1):
+                    return True
+                bins[k] = old
+        if len(bins) < max_sub:
+            bins.append(s)
+            if place(i + 1):
+                return True
+            bins.pop()
+        return False
+
+    return list(bins) if place(0) else None
+
+
 def infer_subpalettes(images: Sequence[np.ndarray], *, area: int = AREA,
                       backdrop: Optional[int] = None, max_sub: int = 4) -> Optional[tuple[int, np.ndarray]]:
-    """Find a backdrop and ≤ ``max_sub`` sub-palettes that make every area legal, if any.
+    """Find a backdrop and <= ``max_sub`` sub-palettes that make every area legal, if any.
 
     Tries each colour (most frequent first, or only ``backdrop``) as backdrop; the areas'
-    remaining colour sets (≤ 3 each) are reduced by dropping subsets and greedily merging
-    sets whose union has ≤ 3 colours.  Returns ``(backdrop, subpalettes (max_sub, 3))`` or
-    None when no cover is found (greedy: it can miss an exotic legal cover).
+    remaining colour sets (<= 3 colours each), minus those contained in another, are packed
+    into <= ``max_sub`` groups of <= 3 colours by a backtracking search (bounded; it finds a
+    cover whenever one exists for ordinary screens).  Returns ``(backdrop, subpalettes
+    (max_sub, 3) int64)`` with each row sorted, or None when no cover is found.
     """
     counts: dict[int, int] = {}
-    area_sets: list[frozenset] = []
+    area_sets: set = set()
     for im in images:
         h, w = im.shape
         for y0 in range(0, h, area):
             for x0 in range(0, w, area):
                 u, c = np.unique(im[y0:y0 + area, x0:x0 + area], return_counts=True)
-                area_sets.append(frozenset(int(v) for v in u))
+                area_sets.add(frozenset(int(v) for v in u))
                 for v, n in zip(u, c):
                     counts[int(v)] = counts.get(int(v), 0) + int(n)
     cands = [backdrop] if backdrop is not None else sorted(counts, key=lambda v: (-counts[v], v))
     for b in cands:
-        sets = {s - {b} for s in area_sets}
-        if any(len(s) > 3 for s in sets):
+        sets = {t - {b} for t in area_sets}
+        if any(len(t) > 3 for t in sets):
             continue
-        sets = [s for s in sets if s]
-        sets = [s for s in sets if not any(s < t for t in sets)]
-        sets = sorted(set(sets), key=lambda s: (-len(s), sorted(s)))
-        while len(sets) > max_sub:
-            best = None
-            for i in range(len(sets)):
-                for j in range(i + 1, len(sets)):
-                    u = sets[i] | sets[j]
-                    if len(u) <= 3:
-                        key = (len(u), -len(sets[i] & sets[j]), i, j)
-                        if best is None or key < best[0]:
-                            best = (key, i, j, u)
-            if best is None:
-                break
-            _, i, j, u = best
-            sets = [s for n, s in enumerate(sets) if n not in (i, j)]
-            sets = [s for s in sets if not s <= u] + [u]
-        if len(sets) > max_sub:
+        sets = [t for t in sets if t and not any(t < o for o in sets)]
+        bins = _pack_sets(sets, max_sub)
+        if bins is None:
             continue
         subs = []
-        for s in sets:
-            row = sorted(s)
+        for t in bins:
+            row = sorted(t)
             while len(row) < 3:
-                row.append(row[-1] if row else b)
+                row.append(row[-1])
             subs.append(row)
         while len(subs) < max_sub:
             subs.append(list(subs[-1]) if subs else [b, b, b])

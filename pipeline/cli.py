@@ -72,6 +72,14 @@ def _print_table(results: list[StageResult], total: float) -> None:
     print(f"{'total':<9} {'':<7} {total:>7.1f}s", file=err)
 
 
+def safe_dirname(name: str) -> str:
+    """A tileset name (any text, escaped in the XML) as a folder name under out/."""
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip(" .") or "tileset"
+    return cleaned[:80]
+
+
 # --------------------------------------------------------------------------- run / status
 @app.command("run")
 def run_cmd(
@@ -107,7 +115,7 @@ def run_cmd(
     last = results[-1]
     if last.name == "export":
         params = resolve_params(modules["export"], cfg, {})
-        dest = cfg.out / params.name
+        dest = cfg.out / safe_dirname(params.name)
         if C.published_key(dest) != last.key:
             C.publish(last.artifact, dest, replace=True)
         _print_table(results, time.time() - t0)

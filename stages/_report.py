@@ -98,55 +98,52 @@ def _kv_table(d: dict) -> str:
 
 # --------------------------------------------------------------------------- charts (SVG)
 def svg_histogram(series: Sequence[tuple[str, Sequence[float], str]], *, xlabel: str,
-                  width: int = 640, height: int = 220) -> str:
-    """Inline SVG histogram of one or more integer-valued series on shared unit bins.
+                  width: int = 480, height: int = 200) -> str:
+    """Inline SVG histograms, one panel per series, on shared unit bins (each its own y scale).
 
-    ``series``: (label, values, colour).  Bars of the series sit side by side in each bin.
+    ``series``: (label, values, colour).  Ranges wider than 64 get 64 equal bins.
     """
     vals = [np.asarray([v for v in s[1] if v is not None], dtype=np.float64) for s in series]
     allv = np.concatenate([v for v in vals if v.size] or [np.zeros(0)])
     if allv.size == 0:
         return '<p class="muted">(no values)</p>'
     lo, hi = int(np.floor(allv.min())), int(np.ceil(allv.max()))
-    nb = max(1, hi - lo + 1)
-    if nb > 64:  # wide ranges: 64 equal bins
+    if hi - lo + 1 > 64:
         edges = np.linspace(lo, hi + 1, 65)
     else:
         edges = np.arange(lo, hi + 2, dtype=np.float64)
-    counts = [np.histogram(v, bins=edges)[0] if v.size else np.zeros(len(edges) - 1, int)
-              for v in vals]
-    cmax = max(1, max(int(c.max()) for c in counts))
-    ml, mb, mt = 40, 34, 10
-    pw, ph = width - ml - 10, height - mb - mt
     nbins = len(edges) - 1
-    bw = pw / nbins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-size="11" font-family="sans-serif">',
-             f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" stroke="#444"/>',
-             f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="#444"/>',
-             f'<text x="{ml - 4}" y="{mt + 8}" text-anchor="end">{cmax}</text>',
-             f'<text x="{ml - 4}" y="{mt + ph}" text-anchor="end">0</text>',
-             f'<text x="{ml + pw / 2}" y="{height - 4}" text-anchor="middle">{_esc(xlabel)}</text>']
-    ns = len(series)
-    for si, ((label, _, colour), c) in enumerate(zip(series, counts)):
+    panels = []
+    for (label, _, colour), v in zip(series, vals):
+        c = np.histogram(v, bins=edges)[0] if v.size else np.zeros(nbins, int)
+        cmax = max(1, int(c.max()))
+        ml, mb, mt = 44, 34, 22
+        pw, ph = width - ml - 10, height - mb - mt
+        bw = pw / nbins
+        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+                 f'font-size="11" font-family="sans-serif">',
+                 f'<text x="{ml}" y="14" font-weight="bold">{_esc(label)} ({int(v.size)})</text>',
+                 f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" stroke="#444"/>',
+                 f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="#444"/>',
+                 f'<text x="{ml - 4}" y="{mt + 8}" text-anchor="end">{cmax}</text>',
+                 f'<text x="{ml - 4}" y="{mt + ph}" text-anchor="end">0</text>',
+                 f'<text x="{ml + pw / 2}" y="{height - 4}" text-anchor="middle">{_esc(xlabel)}</text>']
         for b in range(nbins):
             if c[b] == 0:
                 continue
             h = ph * c[b] / cmax
-            x = ml + b * bw + si * bw / ns
-            parts.append(f'<rect x="{x:.1f}" y="{mt + ph - h:.1f}" width="{max(bw / ns - 1, 1):.1f}" '
-                         f'height="{h:.1f}" fill="{colour}"><title>{_esc(label)} '
-                         f'{edges[b]:g}: {int(c[b])}</title></rect>')
-    step = max(1, nbins // 12)
-    for b in range(0, nbins, step):
-        parts.append(f'<text x="{ml + (b + 0.5) * bw:.1f}" y="{mt + ph + 13}" '
-                     f'text-anchor="middle">{edges[b]:g}</text>')
-    for si, (label, _, colour) in enumerate(series):
-        y = mt + 12 + 14 * si
-        parts.append(f'<rect x="{ml + pw - 150}" y="{y - 9}" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{ml + pw - 136}" y="{y}">{_esc(label)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+            w = min(max(bw - 1, 1), 40)
+            x = ml + b * bw + (bw - w) / 2
+            parts.append(f'<rect x="{x:.1f}" y="{mt + ph - h:.1f}" width="{w:.1f}" '
+                         f'height="{h:.1f}" fill="{colour}"><title>{edges[b]:g}: {int(c[b])} '
+                         f"tiles</title></rect>")
+        step = max(1, nbins // 12)
+        for b in range(0, nbins, step):
+            parts.append(f'<text x="{ml + (b + 0.5) * bw:.1f}" y="{mt + ph + 13}" '
+                         f'text-anchor="middle">{edges[b]:g}</text>')
+        parts.append("</svg>")
+        panels.append("".join(parts))
+    return '<div class="scroll">' + " ".join(panels) + "</div>"
 
 
 def svg_lines(xs: Sequence[float], series: dict[str, Sequence[float]], *, xlabel: str,
@@ -193,9 +190,10 @@ def collect_stage_summaries(dirs: Iterable[Path]) -> dict[str, dict]:
     """Summaries of the stages behind ``dirs``, read from the artifact cache's manifests.
 
     Each artifact directory of the cache (``<root>/<stage>/<key>/``) holds a ``manifest.json``
-    with ``stage``, ``summary``, ``seconds`` and ``inputs`` (name -> content digest of the
-    upstream artifact).  Starting from ``dirs`` we follow those digests to the upstream
-    manifests under the same root.  Directories without a manifest (standalone runs) add nothing.
+    with ``stage``, ``summary``, ``seconds``, ``inputs`` (name -> content digest of the
+    upstream artifact) and, for explicit inputs, ``inputs_paths``.  Starting from ``dirs`` we
+    follow those digests to the upstream manifests under the same root, and those paths.
+    Directories without a manifest (standalone runs) add nothing.
 
     Returns
     -------
@@ -225,8 +223,11 @@ def collect_stage_summaries(dirs: Iterable[Path]) -> dict[str, dict]:
         stage = str(m.get("stage") or d.parent.name)
         if stage not in found:
             found[stage] = {"summary": m.get("summary", {}), "seconds": m.get("seconds")}
+        for paths in (m.get("inputs_paths") or {}).values():  # explicit inputs of a standalone run
+            if isinstance(paths, list):
+                queue += [Path(p) for p in paths if isinstance(p, str) and Path(p).is_dir()]
         digests = [v for v in (m.get("inputs") or {}).values() if isinstance(v, str)]
-        if digests:
+        if digests and d.parent.name == stage:  # a cache entry: <root>/<stage>/<key>/
             if index is None:
                 index = _manifest_index(d.parent.parent)
             queue += [index[g] for g in digests if g in index]
@@ -238,21 +239,22 @@ def _manifest_index(root: Path) -> dict[str, Path]:
     """content_digest -> artifact directory, over at most MAX_MANIFESTS manifests under root."""
     index: dict[str, Path] = {}
     n = 0
-    try:
-        stage_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    except OSError:
-        return index
-    for sd in stage_dirs:
-        for ad in sorted(sd.iterdir()):
+    for name in STAGE_ORDER:
+        sd = root / name
+        if not sd.is_dir():
+            continue
+        try:
+            entries = sorted(sd.iterdir())
+        except OSError:
+            continue
+        for ad in entries:
             mp = ad / "manifest.json"
-            if not mp.is_file():
-                continue
             n += 1
             if n > MAX_MANIFESTS:
                 return index
             try:
                 dig = json.loads(mp.read_text(encoding="utf-8")).get("content_digest")
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 continue
             if isinstance(dig, str):
                 index[dig] = ad
@@ -266,8 +268,11 @@ def _section_level(out_dir: Path, summary: dict) -> str:
     note = (f"{_esc(lv.get('method'))}: {lv.get('attempts')} attempt(s), {lv.get('backtracks')} "
             f"backtrack(s), {lv.get('violations')} unseen neighbour pair(s), "
             f"{lv.get('states')} tile states")
-    return (f"<h2>Level (maps/level.tmx)</h2><p>Made by Wave Function Collapse over the "
-            f"neighbours seen in the generated screens. {note}.</p>"
+    model = ("the neighbours seen in the generated screens" if lv.get("model") != "observed+seams"
+             else "the neighbours seen in the generated screens, widened with best-matching "
+                  "pixel seams")
+    return (f"<h2>Level (maps/level.tmx)</h2><p>Made by Wave Function Collapse over "
+            f"{model}. {note}.</p>"
             f'<div class="scroll">{_img_tag(data, alt="level preview", scale=2, width=w)}</div>')
 
 
@@ -307,7 +312,7 @@ def _section_novelty(meta: list, dropped: list) -> str:
     drop = [d for d in drop if d is not None]
     series = [("kept tiles", kept, "#2c7fb8")]
     if drop:
-        series.append(("dropped tiles", drop, "#d95f0e"))
+        series.append(("dropped as training copies", drop, "#d95f0e"))
     unknown = sum(1 for m in meta if isinstance(m, dict) and not (
         isinstance(m.get("novelty"), (int, float)) and m["novelty"] >= 0))
     extra = (f' <span class="muted">({unknown} tiles not measured: flat, or no training '
@@ -322,7 +327,7 @@ def _section_dropped(dropped: list, evidence: Optional[Path]) -> str:
     parts = [f"<h2>Dropped tiles ({len(dropped)})</h2>",
              "<p>Each dropped tile beside its nearest training tile, with the distance "
              "(dedupe's evidence sheet):</p>",
-             f'<div class="scroll">{_img_tag(data, alt="copy evidence", scale=2, width=w)}</div>']
+             f'<div class="scroll">{_img_tag(data, alt="copy evidence", width=w)}</div>']
     if dropped:
         rows = []
         for rec in dropped[:MAX_ROWS_SHOWN]:
@@ -332,7 +337,9 @@ def _section_dropped(dropped: list, evidence: Optional[Path]) -> str:
             rows.append(f"<tr><td>{_esc(rec.get('reason', ''))}</td><td>{_esc(cells)}</td></tr>")
         more = (f'<p class="muted">first {MAX_ROWS_SHOWN} of {len(dropped)} shown (dropped.json)</p>'
                 if len(dropped) > MAX_ROWS_SHOWN else "")
-        parts.append(f"<table><tr><th>reason</th><th>details</th></tr>{''.join(rows)}</table>{more}")
+        parts.append(f"<details><summary>every dropped tile (dropped.json)</summary><table>"
+                     f"<tr><th>reason</th><th>details</th></tr>{''.join(rows)}</table>{more}"
+                     "</details>")
     return "".join(parts)
 
 

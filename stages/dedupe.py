@@ -522,7 +522,8 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
                        "y": ref["y"], "distance": int(novelty[i])}
         tiles_meta.append({
             "id": rank, "bank_id": i,
-            "novelty": int(novelty[i]) if tr is not None else None,
+            # a flat tile's hash is rounding noise: its distance says nothing, so no novelty
+            "novelty": int(novelty[i]) if tr is not None and not is_flat[i] else None,
             "nearest_training": nearest,
             "source_image": origin[0] if origin else None,
             "origin": list(origin) if origin else None,
@@ -539,23 +540,28 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
             rec["duplicate_of"] = int(new_id[rec["duplicate_of_bank"]])
         origin = gen.origins[i] if i < len(gen.origins) else None
         dropped.append({"tile": i, "source_image": origin[0] if origin else None, **rec})
-        if uid is not None and len(evidence_rows) < params.evidence_max:
-            ref = rec["training"]
-            label = (f"bank {i}: {rec['reason']}\nHamming distance {rec['distance']}\n"
-                     f"screen {ref['screen']} at {ref['x']},{ref['y']}\n"
-                     f"{str(ref['source'] or '')[-36:]}")
-            twin = bank_mod.flip_tile(tr.tiles[uid], int(rec["flip"]))   # shown as generated
-            evidence_rows.append((tiles[i], twin, label))
+        if uid is not None:
+            evidence_rows.append((rec["distance"], i, uid, rec))
+    # closest copies first (exact copies on top); at most evidence_max rows
+    evidence_rows.sort(key=lambda r: (r[0], r[1]))
+    sheet_rows = []
+    for dist, i, uid, rec in evidence_rows[:params.evidence_max]:
+        ref = rec["training"]
+        label = (f"bank {i}: {rec['reason']}\nHamming distance {dist}\n"
+                 f"screen {ref['screen']} at {ref['x']},{ref['y']}\n"
+                 f"{str(ref['source'] or '')[-36:]}")
+        twin = bank_mod.flip_tile(tr.tiles[uid], int(rec["flip"]))       # shown as generated
+        sheet_rows.append((tiles[i], twin, label))
     save_npy(out_dir / "bank.npy", out_bank)
     save_npz(out_dir / "maps.npz", **out_maps)
     write_json(out_dir / "tiles.json", tiles_meta)
     write_json(out_dir / "dropped.json", dropped)
-    save_png(out_dir / "evidence.png", _evidence_sheet(evidence_rows, t))
+    save_png(out_dir / "evidence.png", _evidence_sheet(sheet_rows, t))
     progress("dedupe", 5, 5)
 
     counts = {reason: sum(1 for d in dropped if d["reason"] == reason)
               for reason in ("training", "training_exact", "duplicate", "flat")}
-    nov = novelty[kept] if tr is not None else np.zeros(0)
+    nov = novelty[kept[~is_flat[kept]]] if tr is not None else np.zeros(0)
     summary = {
         "hash": params.hash, "tiles_in": k, "kept": int(len(kept)),
         "dropped_training": counts["training"], "dropped_training_exact": counts["training_exact"],
@@ -564,7 +570,7 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         "training_distinct": len(tr.tiles) if tr is not None else 0,
         "novelty_min": int(nov.min()) if len(nov) else None,
         "novelty_median": float(np.median(nov)) if len(nov) else None,
-        "evidence_rows": len(evidence_rows),
+        "evidence_rows": len(sheet_rows),
     }
     log.info("dedupe: %d -> %d tiles (%d training, %d exact, %d duplicate, %d flat)", k,
              len(kept), counts["training"], counts["training_exact"], counts["duplicate"],

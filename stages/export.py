@@ -47,7 +47,7 @@ log = logging.getLogger("tilegan.export")
 #: Most cells WFC will fill; beyond this the level takes minutes and gigabytes.
 MAX_LEVEL_CELLS = 65536
 #: Seconds Wave Function Collapse may take per model before the greedy fallback.
-WFC_TIME_LIMIT = 120.0
+WFC_TIME_LIMIT = 30.0
 
 
 class Encoding(str, enum.Enum):
@@ -63,8 +63,10 @@ class Params:
     level_height: int = param(15, help="height of maps/level.tmx in tiles")
     seed: int = param(0, help="seed of the Wave Function Collapse level")
     encoding: Encoding = param(Encoding.csv, help="tile layer data encoding: csv or base64-zlib")
-    max_tiles: int = param(0, help="fail if the tileset would hold more tiles than this (0: no limit)")
-    columns: int = param(16, help="tiles per row of tileset.png and maps/sheet.tmx (0: near-square)")
+    max_tiles: int = param(0, help="fail if the tileset would hold more tiles than this "
+                                   "(0: no limit)")
+    columns: int = param(16, help="tiles per row of tileset.png and maps/sheet.tmx "
+                                  "(0: near-square)")
     wfc_attempts: int = param(5, help="Wave Function Collapse restarts before the greedy fallback")
     level_seams: int = param(2, help="if the level cannot be made from seen neighbour pairs alone, "
                                      "also allow this many best-matching pixel seams per tile and "
@@ -259,8 +261,9 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     for i, (stem, m) in enumerate(maps.items()):
         map_name = f"sample_{i:0{digits}d}"
         write_map(map_name, tiled.bank_ids_to_gids(m), {"source_image": stem})
+        flipped = int(((m.astype(np.uint64) & tiled.FLIP_MASK) != 0).sum())
         sample_maps.append({"map": f"maps/{map_name}.tmx", "source_image": stem,
-                            "flipped_cells": int((m.astype(np.uint64) & tiled.FLIP_MASK != 0).sum())})
+                            "flipped_cells": flipped})
         progress("maps", i + 1, len(maps))
     progress("export", 2, 4)
 
@@ -277,8 +280,10 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
                                 time_limit=WFC_TIME_LIMIT)
     level_info = dict(result.summary(), seconds=round(time.perf_counter() - t_wfc, 3))
     if result.method == "greedy-fallback":
-        warnings.append(f"level: Wave Function Collapse did not finish in {params.wfc_attempts} "
-                        f"attempts; filled greedily with {result.violations} unseen neighbour pairs")
+        unseen = result.stats.get("unseen_pairs")
+        warnings.append(f"level: Wave Function Collapse did not finish ({result.attempts} "
+                        f"attempts); filled greedily, leaving {unseen} neighbour pairs that no "
+                        "generated screen shows")
     write_map("level", tiled.bank_ids_to_gids(result.grid),
               {"method": result.method, "seed": params.seed, "violations": result.violations})
     progress("export", 3, 4)
@@ -337,10 +342,9 @@ def _validate(params: Params) -> None:
     if params.report_samples < 0:
         raise ParamError(f"report_samples must be >= 0, got {params.report_samples}")
     try:
-        enc = Encoding(params.encoding)
+        Encoding(params.encoding)
     except ValueError:
         raise ParamError(f"encoding must be csv or base64-zlib, got {params.encoding!r}") from None
-    del enc
 
 
 def _nes_numbers(rgba: np.ndarray, palette_spec: str, where: str) -> np.ndarray:
@@ -360,7 +364,8 @@ def _nes_numbers(rgba: np.ndarray, palette_spec: str, where: str) -> np.ndarray:
     lut = {}
     for i in pal.usable()[::-1]:  # lowest usable index wins among equal colours
         lut[tuple(int(v) for v in pal.colours[i])] = int(i)
-    keys = (rgba[..., 0].astype(np.uint32) << 16) | (rgba[..., 1].astype(np.uint32) << 8) | rgba[..., 2]
+    c = rgba.astype(np.uint32)
+    keys = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
     uniq, inv = np.unique(keys, return_inverse=True)
     nums = np.zeros(uniq.shape, np.uint8)
     opaque_keys = set(np.unique(keys[rgba[..., 3] > 0]).tolist())

@@ -115,8 +115,34 @@ def _palette(p: Params):
     return pal, usable
 
 
-def _quantize_one(path: str, p: Params) -> dict:
-    """Worker: load, map, clean one image.  Returns arrays and stats (no files written)."""
+def _write_indexed(out_dir: Path, src: Path, idx: np.ndarray, mask: np.ndarray, pal,
+                   usable: np.ndarray) -> dict:
+    """Write ``<stem>.png`` (mode "P", whole palette, extra transparent index if needed)."""
+    transp = None
+    pal_rgb = pal.colours
+    if not mask.all():
+        if len(pal) < 256:
+            transp = len(pal)
+            pal_rgb = np.concatenate([pal.colours, np.zeros((1, 3), np.uint8)])
+        else:
+            free = sorted(set(range(256)) - set(int(u) for u in usable))
+            if not free:
+                raise ParamError(f"{src}: has transparent pixels but the 256-colour palette "
+                                 f"{pal.name} leaves no index free for transparency")
+            transp = free[0]
+        idx = np.where(mask, idx, transp).astype(np.uint8)
+    name = f"{src.stem}.png"
+    save_png(out_dir / name, idx, palette=pal_rgb, transparency=transp)
+    return {"name": src.stem, "file": name, "source": str(src), "width": int(idx.shape[1]),
+            "height": int(idx.shape[0]), "transparent_index": transp}
+
+
+def _quantize_one(path: str, p: Params, out_dir: Optional[str] = None) -> dict:
+    """Worker: load, map and clean one image.
+
+    With ``out_dir`` (non-NES runs) the indexed PNG is written here and only statistics are
+    returned, so memory stays flat over thousands of files; otherwise the arrays are
+    returned for the NES fit across all images."""
     from palettes.cleanup import limit_area_colours, remove_isolated
     from palettes.colour import srgb_to_lab
     from palettes.dither import dither_map
@@ -127,6 +153,8 @@ def _quantize_one(path: str, p: Params) -> dict:
         rgba = load_image(path, mode="RGBA")
     except InputError as e:
         return {"path": path, "error": str(e)}
+    except Exception as e:                          # e.g. PIL's DecompressionBombError
+        return {"path": path, "error": f"{path}: not a usable image ({type(e).__name__}: {e})"}
     mask = rgba[..., 3] >= p.alpha_threshold
     if not mask.any():
         return {"path": path, "error": f"{path}: every pixel is transparent (alpha < "
@@ -144,8 +172,13 @@ def _quantize_one(path: str, p: Params) -> dict:
         idx = remove_isolated(idx, src_lab, pal_lab, strength=p.cleanup, mask=mask)
     after = _stats(idx, mask)
     de = np.sqrt(((src_lab - pal_lab[idx]) ** 2).sum(-1))[mask]
-    return {"path": path, "idx": idx, "mask": mask, "rgb": rgb, "before": before, "after": after,
-            "mean_delta_e": float(de.mean()), "transparent_pixels": int((~mask).sum())}
+    res = {"path": path, "before": before, "after": after, "mean_delta_e": float(de.mean()),
+           "transparent_pixels": int((~mask).sum())}
+    if out_dir is not None:
+        res["row"] = _write_indexed(Path(out_dir), Path(path), idx, mask, pal, usable)
+    else:
+        res.update(idx=idx, mask=mask, rgb=rgb)
+    return res
 
 
 #: use worker processes when the inputs hold at least this many pixels in total (starting a
@@ -167,6 +200,9 @@ def _total_pixels(files: list[Path]) -> int:
 
 
 def _worker_init() -> None:
+    import palettes.nearest
+
+    palettes.nearest.DEFAULT_THREADS = 1          # one process per core already
     try:
         import numba
         numba.set_num_threads(1)
@@ -175,20 +211,22 @@ def _worker_init() -> None:
 
 
 def _error_map_png(out_dir: Path, maps: list[np.ndarray]) -> Path:
-    from stages._common import save_png as _save
-
+    """Per-area mean ΔE maps, 8 px per area, 8 images per row: grey level = ΔE (white >= 30),
+    images separated by blue lines."""
     scale = 8
     h = max(m.shape[0] for m in maps) * scale
     w = max(m.shape[1] for m in maps) * scale
     cols = min(8, len(maps))
     rows = (len(maps) + cols - 1) // cols
-    img = np.zeros((rows * (h + 2), cols * (w + 2)), np.uint8)
+    img = np.empty((rows * (h + 2), cols * (w + 2), 3), np.uint8)
+    img[:] = (40, 80, 200)
     for n, m in enumerate(maps):
         r, c = divmod(n, cols)
         v = np.clip(m / 30.0 * 255.0, 0, 255).astype(np.uint8)
         v = np.repeat(np.repeat(v, scale, 0), scale, 1)
-        img[r * (h + 2):r * (h + 2) + v.shape[0], c * (w + 2):c * (w + 2) + v.shape[1]] = v
-    return _save(out_dir / "report" / "nes_error_map.png", np.stack([img] * 3, -1))
+        y0, x0 = r * (h + 2) + 1, c * (w + 2) + 1
+        img[y0:y0 + v.shape[0], x0:x0 + v.shape[1]] = v[..., None]
+    return save_png(out_dir / "report" / "nes_error_map.png", img)
 
 
 # --------------------------------------------------------------------------- run
@@ -219,6 +257,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         get_mapper(pal.colours, usable, metric=Metric(params.metric).value)
 
     n = len(files)
+    direct = None if params.nes else str(out_dir)     # non-NES: workers write their PNG
     progress("quantize", 0, n)
     results: list[Optional[dict]] = [None] * n
     ncpu = os.cpu_count() or 1
@@ -227,7 +266,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
 
         with cf.ProcessPoolExecutor(max_workers=min(ncpu, 8), mp_context=mp.get_context("spawn"),
                                     initializer=_worker_init) as ex:
-            futs = {ex.submit(_quantize_one, str(f), params): i for i, f in enumerate(files)}
+            futs = {ex.submit(_quantize_one, str(f), params, direct): i for i, f in enumerate(files)}
             done = 0
             for fut in cf.as_completed(futs):
                 results[futs[fut]] = fut.result()
@@ -235,7 +274,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
                 progress("quantize", done, n)
     else:
         for i, f in enumerate(files):
-            results[i] = _quantize_one(str(f), params)
+            results[i] = _quantize_one(str(f), params, direct)
             progress("quantize", i + 1, n)
 
     skipped = [{"path": r["path"], "reason": r["error"]} for r in results if r and "error" in r]
@@ -300,28 +339,10 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
 
     rows = []
     for r in good:
-        src = Path(r["path"])
-        idx = r["idx"]
-        mask = r["mask"]
-        transp = None
-        pal_rgb = pal.colours
-        if not mask.all():
-            if len(pal) < 256:
-                transp = len(pal)
-                pal_rgb = np.concatenate([pal.colours, np.zeros((1, 3), np.uint8)])
-            else:
-                free = sorted(set(range(256)) - set(int(u) for u in usable))
-                if not free:
-                    raise ParamError(f"{src}: has transparent pixels but the 256-colour palette "
-                                     f"{pal.name} leaves no index free for transparency")
-                transp = free[0]
-            idx = np.where(mask, idx, transp).astype(np.uint8)
-        name = f"{src.stem}.png"
-        save_png(out_dir / name, idx, palette=pal_rgb, transparency=transp)
-        row = {"name": src.stem, "file": name, "source": str(src), "width": int(idx.shape[1]),
-               "height": int(idx.shape[0]), "transparent_index": transp,
-               "transparent_pixels": r["transparent_pixels"], "mean_delta_e": r["mean_delta_e"],
-               "before": r["before"], "after": r["after"]}
+        row = r["row"] if "row" in r else _write_indexed(out_dir, Path(r["path"]), r["idx"],
+                                                          r["mask"], pal, usable)
+        row.update(transparent_pixels=r["transparent_pixels"], mean_delta_e=r["mean_delta_e"],
+                   before=r["before"], after=r["after"])
         if params.nes:
             row["nes_attributes"] = r["nes_attr"].tolist()
             row["nes_mean_area_error"] = r["nes_error"]

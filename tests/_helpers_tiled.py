@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -35,12 +36,18 @@ def require_tmxrasterizer() -> str:
 
 
 def rasterize(tmx: Path, out_png: Optional[Path] = None) -> np.ndarray:
-    """Render ``tmx`` with Tiled's tmxrasterizer; RGBA uint8 array (H, W, 4)."""
+    """Render ``tmx`` with Tiled's tmxrasterizer; RGBA uint8 array (H, W, 4).
+
+    The PNG goes to ``out_png``, or to a temporary file that is removed afterwards.
+    """
+    if out_png is None:
+        with tempfile.TemporaryDirectory(prefix="tmxrasterizer-") as tmp:
+            return rasterize(tmx, Path(tmp) / "tiled.png")
     from PIL import Image
 
     exe = require_tmxrasterizer()
     tmx = Path(tmx)
-    out_png = Path(out_png) if out_png else tmx.with_suffix(".tiled.png")
+    out_png = Path(out_png)
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     proc = subprocess.run([exe, str(tmx), str(out_png)], env=env, capture_output=True,
                           text=True, timeout=60)
@@ -67,7 +74,7 @@ def assert_matches_tiled(tmx: Path, preview_png: Path) -> None:
 
     with Image.open(preview_png) as im:
         ours = np.asarray(im.convert("RGBA")).copy()
-    assert_same_pixels(rasterize(tmx, preview_png.with_suffix(".tiled.png")), ours, str(tmx))
+    assert_same_pixels(rasterize(tmx), ours, str(tmx))
 
 
 def pytmx_cells(tmx_map) -> tuple[np.ndarray, np.ndarray]:

@@ -36,3 +36,11 @@ def test_usage_error_exits_2():
 def test_unknown_until_stage_is_a_usage_error():
     res = runner.invoke(app, ["run", "--until", "bake"])
     assert res.exit_code == 2 and "bake" in res.output
+
+
+def test_tileset_name_becomes_a_safe_folder_name():
+    from pipeline.cli import safe_dirname
+
+    assert safe_dirname("tileset") == "tileset"
+    assert safe_dirname("../Bricks & <Pipes>") == "_Bricks _ _Pipes_"
+    assert "/" not in safe_dirname("a/b") and safe_dirname("...") == "tileset"

@@ -209,3 +209,82 @@ def test_unknown_hash_is_a_param_error(tmp_path):
     s_dir = _slice_dir(tmp_path / "s", [_pattern(1)], {"img": [[0]]})
     with pytest.raises(ParamError, match="hash"):
         _run(tmp_path, s_dir, hash="md5")
+
+
+def test_8px_tiles_are_matched_against_split_16px_training_tiles(tmp_path):
+    big = _pattern(1)                                               # 16x16 training tile
+    quarter = np.ascontiguousarray(big[8:, :8])                     # its bottom-left 8x8
+    other = np.ascontiguousarray(_pattern(2)[:8, :8])
+    other[0, :] = (7, 7, 7, 255)
+    s_dir = tmp_path / "s"
+    s_dir.mkdir()
+    save_npy(s_dir / "bank.npy", np.stack([quarter, other]))
+    save_npz(s_dir / "maps.npz", img=np.array([[0, 1]], np.uint32))
+    write_json(s_dir / "slice.json", {"tile_size": 8, "flips": True,
+                                      "origins": [["img", 0, 0], ["img", 8, 0]]})
+    c_dir = _crop_dir(tmp_path / "c", [big])
+    summary, _, load = _run(tmp_path, s_dir, c_dir)
+    rec = load("dropped.json")[0]
+    assert rec["tile"] == 0 and rec["reason"] == "training_exact"
+    assert (rec["training"]["x"], rec["training"]["y"]) == (0, 32 + 8)
+
+
+def test_nes_slices_never_get_flip_bits(tmp_path):
+    a = _pattern(4)
+    noisy_flipped = a[:, ::-1].copy()
+    noisy_flipped[3, 3, :3] = (1, 2, 3)
+    s_dir = _slice_dir(tmp_path / "s", [a, noisy_flipped], {"img": [[0, 1]]}, flips=False)
+    _, out, _ = _run(tmp_path, s_dir, dup_distance=64, dup_fraction=1.0)
+    m = np.load(out / "maps.npz")["img"]
+    assert (m >> np.uint32(30) == 0).all()
+
+
+def test_standalone_images_as_tiles_input(tmp_path):
+    img = np.concatenate([_pattern(1), _pattern(2)], axis=1)
+    Image.fromarray(img).save(tmp_path / "gen.png")
+    summary, out, load = _run(tmp_path, tmp_path / "gen.png")
+    assert summary["tiles_in"] == 2 and load("tiles.json")[0]["source_image"] == "gen"
+
+
+# --------------------------------------------------------------------------- quality score
+def test_quality_counts_colours_and_isolated_pixels():
+    from tilesets.quality import tile_stats
+
+    t = np.zeros((1, 4, 4, 3), np.uint8)
+    t[0, 1, 1] = (255, 0, 0)                                        # one isolated pixel
+    t[0, 3, 2:] = (0, 0, 255)                                       # a 2-pixel run: not isolated
+    s = tile_stats(t)
+    assert s.colours.tolist() == [3] and s.isolated.tolist() == [1]
+    assert s.dominant[0] == pytest.approx(13 / 16)
+
+
+def test_quality_prefers_structure_over_flat_and_clean_over_speckled():
+    from tilesets.quality import quality
+
+    flat = np.zeros((8, 8, 3), np.uint8)
+    stripes = flat.copy()
+    stripes[::2] = 255
+    speckled = stripes.copy()
+    speckled[1, 1] = speckled[3, 5] = speckled[5, 2] = (255, 0, 0)
+    q = quality(np.stack([flat, stripes, speckled]))
+    assert q[1] > q[2] > q[0]
+
+
+def test_quality_weights_change_the_order():
+    from tilesets.quality import quality
+
+    many = np.arange(64 * 3, dtype=np.uint8).reshape(1, 8, 8, 3)   # 64 colours, all edges
+    few = np.zeros((1, 8, 8, 3), np.uint8)
+    few[0, :, 4:] = 255                                               # 2 colours, one edge
+    both = np.concatenate([many, few])
+    assert quality(both)[1] > quality(both)[0]
+    assert quality(both, w_colours=0.0, w_isolated=0.0)[0] >= quality(both, w_colours=0.0,
+                                                                      w_isolated=0.0)[1]
+
+
+def test_flat_tiles_get_no_novelty(tmp_path):
+    s_dir = _slice_dir(tmp_path / "s", [_flat((1, 2, 3)), _pattern(1)], {"img": [[0, 1]]})
+    c_dir = _crop_dir(tmp_path / "c", [_pattern(9)])
+    _, _, load = _run(tmp_path, s_dir, c_dir)
+    meta = {m["flat"]: m for m in load("tiles.json")}
+    assert meta[True]["novelty"] is None and isinstance(meta[False]["novelty"], int)

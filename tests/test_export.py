@@ -110,6 +110,23 @@ def test_level_is_solved_without_unseen_pairs(exported):
     assert gids.shape == (6, 16) and (gids > 0).all()
 
 
+def test_level_fallback_is_reported(tmp_path):
+    # one 1x3 screen: no vertical neighbour pair, so no 6-row level exists in the seen pairs
+    dd = make_dedupe_dir(tmp_path / "dd", bank=make_tiles(3),
+                         maps={"only": np.array([[0, 1, 2]], np.uint32)})
+    out, s = run_export(tmp_path, dd, level_seams=0)
+    assert s["level"]["method"] == "greedy-fallback" and s["level"]["unseen_pairs"] > 0
+    assert any("filled greedily" in w for w in s["warnings"])
+    assert load_tmx(out / "maps" / "level.tmx").properties["method"] == "greedy-fallback"
+
+
+def test_level_widened_with_seams_when_seen_pairs_cannot_tile(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", bank=make_tiles(3),
+                         maps={"only": np.array([[0, 1, 2]], np.uint32)})
+    _, s = run_export(tmp_path, dd)
+    assert s["level"]["model"] == "observed+seams" and s["level"]["violations"] == 0
+
+
 def test_paths_in_files_are_relative(exported):
     _, out, _ = exported
     assert re.search(r'<tileset firstgid="1" source="../tileset.tsx"/>',
@@ -148,6 +165,15 @@ def test_runs_without_train_and_samples(tmp_path):
     dd = make_dedupe_dir(tmp_path / "dd", k=5)
     out, s = run_export(tmp_path, dd)
     assert "no training artifact" in (out / "report.html").read_text()
+
+
+def test_accepts_the_artifact_files_themselves(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", k=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    s = export.run({"tiles": [dd / "bank.npy", dd / "maps.npz", dd / "tiles.json"]},
+                   export.Params(level_width=8, level_height=4), out)
+    assert s["tiles"] == 5 and (out / "maps" / "level.tmx").is_file()
 
 
 def test_same_inputs_give_same_bytes(tmp_path):

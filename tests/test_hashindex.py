@@ -68,3 +68,11 @@ def test_too_few_chunks_is_rejected():
 def test_empty_index_has_no_nearest():
     ids, d = HashIndex(np.zeros(0, np.uint64)).nearest(np.array([1], np.uint64))
     assert ids.tolist() == [-1]
+
+
+def test_threaded_search_equals_single_thread(rng):
+    train, queries = _data(rng, m=3000, q=5000)
+    a = HashIndex(train, workers=1).radius_search(queries, 5)
+    b = HashIndex(train, workers=2).radius_search(queries, 5)
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)

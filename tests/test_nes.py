@@ -164,3 +164,33 @@ def test_quantize_nes_merges_tiles_of_a_busy_screen(tmp_path):
     assert summ["nes_legal"], doc["nes"]["problems"]
     assert doc["nes"]["tile_merges"][0]["unique_before"] > 256
     assert doc["nes"]["tiles_per_image"][0] <= 256
+
+
+def test_infer_finds_cover_that_needs_search():
+    from palettes.nesfit import infer_subpalettes
+
+    # area sets {1,2} {3,4} {1,5} {2,5} ... only the cover {1,2,5} {3,4,x} ... works with 2 bins
+    a = np.full((16, 16 * 4), BACK, np.uint8)
+    for k, cols in enumerate([(1, 2), (3, 4), (1, 5), (2, 5)]):
+        a[:8, 16 * k:16 * k + 16] = cols[0]
+        a[8:, 16 * k:16 * k + 16] = cols[1]
+    res = infer_subpalettes([a], max_sub=2, backdrop=BACK)
+    assert res is not None
+    b, subs = res
+    assert sorted(map(tuple, subs.tolist())) == [(1, 2, 5), (3, 4, 4)]
+
+
+def test_bundle_merges_a_screen_with_too_many_tiles(tmp_path):
+    rng = np.random.default_rng(0)
+    s = np.where(rng.random((240, 256)) < 0.5, BACK, 0x01).astype(np.uint8)
+    with pytest.raises(ValueError, match="256"):
+        write_nes_bundle([s], ["busy"], tmp_path / "strict", backdrop=BACK, subpalettes=SUBS,
+                         merge_tiles=False)
+    info = write_nes_bundle([s], ["busy"], tmp_path, backdrop=BACK, subpalettes=SUBS)
+    row = info["screens"][0]
+    assert not row["exact"] and row["tiles"] <= 256
+    tiles = decode_chr((tmp_path / "tiles.chr").read_bytes())
+    tid, at = decode_nametable((tmp_path / "busy.nam").read_bytes())
+    r = render_screen(tiles, decode_palette((tmp_path / "palette.pal").read_bytes()), tid, at)
+    per_tile = (r != s).reshape(30, 8, 32, 8).transpose(0, 2, 1, 3).reshape(-1, 64).sum(1)
+    assert per_tile.max() <= row["tile_merges"]["max_pixels_changed"]

@@ -54,6 +54,15 @@ def test_pal_loader_192_and_1536(tmp_path):
     assert len(q) == 64 and q.emphasis.shape == (8, 64, 3)
 
 
+def test_jasc_pal_text_loader(tmp_path):
+    f = tmp_path / "j.pal"
+    f.write_text("JASC-PAL\n0100\n2\n255 0 0\n0 0 255\n")
+    assert load_palette_file(f).colours.tolist() == [[255, 0, 0], [0, 0, 255]]
+    f.write_text("JASC-PAL\n0100\n3\n255 0 0\n0 0 255\n")
+    with pytest.raises(PaletteError, match="3 colours"):
+        load_palette_file(f)
+
+
 def test_pal_wrong_size_names_file(tmp_path):
     (tmp_path / "bad.pal").write_bytes(bytes(100))
     with pytest.raises(PaletteError, match=r"bad\.pal.*100 bytes"):
@@ -114,7 +123,8 @@ def test_lab_reference_values():
 
 
 def test_ciede2000_sharma_pair():
-    assert ciede2000(np.array([50, 2.6772, -79.7751]), np.array([50, 0, -82.7485])) == pytest.approx(2.0425, abs=1e-4)
+    d = ciede2000(np.array([50, 2.6772, -79.7751]), np.array([50, 0, -82.7485]))
+    assert d == pytest.approx(2.0425, abs=1e-4)
 
 
 # ------------------------------------------------------------------ exact nearest colour
@@ -139,7 +149,7 @@ def test_lab_mapper_full_table_equals_kernel(nes_mapper, rng):
     assert np.array_equal(m.map(x, use_numba=False), m.map(x))
 
 
-def test_whole_cube_exact_for_small_palette(tmp_path, monkeypatch):
+def test_rgb_table_exact_and_reloaded_from_disk_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TILEGAN_CACHE", str(tmp_path))
     pal = get_palette("pico8")
     m = NearestMapper(pal.colours, pal.usable(), metric="rgb")
@@ -246,6 +256,7 @@ def test_lab_mapper_whole_cube_equals_bruteforce(nes_mapper):
 
 def test_numba_and_numpy_builders_agree_on_whole_cube():
     """The fast (numba) builder and the plain numpy builder give identical tables."""
+    pytest.importorskip("numba")
     from palettes.nearest import _build_tables, _build_tables_numba
 
     pal = get_palette("gameboy")

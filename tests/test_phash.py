@@ -110,3 +110,43 @@ def test_hamming_counts_differing_bits():
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="unknown hash"):
         ph.hash_tiles(np.zeros((1, 16, 16, 3), np.uint8), "whash")
+
+
+def test_phash_matches_imagehash_on_real_example_tiles():
+    from pathlib import Path
+
+    screens = sorted((Path(__file__).resolve().parent.parent / "examples" / "screens").glob("*.png"))
+    if not screens:
+        pytest.skip("examples/screens is empty: no real tiles to check")
+    parts = []
+    for p in screens[::4]:
+        a = np.asarray(Image.open(p).convert("RGB"))
+        h, w = a.shape[0] // 16 * 16, a.shape[1] // 16 * 16
+        parts.append(a[:h, :w].reshape(h // 16, 16, w // 16, 16, 3).transpose(0, 2, 1, 3, 4)
+                     .reshape(-1, 16, 16, 3))
+    tiles = np.concatenate(parts)
+    flat = tiles.reshape(len(tiles), -1)
+    _, first = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))).ravel(), return_index=True)
+    tiles = tiles[np.sort(first)][:1500]
+    assert ph.to_hex(ph.phash(tiles)) == _oracle(imagehash.phash, tiles)
+
+
+def test_greyscale_tiles_match_imagehash_on_L_images():
+    rng = np.random.default_rng(11)
+    grey = rng.integers(0, 256, (200, 16, 16), dtype=np.uint8)
+    assert ph.to_hex(ph.phash(grey)) == _oracle(imagehash.phash, grey)
+
+
+@pytest.mark.parametrize("side", [32, 64])
+def test_larger_tiles_match_imagehash(side):
+    rng = np.random.default_rng(side)
+    tiles = np.concatenate([rng.integers(0, 256, (60, side, side, 3), dtype=np.uint8),
+                            _pixel_art_tiles(rng, 40, size=side)])
+    assert ph.to_hex(ph.phash(tiles)) == _oracle(imagehash.phash, tiles)
+    assert ph.to_hex(ph.dhash(tiles)) == _oracle(imagehash.dhash, tiles)
+
+
+def test_non_square_tiles_match_imagehash():
+    rng = np.random.default_rng(2)
+    tiles = rng.integers(0, 256, (50, 8, 16, 3), dtype=np.uint8)
+    assert ph.to_hex(ph.phash(tiles)) == _oracle(imagehash.phash, tiles)

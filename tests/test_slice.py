@@ -131,3 +131,20 @@ def test_bad_pad_mode_is_a_param_error(tmp_path):
 def test_missing_path_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         _run([tmp_path / "nope.png"], tmp_path / "o")
+
+
+def test_rgb_images_work_and_have_no_palette(tmp_path):
+    rgb = np.zeros((16, 32, 3), np.uint8)
+    rgb[:, 16:] = (10, 20, 30)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    s = _run([tmp_path / "rgb.png"], tmp_path / "o")
+    meta = json.loads((tmp_path / "o" / "slice.json").read_text())
+    assert s["unique"] == 2 and meta["palette"] is None
+
+
+def test_same_stem_in_two_folders_gets_distinct_map_keys(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        _save_p(tmp_path / d / "x.png", _tile(1 if d == "a" else 2))
+    _run([tmp_path / "a", tmp_path / "b"], tmp_path / "o")
+    assert sorted(np.load(tmp_path / "o" / "maps.npz").files) == ["x", "x-2"]

@@ -185,3 +185,18 @@ def test_tiled_renders_8px_tiles_like_our_preview(tmp_path):
     g = np.array([[1, 2 | tiled.FLIP_H], [3 | tiled.FLIP_V, 4 | tiled.FLIP_D]], np.uint32)
     tmx = atomic_write_text(tmp_path / "m.tmx", tiled.map_xml(g, tile_size=8, tileset_source="tileset.tsx"))
     assert_same_pixels(rasterize(tmx), render_map(g, tiles), "8px")
+
+
+def test_missing_tmxrasterizer_skips_with_a_printed_install_hint(monkeypatch):
+    import io
+    import shutil
+    import sys
+
+    from tests._helpers_tiled import require_tmxrasterizer
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(sys, "__stderr__", terminal)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install tiled"):
+        require_tmxrasterizer()
+    assert "SKIPPED: tmxrasterizer not installed" in terminal.getvalue()

@@ -77,6 +77,8 @@ class HashIndex:
     n_chunks : int, optional
         Number of bit fields, 3..16.  Default: ``round(64 / log2(distinct hashes))`` clipped to
         3..8, which keeps about one distinct hash per table bucket.
+    workers : int, default 1
+        Threads for searches of more than 4,096 queries (blocks of queries run in parallel).
 
     Examples
     --------
@@ -87,8 +89,10 @@ class HashIndex:
     ([0, 1], [0, 3])
     """
 
-    def __init__(self, hashes: np.ndarray, *, n_chunks: Optional[int] = None) -> None:
+    def __init__(self, hashes: np.ndarray, *, n_chunks: Optional[int] = None,
+                 workers: int = 1) -> None:
         h = _as_hashes(hashes, "hashes")
+        self.workers = max(1, int(workers))
         self.size = len(h)
         values, inverse = np.unique(h, return_inverse=True)
         inverse = inverse.ravel()
@@ -114,7 +118,7 @@ class HashIndex:
             perm = np.argsort(keys, kind="stable").astype(np.int64)
             start = np.zeros((1 << self._bits[j]) + 1, np.int64 if len(values) >= 2**31 else np.int32)
             np.cumsum(np.bincount(keys, minlength=1 << self._bits[j]), out=start[1:])
-            self._tables.append((perm, start))
+            self._tables.append((perm, start, values[perm]))     # values in bucket order
 
     def __len__(self) -> int:
         return self.size
@@ -131,27 +135,28 @@ class HashIndex:
         return np.asarray(out, np.int64)
 
     def _search_values(self, queries: np.ndarray, radius: int, *,
-                       block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All (query row, value index, distance) with distance <= radius, unsorted."""
         sub = radius // self.n_chunks
         masks = [self._masks(j, sub) for j in range(self.n_chunks)]
         chunk_masks = [np.uint64(((1 << self._bits[j]) - 1) << self._lo[j])
                        for j in range(self.n_chunks)]
-        out_q, out_v, out_d = [], [], []
-        for s in range(0, len(queries), block):
+        def one_block(s: int):
             q = queries[s:s + block]
+            out_q, out_v, out_d = [], [], []
             for j in range(self.n_chunks):
-                perm, start = self._tables[j]
+                perm, start, bucket_vals = self._tables[j]
                 keys = (self._chunk(q, j)[:, None] ^ masks[j][None, :]).ravel()   # (B*P,)
                 lo = start[keys].astype(np.int64)
                 cnt = start[keys + 1] - lo
-                total = int(cnt.sum())
-                if total == 0:
+                hit = np.flatnonzero(cnt)                      # most probes find empty buckets
+                if len(hit) == 0:
                     continue
-                qrow = np.repeat(np.repeat(np.arange(len(q)), len(masks[j])), cnt)
+                lo, cnt = lo[hit], cnt[hit].astype(np.int64)
+                total = int(cnt.sum())
+                qrow = np.repeat(hit // len(masks[j]), cnt)
                 offs = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
-                vidx = perm[offs]
-                x = self.values[vidx] ^ q[qrow]
+                x = bucket_vals[offs] ^ q[qrow]
                 d = popcount64(x)
                 keep = d <= radius
                 # count each pair only in the first chunk that finds it
@@ -159,8 +164,21 @@ class HashIndex:
                     keep &= popcount64(x & chunk_masks[i]) > sub
                 qs = qrow[keep]
                 out_q.append(qs + s)
-                out_v.append(vidx[keep])
+                out_v.append(perm[offs[keep]])
                 out_d.append(d[keep])
+            return out_q, out_v, out_d
+
+        starts = list(range(0, len(queries), block))
+        if self.workers > 1 and len(starts) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:  # numpy releases the GIL
+                parts = list(pool.map(one_block, starts))
+        else:
+            parts = [one_block(s) for s in starts]
+        out_q = [a for p in parts for a in p[0]]
+        out_v = [a for p in parts for a in p[1]]
+        out_d = [a for p in parts for a in p[2]]
         if not out_q:
             z = np.zeros(0, np.int64)
             return z, z, np.zeros(0, np.uint8)

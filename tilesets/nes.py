@@ -23,8 +23,11 @@ of quantize's indexed PNGs made with ``--nes``), H ≤ 240 and W ≤ 256, both m
   256×240 sits at the top-left; the rest is blank tile 0 with sub-palette 0.
 * ``nes.json`` — what was written: tile counts, backdrop, sub-palettes, file names.
 
-Returns the ``nes.json`` dict.  Raises ValueError naming the screen when a screen is not
-legal (size, a colour outside its area's sub-palette, > 256 tiles).  The decoders
+A screen needing more than 255 distinct non-blank 8×8 tiles has its most similar tiles
+merged (``merge_tiles=True``, the default; ``nes.json`` then marks it ``"exact": false`` and
+gives ``tile_merges.max_pixels_changed``, the most pixels any tile changed) or, with
+``merge_tiles=False``, raises.  Returns the ``nes.json`` dict.  Raises ValueError naming the
+screen when a screen is not legal (size, a colour outside its area's sub-palette).  The decoders
 (:func:`decode_chr`, :func:`decode_palette`, :func:`decode_nametable`) and
 :func:`render_screen` read the files back to pixels.
 """
@@ -37,7 +40,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from palettes.nesfit import _attr_for, infer_subpalettes, pattern_tiles
+from palettes.nesfit import _attr_for, infer_subpalettes, merge_patterns, pattern_tiles
 
 __all__ = ["encode_chr", "decode_chr", "encode_palette", "decode_palette", "encode_nametable",
            "decode_nametable", "render_screen", "write_nes_bundle", "SCREEN_W", "SCREEN_H"]
@@ -172,7 +175,7 @@ def _atomic(path: Path, data: bytes) -> None:
 
 def write_nes_bundle(screens: Sequence[np.ndarray], names: Sequence[str], out_dir: "os.PathLike | str",
                      *, backdrop: Optional[int] = None, subpalettes: Optional[np.ndarray] = None,
-                     allowed: Optional[Sequence[int]] = None) -> dict:
+                     allowed: Optional[Sequence[int]] = None, merge_tiles: bool = True) -> dict:
     """Write CHR + palette + nametables for a set of screens; see the module docstring."""
     out_dir = Path(out_dir)
     if len(screens) != len(names):
@@ -216,7 +219,15 @@ def write_nes_bundle(screens: Sequence[np.ndarray], names: Sequence[str], out_di
                              + " ".join(f"${c:02X}" for c in cols) + f", which no sub-palette holds "
                              f"(and {len(bad) - 1} more such areas)")
         pats = pattern_tiles(a, attr, int(backdrop), subs)          # (th*tw, 8, 8)
-        per_screen.append((a.shape, attr, pats))
+        merged = None
+        with_blank = np.concatenate([np.zeros((1, 64), np.uint8), pats.reshape(len(pats), -1)])
+        if len(np.unique(with_blank, axis=0)) > TILES_PER_TABLE:      # tile 0 is always blank
+            if not merge_tiles:
+                raise ValueError(f"screen {nm}: more than {TILES_PER_TABLE} unique 8x8 tiles "
+                                 f"(with the blank tile 0); merge near-identical tiles (merge_tiles=True) or "
+                                 f"use a smaller screen")
+            pats, merged = merge_patterns(pats, TILES_PER_TABLE - 1)
+        per_screen.append((a.shape, attr, pats, merged))
 
     def table_for(pat_sets):
         blank = np.zeros((1, 8, 8), np.uint8)
@@ -228,7 +239,7 @@ def write_nes_bundle(screens: Sequence[np.ndarray], names: Sequence[str], out_di
         rank[order] = np.arange(len(order))
         return allp[first[order]], rank[inv.reshape(-1)][1:]
 
-    uniq_all, ids_all = table_for([p for _, _, p in per_screen])
+    uniq_all, ids_all = table_for([p for _, _, p, _ in per_screen])
     shared = len(uniq_all) <= TILES_PER_TABLE
     out_dir.mkdir(parents=True, exist_ok=True)
     info: dict = {"backdrop": int(backdrop), "subpalettes": subs.tolist(), "palette": "palette.pal",
@@ -240,7 +251,7 @@ def write_nes_bundle(screens: Sequence[np.ndarray], names: Sequence[str], out_di
         info["chr"] = "tiles.chr"
         info["tiles"] = int(len(table))
     offset = 0
-    for nm, (shape, attr, pats) in zip(names, per_screen):
+    for nm, (shape, attr, pats, merged) in zip(names, per_screen):
         if shared:
             ids = ids_all[offset:offset + len(pats)]
             offset += len(pats)
@@ -260,7 +271,10 @@ def write_nes_bundle(screens: Sequence[np.ndarray], names: Sequence[str], out_di
         at = np.zeros((15, 16), np.uint8)
         at[:attr.shape[0], :attr.shape[1]] = attr
         _atomic(out_dir / f"{nm}.nam", encode_nametable(tid, at))
-        info["screens"].append({"name": nm, "nametable": f"{nm}.nam", "chr": chr_name,
-                                "width": int(w), "height": int(h), "tiles": ntiles})
+        row = {"name": nm, "nametable": f"{nm}.nam", "chr": chr_name,
+               "width": int(w), "height": int(h), "tiles": ntiles, "exact": merged is None}
+        if merged is not None:
+            row["tile_merges"] = merged
+        info["screens"].append(row)
     _atomic(out_dir / "nes.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     return info

@@ -29,6 +29,7 @@ rounding and clipping to 0..255 after the horizontal and again after the vertica
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -179,7 +180,9 @@ def to_hex(hashes: np.ndarray, *, bits: int = 64) -> list[str]:
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bitwise Hamming distance of uint64 hashes (broadcasting), as uint8."""
-    return np.bitwise_count(np.bitwise_xor(np.asarray(a, np.uint64), np.asarray(b, np.uint64)))
+    from tilesets.hashindex import popcount64
+
+    return popcount64(np.bitwise_xor(np.asarray(a, np.uint64), np.asarray(b, np.uint64)))
 
 
 # --------------------------------------------------------------------------- hashes
@@ -332,14 +335,34 @@ def _run_batched(tiles: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], *,
     n = len(grey)
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
-    starts = list(range(0, n, chunk))
     if workers is None:
         workers = min(os.cpu_count() or 1, 4)
-    if workers <= 1 or len(starts) == 1:
-        return np.concatenate([_pack_bits(fn(grey[s:s + chunk])) for s in starts])
-    with ThreadPoolExecutor(max_workers=workers) as pool:        # BLAS/numpy release the GIL
-        parts = list(pool.map(lambda s: _pack_bits(fn(grey[s:s + chunk])), starts))
+    workers = max(1, min(int(workers), -(-n // chunk)))
+
+    def span(lo: int, hi: int) -> np.ndarray:
+        return np.concatenate([_pack_bits(fn(grey[s:min(s + chunk, hi)]))
+                               for s in range(lo, hi, chunk)])
+
+    with _single_threaded_blas():
+        if workers == 1:
+            return span(0, n)
+        # one contiguous share per thread (numpy and BLAS release the GIL)
+        per = -(-n // (workers * chunk)) * chunk
+        bounds = [(lo, min(lo + per, n)) for lo in range(0, n, per)]
+        with ThreadPoolExecutor(max_workers=len(bounds)) as pool:
+            parts = list(pool.map(lambda b: span(*b), bounds))
     return np.concatenate(parts)
+
+
+def _single_threaded_blas():
+    """Keep BLAS to one thread while hashing: the products here are small, and BLAS worker
+    threads spinning beside our own threads (or other busy processes) cost 3x on this machine.
+    Uses threadpoolctl when it is installed; otherwise changes nothing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _check(tiles: np.ndarray, hash_size: int) -> np.ndarray:
@@ -354,7 +377,7 @@ def _check(tiles: np.ndarray, hash_size: int) -> np.ndarray:
 
 
 def phash(tiles: np.ndarray, *, hash_size: int = 8, highfreq_factor: int = 4,
-          chunk: int = 512, workers: Optional[int] = None) -> np.ndarray:
+          chunk: int = 64, workers: Optional[int] = None) -> np.ndarray:
     """Perceptual (DCT) hash of every tile, equal to ``imagehash.phash``.
 
     Parameters
@@ -365,8 +388,9 @@ def phash(tiles: np.ndarray, *, hash_size: int = 8, highfreq_factor: int = 4,
         Side of the hashed DCT corner; the hash has ``hash_size**2`` bits (at most 64).
     highfreq_factor : int, default 4
         The tile is resized to ``hash_size * highfreq_factor`` square before the DCT.
-    chunk : int, default 512
-        Tiles per batch (about 20 kB each: a batch stays in the CPU cache).
+    chunk : int, default 64
+        Tiles per batch.  Small batches keep the work arrays (about 20 kB per tile) in the CPU
+        cache; measured here, 64 tiles ran 3x faster per tile than 512.
     workers : int or None
         Threads (None: one per CPU, at most 4).
 
@@ -389,7 +413,7 @@ def phash(tiles: np.ndarray, *, hash_size: int = 8, highfreq_factor: int = 4,
                         chunk=chunk, workers=workers, grey=False)
 
 
-def dhash(tiles: np.ndarray, *, hash_size: int = 8, chunk: int = 8192,
+def dhash(tiles: np.ndarray, *, hash_size: int = 8, chunk: int = 256,
           workers: Optional[int] = None) -> np.ndarray:
     """Difference hash (horizontal gradients) of every tile, equal to ``imagehash.dhash``.
 
@@ -399,7 +423,7 @@ def dhash(tiles: np.ndarray, *, hash_size: int = 8, chunk: int = 8192,
     return _run_batched(tiles, lambda g: _dhash_chunk(g, hash_size), chunk=chunk, workers=workers)
 
 
-def ahash(tiles: np.ndarray, *, hash_size: int = 8, chunk: int = 8192,
+def ahash(tiles: np.ndarray, *, hash_size: int = 8, chunk: int = 256,
           workers: Optional[int] = None) -> np.ndarray:
     """Average hash of every tile, equal to ``imagehash.average_hash``.
 

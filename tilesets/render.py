@@ -70,6 +70,18 @@ def qt_roundtrip_alpha(rgba: np.ndarray) -> np.ndarray:
     return out
 
 
+def _as_qt(tile: np.ndarray) -> np.ndarray:
+    """One tile as RGBA the way Qt stores it (see :func:`qt_roundtrip_alpha`)."""
+    if tile.shape[2] == 3:
+        return np.concatenate([tile, np.full(tile.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    a = tile[..., 3]
+    if ((a == 0) | (a == 255)).all():
+        out = tile.copy()
+        out[a == 0] = 0
+        return out
+    return qt_roundtrip_alpha(tile)
+
+
 def render_map(gids: np.ndarray, tiles: np.ndarray, *, firstgid: int = 1) -> np.ndarray:
     """Render a one-layer map from its GIDs and the tileset's tiles.
 
@@ -97,9 +109,6 @@ def render_map(gids: np.ndarray, tiles: np.ndarray, *, firstgid: int = 1) -> np.
     t = np.asarray(tiles)
     if t.ndim != 4 or t.shape[1] != t.shape[2] or t.shape[3] not in (3, 4) or t.dtype != np.uint8:
         raise ValueError(f"tiles must be uint8 (K, T, T, 3|4), got {t.dtype} {t.shape}")
-    if t.shape[3] == 3:
-        t = np.concatenate([t, np.full(t.shape[:3] + (1,), 255, np.uint8)], axis=-1)
-    t = qt_roundtrip_alpha(t)
     k, ts = t.shape[0], t.shape[1]
     rows, cols = g.shape
     g64 = g.astype(np.uint64)
@@ -122,6 +131,6 @@ def render_map(gids: np.ndarray, tiles: np.ndarray, *, firstgid: int = 1) -> np.
             key = (int(local[r, c]), int(flips[r, c]))
             tile = cache.get(key)
             if tile is None:
-                tile = cache[key] = np.ascontiguousarray(flip_tile(t[key[0]], key[1]))
+                tile = cache[key] = np.ascontiguousarray(flip_tile(_as_qt(t[key[0]]), key[1]))
             out[r * ts:(r + 1) * ts, c * ts:(c + 1) * ts] = tile
     return out

@@ -95,7 +95,8 @@ def properties_xml(props: Optional[Mapping[str, Any]], indent: str) -> list[str]
     lines = [f"{indent}<properties>"]
     for name, value in items:
         ptype, text = _property_type(value)
-        lines.append(f"{indent} <property{_attrs([('name', name), ('type', ptype), ('value', text)])}/>")
+        attrs = _attrs([("name", name), ("type", ptype), ("value", text)])
+        lines.append(f"{indent} <property{attrs}/>")
     lines.append(f"{indent}</properties>")
     return lines
 
@@ -134,7 +135,8 @@ def tileset_xml(*, name: str, tile_size: int, tile_count: int, columns: int,
                    ("columns", columns)])
     lines = ['<?xml version="1.0" encoding="UTF-8"?>', f"<tileset{head}>"]
     lines += properties_xml(properties, " ")
-    lines.append(f" <image{_attrs([('source', image_source), ('width', image_width), ('height', image_height)])}/>")
+    image = _attrs([("source", image_source), ("width", image_width), ("height", image_height)])
+    lines.append(f" <image{image}/>")
     for i, props in enumerate(tile_properties or ()):
         body = properties_xml(props, "  ")
         if body:
@@ -230,7 +232,8 @@ def map_xml(gids: np.ndarray, *, tile_size: int, tileset_source: str, firstgid: 
     lines = ['<?xml version="1.0" encoding="UTF-8"?>', f"<map{head}>"]
     lines += properties_xml(properties, " ")
     lines.append(f" <tileset{_attrs([('firstgid', firstgid), ('source', tileset_source)])}/>")
-    lines.append(f" <layer{_attrs([('id', 1), ('name', layer_name), ('width', cols), ('height', rows)])}>")
+    layer = _attrs([("id", 1), ("name", layer_name), ("width", cols), ("height", rows)])
+    lines.append(f" <layer{layer}>")
     lines += properties_xml(layer_properties, "  ")
     attrs, text = encode_layer_data(g, encoding)
     lines.append(f"  <data{_attrs(attrs)}>{text}</data>")

@@ -8,7 +8,8 @@ that pair occurs somewhere in the examples, and states are drawn with their freq
 Generation (:func:`generate`) is seeded and deterministic:
 
 1. observe the undecided cell of lowest Shannon entropy (ties broken by the seeded RNG), draw a
-   state by weight, propagate the constraints (arc consistency) over the whole grid;
+   state by weight (times :data:`SEAM_WEIGHT` per decided neighbour it meets only through a
+   seam pair), propagate the constraints (arc consistency) over the whole grid;
 2. on a contradiction, backtrack: restore the grid before the latest decision and forbid that
    choice; after ``max_backtracks`` backtracks, restart with the same RNG stream (``attempts``);
 3. if every attempt fails (or the time limit passes), fall back to a greedy fill: cells in
@@ -34,6 +35,8 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 
+#: Default cap on distinct states in :func:`make_level` (the most frequent are kept).
+MAX_STATES = 2048
 #: Memory budget of the backtracking history, in bytes.
 HISTORY_BYTES = 256 << 20
 
@@ -105,13 +108,16 @@ class WfcResult:
                 **self.stats}
 
 
-def learn_adjacency(maps: Iterable[np.ndarray]) -> Adjacency:
+def learn_adjacency(maps: Iterable[np.ndarray], *, max_states: Optional[int] = None) -> Adjacency:
     """Count states and their right / down neighbours over example maps.
 
     Parameters
     ----------
     maps : iterable of ndarray, shape (rows, cols), integer
         Example grids of cell values (e.g. bank id | flip bits).
+    max_states : int, optional
+        Keep only this many states, the most frequent (ties: lower value first); pairs that
+        involve a dropped state are not counted.  Bounds memory (S * S counts) and time.
 
     Returns
     -------
@@ -130,19 +136,28 @@ def learn_adjacency(maps: Iterable[np.ndarray]) -> Adjacency:
         grids.append(a.astype(np.uint64))
     if not grids:
         raise ValueError("learn_adjacency needs at least one map")
-    states = np.unique(np.concatenate([g.ravel() for g in grids]))
+    if max_states is not None and max_states < 1:
+        raise ValueError(f"max_states must be >= 1, got {max_states}")
+    values, counts = np.unique(np.concatenate([g.ravel() for g in grids]), return_counts=True)
+    if max_states is not None and values.size > max_states:
+        order = np.lexsort((values, -counts))[:max_states]  # most frequent first
+        values = np.sort(values[order])
+    states = values
     s = states.shape[0]
     weights = np.zeros(s, np.float64)
-    right = np.zeros((s, s), np.int64)
-    down = np.zeros((s, s), np.int64)
+    right = np.zeros(s * s, np.int64)
+    down = np.zeros(s * s, np.int64)
     for g in grids:
-        idx = np.searchsorted(states, g)
-        weights += np.bincount(idx.ravel(), minlength=s)
-        if idx.shape[1] > 1:
-            np.add.at(right, (idx[:, :-1].ravel(), idx[:, 1:].ravel()), 1)
-        if idx.shape[0] > 1:
-            np.add.at(down, (idx[:-1, :].ravel(), idx[1:, :].ravel()), 1)
-    return Adjacency(states=states.astype(np.uint32), weights=weights, right=right, down=down)
+        pos = np.minimum(np.searchsorted(states, g), s - 1)
+        idx = np.where(states[pos] == g, pos, -1)
+        known = idx >= 0
+        weights += np.bincount(idx[known], minlength=s)
+        for rel, a, b in ((right, idx[:, :-1], idx[:, 1:]), (down, idx[:-1, :], idx[1:, :])):
+            ok = (a >= 0) & (b >= 0)
+            if ok.any():
+                rel += np.bincount(a[ok] * s + b[ok], minlength=s * s)
+    return Adjacency(states=states.astype(np.uint32), weights=weights,
+                     right=right.reshape(s, s), down=down.reshape(s, s))
 
 
 def add_seam_pairs(adj: Adjacency, state_tiles: np.ndarray, *, per_side: int = 2) -> Adjacency:
@@ -375,6 +390,7 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
     if adj.n_states == 0:
         raise ValueError("the adjacency model has no state")
     rng = np.random.default_rng(seed)
+    pair_r, pair_d = _pair_weights(adj)
     deadline = None if time_limit is None else time.perf_counter() + float(time_limit)
     backtracks_total = contradictions = 0
     timed_out = False
@@ -398,8 +414,10 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
                 break
             y, x = cell
             options = np.flatnonzero(solver.dom[y, x])
-            p = adj.weights[options] / adj.weights[options].sum()
-            choice = int(rng.choice(options, p=p))
+            p = adj.weights[options] * _context(solver, pair_r, pair_d, y, x, options)
+            if not p.sum() > 0:
+                p = adj.weights[options].copy()
+            choice = int(rng.choice(options, p=p / p.sum()))
             stack.append((solver.snapshot(), y, x, choice))
             only = np.zeros(adj.n_states, bool)
             only[choice] = True
@@ -449,7 +467,8 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
 
 def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.ndarray], np.ndarray]]
                = None, *, width: int, height: int, seed: int = 0, attempts: int = 5,
-               seams: int = 2, time_limit: Optional[float] = None) -> WfcResult:
+               seams: int = 2, time_limit: Optional[float] = None,
+               max_states: Optional[int] = MAX_STATES) -> WfcResult:
     """Learn adjacencies from ``maps`` and generate a level, widening the model if needed.
 
     1. WFC over the pairs seen in ``maps``;
@@ -466,6 +485,8 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
         required for step 2.
     width, height, seed, attempts, time_limit
         As in :func:`generate` (``time_limit`` applies to each model).
+    max_states : int, optional
+        As in :func:`learn_adjacency` (default :data:`MAX_STATES`).
     seams : int, optional
         Seam partners per tile and side for step 2 (0: never widen).
 
@@ -475,7 +496,8 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
         ``stats["model"]`` is ``"observed"`` or ``"observed+seams"``; ``stats["states"]`` the
         number of states.
     """
-    adj = learn_adjacency(maps)
+    maps = list(maps)
+    adj = learn_adjacency(maps, max_states=max_states)
     result = generate(adj, width=width, height=height, seed=seed, attempts=attempts,
                       time_limit=time_limit)
     result.stats.update(model="observed", states=adj.n_states)
@@ -494,6 +516,50 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
 def _stats(grid: np.ndarray, adj: Adjacency) -> dict:
     return {"unseen_pairs": count_violations(grid, adj, observed_only=True),
             "distinct_states": int(np.unique(grid).size)}
+
+
+#: Weight of a seam pair (see :func:`add_seam_pairs`) relative to one observation of a pair.
+SEAM_WEIGHT = 0.1
+
+
+def _pair_weights(adj: Adjacency) -> tuple[np.ndarray, np.ndarray]:
+    """1 for a seen pair, :data:`SEAM_WEIGHT` for a seam pair, 0 otherwise.
+
+    Seen pairs are not weighted by their counts: the state weights already carry frequency,
+    and count products feed back until one tile (the sky) fills the level.
+    """
+    r = (adj.right > 0).astype(np.float64)
+    d = (adj.down > 0).astype(np.float64)
+    if adj.seam_right is not None:
+        r[adj.seam_right] = SEAM_WEIGHT
+    if adj.seam_down is not None:
+        d[adj.seam_down] = SEAM_WEIGHT
+    return r, d
+
+
+def _context(solver: "_Solver", pair_r: np.ndarray, pair_d: np.ndarray, y: int, x: int,
+             options: np.ndarray) -> np.ndarray:
+    """Factor for each option from the kind of pair it makes with the decided neighbours.
+
+    The domains already guarantee every option is *allowed*; this makes pairs seen in the
+    generated screens more likely than seam-only ones.
+    """
+    f = np.ones(options.size)
+    h, w = solver.h, solver.w
+    for dy, dx in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+        ny, nx = y + dy, x + dx
+        if not (0 <= ny < h and 0 <= nx < w) or solver.count[ny, nx] != 1:
+            continue
+        n = int(np.argmax(solver.dom[ny, nx]))
+        if dx == -1:
+            f *= pair_r[n, options]
+        elif dx == 1:
+            f *= pair_r[options, n]
+        elif dy == -1:
+            f *= pair_d[n, options]
+        else:
+            f *= pair_d[options, n]
+    return f
 
 
 def greedy_fill(adj: Adjacency, *, width: int, height: int,

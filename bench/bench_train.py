@@ -1,0 +1,168 @@
+"""Training throughput: the reference DCGAN step vs tilegan's trainer step, same process.
+
+Reference = the pytorch/examples DCGAN recipe: plain fp32 eager, contiguous (NCHW) tensors,
+G and D with batch norm, BCE on sigmoid outputs, D run separately on the real and the fake
+batch, Adam 2e-4 β1 0.5, denormals not flushed.
+Ours = ``stages.train.Trainer.step`` at the same widths (ngf = ndf = 64), image size and batch:
+our defaults otherwise (hinge loss, spectral-norm D, DiffAugment, EMA, channels_last, flushed
+denormals, precision "auto" = fp32 on CPUs without native bf16).
+
+Both train on the same patches (the example corpus cut by the crop stage, or random blocks when
+crop is unavailable).  Steps alternate in blocks so machine-load drift hits both alike; the
+figure is the median img/s over blocks.
+
+    python bench/bench_train.py [--size 64] [--batch 64] [--ngf 64] [--blocks 6] [--steps 4]
+                                [--compile] [--precision auto|fp32|bf16]
+
+Last line: ``train: ours=<x> img/s baseline=<y> img/s ratio=<r>``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def reference_nets(nz: int, ngf: int, ndf: int, nc: int) -> tuple[nn.Module, nn.Module]:
+    """The classic 64×64 DCGAN pair (transposed convs + BN; strided convs + BN + sigmoid)."""
+    def up(cin: int, cout: int, first: bool = False) -> list[nn.Module]:
+        return [nn.ConvTranspose2d(cin, cout, 4, 1 if first else 2, 0 if first else 1, bias=False),
+                nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+    def down(cin: int, cout: int, bn: bool = True) -> list[nn.Module]:
+        return ([nn.Conv2d(cin, cout, 4, 2, 1, bias=False)] + ([nn.BatchNorm2d(cout)] if bn else [])
+                + [nn.LeakyReLU(0.2, True)])
+
+    G = nn.Sequential(*up(nz, ngf * 8, True), *up(ngf * 8, ngf * 4), *up(ngf * 4, ngf * 2),
+                      *up(ngf * 2, ngf), nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh())
+    D = nn.Sequential(*down(nc, ndf, bn=False), *down(ndf, ndf * 2), *down(ndf * 2, ndf * 4),
+                      *down(ndf * 4, ndf * 8), nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
+                      nn.Sigmoid())
+    for m in list(G.modules()) + list(D.modules()):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+    return G, D
+
+
+class Reference:
+    """One pytorch/examples-style DCGAN step."""
+
+    def __init__(self, nz: int, ngf: int, ndf: int, nc: int, seed: int = 0):
+        torch.manual_seed(seed)
+        self.nz = nz
+        self.G, self.D = reference_nets(nz, ngf, ndf, nc)
+        self.optG = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.optD = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.bce = nn.BCELoss()
+
+    def step(self, real_u8: np.ndarray) -> tuple[float, float]:
+        real = torch.from_numpy(real_u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        b = real.shape[0]
+        self.D.zero_grad()
+        out = self.D(real).view(-1)
+        err_real = self.bce(out, torch.ones(b))
+        err_real.backward()
+        fake = self.G(torch.randn(b, self.nz, 1, 1))
+        out = self.D(fake.detach()).view(-1)
+        err_fake = self.bce(out, torch.zeros(b))
+        err_fake.backward()
+        self.optD.step()
+        self.G.zero_grad()
+        out = self.D(fake).view(-1)
+        err_g = self.bce(out, torch.ones(b))
+        err_g.backward()
+        self.optG.step()
+        return float((err_real + err_fake).detach()), float(err_g.detach())
+
+
+def load_patches(size: int) -> np.ndarray:
+    try:
+        from stages import crop
+
+        with tempfile.TemporaryDirectory() as d:
+            crop.run({"images": [ROOT / "examples" / "screens"]},
+                     crop.Params(patch_size=size), Path(d))
+            return np.load(Path(d) / "patches.npy")
+    except Exception as e:  # crop missing or failing: throughput barely depends on content
+        print(f"(crop unavailable: {e}; using random blocky patches)", file=sys.stderr)
+        rng = np.random.default_rng(0)
+        a = rng.integers(0, 256, (512, size // 8, size // 8, 3), dtype=np.uint8)
+        return a.repeat(8, 1).repeat(8, 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--ngf", type=int, default=64)
+    ap.add_argument("--blocks", type=int, default=6, help="alternating measurement blocks")
+    ap.add_argument("--steps", type=int, default=4, help="steps per block")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
+
+    from stages import train
+    from stages._gan import GANConfig
+
+    patches = load_patches(args.size)
+    n = len(patches)
+    print(f"patches: {patches.shape}, threads: {torch.get_num_threads()}, "
+          f"native bf16: {train.cpu_has_native_bf16()}")
+
+    ref = Reference(100, args.ngf, args.ngf, 3)
+    p = train.Params(size=args.size, batch=args.batch, ngf=args.ngf, ndf=args.ngf,
+                     precision=args.precision, compile=args.compile, steps=10 ** 6)
+    cfg = GANConfig(height=args.size, width=args.size, channels=3, nz=p.nz, ngf=p.ngf,
+                    ndf=p.ndf, spectral_norm=p.spectral_norm)
+    ours = train.Trainer(p, cfg, torch.device("cpu"))
+    state = {"ref": 0, "ours": 0}
+
+    def run_ref(k: int) -> float:
+        torch.set_flush_denormal(False)               # the reference does not flush denormals
+        t = time.perf_counter()
+        for _ in range(k):
+            idx = train.batch_indices(1, state["ref"], n, args.batch)
+            ref.step(patches[np.sort(idx)])
+            state["ref"] += 1
+        return args.batch * k / (time.perf_counter() - t)
+
+    def run_ours(k: int) -> float:
+        torch.set_flush_denormal(True)
+        t = time.perf_counter()
+        for _ in range(k):
+            idx = train.batch_indices(1, state["ours"], n, args.batch)
+            ours.step(state["ours"], patches[np.sort(idx)])
+            state["ours"] += 1
+        return args.batch * k / (time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    run_ref(args.warmup)
+    run_ours(args.warmup)
+    print(f"warm-up done in {time.perf_counter() - t0:.1f} s")
+    r_ref, r_ours = [], []
+    for b in range(args.blocks):
+        order = (run_ref, run_ours) if b % 2 == 0 else (run_ours, run_ref)
+        for f in order:
+            v = f(args.steps)
+            (r_ref if f is run_ref else r_ours).append(v)
+        print(f"block {b}: reference {r_ref[-1]:.1f} img/s, ours {r_ours[-1]:.1f} img/s",
+              flush=True)
+    base, mine = float(np.median(r_ref)), float(np.median(r_ours))
+    print(f"train: ours={mine:.1f} img/s baseline={base:.1f} img/s ratio={mine / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()

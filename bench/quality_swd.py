@@ -1,0 +1,203 @@
+"""Equal-CPU-time sample quality: the reference DCGAN vs tilegan's defaults vs the real floor.
+
+The example screens are split by screen (every 5th screen held back) and cut by the crop
+stage, so held-back patches share no pixels with training patches.  Each configuration then
+trains in its own process, all at the same time and one thread each (so machine-load drift
+hits them alike), for the same wall-clock budget.  Afterwards each draws as many samples as
+there are held-back patches (at most 512) and we report:
+
+* SWD on Laplacian-pyramid 7×7 neighbourhoods (ProGAN recipe, ×1e3) against the held-back
+  patches; the floor is the SWD of real training patches against the same held-back set;
+* colours per 16×16 tile: the share of tiles with more than 4 colours after mapping every
+  pixel to its nearest NES colour (quantize stage, no clean-up), and after the quantize
+  stage's default pixel-art clean-up.
+
+    python bench/quality_swd.py [--minutes 10] [--configs reference,ours] [--out DIR]
+           [--extra name='{"batch": 32}' ...]
+
+Configurations: ``reference`` (pytorch/examples DCGAN: ngf=ndf=64, BCE, Adam 2e-4 β1 0.5, fp32,
+BN in both nets, samples in train-mode BN as that example draws them), ``ours`` (stages.train
+defaults), and any ``--extra NAME=JSON`` (our defaults with those overrides).
+Last line: ``quality_swd: ours=<swd> baseline=<swd> ratio=<ours/ref>`` (lower is better).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def prepare(work: Path, size: int) -> tuple[Path, Path]:
+    """Crop train / held-back screens separately; returns (train.npy, holdout.npy)."""
+    from stages import crop
+    from stages._common import IMAGE_SUFFIXES
+
+    screens = sorted(p for p in (ROOT / "examples" / "screens").iterdir()
+                     if p.suffix.lower() in IMAGE_SUFFIXES)
+    held = screens[::5]
+    kept = [p for p in screens if p not in held]
+    out = {}
+    for name, files in (("train", kept), ("holdout", held)):
+        d = work / f"crop_{name}"
+        d.mkdir(parents=True, exist_ok=True)
+        crop.run({"images": files}, crop.Params(patch_size=size), d)
+        out[name] = d / "patches.npy"
+    return out["train"], out["holdout"]
+
+
+# --------------------------------------------------------------------------- workers
+def worker_reference(train_npy: Path, out: Path, minutes: float, n_out: int, seed: int) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_train import Reference
+
+    from stages import train
+    from stages._gan import to_uint8
+
+    patches = np.load(train_npy)
+    ref = Reference(100, 64, 64, patches.shape[-1], seed=seed)
+    t0, step = time.perf_counter(), 0
+    while time.perf_counter() - t0 < minutes * 60:
+        idx = train.batch_indices(seed, step, len(patches), 64)
+        ref.step(patches[np.sort(idx)])
+        step += 1
+    secs = time.perf_counter() - t0
+    z = torch.randn(n_out, 100, 1, 1, generator=torch.Generator().manual_seed(seed + 99))
+    imgs = []
+    with torch.no_grad():                                 # train-mode BN, batches of 64
+        for i in range(0, n_out, 64):
+            imgs.append(to_uint8(ref.G(z[i:i + 64])))
+    np.save(out / "samples.npy", np.concatenate(imgs))
+    return {"steps": step, "seconds": secs, "img_per_s": 64 * step / secs}
+
+
+def worker_ours(train_npy: Path, out: Path, minutes: float, n_out: int, seed: int,
+                overrides: dict) -> dict:
+    import torch
+
+    from stages import train
+    from stages.sample import generate, load_generator
+
+    kw = {"steps": 10 ** 7, "max_minutes": minutes, "swd_every": -1, "swd_holdout": 0.0,
+          "ckpt_every": 500, "grid_every": 500, "seed": seed, **overrides}
+    s = train.run({"patches": [train_npy]}, train.Params(**kw), out)
+    G, _ = load_generator(out / "ckpt.pt", use_ema=True)
+    z = torch.randn(n_out, G.cfg.nz, generator=torch.Generator().manual_seed(seed + 99))
+    np.save(out / "samples.npy", generate(G, z, batch=64))
+    return {"steps": s["steps"], "seconds": s["train_seconds"], "img_per_s": s["img_per_s"]}
+
+
+# --------------------------------------------------------------------------- scoring
+def nes_colour_shares(images: np.ndarray, work: Path) -> tuple[float, float]:
+    """Share of 16×16 tiles with > 4 colours after the quantize stage (no clean-up, default)."""
+    from stages import quantize
+    from stages._common import load_image, save_png
+    from stages._metrics import colours_per_tile, share_over
+
+    src = work / "q_src"
+    src.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images[:128]):
+        save_png(src / f"s_{i:04d}.png", im)
+    res = []
+    for cleanup in (0, quantize.Params().cleanup):
+        dst = work / f"q_{cleanup}"
+        dst.mkdir(parents=True, exist_ok=True)
+        quantize.run({"images": [src]}, quantize.Params(cleanup=cleanup), dst)
+        q = np.stack([load_image(p) for p in sorted(dst.glob("s_*.png"))])
+        res.append(share_over(colours_per_tile(q), 4))
+    return res[0], res[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--configs", default="reference,ours")
+    ap.add_argument("--extra", action="append", default=[], help="NAME=JSON overrides of ours")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--train-npy", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--n-out", type=int, default=512, help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:                                       # child process: train one config
+        import torch
+
+        torch.set_num_threads(1)
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.worker == "reference":
+            info = worker_reference(args.train_npy, args.out, args.minutes, args.n_out, args.seed)
+        else:
+            info = worker_ours(args.train_npy, args.out, args.minutes, args.n_out, args.seed,
+                               json.loads(args.overrides))
+        (args.out / "info.json").write_text(json.dumps(info))
+        return
+
+    from stages._metrics import colours_per_tile, share_over, swd
+
+    work = args.out or Path(tempfile.mkdtemp(prefix="tilegan_quality_"))
+    work.mkdir(parents=True, exist_ok=True)
+    train_npy, hold_npy = prepare(work, args.size)
+    train_p, hold = np.load(train_npy), np.load(hold_npy)
+    n_out = min(512, len(hold))
+    hold = hold[np.sort(np.random.default_rng(args.seed).choice(len(hold), n_out, replace=False))]
+    print(f"train patches {len(train_p)} (from {len(list((work / 'crop_train' / 'screens').glob('*.png')))} "
+          f"screens), held-back patches {n_out}; {args.minutes} min per config, all in parallel")
+
+    configs = {name: {} for name in args.configs.split(",") if name}
+    for e in args.extra:
+        name, _, js = e.partition("=")
+        configs[name] = json.loads(js)
+    procs = {}
+    for name, ov in configs.items():
+        cmd = [sys.executable, __file__, "--worker", "reference" if name == "reference" else "ours",
+               "--train-npy", str(train_npy), "--out", str(work / name), "--minutes",
+               str(args.minutes), "--n-out", str(n_out), "--seed", str(args.seed),
+               "--overrides", json.dumps(ov)]
+        procs[name] = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for name, pr in procs.items():
+        if pr.wait() != 0:
+            raise SystemExit(f"{name} failed with exit code {pr.returncode}")
+
+    rows = []
+    floor = swd(train_p[np.random.default_rng(args.seed + 1).choice(len(train_p), n_out, replace=False)],
+                hold, seed=args.seed)["swd"]
+    real_share = share_over(colours_per_tile(hold), 4)
+    rows.append(("real (floor)", floor, "-", "-", *nes_colour_shares(hold, work / "q_real"),
+                 real_share))
+    for name in configs:
+        fake = np.load(work / name / "samples.npy")
+        info = json.loads((work / name / "info.json").read_text())
+        rows.append((name, swd(fake, hold, seed=args.seed)["swd"], info["steps"],
+                     round(info["img_per_s"], 1), *nes_colour_shares(fake, work / f"q_{name}"),
+                     share_over(colours_per_tile(fake), 4)))
+    print(f"\n| config | SWD (lower is better) | steps | img/s | tiles > 4 NES colours "
+          f"(nearest) | tiles > 4 (quantize default) | tiles > 4 raw |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:.1f} | {r[2]} | {r[3]} | {r[4]:.0%} | {r[5]:.0%} | {r[6]:.0%} |")
+    for name, ov in configs.items():
+        if ov:
+            print(f"{name}: ours with {json.dumps(ov)}")
+    print(f"(work dir: {work})")
+    ours = next((r[1] for r in rows if r[0] == "ours"), float("nan"))
+    base = next((r[1] for r in rows if r[0] == "reference"), float("nan"))
+    print(f"floor (real vs real) = {floor:.1f}; ours / floor = {ours / floor:.2f}")
+    print(f"quality_swd: ours={ours:.1f} baseline={base:.1f} ratio={ours / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
