@@ -242,9 +242,14 @@ def isolated_mask(idx: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndar
     return iso
 
 
+#: a source pixel within this ΔE76 of its own palette colour is "exactly on the palette":
+#: deliberate, so :func:`remove_isolated` keeps it (below strength 3)
+EXACT_DE = 1.0
+
+
 def tolerance_for_strength(strength: int) -> float:
-    """ΔE76 tolerance used by :func:`remove_isolated`: 20 × strength, unlimited from 3 on."""
-    return np.inf if strength >= 3 else 20.0 * strength
+    """ΔE76 margin used by :func:`remove_isolated`: 10 × strength, unlimited from 3 on."""
+    return np.inf if strength >= 3 else 10.0 * strength
 
 
 def remove_isolated(idx: np.ndarray, src_lab: np.ndarray, pal_lab: np.ndarray, *, strength: int = 1,
@@ -252,11 +257,19 @@ def remove_isolated(idx: np.ndarray, src_lab: np.ndarray, pal_lab: np.ndarray, *
     """Replace isolated pixels by their neighbours' majority colour.
 
     A pixel that differs from all its 8 neighbours takes the most common neighbour colour
-    (ties: the one closest to the pixel's source colour), provided that colour is already
-    used in the pixel's ``area``×``area`` block (so the per-area colour count never grows) and
-    lies within ``tolerance_for_strength(strength)`` ΔE76 of the pixel's *source* colour.
-    The tolerance keeps deliberate single-pixel details of clean art (a star, an eye) whose
-    colour is far from their surroundings.  ``strength`` passes are made (0 = nothing).
+    (ties: the one closest to the pixel's source colour), provided that
+
+    * that colour is already used in the pixel's ``area``×``area`` block (so the per-area
+      colour count never grows);
+    * the pixel's *source* colour is not exactly on the palette (within ``EXACT_DE`` = 1 ΔE76
+      of its own palette colour) — an exact palette colour was put there on purpose (a star,
+      an eye, a highlight in clean pixel art);
+    * the majority colour fits the source colour at most ``tolerance_for_strength(strength)``
+      ΔE76 worse than the pixel's own colour (10 × strength): speckle from noise that just
+      crossed a colour boundary goes, a clearly different colour stays.
+
+    From strength 3 on both guards are off (plain majority filter).  ``strength`` passes are
+    made (0 = nothing).
 
     Parameters
     ----------
@@ -274,7 +287,7 @@ def remove_isolated(idx: np.ndarray, src_lab: np.ndarray, pal_lab: np.ndarray, *
         raise ValueError("strength must be >= 0")
     out = idx.copy()
     h, w = idx.shape
-    tol2 = tolerance_for_strength(strength) ** 2
+    tol = tolerance_for_strength(strength)
     ay, ax = np.divmod(np.arange(h), area)[0], np.divmod(np.arange(w), area)[0]
     aid = ay[:, None] * ((w + area - 1) // area) + ax[None, :]
     k = len(pal_lab)
@@ -294,13 +307,17 @@ def remove_isolated(idx: np.ndarray, src_lab: np.ndarray, pal_lab: np.ndarray, *
         counts = np.where(okc, counts, -1)
         s_lab = src_lab[iso]                                     # (n, 3)
         dist = delta_e76_sq(s_lab[None], pal_lab[np.where(valid, nb, 0)])   # (8, n)
+        own = np.sqrt(delta_e76_sq(s_lab, pal_lab[out[iso]]))    # (n,)
         # best = max count, then min distance
         score = counts.astype(np.float64) * 1e6 - np.minimum(dist, 1e5)
         score = np.where(okc, score, -np.inf)
         j = np.argmax(score, axis=0)
         cols = np.arange(nb.shape[1])
         cand = nb[j, cols]
-        ok = okc[j, cols] & (dist[j, cols] <= tol2)
+        if np.isinf(tol):
+            ok = okc[j, cols]
+        else:
+            ok = okc[j, cols] & (own > EXACT_DE) & (np.sqrt(dist[j, cols]) <= own + tol)
         ys, xs = np.nonzero(iso)
         out[ys[ok], xs[ok]] = cand[ok].astype(np.uint8)
     return out

@@ -76,42 +76,128 @@ def _cost_vec(D: np.ndarray, cols: Sequence[int]) -> np.ndarray:
     return D[:, list(cols)].min(axis=1)
 
 
-def _fit_for_backdrop(H: np.ndarray, D: np.ndarray, allowed: np.ndarray, b: int, n_sub: int,
-                      iters: int = 8) -> tuple[np.ndarray, float, np.ndarray]:
-    A, K = H.shape
-    wts = H.sum(axis=1)
-    # initial sub-palettes: farthest-first over areas' top-3 non-backdrop colours
-    def top3(h):
-        hh = h.copy()
-        hh[b] = 0
-        order = np.argsort(-hh, kind="stable")
-        top = [int(c) for c in order[:3] if hh[c] > 0]
-        while len(top) < 3:
-            top.append(top[-1] if top else b)
-        return top
-    subs: list[list[int]] = []
-    first = int(np.argmax(wts))
-    subs.append(top3(H[first]))
+def fit_subpalettes(H: np.ndarray, pal_lab: np.ndarray, allowed: np.ndarray, *, n_sub: int = 4,
+                    backdrop: Optional[int] = None, n_backdrops: int = 4) -> NesFit:
+    """Fit a backdrop and ``n_sub`` sub-palettes of 3 colours to per-area histograms.
+
+    The cost of an area under a sub-palette S is Σ_c H[a, c] · min_{s ∈ S ∪ {backdrop}} ΔE76²(c, s);
+    each area takes its cheapest sub-palette.  When the areas' colour sets already fit a
+    backdrop + ``n_sub`` sub-palettes (a legal screen), that exact cover is returned (error 0).
+    Otherwise, for each of the ``n_backdrops`` most frequent colours as backdrop (or only
+    ``backdrop``), two starts — the areas' dominant colour sets packed greedily, and
+    farthest-first — are refined Lloyd-style (assign areas, then coordinate descent over each
+    slot among all allowed colours); the cheapest result wins.
+
+    Parameters
+    ----------
+    H : ndarray, shape (A, K), float — :func:`area_histograms`
+    pal_lab : ndarray, shape (K, 3), float64 — CIELAB of every palette entry
+    allowed : ndarray of int — NES colour numbers that may be used
+
+    Returns
+    -------
+    NesFit (sub-palette slots sorted by L*, dark to light)
+    """
+    D = delta_e76_sq(pal_lab[:, None, :], pal_lab[None])       # (K, K)
+    allowed = np.asarray(allowed, np.int64)
+    tot = H.sum(axis=0)
+    aset = set(allowed.tolist())
+    order = [int(c) for c in np.argsort(-tot, kind="stable") if int(c) in aset and tot[c] > 0]
+    if backdrop is not None:
+        bs = [int(backdrop)]
+        exact_bs = bs
+    else:
+        bs = order[:n_backdrops] or [int(allowed[0])]
+        exact_bs = order[:8]
+    best: Optional[NesFit] = None
+    exact = _exact_cover(H, exact_bs, n_sub)
+    if exact is not None:
+        best = NesFit(exact[0], exact[1], 0.0)
+    else:
+        for b in bs:
+            for init in (_init_packed(H, b, n_sub), _init_farthest(H, D, b, n_sub)):
+                subs, err = _refine(H, D, allowed, b, init)
+                if best is None or err < best.error - 1e-9:
+                    best = NesFit(b, subs, err)
+    assert best is not None
+    best.subpalettes = np.array([sorted(s, key=lambda c: (pal_lab[c, 0], c))
+                                 for s in best.subpalettes], np.int64)
+    return best
+
+
+def _top3(h: np.ndarray, b: int) -> list[int]:
+    hh = h.copy()
+    hh[b] = 0
+    order = np.argsort(-hh, kind="stable")
+    top = [int(c) for c in order[:3] if hh[c] > 0]
+    while len(top) < 3:
+        top.append(top[-1] if top else b)
+    return top
+
+
+def _init_farthest(H: np.ndarray, D: np.ndarray, b: int, n_sub: int) -> list[list[int]]:
+    """Farthest-first: the heaviest area's colours, then the worst-served area's, ..."""
+    subs = [_top3(H[int(np.argmax(H.sum(axis=1)))], b)]
     while len(subs) < n_sub:
         costs = np.stack([H @ _cost_vec(D, [b] + s) for s in subs], axis=1).min(axis=1)
         j = int(np.argmax(costs))
-        if costs[j] <= 0:
-            subs.append(list(subs[-1]))
+        subs.append(list(subs[-1]) if costs[j] <= 0 else _top3(H[j], b))
+    return subs
+
+
+def _init_packed(H: np.ndarray, b: int, n_sub: int) -> list[list[int]]:
+    """Greedy packing of the areas' dominant colour sets, most frequent sets first."""
+    weight: dict[frozenset, float] = {}
+    for h in H:
+        hh = h.copy()
+        hh[b] = 0
+        top = [int(c) for c in np.argsort(-hh, kind="stable")[:3] if hh[c] > 0]
+        if top:
+            key = frozenset(top)
+            weight[key] = weight.get(key, 0.0) + float(hh[top].sum())
+    bins: list[frozenset] = []
+    for key in sorted(weight, key=lambda k: (-weight[k], sorted(k))):
+        for i, bn in enumerate(bins):
+            if len(bn | key) <= 3:
+                bins[i] = bn | key
+                break
         else:
-            subs.append(top3(H[j]))
+            if len(bins) < n_sub:
+                bins.append(key)
+    return _rows(bins, b, n_sub)
+
+
+def _rows(bins: Sequence[frozenset], b: int, n_sub: int) -> list[list[int]]:
+    subs = []
+    for bn in bins:
+        row = sorted(bn)
+        while len(row) < 3:
+            row.append(row[-1])
+        subs.append(row)
+    while len(subs) < n_sub:
+        subs.append(list(subs[-1]) if subs else [b, b, b])
+    return subs
+
+
+def _refine(H: np.ndarray, D: np.ndarray, allowed: np.ndarray, b: int, subs: list[list[int]],
+            iters: int = 8) -> tuple[np.ndarray, float]:
+    """Lloyd-style refinement: assign areas, then coordinate descent over each slot."""
+    A = len(H)
+    subs = [list(s) for s in subs]
     cand = [int(c) for c in allowed if c != b]
     prev = np.inf
-    assign = np.zeros(A, np.int64)
     for _ in range(iters):
         E = np.stack([H @ _cost_vec(D, [b] + s) for s in subs], axis=1)      # (A, n_sub)
         assign = np.argmin(E, axis=1)
         total = float(E[np.arange(A), assign].sum())
-        # update each sub-palette by coordinate descent over its 3 slots
-        for si in range(n_sub):
+        if total >= prev - 1e-9 or total <= 0:
+            break
+        prev = total
+        for si in range(len(subs)):
             Hs = H[assign == si]
             if len(Hs) == 0:
                 continue
-            cur = list(subs[si])
+            cur = subs[si]
             best = float((Hs @ _cost_vec(D, [b] + cur)).sum())
             improved = True
             while improved:
@@ -126,55 +212,21 @@ def _fit_for_backdrop(H: np.ndarray, D: np.ndarray, allowed: np.ndarray, b: int,
                         best = float(costs[j])
                         cur[slot] = cand[j]
                         improved = True
-            subs[si] = cur
-        if total >= prev - 1e-9:
-            break
-        prev = total
     E = np.stack([H @ _cost_vec(D, [b] + s) for s in subs], axis=1)
-    assign = np.argmin(E, axis=1)
-    total = float(E[np.arange(A), assign].sum())
-    return np.array(subs, np.int64), total, assign
+    return np.array(subs, np.int64), float(E.min(axis=1).sum())
 
 
-def fit_subpalettes(H: np.ndarray, pal_lab: np.ndarray, allowed: np.ndarray, *, n_sub: int = 4,
-                    backdrop: Optional[int] = None, n_backdrops: int = 4) -> NesFit:
-    """Fit a backdrop and ``n_sub`` sub-palettes of 3 colours to per-area histograms.
-
-    The cost of an area under a sub-palette S is Σ_c H[a, c] · min_{s ∈ S ∪ {backdrop}} ΔE76²(c, s);
-    each area takes its cheapest sub-palette.  Sub-palettes start farthest-first from the areas'
-    dominant colours and are refined Lloyd-style (assign areas, then coordinate descent over
-    each slot among all allowed colours).  The ``n_backdrops`` most frequent colours are tried
-    as backdrop (or only ``backdrop`` when given); the cheapest fit wins.
-
-    Parameters
-    ----------
-    H : ndarray, shape (A, K), float — :func:`area_histograms`
-    pal_lab : ndarray, shape (K, 3), float64 — CIELAB of every palette entry
-    allowed : ndarray of int — NES colour numbers that may be used
-
-    Returns
-    -------
-    NesFit
-    """
-    K = len(pal_lab)
-    D = delta_e76_sq(pal_lab[:, None, :], pal_lab[None])       # (K, K)
-    allowed = np.asarray(allowed, np.int64)
-    tot = H.sum(axis=0)
-    if backdrop is not None:
-        bs = [int(backdrop)]
-    else:
-        order = [int(c) for c in np.argsort(-tot, kind="stable") if c in set(allowed.tolist()) and tot[c] > 0]
-        bs = order[:n_backdrops] or [int(allowed[0])]
-    best: Optional[NesFit] = None
+def _exact_cover(H: np.ndarray, bs: Sequence[int], n_sub: int) -> Optional[tuple[int, list]]:
+    """A backdrop + sub-palettes that represent every area with zero error, if one exists."""
+    area_sets = {frozenset(np.flatnonzero(h > 0).tolist()) for h in H}
     for b in bs:
-        subs, err, _ = _fit_for_backdrop(H, D, allowed, b, n_sub)
-        if best is None or err < best.error:
-            best = NesFit(b, subs, err)
-    assert best is not None
-    # sort slots dark -> light so equal shapes share patterns
-    best.subpalettes = np.array([sorted(s, key=lambda c: (pal_lab[c, 0], c)) for s in best.subpalettes],
-                                np.int64)
-    return best
+        sets = {t - {b} for t in area_sets}
+        if any(len(t) > 3 for t in sets):
+            continue
+        bins = _pack_sets(_maximal(sets), n_sub)
+        if bins is not None:
+            return int(b), _rows(bins, b, n_sub)
+    return None
 
 
 def apply_fit(src_lab: np.ndarray, fit: NesFit, pal_lab: np.ndarray, *, area: int = AREA,
@@ -260,8 +312,22 @@ def pattern_tiles(idx: np.ndarray, attr: np.ndarray, backdrop: int, subpalettes:
     return vals.reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
 
 
+def _maximal(sets) -> list:
+    """The non-empty sets (of <= 3 colours) not contained in another one; O(n)."""
+    from itertools import combinations
+
+    sets = {t for t in sets if t}
+    dominated = set()
+    for t in sets:
+        for k in range(1, len(t)):
+            dominated.update(frozenset(c) for c in combinations(sorted(t), k))
+    return [t for t in sets if t not in dominated]
+
+
 def _pack_sets(sets: list, max_sub: int, limit: int = 200_000) -> Optional[list]:
     """Group colour sets into <= max_sub bins whose unions have <= 3 colours (backtracking)."""
+    if sum(1 for t in sets if len(t) == 3) > max_sub:
+        return None                                   # each full set needs a bin of its own
     sets = sorted(sets, key=lambda t: (-len(t), sorted(t)))
     bins: list[frozenset] = []
     nodes = 0
@@ -319,8 +385,7 @@ def infer_subpalettes(images: Sequence[np.ndarray], *, area: int = AREA,
         sets = {t - {b} for t in area_sets}
         if any(len(t) > 3 for t in sets):
             continue
-        sets = [t for t in sets if t and not any(t < o for o in sets)]
-        bins = _pack_sets(sets, max_sub)
+        bins = _pack_sets(_maximal(sets), max_sub)
         if bins is None:
             continue
         subs = []

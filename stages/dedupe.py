@@ -68,7 +68,7 @@ class Params:
     w_colours: float = param(0.5, help="quality score penalty weight of colours beyond 4")
     w_isolated: float = param(1.0, help="quality score penalty weight of isolated pixels")
     evidence_max: int = param(200, help="at most this many rows in evidence.png")
-    workers: int = param(2, help="threads for hashing")
+    workers: int = param(2, help="threads for hashing and hash searches")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -90,7 +90,7 @@ class _Training:
     total: int
 
 
-def _load_generated(items: list, progress: ProgressFn) -> _Generated:
+def _load_generated(items: list) -> _Generated:
     bank_path = find_artifact(items, "bank.npy")
     if bank_path is not None:
         folder = bank_path.parent
@@ -236,16 +236,19 @@ def _orient_hashes(tiles: np.ndarray, method: str, workers: int) -> np.ndarray:
 def _colour_set_signature(tiles: np.ndarray) -> np.ndarray:
     """Order-free 64-bit signature of each tile's set of RGB colours, (N,) uint64."""
     n = len(tiles)
-    code = tiles.reshape(n, -1, 3).astype(np.uint64)
-    packed = code[..., 0] | code[..., 1] << np.uint64(8) | code[..., 2] << np.uint64(16)
-    srt = np.sort(packed, axis=1)
-    distinct = np.ones(srt.shape, bool)
-    distinct[:, 1:] = srt[:, 1:] != srt[:, :-1]
-    with np.errstate(over="ignore"):
-        mixed = (srt + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
-        mixed ^= mixed >> np.uint64(31)
-        mixed *= np.uint64(0x94D049BB133111EB)
-    return np.where(distinct, mixed, np.uint64(0)).sum(axis=1, dtype=np.uint64)
+    out = np.zeros(n, np.uint64)
+    for s in range(0, n, 4096):                       # bounded memory for big training sets
+        code = tiles[s:s + 4096].reshape(-1, tiles[0].size // 3, 3).astype(np.uint32)
+        packed = (code[..., 0] | code[..., 1] << 8 | code[..., 2] << 16).astype(np.uint64)
+        srt = np.sort(packed, axis=1)
+        distinct = np.ones(srt.shape, bool)
+        distinct[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        with np.errstate(over="ignore"):
+            mixed = (srt + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
+            mixed ^= mixed >> np.uint64(31)
+            mixed *= np.uint64(0x94D049BB133111EB)
+        out[s:s + 4096] = np.where(distinct, mixed, np.uint64(0)).sum(axis=1, dtype=np.uint64)
+    return out
 
 
 def _training_ref(tr: _Training, uid: int) -> dict:
@@ -337,7 +340,7 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     items = inputs.get("tiles") or []
     if not items:
         raise InputError("dedupe: no tiles given; pass slice's output folder or image files")
-    gen = _load_generated(items, progress)
+    gen = _load_generated(items)
     tiles, t = gen.tiles, gen.tile_size
     k = len(tiles)
     if k == 0:
@@ -379,10 +382,9 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     novelty = np.full(k, -1, np.int64)
     near_uid = np.full(k, -1, np.int64)
     near_code = np.zeros(k, np.uint8)
-    th = None
     if tr is not None:
         th = hash_tiles(tr.tiles, params.hash, workers=params.workers)
-        index = HashIndex(th)
+        index = HashIndex(th, workers=params.workers)
         ids, dists = index.nearest(gh.ravel())
         ids, dists = ids.reshape(k, 4), dists.reshape(k, 4)
         o = dists.argmin(axis=1)
@@ -405,16 +407,20 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
             hit = np.flatnonzero(eq)[::-1]                     # reversed: first hit wins below
             exact[ti[hit]] = mids[hit]
             exact_code[ti[hit]] = oc[hit]
-        gen_sig, tr_sig = _colour_set_signature(_rgb(tiles)), _colour_set_signature(tr.tiles)
         if params.train_distance >= 0:
-            for i in candidates:
-                if novelty[i] > params.train_distance and exact[i] < 0:
-                    continue
+            hits = candidates[(novelty[candidates] <= params.train_distance)
+                              | (exact[candidates] >= 0)]
+            hit_uid = np.where(exact[hits] >= 0, exact[hits], near_uid[hits])
+            gen_sig = dict(zip(hits.tolist(), _colour_set_signature(_rgb(tiles[hits])).tolist()))
+            uniq_uid = np.unique(hit_uid)
+            tr_sig = dict(zip(uniq_uid.tolist(),
+                              _colour_set_signature(tr.tiles[uniq_uid]).tolist()))
+            for i in hits.tolist():
                 status[i] = 1
                 is_exact = exact[i] >= 0
                 uid = int(exact[i] if is_exact else near_uid[i])
                 c = int(exact_code[i] if is_exact else near_code[i])
-                same_colours = bool(gen_sig[i] == tr_sig[uid])
+                same_colours = gen_sig[i] == tr_sig[uid]
                 records[int(i)] = {"reason": "training_exact" if is_exact else "training",
                                    "distance": 0 if is_exact else int(novelty[i]),
                                    "flip": c, "same_colours": bool(same_colours),

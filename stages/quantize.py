@@ -353,7 +353,8 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         return float(np.mean([row[key][sub] for row in rows]))
 
     summary: dict[str, Any] = {
-        "images": len(rows), "skipped": skipped, "palette": pal.name,
+        "images": len(rows), "skipped_count": len(skipped), "skipped": skipped,
+        "palette": pal.name,
         "colours_per_tile_before": mean("before", "colours_per_tile"),
         "colours_per_tile_after": mean("after", "colours_per_tile"),
         "isolated_rate_before": mean("before", "isolated_rate"),

@@ -721,7 +721,7 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
 
     # fixed noise for grids and SWD (independent of training randomness)
     gfix = torch.Generator().manual_seed(_step_seed(p.seed, 3))
-    grid_z = torch.randn(min(64, max(16, p.batch)), p.nz, 1, 1, generator=gfix)
+    grid_z = torch.randn(64, p.nz, 1, 1, generator=gfix)
     swd_z = torch.randn(0 if holdout is None else len(holdout), p.nz, 1, 1, generator=gfix)
 
     # ---- resume
@@ -745,6 +745,15 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
             log.info("resuming from %s at step %d", ckpt_path, start)
         elif ck is not None:
             log.warning("%s was written with other parameters; starting over", ckpt_path)
+    if world > 1:                        # every rank must resume from the same step
+        import torch.distributed as dist
+
+        t = torch.tensor([start], dtype=torch.int64, device=device)
+        dist.broadcast(t, 0)
+        if int(t.item()) != start:
+            raise StageError(f"rank {rank} found a checkpoint at step {start} in {out_dir} but "
+                             f"rank 0 starts at step {int(t.item())}; all ranks need the same "
+                             "shared output folder")
     rows = _read_metrics(metrics_path, start) if resumed_from is not None else []
     good = _cpu_copy(tr.state())
     good_step = start

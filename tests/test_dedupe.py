@@ -288,3 +288,13 @@ def test_flat_tiles_get_no_novelty(tmp_path):
     _, _, load = _run(tmp_path, s_dir, c_dir)
     meta = {m["flat"]: m for m in load("tiles.json")}
     assert meta[True]["novelty"] is None and isinstance(meta[False]["novelty"], int)
+
+
+def test_hash_match_in_other_colours_is_flagged(tmp_path):
+    a = _pattern(1)
+    swap = _pattern(1, colours=((40, 200, 40), (160, 20, 20), (10, 10, 10)))
+    s_dir = _slice_dir(tmp_path / "s", [a, _flat((9, 9, 9))], {"img": [[0, 1]]})
+    c_dir = _crop_dir(tmp_path / "c", [swap])
+    _, _, load = _run(tmp_path, s_dir, c_dir, train_distance=64)
+    rec = load("dropped.json")[0]
+    assert rec["reason"] == "training" and rec["same_colours"] is False

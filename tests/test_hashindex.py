@@ -76,3 +76,10 @@ def test_threaded_search_equals_single_thread(rng):
     b = HashIndex(train, workers=2).radius_search(queries, 5)
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
+
+
+def test_threaded_nearest_scan_equals_single_thread(rng):
+    train, queries = _data(rng, m=3000, q=2000)
+    a = HashIndex(train, workers=1).nearest(queries)
+    b = HashIndex(train, workers=2).nearest(queries)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -10,7 +10,7 @@ from palettes.nesfit import apply_fit, area_histograms, fit_subpalettes, validat
 from tilesets.nes import (decode_chr, decode_nametable, decode_palette, encode_chr,
                           encode_nametable, render_screen, write_nes_bundle)
 
-SUBS = np.array([[0x01, 0x11, 0x21], [0x06, 0x16, 0x26], [0x09, 0x19, 0x29], [0x00, 0x10, 0x20]])
+SUBS = np.array([[0x01, 0x11, 0x21], [0x06, 0x16, 0x26], [0x09, 0x19, 0x29], [0x00, 0x10, 0x30]])
 BACK = 0x0F
 
 
@@ -194,3 +194,34 @@ def test_bundle_merges_a_screen_with_too_many_tiles(tmp_path):
     r = render_screen(tiles, decode_palette((tmp_path / "palette.pal").read_bytes()), tid, at)
     per_tile = (r != s).reshape(30, 8, 32, 8).transpose(0, 2, 1, 3).reshape(-1, 64).sum(1)
     assert per_tile.max() <= row["tile_merges"]["max_pixels_changed"]
+
+
+def test_quantize_nes_keeps_a_legal_screen_unchanged(tmp_path):
+    """A real NES-legal screen through `quantize --nes` (default clean-up) comes back
+    pixel-identical, with the same sub-palette per area, and through the NES files too."""
+    import json
+
+    from PIL import Image
+
+    from stages import quantize as q
+
+    pal = get_palette("nes")
+    s, attr = legal_screen(seed=7)
+    Image.fromarray(pal.colours[s]).save(tmp_path / "screen.png")
+    out = tmp_path / "q"
+    out.mkdir()
+    summ = q.run({"images": [tmp_path / "screen.png"]}, q.Params(nes=True), out)
+    got = np.asarray(Image.open(out / "screen.png"))
+    assert np.array_equal(got, s) and summ["nes_mean_area_error"] == 0
+    nes = json.loads((out / "quantize.json").read_text())["nes"]
+    info = write_nes_bundle([got], ["screen"], tmp_path / "nes", backdrop=nes["backdrop"],
+                            subpalettes=np.array(nes["subpalettes"]))
+    d = tmp_path / "nes"
+    r = render_screen(decode_chr((d / "tiles.chr").read_bytes()),
+                      decode_palette((d / "palette.pal").read_bytes()),
+                      *decode_nametable((d / "screen.nam").read_bytes()))
+    assert np.array_equal(r, s) and info["screens"][0]["exact"]
+    # same grouping of areas into sub-palettes as the original (up to renaming)
+    _, at = decode_nametable((d / "screen.nam").read_bytes())
+    pairs = set(zip(attr.ravel().tolist(), at.ravel().tolist()))
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})

@@ -195,7 +195,7 @@ class TileBank:
                 if len(self.tiles) > int(ID_MASK):
                     raise ValueError("more unique tiles than Tiled's 29-bit ids can hold")
             ids[u], bank_code[u] = hit
-        np.add.at(counts := np.zeros(len(self.tiles), np.int64), ids[inverse], 1)
+        counts = np.bincount(ids[inverse], minlength=len(self.tiles))
         for i in np.flatnonzero(counts):
             self.counts[i] += int(counts[i])
         # tile = flip(canonical, code_t) and canonical = flip(bank, code_b) => tile = flip(bank, t ^ b)

@@ -45,13 +45,16 @@ def _as_hashes(a, name: str) -> np.ndarray:
 
 
 def brute_force_radius(train: np.ndarray, queries: np.ndarray, radius: int, *,
-                       block: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       block: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reference radius search by scanning every hash (numpy ``bitwise_count``).
 
     Returns the same ``(lims, ids, dists)`` triple as :meth:`HashIndex.radius_search`.
+    ``block`` queries are compared at a time (default: about 16 M comparisons per block).
     """
     train = _as_hashes(train, "train")
     queries = _as_hashes(queries, "queries")
+    if block is None:
+        block = max(1, (1 << 24) // max(len(train), 1))
     counts, ids, dists = [], [], []
     for s in range(0, len(queries), block):
         d = popcount64(queries[s:s + block, None] ^ train[None, :])
@@ -78,7 +81,7 @@ class HashIndex:
         Number of bit fields, 3..16.  Default: ``round(64 / log2(distinct hashes))`` clipped to
         3..8, which keeps about one distinct hash per table bucket.
     workers : int, default 1
-        Threads for searches of more than 4,096 queries (blocks of queries run in parallel).
+        Threads for large searches and scans (blocks of queries run in parallel).
 
     Examples
     --------
@@ -226,15 +229,35 @@ class HashIndex:
         vals = self.values[by_id]
         ids = np.full(len(queries), -1, np.int64)
         dists = np.full(len(queries), -1, np.int64)
-        for s in range(0, len(queries), 256):
-            d = popcount64(queries[s:s + 256, None] ^ vals[None, :])
+        step = max(1, min(256, (1 << 22) // max(len(vals), 1)))     # ~32 MB of work per block
+
+        def block(s: int) -> None:
+            d = popcount64(queries[s:s + step, None] ^ vals[None, :])
             v = d.argmin(axis=1)
             dd = d[np.arange(len(v)), v].astype(np.int64)
             ok = dd <= limit
             rows = np.arange(s, s + len(v))[ok]
             ids[rows] = first_id[by_id[v[ok]]]
             dists[rows] = dd[ok]
+
+        starts = range(0, len(queries), step)
+        if self.workers > 1 and len(starts) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:    # ufuncs drop the GIL
+                list(pool.map(block, starts))
+        else:
+            for s in starts:
+                block(s)
         return ids, dists
+
+    @staticmethod
+    def _merge_scan(best_v, best_d, first_id, todo, sid, sd):
+        ids = np.where(best_v >= 0, first_id[np.maximum(best_v, 0)], -1).astype(np.int64)
+        ids[todo] = sid
+        best_d = best_d.copy()
+        best_d[todo] = sd
+        return ids, best_d
 
     def nearest(self, queries: np.ndarray, *, max_radius: Optional[int] = None,
                 scan_below: float = 2e9) -> tuple[np.ndarray, np.ndarray]:
@@ -247,8 +270,8 @@ class HashIndex:
             Stop looking beyond this distance (then id -1, distance -1).  None: exact nearest.
         scan_below : float
             Scan every distinct hash when queries x distinct hashes is below this (a scan beats
-            a growing-radius index search at moderate sizes); otherwise search radii 0, 1, 2, 4,
-            ... with the index and scan only for the queries still unresolved.
+            index searches at moderate sizes); otherwise search radii 0, 2 and 2m-1 with the
+            index (m chunks) and scan only for the queries still unresolved.
 
         Returns
         -------
@@ -266,9 +289,11 @@ class HashIndex:
         if nq * len(self.values) <= scan_below:
             return self._scan_nearest(queries, limit, first_id)
         todo = np.arange(nq)
-        r = 0
-        mih_cap = 2 * self.n_chunks + 1           # beyond this a scan is cheaper
-        while len(todo) and r <= min(limit, mih_cap):
+        # index searches while each chunk needs at most one flipped bit (cheap), then a scan
+        mih_cap = 2 * self.n_chunks - 1
+        for r in sorted({min(x, limit) for x in (0, 2, mih_cap)}):
+            if not len(todo):
+                break
             qs, vs, ds = self._search_values(queries[todo], r)
             if len(qs):
                 key = ds.astype(np.int64) * (self.size + 1) + first_id[vs]
@@ -279,16 +304,8 @@ class HashIndex:
                 best_v[rows] = vs[firsts]
                 best_d[rows] = ds[firsts]
             todo = todo[best_d[todo] < 0]
-            r = r + 1 if r < 2 else r + 2
         if len(todo) and limit > mih_cap:
-            for s in range(0, len(todo), 256):
-                rows = todo[s:s + 256]
-                d = popcount64(queries[rows, None] ^ self.values[None, :]).astype(np.int64)
-                key = d * (self.size + 1) + first_id[None, :]
-                v = key.argmin(axis=1)
-                dd = d[np.arange(len(rows)), v]
-                ok = dd <= limit
-                best_v[rows[ok]] = v[ok]
-                best_d[rows[ok]] = dd[ok]
+            sid, sd = self._scan_nearest(queries[todo], limit, first_id)
+            return self._merge_scan(best_v, best_d, first_id, todo, sid, sd)
         ids = np.where(best_v >= 0, first_id[np.maximum(best_v, 0)], -1)
         return ids.astype(np.int64), best_d

