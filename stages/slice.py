@@ -126,6 +126,12 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     if not items:
         raise InputError("slice: no input images; pass image files or quantize's output folder")
     files = expand_inputs(items)
+    listing = find_artifact(items, "quantize.json")
+    if listing is not None:  # a quantize artifact: only its images, not report/ error maps
+        listed = {(listing.parent / r["file"]).resolve()
+                  for r in json.loads(listing.read_text()).get("images", []) if "file" in r}
+        if listed:
+            files = [f for f in files if f.resolve() in listed]
     if not files:
         raise InputError(f"slice: no image files in {', '.join(str(i) for i in items)}")
     flips = bool(params.flips) and not params.nes
