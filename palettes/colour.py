@@ -69,11 +69,7 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     idx = a.astype(np.intp)
     if idx.size and (idx.min() < 0 or idx.max() > 255):
         raise ValueError("rgb values must lie in 0..255")
-    r, g, b = _LIN8[idx[..., 0]], _LIN8[idx[..., 1]], _LIN8[idx[..., 2]]
-    x = _M[0, 0] * r + _M[0, 1] * g + _M[0, 2] * b
-    y = _M[1, 0] * r + _M[1, 1] * g + _M[1, 2] * b
-    z = _M[2, 0] * r + _M[2, 1] * g + _M[2, 2] * b
-    return _xyz_to_lab(x, y, z)
+    return _linear_to_lab(_LIN8[idx[..., 0]], _LIN8[idx[..., 1]], _LIN8[idx[..., 2]])
 
 
 def rgb_to_lab_table(r_values: np.ndarray) -> np.ndarray:
@@ -87,9 +83,12 @@ def rgb_to_lab_table(r_values: np.ndarray) -> np.ndarray:
     -------
     lab : ndarray, shape (n, 256, 256, 3), float64, ``lab[i, g, b] = srgb_to_lab((r_values[i], g, b))``
     """
-    r = _LIN8[np.asarray(r_values, np.intp)][:, None, None]
-    g = _LIN8[:, None][None]
-    b = _LIN8[None, None, :]
+    return _linear_to_lab(_LIN8[np.asarray(r_values, np.intp)][:, None, None],
+                          _LIN8[:, None][None], _LIN8[None, None, :])
+
+
+def _linear_to_lab(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Linear-light sRGB channels (broadcastable arrays) -> CIELAB (D65)."""
     x = _M[0, 0] * r + _M[0, 1] * g + _M[0, 2] * b
     y = _M[1, 0] * r + _M[1, 1] * g + _M[1, 2] * b
     z = _M[2, 0] * r + _M[2, 1] * g + _M[2, 2] * b

@@ -388,15 +388,7 @@ def infer_subpalettes(images: Sequence[np.ndarray], *, area: int = AREA,
         bins = _pack_sets(_maximal(sets), max_sub)
         if bins is None:
             continue
-        subs = []
-        for t in bins:
-            row = sorted(t)
-            while len(row) < 3:
-                row.append(row[-1])
-            subs.append(row)
-        while len(subs) < max_sub:
-            subs.append(list(subs[-1]) if subs else [b, b, b])
-        return int(b), np.array(subs, np.int64)
+        return int(b), np.array(_rows(bins, b, max_sub), np.int64)
     return None
 
 

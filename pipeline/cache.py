@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -89,7 +88,7 @@ def digest_explicit_inputs(items: Iterable[str | os.PathLike]) -> str:
                      for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")}
             h.update(b"dir:" + digest_of_checksums(files).encode() + b"\n")
         else:
-            for f in expand_inputs([s], suffixes=("",)) if not p.exists() else [p]:
+            for f in [p] if p.exists() else expand_inputs([s]):
                 h.update(b"file:" + f.name.encode() + b":" + file_digest(f).encode() + b"\n")
     return h.hexdigest()
 
@@ -179,8 +178,6 @@ def canonical(obj: Any) -> Any:
         return {str(k): canonical(v) for k, v in sorted(obj.items())}
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, float) and obj.is_integer():
-        return obj  # json keeps 1.0 as 1.0; stable either way
     return obj
 
 
@@ -337,6 +334,3 @@ def published_key(dest: Path) -> Optional[str]:
     except (OSError, ValueError):
         return None
 
-
-def now() -> float:
-    return time.time()

@@ -272,11 +272,9 @@ def _run_single(name: str, kw: dict[str, Any]) -> None:
                 continue
             raise PipelineError(f"{name}: with explicit inputs, also pass --{inp.replace('_', '-')}")
         else:
-            art = store.latest(up)
-            if art is None:
-                if inp in optional_inputs(mod):
-                    continue
-            art = cached_input(store, up, name)
+            if store.latest(up) is None and inp in optional_inputs(mod):
+                continue
+            art = cached_input(store, up, name)  # explains what to run when it is missing
             inputs[inp] = [str(art)]
             digests[inp] = store.content_digest(art)
     params = resolve_params(mod, cfg, kw)

@@ -185,9 +185,9 @@ def stage_status(config: Config) -> list[dict[str, Any]]:
             rows.append({"stage": name, "state": "fresh", "artifact": str(hit),
                          "seconds": m.get("seconds"), "note": ""})
         else:
+            why = "parameters, code or inputs changed" if any_entry else "never built"
             rows.append({"stage": name, "state": "stale" if any_entry else "missing",
-                         "artifact": "", "seconds": None, "note": blocked or "parameters, code or inputs changed"
-                         if any_entry else (blocked or "never built")})
+                         "artifact": "", "seconds": None, "note": blocked or why})
     return rows
 
 

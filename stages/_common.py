@@ -101,8 +101,10 @@ def load_image(path: os.PathLike | str, *, mode: str = "RGB") -> np.ndarray:
             arr = pil_to_array(im, mode=mode)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from None
+    except Exception as e:  # Pillow raises many types for bad files (incl. DecompressionBombError)
+        if isinstance(e, (UnidentifiedImageError, OSError, SyntaxError, ValueError)):
+            raise InputError(f"{path}: not a readable image ({e})") from None
+        raise InputError(f"{path}: not a usable image ({type(e).__name__}: {e})") from None
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"{path}: the image has no pixels")
     return arr

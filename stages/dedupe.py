@@ -120,8 +120,6 @@ def _load_generated(items: list) -> _Generated:
                                  f"bank.npy has {len(tiles)}")
         return _Generated(tiles, maps, list(origins), flips, t)
     # user images: slice them here (16-px tiles, flips on, crop the remainder)
-    from stages.slice import fit_to_grid
-
     files = expand_inputs(items)
     if not files:
         raise InputError(f"dedupe: no images and no bank.npy in {', '.join(map(str, items))}")
@@ -133,7 +131,7 @@ def _load_generated(items: list) -> _Generated:
         except InputError as e:
             log.warning("%s", e)
             continue
-        rgba = fit_to_grid(bank_mod.normalize_alpha(rgba), 16, "crop")
+        rgba = bank_mod.fit_to_grid(bank_mod.normalize_alpha(rgba), 16, "crop")
         if rgba.size == 0:
             continue
         stem = path.stem if path.stem not in maps else f"{path.stem}-{len(maps)}"

@@ -153,8 +153,6 @@ def _quantize_one(path: str, p: Params, out_dir: Optional[str] = None) -> dict:
         rgba = load_image(path, mode="RGBA")
     except InputError as e:
         return {"path": path, "error": str(e)}
-    except Exception as e:                          # e.g. PIL's DecompressionBombError
-        return {"path": path, "error": f"{path}: not a usable image ({type(e).__name__}: {e})"}
     mask = rgba[..., 3] >= p.alpha_threshold
     if not mask.any():
         return {"path": path, "error": f"{path}: every pixel is transparent (alpha < "

@@ -50,7 +50,7 @@ def load_generator(path: Path, *, use_ema: bool = True, device: Any = "cpu") -> 
     import torch
 
     from stages._gan import GANConfig, Generator
-    from stages.train import load_checkpoint
+    from stages._checkpoint import load_checkpoint
 
     ck = load_checkpoint(path, map_location="cpu")
     try:
@@ -134,7 +134,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     """
     import torch
 
-    from stages.train import resolve_device
+    from stages._checkpoint import resolve_device
 
     p = params
     if p.n < 1:

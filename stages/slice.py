@@ -26,7 +26,7 @@ import numpy as np
 
 from stages._common import (InputError, ParamError, ProgressFn, expand_inputs, find_artifact,
                             load_image, no_progress, param, save_npy, save_npz, write_json)
-from tilesets.bank import TileBank, normalize_alpha, palette_swap_groups
+from tilesets.bank import TileBank, fit_to_grid, normalize_alpha, palette_swap_groups
 
 NAME = "slice"
 INPUTS = {"images": "quantize"}
@@ -69,29 +69,6 @@ def _read_palette(path: Path) -> Optional[list[list[int]]]:
     except Exception:  # noqa: BLE001 - load_image reports unreadable files
         return None
     return [list(pal[i:i + 3]) for i in range(0, len(pal) - len(pal) % 3, 3)]
-
-
-def fit_to_grid(rgba: np.ndarray, tile_size: int, pad_mode: str) -> np.ndarray:
-    """Crop (right/bottom) or pad with transparent pixels to a multiple of ``tile_size``.
-
-    Parameters
-    ----------
-    rgba : ndarray, shape (H, W, 4), uint8
-    tile_size : int
-    pad_mode : {"crop", "pad"}
-
-    Returns
-    -------
-    ndarray, shape (H', W', 4), uint8
-    """
-    h, w = rgba.shape[:2]
-    t = tile_size
-    if pad_mode == "crop":
-        return rgba[:h - h % t, :w - w % t]
-    hp, wp = -(-h // t) * t, -(-w // t) * t
-    out = np.zeros((hp, wp, 4), np.uint8)
-    out[:h, :w] = rgba
-    return out
 
 
 def _unique_stem(stem: str, used: set) -> str:

@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from stages._checkpoint import CKPT_VERSION, load_checkpoint, resolve_device, save_checkpoint
 from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, StageError,
                             atomic_write_text, expand_inputs, find_artifact, load_image,
                             no_progress, param, save_png, write_json)
@@ -49,7 +50,6 @@ OPTIONAL_INPUTS = ()
 LIBS = ("torch", "numpy")
 
 #: Version of the checkpoint dict layout (bump on incompatible changes).
-CKPT_VERSION = 1
 
 log = logging.getLogger("tilegan.train")
 
@@ -279,41 +279,6 @@ def _set_rng_state(st: dict) -> None:
 
 
 # --------------------------------------------------------------------------- checkpoint
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` with torch.save to a temporary sibling, then os.replace it into place."""
-    import torch
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: Path, *, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)``; InputError when unreadable."""
-    import torch
-
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such checkpoint") from None
-    except Exception as e:  # torch raises many types for a corrupt file
-        raise InputError(f"{path}: not a readable tilegan checkpoint ({e})") from None
-    if not isinstance(ck, dict) or "G" not in ck or "config" not in ck:
-        raise InputError(f"{path}: not a tilegan checkpoint (no generator or config)")
-    if ck.get("version", 0) > CKPT_VERSION:
-        raise InputError(f"{path}: checkpoint version {ck.get('version')} is newer than this "
-                         f"tilegan ({CKPT_VERSION}); update tilegan")
-    return ck
-
-
 def _cpu_copy(obj: Any) -> Any:
     import torch
 
@@ -327,18 +292,6 @@ def _cpu_copy(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- device
-def resolve_device(name: str) -> "Any":
-    """'auto' -> cuda when available else cpu; 'cuda' without a GPU raises ParamError."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ParamError(f"device={name} but no CUDA GPU is visible to torch "
-                         f"(torch {torch.__version__}); use --device cpu")
-    return torch.device(name)
-
-
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 measured
     ~2× *slower* than fp32 on an AVX512 Xeon without it (docs/training.md)."""

@@ -332,3 +332,26 @@ def palette_swap_groups(tiles: np.ndarray, *, flips: bool = True) -> list[list[i
     out = [g for g in groups.values() if len(g) >= 2]
     out.sort(key=lambda g: g[0])
     return out
+
+
+def fit_to_grid(rgba: np.ndarray, tile_size: int, pad_mode: str) -> np.ndarray:
+    """Crop (right/bottom) or pad with transparent pixels to a multiple of ``tile_size``.
+
+    Parameters
+    ----------
+    rgba : ndarray, shape (H, W, 4), uint8
+    tile_size : int
+    pad_mode : {"crop", "pad"}
+
+    Returns
+    -------
+    ndarray, shape (H', W', 4), uint8
+    """
+    h, w = rgba.shape[:2]
+    t = tile_size
+    if pad_mode == "crop":
+        return rgba[:h - h % t, :w - w % t]
+    hp, wp = -(-h // t) * t, -(-w // t) * t
+    out = np.zeros((hp, wp, 4), np.uint8)
+    out[:h, :w] = rgba
+    return out
