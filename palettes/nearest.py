@@ -13,19 +13,31 @@ to any point of the box (their minimum distance to the box exceeds the smallest 
 distance of any entry) are pruned.  A cell left with one candidate is *direct*; for the
 others the exact answer of each of the 64 colours is computed among the few candidates
 with the same float64 formula as the brute force, and cells whose 64 answers all agree
-become direct too.  The result is a coarse table (262144 x uint16 = 512 KB, the size of
-PIL's own colour cache) whose entry is either the answer or a pointer to a 20-byte record
-of a mixed cell (about 44k for the NES palette, 17 % of cells; 2-bit code per colour + up
-to 4 values; the few cells with more distinct answers keep a raw 64-byte block).  A lookup
-is one read for most pixels and two more within one record otherwise, in a small numba
-kernel (numpy fallback via the full 2^24 table otherwise).  Building takes about 2 s
-(float64 CIELAB of all 2^24 colours in numpy plus a numba pass); tables are cached under
+become direct too.
+
+Lookup state (:func:`compact_tables`): a coarse table of one byte per cell (256 KB; two
+bytes if a direct answer is >= 128) holding either the answer or a small number that picks
+an entry among those of the cell's row of 64 cells, and one buffer of about 0.3 MB for the
+NES palette with a 32 KB table of per-row offsets and the entries of the mixed cells
+(about 44k, 17 % of cells).  The 92 % of them with two distinct answers take 4 bytes (the
+two values and the number of their 64-bit mask in a table of the 6.4k distinct masks); those
+with three or four take a 20-byte record (2-bit codes + 4 values), and the rare cell with
+more escapes to a raw 64-byte block.  All of it (~0.6 MB) fits a 1 MB L2 cache.
+
+The numba kernel works on blocks of 4096 pixels: a vectorised loop computes each pixel's
+cell and offset; a branch-free loop reads the coarse byte of every pixel, storing them 8 at
+a time and collecting a bit mask of the pixels of mixed cells (13 % of the pixels of a
+noisy image); only those are then resolved from the entries.  Images of >= 256 K pixels are
+split in chunks that the CPU cores take on demand (the kernel releases the GIL).  Without
+numba a numpy fallback uses the full 2^24 table.  Building takes about 2 s (float64 CIELAB
+of all 2^24 colours in numpy plus a numba pass); tables are cached under
 ``~/.cache/tilegan/nearest`` (``TILEGAN_CACHE`` overrides the folder) and load in
 milliseconds.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import threading
@@ -41,7 +53,7 @@ __all__ = ["NearestMapper", "get_mapper", "nearest_bruteforce", "METRICS", "cach
 log = logging.getLogger("tilegan.palettes")
 
 METRICS = ("lab", "rgb", "ciede2000")
-_VERSION = b"nearest-v4"
+_VERSION = b"nearest-v7"
 _LOCK = threading.Lock()
 _SLAB = 8            # coarse r-cells per build slab (32 r values, ~50 MB of float64 Lab)
 
@@ -262,60 +274,140 @@ def _build_tables(colours: np.ndarray, allowed: np.ndarray, metric: str) -> tupl
 
 
 # --------------------------------------------------------------------------- compact tables
-_REC = 20      # bytes per mixed-cell record: 16 bytes of 2-bit codes + 4 candidate values
+_HDR = 16            # recs header: 4 little-endian uint32 (n_pair, n_mask, mask offset, 0)
+_TOP = 4096 * 8      # per-block table after the header: 4096 blocks x 2 uint32
+_PAIRS = _HDR + _TOP  # byte offset of the pair entries
+_SPLIT = 64          # local codes per block and kind (a block holds 64 cells)
+
+
+def _cell_block(cell: np.ndarray) -> np.ndarray:
+    """Block of each coarse cell ``r6 << 12 | g6 << 6 | b6``: its row of 64 cells along b."""
+    return cell >> 6
+
+
+def _recs_views(recs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top, pairs, masks): the uint32 / uint32 / uint64 tables inside ``recs`` (views)."""
+    n_pair, n_mask, m_off = (int(x) for x in recs[:12].view("<u4"))
+    top = recs[_HDR:_PAIRS].view("<u4")
+    pairs = recs[_PAIRS:_PAIRS + 4 * n_pair].view("<u4")
+    masks = recs[m_off:m_off + 8 * n_mask].view("<u8")
+    return top, pairs, masks
+
+
+def _recs_ok(recs: np.ndarray) -> bool:
+    """Whether the header of ``recs`` is consistent with its size."""
+    n_pair, n_mask, m_off = (int(x) for x in recs[:12].view("<u4"))
+    return _PAIRS + 4 * n_pair <= m_off and m_off % 8 == 0 and m_off + 8 * n_mask <= recs.size
 
 
 def compact_tables(coarse: np.ndarray, fine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Turn (coarse, fine) from the builder into the compact lookup form.
 
     Fine blocks whose 64 answers all agree are dropped (their cell becomes direct).  A mixed
-    cell with 2-4 distinct answers becomes a 20-byte record (a 2-bit code per colour + the
-    up-to-4 values); the rare cell with more keeps a raw 64-byte block.
+    cell with 2 distinct answers (92 % for NES) becomes a 4-byte *pair* entry: the two
+    values and the number of its 64-bit mask (which colours take the larger value) in a
+    table of distinct masks (6.4k for NES's 40.6k such cells).  A cell with 3-4 answers
+    becomes a 20-byte record (2-bit codes + 4 values); the rare cell with more keeps a raw
+    64-byte block, reached through an escape record.  Entries are grouped by block (the 64
+    cells of one ``(r >> 2, g >> 2)`` row), so a mixed cell's coarse entry is only a small
+    per-block number.
 
     Returns
     -------
-    coarse : ndarray, shape (262144,), uint16 (uint32 if needed) — value v < 256: the
-        answer; ``256 <= v < 256 + n_rec``: record ``v - 256``; else raw block ``v - 256 - n_rec``
-    recs : ndarray, shape (n_rec * 20,), uint8
+    coarse : ndarray, shape (262144,), uint8 (uint16 if a direct answer is >= 128), indexed
+        by ``(r >> 2) << 12 | (g >> 2) << 6 | b >> 2``.  With ``lim`` = 128 (uint8) or 256
+        (uint16): ``v < lim`` is the answer; ``lim <= v < lim + 64``: pair entry ``v - lim``
+        of the cell's block; ``lim + 64 <= v < lim + 128``: 20-byte record ``v - lim - 64``
+        of the block.
+    recs : ndarray, uint8, one buffer (little-endian numbers): a 16-byte header (number of
+        pair entries, number of masks, byte offset of the masks); per block two uint32 (index
+        of its first pair entry, byte offset of its first 20-byte record); the pair entries
+        (uint32 ``mask << 16 | hi << 8 | lo``); the masks (uint64; bit ``off`` set: the answer
+        is ``hi``, ``off`` being ``(r & 3) << 4 | (g & 3) << 2 | b & 3``); the 20-byte records
+        (2-bit code ``off`` of bytes 0-15 indexes value bytes 16-19, ascending; bytes 16 > 17
+        flag an escape record whose raw block is ``b17 << 16 | b19 << 8 | b18``).
     raw : ndarray, shape (n_raw, 64), uint8
-    n_rec : int
+    n_rec : int, number of mixed cells
     """
     c = coarse.astype(np.int64)
     amb = np.flatnonzero(c >= 256)
-    blk = fine[c[amb] - 256] if len(amb) else np.zeros((0, 64), np.uint8)
-    uniform = (blk == blk[:, :1]).all(axis=1)
-    c[amb[uniform]] = blk[uniform, 0]
-    amb, blk = amb[~uniform], blk[~uniform]
-    srt = np.sort(blk, axis=1)
-    first = np.concatenate([np.ones((len(blk), 1), bool), srt[:, 1:] != srt[:, :-1]], axis=1)
+    blk64 = fine[c[amb] - 256] if len(amb) else np.zeros((0, 64), np.uint8)
+    uniform = (blk64 == blk64[:, :1]).all(axis=1)
+    c[amb[uniform]] = blk64[uniform, 0]
+    amb, blk64 = amb[~uniform], blk64[~uniform]
+    srt = np.sort(blk64, axis=1)
+    first = np.concatenate([np.ones((len(blk64), 1), bool), srt[:, 1:] != srt[:, :-1]], axis=1)
     ndist = first.sum(axis=1)
-    small = ndist <= 4
-    sb, ss, sf = blk[small], srt[small], first[small]
-    n_rec = len(sb)
-    recs = np.zeros((n_rec, _REC), np.uint8)
-    if n_rec:
-        # values: the distinct answers in ascending order, padded with the largest
-        rank = np.cumsum(sf, axis=1) - 1                               # (n, 64) rank in sorted row
-        vals = np.repeat(ss[:, -1:], 4, axis=1)
-        rows, cols = np.nonzero(sf)
-        vals[rows, rank[rows, cols]] = ss[rows, cols]
-        # code of each colour = index of its value among the distinct values
-        codes = (sb[:, :, None] > vals[:, None, :3]).sum(axis=2).astype(np.uint8)
-        q = codes.reshape(n_rec, 16, 4)
-        recs[:, :16] = q[..., 0] | (q[..., 1] << 2) | (q[..., 2] << 4) | (q[..., 3] << 6)
-        recs[:, 16:] = vals
-    raw = np.ascontiguousarray(blk[~small])
-    c[amb[small]] = 256 + np.arange(n_rec)
-    c[amb[~small]] = 256 + n_rec + np.arange(len(raw))
-    ctype = np.uint16 if 256 + n_rec + len(raw) <= 65536 else np.uint32
-    return c.astype(ctype), recs.reshape(-1), raw.reshape(-1, 64), n_rec
+    direct = c < 256
+    lim = 128 if (not direct.any() or int(c[direct].max()) < 128) else 256
+    # amb is ascending, i.e. already in block order
+    bl = _cell_block(amb)
+    two = ndist == 2
+    top = np.empty((4096, 2), np.int64)
+    out = np.zeros(len(c), np.int64)
+    out[direct] = c[direct]
+    for kind, sel in ((0, two), (1, ~two)):
+        ids, b = amb[sel], bl[sel]
+        start = np.searchsorted(b, np.arange(4096))
+        top[:, kind] = start
+        out[ids] = lim + _SPLIT * kind + np.arange(len(ids)) - start[b]
+    # pair entries + distinct masks
+    bb = blk64[two]
+    lo, hi = bb.min(axis=1).astype(np.int64), bb.max(axis=1).astype(np.int64)
+    mbits = np.packbits(bb == hi[:, None], axis=1, bitorder="little").view("<u8")[:, 0]
+    masks, mid = np.unique(mbits, return_inverse=True)
+    if len(masks) > 65536:                                       # pragma: no cover
+        raise ValueError("more than 65536 distinct masks")
+    pairs = (mid.reshape(-1).astype(np.int64) << 16) | (hi << 8) | lo
+    # 20-byte records
+    bb, ss, sf, nd = blk64[~two], srt[~two], first[~two], ndist[~two]
+    rec = np.zeros((len(bb), 20), np.uint8)
+    small = nd <= 4
+    sb, s2, f2 = bb[small], ss[small], sf[small]
+    # values: the distinct answers ascending, padded with the largest
+    rank = np.cumsum(f2, axis=1) - 1
+    vals = np.repeat(s2[:, -1:], 4, axis=1)
+    rows, cols = np.nonzero(f2)
+    vals[rows, rank[rows, cols]] = s2[rows, cols]
+    codes = (sb[:, :, None] > vals[:, None, :3]).sum(axis=2).astype(np.uint8)
+    q = codes.reshape(-1, 16, 4)
+    r_small = np.zeros((len(sb), 20), np.uint8)
+    r_small[:, :16] = q[..., 0] | (q[..., 1] << 2) | (q[..., 2] << 4) | (q[..., 3] << 6)
+    r_small[:, 16:] = vals
+    rec[small] = r_small
+    ri = np.arange(int((~small).sum()))
+    esc = np.zeros((len(ri), 20), np.uint8)
+    esc[:, 16], esc[:, 17], esc[:, 18], esc[:, 19] = 255, ri >> 16, ri & 255, (ri >> 8) & 255
+    rec[~small] = esc
+    raw = np.ascontiguousarray(bb[~small], np.uint8).reshape(-1, 64)
+    # one buffer: header, top, pairs, masks (8-aligned), records
+    m_off = -(-(_PAIRS + 4 * len(pairs)) // 8) * 8
+    r_off = m_off + 8 * len(masks)
+    top[:, 1] = r_off + 20 * top[:, 1]
+    recs = np.zeros(r_off + rec.size, np.uint8)
+    recs[:12].view("<u4")[:] = (len(pairs), len(masks), m_off)
+    recs[_HDR:_PAIRS].view("<u4")[:] = top.reshape(-1)
+    recs[_PAIRS:_PAIRS + 4 * len(pairs)].view("<u4")[:] = pairs
+    recs[m_off:r_off].view("<u8")[:] = masks
+    recs[r_off:] = rec.reshape(-1)
+    ctype = np.uint8 if lim == 128 else np.uint16
+    return out.astype(ctype), recs, raw, int(len(amb))
 
 
 # --------------------------------------------------------------------------- lookup kernels
-_THREAD_MIN_PIXELS = 1 << 20
+_THREAD_MIN_PIXELS = 1 << 18
+_CHUNK = 1 << 17       # pixels per chunk handed to a thread (a multiple of 64)
+_BLOCK = 4096        # pixels per kernel block (a multiple of 64; its index buffers stay in L1)
 #: threads used by :meth:`NearestMapper.map` when not given (None = one per CPU core)
 DEFAULT_THREADS: Optional[int] = None
 _POOLS: dict[int, "object"] = {}
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):                            # pragma: no cover
+        return os.cpu_count() or 1
 
 
 def _thread_pool(n: int):
@@ -330,10 +422,25 @@ def _thread_pool(n: int):
 
 _numba_kernel = None
 _numba_failed = False
+# integer types of the jitted kernels (module globals, not closure variables, so that numba's
+# on-disk cache of the kernels is reused by the next process)
+_U, _u32, _u8 = np.uint64, np.uint32, np.uint8
+_index3 = _index4 = _ctz = None
+# trailing-zero count by multiplication (fallback if numba lacks its cttz intrinsic)
+_DEBRUIJN = np.zeros(64, np.uint8)
+for _i in range(64):
+    _DEBRUIJN[((1 << _i) * 0x03F79D71B4CB0A89 % (1 << 64)) >> 58] = _i
+del _i
 
 
 def _get_numba_kernel():
-    global _numba_kernel, _numba_failed
+    """The numba lookup kernel (None without numba).
+
+    ``kernel(flat, nch, coarse, recs, raw, n_rec, out)`` maps the pixels of the flat uint8
+    buffer ``flat`` (``nch`` = 3 or 4 bytes a pixel); ``kernel.lookup(r, g, b, coarse, recs,
+    raw, n_rec)`` is the scalar version for other numba code (error diffusion).
+    """
+    global _numba_kernel, _numba_failed, _index3, _index4, _ctz
     if _numba_kernel is not None or _numba_failed:
         return _numba_kernel
     try:
@@ -341,39 +448,173 @@ def _get_numba_kernel():
     except Exception:                                            # pragma: no cover
         _numba_failed = True
         return None
+    try:
+        from numba.cpython.unsafe.numbers import trailing_zeros as _ctz   # LLVM cttz
+    except ImportError:                                          # pragma: no cover
+        @nb.njit(inline="always")
+        def _ctz(x):
+            return _U(_DEBRUIJN[((x & (~x + _U(1))) * _U(0x03F79D71B4CB0A89)) >> _U(58)])
 
-    @nb.njit(inline="always", boundscheck=False, nogil=True)
+    @nb.njit(boundscheck=False, nogil=True)
+    def _rd(recs, o, nbytes):                                    # pragma: no cover (jitted)
+        v = _U(0)
+        for i in range(nbytes):
+            v |= _U(recs[o + _U(i)]) << _U(8 * i)
+        return v
+
+    @nb.njit(boundscheck=False, nogil=True)
     def lookup(r, g, b, coarse, recs, raw, n_rec):               # pragma: no cover (jitted)
-        v = np.uint32(coarse[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)])
-        if v < 256:
-            return np.uint8(v)
+        """Exact answer for one colour (r, g, b: uint32 in 0..255)."""
+        lim = _u32(128) if coarse.itemsize == 1 else _u32(256)
+        cell = ((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)
+        v = _u32(coarse[cell])
+        if v < lim:
+            return _u8(v)
         off = ((r & 3) << 4) | ((g & 3) << 2) | (b & 3)
-        k = v - np.uint32(256)
-        if k >= n_rec:
-            return raw[(((k - n_rec) << 6) | off)]
-        rec = k * np.uint32(20)
-        code = (np.uint32(recs[rec + (off >> 2)]) >> ((off & 3) << 1)) & np.uint32(3)
-        return recs[rec + np.uint32(16) + code]
+        L = v - lim
+        blk = _U(_HDR) + (_U(cell >> 6) << _U(3))
+        if L < _u32(64):
+            en = _rd(recs, _U(_PAIRS) + _U(4) * (_rd(recs, blk, 4) + _U(L)), 4)
+            mask = _rd(recs, _rd(recs, _U(8), 4) + _U(8) * (en >> _U(16)), 8)
+            return _u8(en >> (((mask >> _U(off)) & _U(1)) << _U(3)))
+        o = _rd(recs, blk + _U(4), 4) + _U(L - _u32(64)) * _U(20)
+        if recs[o + _U(16)] > recs[o + _U(17)]:
+            ri = (_U(recs[o + _U(17)]) << _U(16)) | (_U(recs[o + _U(19)]) << _U(8)) | _U(recs[o + _U(18)])
+            return raw[(ri << _U(6)) | _U(off)]
+        code = (_u32(recs[o + _U(off >> 2)]) >> ((off & _u32(3)) << 1)) & _u32(3)
+        return recs[o + _U(16) + _U(code)]
 
-    # Serial kernels with a constant pixel stride: LLVM keeps them tight (a prange version
-    # measured 2-4x slower here).  Large images are split over threads by the caller.
-    @nb.njit(cache=True, boundscheck=False, nogil=True)
-    def kernel3(flat, coarse, recs, raw, n_rec, out):            # pragma: no cover (jitted)
-        for i in range(out.shape[0]):
-            out[i] = lookup(np.uint32(flat[3 * i]), np.uint32(flat[3 * i + 1]),
-                            np.uint32(flat[3 * i + 2]), coarse, recs, raw, n_rec)
+    # Both kernels work on blocks of pixels.  The cell of each pixel of a block (uint32) and
+    # its offset in the cell (uint8) are computed first, in a loop LLVM vectorises (3 or 4
+    # byte stride).  All indices are unsigned: no wrap-around code for negative indices.
+    @nb.njit(boundscheck=False, nogil=True, inline="always")
+    def _index3(flat, s, e, tc, to):                             # pragma: no cover (jitted)
+        base = _U(3) * _U(s)
+        for j in range(e - s):
+            p = base + _U(3) * _U(j)
+            r, g, b = _u32(flat[p]), _u32(flat[p + _U(1)]), _u32(flat[p + _U(2)])
+            tc[_U(j)] = ((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)
+            to[_U(j)] = _u8(((r & _u32(3)) << 4) | ((g & _u32(3)) << 2) | (b & _u32(3)))
+
+    @nb.njit(boundscheck=False, nogil=True, inline="always")
+    def _index4(flat, s, e, tc, to):                             # pragma: no cover (jitted)
+        base = _U(4) * _U(s)
+        for j in range(e - s):
+            p = base + _U(4) * _U(j)
+            r, g, b = _u32(flat[p]), _u32(flat[p + _U(1)]), _u32(flat[p + _U(2)])
+            tc[_U(j)] = ((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)
+            to[_U(j)] = _u8(((r & _u32(3)) << 4) | ((g & _u32(3)) << 2) | (b & _u32(3)))
 
     @nb.njit(cache=True, boundscheck=False, nogil=True)
-    def kernel4(flat, coarse, recs, raw, n_rec, out):            # pragma: no cover (jitted)
-        for i in range(out.shape[0]):
-            out[i] = lookup(np.uint32(flat[4 * i]), np.uint32(flat[4 * i + 1]),
-                            np.uint32(flat[4 * i + 2]), coarse, recs, raw, n_rec)
+    def kernel_u8(flat, nch, coarse, recs, top, pairs, masks, raw, out, tc, to):  # pragma: no cover
+        """uint8 coarse table (answers < 128, mixed cells >= 128).  Per 64 pixels: one
+        branch-free pass reads the coarse byte of each pixel and stores them 8 at a time as
+        one uint64 while gathering the high bits into a 64-bit mask of the mixed pixels;
+        then only those are resolved from the records, found by counting trailing zeros."""
+        n = out.shape[0]
+        n64 = n - n % 64
+        o64 = out[:n64].view(np.uint64)
+        B = tc.shape[0]
+        for s in range(0, n64, B):
+            e = min(n64, s + B)
+            if nch == 3:
+                _index3(flat, s, e, tc, to)
+            else:
+                _index4(flat, s, e, tc, to)
+            ob = _U(s)
+            w0 = _U(s >> 3)
+            for G in range((e - s) >> 6):
+                mk = _U(0)
+                for k in range(8):
+                    b = _U(64 * G + 8 * k)
+                    w = _U(coarse[tc[b]]) | (_U(coarse[tc[b + _U(1)]]) << _U(8)) \
+                        | (_U(coarse[tc[b + _U(2)]]) << _U(16)) | (_U(coarse[tc[b + _U(3)]]) << _U(24)) \
+                        | (_U(coarse[tc[b + _U(4)]]) << _U(32)) | (_U(coarse[tc[b + _U(5)]]) << _U(40)) \
+                        | (_U(coarse[tc[b + _U(6)]]) << _U(48)) | (_U(coarse[tc[b + _U(7)]]) << _U(56))
+                    o64[w0 + _U(8 * G + k)] = w
+                    # the 8 high bits (mixed-cell flags) of w, gathered into one byte
+                    mk |= (((w & _U(0x8080808080808080)) * _U(0x0002040810204081)) >> _U(56)) \
+                        << _U(8 * k)
+                while mk:
+                    j = _U(64 * G) + _U(_ctz(mk))
+                    mk &= mk - _U(1)
+                    off = _u32(to[j])
+                    L = _u32(out[ob + j]) - _u32(128)
+                    blk = _U(tc[j] >> 6) << _U(1)
+                    if L < _u32(64):
+                        en = pairs[_U(top[blk]) + _U(L)]
+                        bit = (masks[_U(en >> 16)] >> _U(off)) & _U(1)
+                        out[ob + j] = _u8(en >> (_u32(bit) << 3))
+                    else:
+                        o = _U(top[blk + _U(1)]) + _U(L - _u32(64)) * _U(20)
+                        if recs[o + _U(16)] > recs[o + _U(17)]:
+                            ri = (_U(recs[o + _U(17)]) << _U(16)) | (_U(recs[o + _U(19)]) << _U(8)) \
+                                | _U(recs[o + _U(18)])
+                            out[ob + j] = raw[(ri << _U(6)) | _U(off)]
+                        else:
+                            code = (_u32(recs[o + _U(off >> 2)]) >> ((off & _u32(3)) << 1)) & _u32(3)
+                            out[ob + j] = recs[o + _U(16) + _U(code)]
+        return n64
+
+    @nb.njit(cache=True, boundscheck=False, nogil=True)
+    def kernel_any(flat, nch, coarse, recs, top, pairs, masks, raw, out, tc, to, mix):  # pragma: no cover
+        """Any coarse table (uint16 too): one branch-free loop writes the coarse answer of
+        every pixel and appends the position of each pixel of a mixed cell to a list, then
+        those are resolved from the records."""
+        lim = _u32(128) if coarse.itemsize == 1 else _u32(256)
+        n = out.shape[0]
+        B = tc.shape[0]
+        for s in range(0, n, B):
+            e = min(n, s + B)
+            if nch == 3:
+                _index3(flat, s, e, tc, to)
+            else:
+                _index4(flat, s, e, tc, to)
+            ob = _U(s)
+            nm = _U(0)
+            for j in range(e - s):
+                jj = _U(j)
+                v = _u32(coarse[tc[jj]])
+                out[ob + jj] = _u8(v)
+                mix[nm] = _u32(j)
+                nm += _U(v >= lim)
+            for q in range(nm):
+                j = _U(mix[_U(q)])
+                cell = tc[j]
+                off = _u32(to[j])
+                L = _u32(coarse[cell]) - lim
+                blk = _U(cell >> 6) << _U(1)
+                if L < _u32(64):
+                    en = pairs[_U(top[blk]) + _U(L)]
+                    bit = (masks[_U(en >> 16)] >> _U(off)) & _U(1)
+                    out[ob + j] = _u8(en >> (_u32(bit) << 3))
+                else:
+                    o = _U(top[blk + _U(1)]) + _U(L - _u32(64)) * _U(20)
+                    if recs[o + _U(16)] > recs[o + _U(17)]:
+                        ri = (_U(recs[o + _U(17)]) << _U(16)) | (_U(recs[o + _U(19)]) << _U(8)) \
+                            | _U(recs[o + _U(18)])
+                        out[ob + j] = raw[(ri << _U(6)) | _U(off)]
+                    else:
+                        code = (_u32(recs[o + _U(off >> 2)]) >> ((off & _u32(3)) << 1)) & _u32(3)
+                        out[ob + j] = recs[o + _U(16) + _U(code)]
 
     def kernel(flat, nch, coarse, recs, raw, n_rec, out):
-        (kernel3 if nch == 3 else kernel4)(flat, coarse, recs, raw, np.uint32(n_rec), out)
+        top, pairs, masks = _recs_views(recs)
+        if not len(pairs):
+            pairs, masks = np.zeros(1, np.uint32), np.zeros(1, np.uint64)
+        rawf = raw.reshape(-1) if raw.size else np.zeros(64, np.uint8)
+        n = out.shape[0]
+        done = 0
+        if coarse.dtype == np.uint8 and n >= 64:
+            B = min(_BLOCK, n - n % 64)
+            done = kernel_u8(flat, nch, coarse, recs, top, pairs, masks, rawf, out,
+                             np.empty(B, np.uint32), np.empty(B, np.uint8))
+        if done < n:                                 # uint16 table, or the last < 64 pixels
+            B = min(_BLOCK, n - done)
+            kernel_any(flat[done * nch:], nch, coarse, recs, top, pairs, masks, rawf, out[done:],
+                       np.empty(B, np.uint32), np.empty(B, np.uint8), np.empty(B, np.uint32))
 
     kernel.lookup = lookup
-
     _numba_kernel = kernel
     return kernel
 
@@ -432,8 +673,12 @@ class NearestMapper:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     coarse, recs, raw, n_rec = z["coarse"], z["recs"], z["raw"], int(z["n_rec"])
-                if (coarse.shape == (64 ** 3,) and raw.ndim == 2 and raw.shape[1] == 64
-                        and recs.size == n_rec * _REC and int(coarse.max()) < 256 + n_rec + len(raw)):
+                lim = 128 if coarse.dtype == np.uint8 else 256
+                if (coarse.shape == (64 ** 3,) and coarse.dtype in (np.uint8, np.uint16)
+                        and recs.dtype == np.uint8 and recs.ndim == 1 and recs.size >= _PAIRS
+                        and _recs_ok(recs)
+                        and raw.dtype == np.uint8 and raw.ndim == 2 and raw.shape[1] == 64
+                        and int(coarse.max()) < lim + 2 * _SPLIT):
                     self.coarse, self.recs, self.raw, self.n_rec = coarse, recs, raw, n_rec
                     return
             except Exception as e:                                # corrupt cache: rebuild
@@ -471,16 +716,30 @@ class NearestMapper:
 
     def _decode(self, r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Vectorised table lookup (numpy), broadcasting r, g, b (int arrays)."""
-        recs = self.recs.reshape(-1, _REC) if self.n_rec else np.zeros((1, _REC), np.uint8)
+        lim = 128 if self.coarse.dtype == np.uint8 else 256
+        recs = self.recs
+        top, pairs, masks = _recs_views(recs)
+        top = top.astype(np.int64).reshape(4096, 2)
+        pairs = pairs.astype(np.int64) if len(pairs) else np.zeros(1, np.int64)
+        masks = masks.astype(np.uint64) if len(masks) else np.zeros(1, np.uint64)
         raw = self.raw if len(self.raw) else np.zeros((1, 64), np.uint8)
-        v = self.coarse[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)].astype(np.int64)
+        r, g, b = (np.asarray(x, np.int64) for x in (r, g, b))
+        cell = ((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)
+        v = self.coarse[cell].astype(np.int64)
         off = ((r & 3) << 4) | ((g & 3) << 2) | (b & 3)
-        k = v - 256
-        kr = np.clip(k, 0, len(recs) - 1)
-        code = (recs[kr, off >> 2].astype(np.int64) >> ((off & 3) * 2)) & 3
-        from_rec = recs[kr, 16 + code]
-        from_raw = raw[np.clip(k - self.n_rec, 0, len(raw) - 1), off]
-        return np.where(v < 256, v, np.where(k < self.n_rec, from_rec, from_raw)).astype(np.uint8)
+        L = v - lim
+        blk = _cell_block(cell)
+        en = pairs[np.clip(top[blk, 0] + L, 0, len(pairs) - 1)]
+        bit = ((masks[en >> 16] >> off.astype(np.uint64)) & np.uint64(1)).astype(np.int64)
+        two = (en >> (8 * bit)) & 255
+        oo = np.clip(top[blk, 1] + 20 * (L - _SPLIT), 0, len(recs) - 20)
+        v16, v17 = recs[oo + 16], recs[oo + 17]
+        code = (recs[oo + (off >> 2)].astype(np.int64) >> ((off & 3) * 2)) & 3
+        four = recs[oo + 16 + code]
+        ri = (v17.astype(np.int64) << 16) | (recs[oo + 19].astype(np.int64) << 8) | recs[oo + 18]
+        esc = raw[np.clip(ri, 0, len(raw) - 1), off]
+        other = np.where(v16 > v17, esc, four)
+        return np.where(v < lim, v, np.where(L < _SPLIT, two, other)).astype(np.uint8)
 
     # ------------------------------------------------------------------ mapping
     def map(self, rgb: np.ndarray, *, use_numba: bool = True, threads: Optional[int] = None) -> np.ndarray:
@@ -490,7 +749,7 @@ class NearestMapper:
         ----------
         rgb : ndarray, shape (..., C), uint8, C = 3 or 4 (alpha ignored)
         threads : int, optional
-            Threads for inputs of >= 1 MP (default: one per CPU core); 1 = single-threaded.
+            Threads for inputs of >= 256 K pixels (default: one per CPU core); 1 = single-threaded.
 
         Returns
         -------
@@ -503,25 +762,34 @@ class NearestMapper:
         nch = a.shape[-1]
         if self.metric == "ciede2000":
             return self._map_unique(a.reshape(-1, nch)[:, :3]).reshape(shape)
-        flat = np.ascontiguousarray(a).reshape(-1)
+        flat = np.ascontiguousarray(a).reshape(-1)        # a view for contiguous input
         out = np.empty(flat.size // nch, np.uint8)
         kern = _get_numba_kernel() if use_numba else None
         if kern is not None and out.size:
-            raw = self.raw.reshape(-1)
             if threads is None:
-                threads = DEFAULT_THREADS if DEFAULT_THREADS is not None else (os.cpu_count() or 1)
-            nthreads = min(max(1, threads), 8)
-            if nthreads > 1 and out.size >= _THREAD_MIN_PIXELS:
-                # the kernel releases the GIL: split the pixels between threads
-                bounds = np.linspace(0, out.size, nthreads + 1).astype(np.int64)
-                pool = _thread_pool(nthreads)
-                futs = [pool.submit(kern, flat[a * nch:b * nch], nch, self.coarse, self.recs, raw,
-                                    self.n_rec, out[a:b])
-                        for a, b in zip(bounds[:-1], bounds[1:])]
+                threads = DEFAULT_THREADS if DEFAULT_THREADS is not None else _cpu_count()
+            nthreads = min(max(1, threads), 8) if out.size >= _THREAD_MIN_PIXELS else 1
+            if nthreads > 1:
+                # the kernel releases the GIL.  Chunks are handed out on demand, this thread
+                # working too: a core that is slow or busy (shared machine) takes fewer.
+                nchunk = -(-out.size // _CHUNK)
+                take = itertools.count()
+
+                def work() -> None:
+                    for i in take:
+                        if i >= nchunk:
+                            return
+                        a, b = i * _CHUNK, min(out.size, (i + 1) * _CHUNK)
+                        kern(flat[a * nch:b * nch], nch, self.coarse, self.recs, self.raw,
+                             self.n_rec, out[a:b])
+
+                pool = _thread_pool(nthreads - 1)
+                futs = [pool.submit(work) for _ in range(min(nthreads, nchunk) - 1)]
+                work()
                 for f in futs:
                     f.result()
             else:
-                kern(flat, nch, self.coarse, self.recs, raw, self.n_rec, out)
+                kern(flat, nch, self.coarse, self.recs, self.raw, self.n_rec, out)
         elif out.size:
             px = flat.reshape(-1, nch)
             p = (px[:, 0].astype(np.uint32) << 16) | (px[:, 1].astype(np.uint32) << 8) | px[:, 2]

@@ -149,6 +149,56 @@ def test_lab_mapper_full_table_equals_kernel(nes_mapper, rng):
     assert np.array_equal(m.map(x, use_numba=False), m.map(x))
 
 
+def test_lab_kernel_whole_cube_equals_table_rgb_rgba_threads(nes_mapper):
+    """The numba kernel on all 2^24 colours (RGB and RGBA input, one or two threads) equals
+    the numpy decoding of the table (itself checked against brute force in the slow test)."""
+    _, m = nes_mapper
+    full = m.full_table()
+    p = np.arange(1 << 24, dtype=np.uint32)
+    rgba = np.stack([(p >> 16).astype(np.uint8), (p >> 8).astype(np.uint8), p.astype(np.uint8),
+                     np.full(p.shape, 7, np.uint8)], -1)
+    assert np.array_equal(m.map(rgba, threads=1), full)
+    assert np.array_equal(m.map(rgba, threads=2), full)
+    rgb = np.ascontiguousarray(rgba[:, :3])
+    assert np.array_equal(m.map(rgb, threads=2), full)
+    assert np.array_equal(m.map(rgba[:, :3]), full)          # non-contiguous input
+
+
+def test_wide_palette_uint16_table_and_escape_records(tmp_path, monkeypatch, rng):
+    """A 256-colour palette: direct answers >= 128 need the uint16 coarse table, and the dense
+    palette leaves many cells with > 4 distinct answers (escape records to raw blocks).
+    Kernel, numpy decoding and the scalar lookup used by error diffusion are all exact."""
+    import numba as nb
+
+    from palettes.nearest import _get_numba_kernel
+
+    monkeypatch.setenv("TILEGAN_CACHE", str(tmp_path))
+    cols = np.random.default_rng(11).integers(0, 256, (256, 3)).astype(np.uint8)
+    m = NearestMapper(cols)
+    assert m.coarse.dtype == np.uint16 and len(m.raw) > 0
+    x = np.concatenate([rng.integers(0, 256, (60_000, 3)),
+                        np.clip((cols[rng.integers(0, 256, 30_000)].astype(int)
+                                 + cols[rng.integers(0, 256, 30_000)]) // 2
+                                + rng.integers(-2, 3, (30_000, 3)), 0, 255)]).astype(np.uint8)
+    ref = nearest_bruteforce(x, cols)
+    assert np.array_equal(m.map(x), ref)
+    assert np.array_equal(m.map(x, use_numba=False), ref)
+    lookup = _get_numba_kernel().lookup
+
+    @nb.njit
+    def scalar(px, coarse, recs, raw, n_rec):
+        out = np.empty(len(px), np.uint8)
+        for i in range(len(px)):
+            out[i] = lookup(np.uint32(px[i, 0]), np.uint32(px[i, 1]), np.uint32(px[i, 2]),
+                            coarse, recs, raw, n_rec)
+        return out
+
+    assert np.array_equal(scalar(x, m.coarse, m.recs, m.raw.reshape(-1), np.uint32(m.n_rec)), ref)
+    # reloaded from the disk cache: same tables
+    m2 = NearestMapper(cols)
+    assert np.array_equal(m2.coarse, m.coarse) and np.array_equal(m2.recs, m.recs)
+
+
 def test_rgb_table_exact_and_reloaded_from_disk_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TILEGAN_CACHE", str(tmp_path))
     pal = get_palette("pico8")
