@@ -95,6 +95,9 @@ def worker_ours(train_npy: Path, out: Path, minutes: float, n_out: int, seed: in
     G, _ = load_generator(out / "ckpt.pt", use_ema=True)
     z = torch.randn(n_out, G.cfg.nz, generator=torch.Generator().manual_seed(seed + 99))
     np.save(out / "samples.npy", generate(G, z, batch=64))
+    if overrides.get("ema", 0.999):                       # same run, raw weights: EMA's effect
+        G_raw, _ = load_generator(out / "ckpt.pt", use_ema=False)
+        np.save(out / "samples_raw.npy", generate(G_raw, z, batch=64))
     return {"steps": s["steps"], "seconds": s["train_seconds"], "img_per_s": s["img_per_s"]}
 
 
@@ -184,8 +187,14 @@ def main() -> None:
         rows.append((name, swd(fake, hold, seed=args.seed)["swd"], info["steps"],
                      round(info["img_per_s"], 1), *nes_colour_shares(fake, work / f"q_{name}"),
                      share_over(colours_per_tile(fake), 4)))
-    print(f"\n| config | SWD (lower is better) | steps | img/s | tiles > 4 NES colours "
-          f"(nearest) | tiles > 4 (quantize default) | tiles > 4 raw |")
+        if (work / name / "samples_raw.npy").exists():
+            raw = np.load(work / name / "samples_raw.npy")
+            rows.append((f"{name}, raw G (no EMA)", swd(raw, hold, seed=args.seed)["swd"],
+                         info["steps"], round(info["img_per_s"], 1),
+                         *nes_colour_shares(raw, work / f"q_{name}_raw"),
+                         share_over(colours_per_tile(raw), 4)))
+    print("\n| config | SWD (lower is better) | steps | img/s | tiles > 4 NES colours "
+          "(nearest) | tiles > 4 (quantize default) | tiles > 4 raw |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:.1f} | {r[2]} | {r[3]} | {r[4]:.0%} | {r[5]:.0%} | {r[6]:.0%} |")

@@ -221,11 +221,9 @@ def _build_tables_numba(colours: np.ndarray, allowed: np.ndarray,
 def _build_tables(colours: np.ndarray, allowed: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Build (coarse, fine) for metric "lab" or "rgb"; see the module docstring."""
     P = _space(colours[allowed], metric)                         # (n, 3)
-    n = len(allowed)
     coarse = np.empty(64 ** 3, np.int64)
     fine_blocks: list[np.ndarray] = []
     nfine = 0
-    offs = np.arange(4)
     for s0 in range(0, 64, _SLAB):
         rvals = np.arange(s0 * 4, (s0 + _SLAB) * 4)
         if metric == "rgb":

@@ -39,6 +39,10 @@ class GANConfig:
         Base widths of the generator and discriminator (the widest layer is 8× this).
     spectral_norm : bool
         Spectral normalisation on every discriminator conv (and no batch norm in D).
+    upsample : str
+        How the generator doubles its maps: ``deconv`` (DCGAN's 4×4 stride-2 transposed
+        convolution) or ``nearest`` (nearest-neighbour ×2 then a 3×3 convolution, which cannot
+        produce the checkerboard pattern of uneven transposed-conv overlap).
     """
 
     height: int = 64
@@ -48,6 +52,7 @@ class GANConfig:
     ngf: int = 32
     ndf: int = 32
     spectral_norm: bool = True
+    upsample: str = "deconv"
 
     @property
     def n_up(self) -> int:
@@ -69,6 +74,8 @@ class GANConfig:
         for name in ("height", "width", "nz", "ngf", "ndf"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.upsample not in ("deconv", "nearest"):
+            raise ValueError(f"upsample must be deconv or nearest, got {self.upsample!r}")
         if self.channels not in (3, 4):
             raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels}")
         if self.n_up < 2 or max(self.base) > 4 * min(self.base):
@@ -89,6 +96,13 @@ def _mult(i: int, n: int) -> int:
     return min(8, 2 ** (n - 1 - i))
 
 
+def _up(kind: str, cin: int, cout: int) -> list[nn.Module]:
+    """Layers that double the spatial size: cin × s × s -> cout × 2s × 2s (no bias)."""
+    if kind == "nearest":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)]
+    return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)]
+
+
 class Generator(nn.Module):
     """Noise (B, nz, 1, 1) float -> image (B, C, H, W) float in [-1, 1] (tanh)."""
 
@@ -106,12 +120,11 @@ class Generator(nn.Module):
         ]
         for i in range(1, n):
             # (ngf*m_{i-1}) × s × s -> (ngf*m_i) × 2s × 2s
-            layers += [nn.ConvTranspose2d(g * _mult(i - 1, n), g * _mult(i, n), 4, 2, 1, bias=False),
+            layers += [*_up(cfg.upsample, g * _mult(i - 1, n), g * _mult(i, n)),
                        nn.BatchNorm2d(g * _mult(i, n)),
                        nn.ReLU(True)]
         # ngf × (H/2) × (W/2) -> C × H × W
-        layers += [nn.ConvTranspose2d(g * _mult(n - 1, n), cfg.channels, 4, 2, 1, bias=False),
-                   nn.Tanh()]
+        layers += [*_up(cfg.upsample, g * _mult(n - 1, n), cfg.channels), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         init_weights(self)
 

@@ -5,6 +5,7 @@
   random neighbourhoods per image and level, each set normalised per channel by its own mean
   and std, 4 × 128 random unit directions, distances ×1e3, averaged over levels.  Lower is
   better; two disjoint halves of the same real corpus give the "floor".
+* :func:`crispness` — the same after nearest-NES-colour mapping, as reported by ``train``.
 * :func:`colours_per_tile` — distinct colours in every grid-aligned 16×16 tile; NES tiles use at
   most 4 (3 + the shared background), so the share of tiles above 4 measures crispness.
 """
@@ -152,31 +153,28 @@ def share_over(counts: np.ndarray, limit: int = 4) -> float:
     return float(np.mean(counts > limit)) if len(counts) else 0.0
 
 
-def quantize_nearest(images: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Map every RGB pixel to the nearest palette colour (squared RGB distance).
+def crispness(images: np.ndarray, *, tile: int = 16) -> dict:
+    """Colours per ``tile``×``tile`` tile after mapping every pixel to its nearest NES colour.
 
-    A plain stand-in for the quantize stage, used only to count colours per tile of raw GAN
-    output the way a level designer would see it.
+    The mapping is the quantize stage's exact CIELAB nearest colour on the default NES palette
+    with no clean-up, so the figures say how speckled raw samples look to a level designer.
 
     Parameters
     ----------
-    images : ndarray, shape (N, H, W, C), uint8
-    palette : ndarray, shape (K, 3), uint8
+    images : ndarray, shape (N, H, W, C), uint8 (alpha ignored)
 
     Returns
     -------
-    ndarray, same shape and dtype as ``images`` (alpha kept).
+    dict: ``colours_per_tile`` (mean) and ``tiles_over_4`` (share of tiles with > 4 colours).
     """
-    pal = palette.astype(np.int32)
-    flat = images[..., :3].reshape(-1, 3).astype(np.int32)
-    out = np.empty_like(flat)
-    for i in range(0, len(flat), 65536):
-        chunk = flat[i:i + 65536]
-        d = ((chunk[:, None, :] - pal[None]) ** 2).sum(-1)
-        out[i:i + 65536] = pal[d.argmin(1)]
-    res = images.copy()
-    res[..., :3] = out.reshape(images.shape[:-1] + (3,)).astype(np.uint8)
-    return res
+    from palettes.io import get_palette
+    from palettes.nearest import get_mapper
+
+    pal = get_palette(None)
+    idx = get_mapper(pal.colours, pal.usable()).map(np.ascontiguousarray(images[..., :3]))
+    counts = colours_per_tile(idx[..., None], tile=tile)
+    return {"colours_per_tile": round(float(counts.mean()), 2) if len(counts) else 0.0,
+            "tiles_over_4": round(share_over(counts, 4), 4)}
 
 
 def sample_swd_reference(patches: np.ndarray, *, holdout: float, seed: int,

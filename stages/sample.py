@@ -47,8 +47,6 @@ def load_generator(path: Path, *, use_ema: bool = True, device: Any = "cpu") -> 
     -------
     (Generator in eval mode on ``device``, checkpoint metadata dict with step/config/weights)
     """
-    import torch
-
     from stages._gan import GANConfig, Generator
     from stages._checkpoint import load_checkpoint
 

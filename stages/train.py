@@ -72,6 +72,8 @@ class Params:
     ndf: int = param(32, help="Discriminator base width (widest layer = 8×).")
     loss: str = param("hinge", help="GAN loss: hinge or bce (classic non-saturating DCGAN).")
     spectral_norm: bool = param(True, help="Spectral norm on D's convs (instead of batch norm).")
+    upsample: str = param("deconv", help="Generator doubling: deconv (DCGAN transposed conv) or "
+                                         "nearest (nearest ×2 + 3×3 conv, no checkerboard).")
     diffaug: str = param("translation,cutout,color",
                          help="DiffAugment ops applied to everything D sees, comma separated "
                               "(translation, cutout, color); empty = off.")
@@ -124,6 +126,8 @@ def _validate(p: Params) -> None:
             raise ParamError(f"{name} must be at least 1, got {getattr(p, name)}")
     if p.loss not in ("hinge", "bce"):
         raise ParamError(f"loss must be 'hinge' or 'bce', got {p.loss!r}")
+    if p.upsample not in ("deconv", "nearest"):
+        raise ParamError(f"upsample must be 'deconv' or 'nearest', got {p.upsample!r}")
     if p.precision not in ("auto", "fp32", "bf16"):
         raise ParamError(f"precision must be 'auto', 'fp32' or 'bf16', got {p.precision!r}")
     if not (0.0 <= p.ema < 1.0):
@@ -611,12 +615,11 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     -------
     dict
         Summary: steps done, stop reason, final SWD and the real-vs-real floor, img/s, wall
-        time, patch counts, device, rollbacks, skipped inputs.
+        time, patch counts, device, rollbacks, skipped inputs, and ``crispness``: colours
+        per 16×16 tile after nearest-NES-colour mapping for the final samples and the
+        held-back real patches.
     """
     import torch
-
-    from stages._gan import ARCH_VERSION, GANConfig
-    from stages._metrics import sample_swd_reference, swd
 
     _validate(params)
     p = params
@@ -657,7 +660,7 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
     import torch
 
     from stages._gan import ARCH_VERSION, GANConfig
-    from stages._metrics import sample_swd_reference, swd
+    from stages._metrics import crispness, sample_swd_reference, swd
 
     patches, skipped = load_patches(list(inputs.get("patches") or []), size=p.size,
                                     channels=p.channels)
@@ -665,7 +668,7 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
     train = patches[train_idx]
     n = len(train)
     cfg = GANConfig(height=p.size, width=p.size, channels=patches.shape[-1], nz=p.nz, ngf=p.ngf,
-                    ndf=p.ndf, spectral_norm=p.spectral_norm)
+                    ndf=p.ndf, spectral_norm=p.spectral_norm, upsample=p.upsample)
     tr = Trainer(p, cfg, device, world=world, rank=rank)
     plain = _plain_params(p)
     config = {"params": plain, "gan": cfg.to_dict(), "arch_version": ARCH_VERSION,
@@ -725,10 +728,13 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
             cols = int(math.ceil(math.sqrt(len(grid_z))))
             save_png(out_dir / "grids" / f"step_{step:06d}.png", _tile_grid(tr.generate(grid_z), cols))
 
-    def eval_swd(step: int) -> Optional[float]:
+    def eval_swd(step: int, crisp: Optional[dict] = None) -> Optional[float]:
         if holdout is None or not main:
             return None
-        return round(swd(tr.generate(swd_z), holdout, seed=p.seed)["swd"], 3)
+        fake = tr.generate(swd_z)
+        if crisp is not None:                            # final: colours per tile as well
+            crisp.update(samples=crispness(fake), real=crispness(holdout))
+        return round(swd(fake, holdout, seed=p.seed)["swd"], 3)
 
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -800,8 +806,9 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
         rows.append({"step": step, "lossD": round(lossD, 5), "lossG": round(lossG, 5),
                      "ips": round(gb * (step - step_prev) / max(time.perf_counter() - t_prev, 1e-9), 1)})
     wall_train = elapsed0 + loop_seconds
+    crisp: dict = {}
     if p.swd_every >= 0:
-        last_swd = eval_swd(step)
+        last_swd = eval_swd(step, crisp)
         if last_swd is not None:
             if rows and rows[-1]["step"] == step and "lossD" in rows[-1]:
                 rows[-1]["swd"] = last_swd
@@ -816,6 +823,7 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
     summary = {
         "steps": int(step), "target_steps": int(p.steps), "stopped": reason,
         "resumed_from": resumed_from, "swd": last_swd, "swd_floor": swd_floor,
+        "crispness": crisp or None,
         "img_per_s": round(gb * done_steps / max(loop_seconds, 1e-9), 1),
         "train_seconds": round(wall_train, 1),
         "wall_seconds": round(time.perf_counter() - t_start, 1),

@@ -1,5 +1,4 @@
 """The whole DAG through the `pipeline` command on a tiny corpus: artifacts, cache, errors."""
-import json
 import os
 import shutil
 import subprocess

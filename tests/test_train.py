@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +71,19 @@ def test_networks_map_noise_to_image_and_image_to_one_logit(size, channels):
     assert x.shape == (2, channels, size, size)
     assert float(x.detach().abs().max()) <= 1.0
     assert D(x).shape == (2,)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_nearest_upsampling_generator_builds_every_size(size):
+    cfg = GANConfig(height=size, width=size, nz=8, ngf=4, ndf=4, upsample="nearest")
+    G = Generator(cfg)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in G.main[3:])
+    assert G(torch.randn(2, 8)).shape == (2, 3, size, size)
+
+
+def test_unknown_upsampling_is_a_param_error(patches, tmp_path):
+    with pytest.raises(ParamError, match="upsample"):
+        train.run({"patches": [patches]}, tiny(upsample="bilinear"), tmp_path)
 
 
 def test_non_square_screen_size_builds():
@@ -163,6 +174,28 @@ def test_patches_smaller_than_size_name_the_file(tmp_path):
 
 
 # ------------------------------------------------------------------ one run
+def test_summary_reports_swd_floor_and_colours_per_tile(tmp_path):
+    p = make_patches(tmp_path / "p.npy", n=200)                  # 20 held back for SWD
+    out = tmp_path / "out"
+    out.mkdir()
+    s = train.run({"patches": [p]}, tiny(steps=1), out)
+    assert s["n_holdout"] == 20 and s["swd"] > 0 and s["swd_floor"] > 0
+    real, fake = s["crispness"]["real"], s["crispness"]["samples"]
+    # two flat colours per patch: at most 2 NES colours in every 16×16 tile
+    assert real["tiles_over_4"] == 0 and 1 <= real["colours_per_tile"] <= 2
+    assert set(fake) == {"colours_per_tile", "tiles_over_4"} and fake["colours_per_tile"] >= 1
+
+
+def test_crispness_tells_noise_from_flat_pixel_art():
+    from stages._metrics import crispness
+
+    noise = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    flat = np.zeros((4, 32, 32, 3), np.uint8)
+    flat[:, :, 16:] = (200, 40, 40)
+    assert crispness(noise)["tiles_over_4"] == 1.0 and crispness(noise)["colours_per_tile"] > 20
+    assert crispness(flat) == {"colours_per_tile": 1.0, "tiles_over_4": 0.0}
+
+
 def test_one_step_writes_every_artifact(patches, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -199,6 +232,17 @@ def test_checkpoint_loads_with_weights_only_and_restores_generator(patches, tmp_
     assert {"torch", "numpy", "python"} <= ck["rng"].keys()
     G = Generator(GANConfig.from_dict(ck["config"]["gan"]))
     G.load_state_dict(ck["G_ema"])
+    assert G(torch.randn(1, 16)).shape == (1, 3, 32, 32)
+
+
+def test_nearest_upsampling_run_restores_from_its_checkpoint(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    train.run({"patches": [patches]}, tiny(upsample="nearest"), out)
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ck["config"]["gan"]["upsample"] == "nearest"
+    G = Generator(GANConfig.from_dict(ck["config"]["gan"]))
+    G.load_state_dict(ck["G_ema"])                           # same layout as the trained one
     assert G(torch.randn(1, 16)).shape == (1, 3, 32, 32)
 
 
