@@ -351,6 +351,7 @@ class Trainer:
             self.G = self.G.to(memory_format=torch.channels_last)
             self.D = self.D.to(memory_format=torch.channels_last)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self._ema_bn_stale = True
         self.optG = torch.optim.Adam(self.G.parameters(), lr=p.lr_g, betas=tuple(p.betas))
         self.optD = torch.optim.Adam(self.D.parameters(), lr=p.lr_d, betas=tuple(p.betas))
         self.autocast, amp_dtype = _autocast(device, p.precision)
@@ -373,6 +374,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def state(self) -> dict:
+        self._calibrate_ema_bn()
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
                 "optG": self.optG.state_dict(), "optD": self.optD.state_dict(),
                 "lr_scale": float(self.lr_scale), "rollbacks": int(self.rollbacks)}
@@ -473,14 +475,43 @@ class Trainer:
 
         if self.p.ema <= 0:
             self.G_ema.load_state_dict(self.G.state_dict())
+            self._ema_bn_stale = True
             return
         d = min(self.p.ema, (1.0 + step) / (10.0 + step))
         with torch.no_grad():
             ep = list(self.G_ema.parameters())
             gp = [q.detach() for q in self.G.parameters()]
             torch._foreach_lerp_(ep, gp, 1.0 - d)
-            for eb, gb in zip(self.G_ema.buffers(), self.G.buffers()):
-                eb.copy_(gb)
+        self._ema_bn_stale = True
+
+    def _calibrate_ema_bn(self, n: int = 256, batch: int = 128) -> None:
+        """Give G_ema batch-norm statistics that match its own (averaged) weights.
+
+        The raw generator's running statistics describe the raw weights, not their average;
+        sampling the EMA with them washes colours out.  So, before G_ema is used or saved,
+        its statistics are re-estimated from ``n`` fixed noise vectors (a cumulative average
+        in train mode, then back to eval mode).  Deterministic: same weights, same statistics.
+        """
+        import torch
+
+        if not self._ema_bn_stale:
+            return
+        self._ema_bn_stale = False
+        bns = [m for m in self.G_ema.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        gen = torch.Generator().manual_seed(_step_seed(self.p.seed, 3, 0, 0, 0))
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None                            # cumulative moving average
+        self.G_ema.train()
+        with torch.no_grad():
+            for i in range(0, n, batch):
+                self.G_ema(torch.randn(min(batch, n - i), self.cfg.nz, 1, 1, generator=gen).to(self.device))
+        self.G_ema.eval()
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
 
     def params_finite(self) -> bool:
         import torch
@@ -494,6 +525,7 @@ class Trainer:
 
         from stages._gan import to_uint8
 
+        self._calibrate_ema_bn()
         out = []
         with torch.inference_mode():
             for i in range(0, len(z), batch):
