@@ -1,10 +1,10 @@
 """Sampling speed on one CPU core: ms per 64×64 image, ours vs a naive baseline.
 
-Ours = ``stages.sample.generate`` (eval mode, inference_mode, batched) on the default
-architecture (ngf 32).  Baseline = the same generator called one image at a time with autograd
+Ours = ``stages.sample.generate`` (eval mode, inference_mode, batched) on the train stage's
+default architecture (its ``ngf`` and ``upsample``; ``--ngf 32 --upsample deconv`` for others).  Baseline = the same generator called one image at a time with autograd
 on, the way a quick script usually samples.  The target (issue 3) is at most 5 ms per image.
 
-    python bench/bench_sample.py [--n 256] [--batch 64] [--ngf 32] [--repeats 7]
+    python bench/bench_sample.py [--n 256] [--batch 64] [--ngf N] [--upsample deconv|nearest] [--repeats 7]
 
 Last line: ``sample: ours=<ms/img> baseline=<ms/img> ratio=<baseline/ours>``.
 """
@@ -25,7 +25,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--ngf", type=int, default=32)
+    from stages.train import Params
+
+    ap.add_argument("--ngf", type=int, default=Params().ngf)
+    ap.add_argument("--upsample", default=Params().upsample)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
@@ -35,7 +38,8 @@ def main() -> None:
     from stages.sample import generate
 
     torch.manual_seed(0)
-    G = Generator(GANConfig(height=args.size, width=args.size, ngf=args.ngf)).eval()
+    G = Generator(GANConfig(height=args.size, width=args.size, ngf=args.ngf,
+                            upsample=args.upsample)).eval()
     z = torch.randn(args.n, 100)
 
     def ours() -> None:
@@ -56,7 +60,7 @@ def main() -> None:
         naive()
         t_naive.append((time.perf_counter() - t) * 1e3 / (args.n // 4))
     mo, mb = float(np.median(t_ours)), float(np.median(t_naive))
-    print(f"one thread, {args.size}x{args.size}, ngf {args.ngf}, batch {args.batch}: "
+    print(f"one thread, {args.size}x{args.size}, ngf {args.ngf} ({args.upsample}), batch {args.batch}: "
           f"ours {mo:.2f} ms/img (target <= 5), naive per-image {mb:.2f} ms/img")
     print(f"sample: ours={mo:.2f} baseline={mb:.2f} ratio={mb / mo:.2f}")
 

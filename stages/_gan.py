@@ -1,9 +1,12 @@
-"""DCGAN networks for tilegan: a transposed-conv generator and a strided-conv discriminator.
+"""DCGAN networks for tilegan: an upsampling generator and a strided-conv discriminator.
+
+The generator doubles its maps with DCGAN's transposed convolutions or (``upsample="nearest"``,
+the train stage's default) nearest-neighbour upsampling followed by a 3×3 convolution.
 
 The shapes follow the DCGAN family: the generator grows a ``nz``-dim noise vector from 4×4 to
 ``size``×``size`` by doubling, the discriminator halves its input down to 4×4 and ends in one
-logit.  Sizes 32, 64 and 128 are square powers of two; more generally ``(height, width)`` whose sides are
-any ``(height, width)`` pair of multiples of 16 is accepted through ``GANConfig.height/width``:
+logit.  Sizes 32, 64 and 128 are square powers of two; more generally any
+``(height, width)`` pair of multiples of 16 is accepted through ``GANConfig.height/width``:
 the first layer then starts from ``(h/2^k, w/2^k)`` instead of 4×4 (256×224 starts at 8×7),
 which is how whole non-square screens train on a GPU.
 

@@ -63,16 +63,16 @@ class Params:
     steps: int = param(3000, help="Training steps (one D and one G update each).")
     max_minutes: float = param(5.5, help="Wall-clock budget in minutes; training stops early at the "
                                          "budget and still writes the final checkpoint (0 = none).")
-    batch: int = param(64, help="Images per step per process.")
+    batch: int = param(16, help="Images per step per process.")
     lr_g: float = param(2e-4, help="Adam learning rate of the generator.")
     lr_d: float = param(2e-4, help="Adam learning rate of the discriminator.")
     betas: tuple = param((0.5, 0.999), help="Adam (beta1, beta2) for both networks.")
     nz: int = param(100, help="Length of the noise vector.")
-    ngf: int = param(32, help="Generator base width (widest layer = 8×).")
-    ndf: int = param(32, help="Discriminator base width (widest layer = 8×).")
+    ngf: int = param(16, help="Generator base width (widest layer = 8×).")
+    ndf: int = param(16, help="Discriminator base width (widest layer = 8×).")
     loss: str = param("hinge", help="GAN loss: hinge or bce (classic non-saturating DCGAN).")
     spectral_norm: bool = param(True, help="Spectral norm on D's convs (instead of batch norm).")
-    upsample: str = param("deconv", help="Generator doubling: deconv (DCGAN transposed conv) or "
+    upsample: str = param("nearest", help="Generator doubling: deconv (DCGAN transposed conv) or "
                                          "nearest (nearest ×2 + 3×3 conv, no checkerboard).")
     diffaug: str = param("translation,cutout,color",
                          help="DiffAugment ops applied to everything D sees, comma separated "

@@ -222,6 +222,32 @@ def test_rgba_training_keeps_four_channels(tmp_path):
         assert im.mode == "RGBA"
 
 
+def test_ema_generator_gets_batch_norm_statistics_of_its_own_weights():
+    p = tiny(ema=0.9)
+    cfg = GANConfig(height=32, width=32, nz=16, ngf=8, ndf=8)
+    tr = train.Trainer(p, cfg, torch.device("cpu"))
+    real = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    for step in range(3):
+        tr.step(step, real)
+    g_mean = [m.running_mean.clone() for m in tr.G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    tr._calibrate_ema_bn(n=64, batch=64)
+    bn = [m for m in tr.G_ema.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # the raw generator keeps its own statistics; the EMA's differ from them
+    assert all(torch.equal(a, m.running_mean) for a, m in
+               zip(g_mean, [m for m in tr.G.modules() if isinstance(m, torch.nn.BatchNorm2d)]))
+    assert not all(torch.allclose(a, m.running_mean) for a, m in zip(g_mean, bn))
+    # eval mode with the re-estimated statistics ≈ batch statistics of those same noise vectors
+    gen = torch.Generator().manual_seed(train._step_seed(p.seed, 3, 0, 0, 0))
+    z = torch.randn(64, 16, 1, 1, generator=gen)
+    with torch.no_grad():
+        y_eval = tr.G_ema(z)
+        tr.G_ema.train()
+        for m in bn:
+            m.momentum = 0.0                                  # batch statistics, buffers untouched
+        y_batch = tr.G_ema(z)
+    assert torch.allclose(y_eval, y_batch, atol=2e-2)
+
+
 def test_checkpoint_loads_with_weights_only_and_restores_generator(patches, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
