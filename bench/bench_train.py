@@ -120,7 +120,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from stages import train
-    from stages._gan import GANConfig
 
     patches = load_patches(args.size)
     n = len(patches)
@@ -128,12 +127,12 @@ def main() -> None:
           f"native bf16: {train.cpu_has_native_bf16()}")
 
     ref = Reference(100, args.ngf, args.ngf, 3)
+    # same architecture as the reference: its widths, batch and transposed-conv generator
     p = train.Params(size=args.size, batch=args.batch, ngf=args.ngf, ndf=args.ngf,
-                     precision=args.precision, compile=args.compile, steps=10 ** 6)
-    cfg = GANConfig(height=args.size, width=args.size, channels=3, nz=p.nz, ngf=p.ngf,
-                    ndf=p.ndf, spectral_norm=p.spectral_norm)
-    ours = train.Trainer(p, cfg, torch.device("cpu"))
-    state = {"ref": 0, "ours": 0}
+                     upsample="deconv", precision=args.precision, compile=args.compile,
+                     steps=10 ** 6)
+    ours = train.Trainer(p, train.gan_config(p, 3), torch.device("cpu"))
+    state = {"ref": 0, "ours": 0, "defaults": 0}
 
     def run_ref(k: int) -> float:
         torch.set_flush_denormal(False)               # the reference does not flush denormals
@@ -144,14 +143,19 @@ def main() -> None:
             state["ref"] += 1
         return args.batch * k / (time.perf_counter() - t)
 
-    def run_ours(k: int) -> float:
+    def timed_steps(trainer, key: str, k: int) -> float:
+        """img/s of k steps of one of our trainers (flushed denormals, as train runs)."""
         torch.set_flush_denormal(True)
+        bs = trainer.p.batch
         t = time.perf_counter()
         for _ in range(k):
-            idx = train.batch_indices(1, state["ours"], n, args.batch)
-            ours.step(state["ours"], patches[np.sort(idx)])
-            state["ours"] += 1
-        return args.batch * k / (time.perf_counter() - t)
+            idx = train.batch_indices(1, state[key], n, bs)
+            trainer.step(state[key], patches[np.sort(idx)])
+            state[key] += 1
+        return bs * k / (time.perf_counter() - t)
+
+    def run_ours(k: int) -> float:
+        return timed_steps(ours, "ours", k)
 
     t0 = time.perf_counter()
     run_ref(args.warmup)
@@ -168,18 +172,10 @@ def main() -> None:
     base, mine = float(np.median(r_ref)), float(np.median(r_ours))
     if args.defaults:                              # what a user gets: each at its own defaults
         d = train.Params(size=args.size, compile=args.compile, steps=10 ** 6)
-        dcfg = GANConfig(height=args.size, width=args.size, channels=3, nz=d.nz, ngf=d.ngf,
-                         ndf=d.ndf, spectral_norm=d.spectral_norm, upsample=d.upsample)
-        mine_d = train.Trainer(d, dcfg, torch.device("cpu"))
-        torch.set_flush_denormal(True)
-        r_d, k = [], args.steps * max(1, args.batch // d.batch)
-        for b in range(args.blocks + 1):
-            t = time.perf_counter()
-            for i in range(k):
-                idx = train.batch_indices(2, b * k + i, n, d.batch)
-                mine_d.step(b * k + i, patches[np.sort(idx)])
-            if b:                                  # block 0 is the warm-up
-                r_d.append(d.batch * k / (time.perf_counter() - t))
+        mine_d = train.Trainer(d, train.gan_config(d, 3), torch.device("cpu"))
+        k = args.steps * max(1, args.batch // d.batch)        # about as many images per block
+        timed_steps(mine_d, "defaults", k)                    # warm-up
+        r_d = [timed_steps(mine_d, "defaults", k) for _ in range(args.blocks)]
         print(f"at each one's defaults: ours (ngf {d.ngf}, ndf {d.ndf}, {d.upsample}, batch "
               f"{d.batch}) {np.median(r_d):.1f} img/s vs reference (ngf {args.ngf}, batch "
               f"{args.batch}) {base:.1f} img/s = {np.median(r_d) / base:.1f}x more images seen "

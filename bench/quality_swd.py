@@ -91,11 +91,12 @@ def worker_ours(train_npy: Path, out: Path, minutes: float, n_out: int, seed: in
 
     kw = {"steps": 10 ** 7, "max_minutes": minutes, "swd_every": -1, "swd_holdout": 0.0,
           "ckpt_every": 500, "grid_every": 500, "seed": seed, **overrides}
-    s = train.run({"patches": [train_npy]}, train.Params(**kw), out)
+    params = train.Params(**kw)
+    s = train.run({"patches": [train_npy]}, params, out)
     G, _ = load_generator(out / "ckpt.pt", use_ema=True)
     z = torch.randn(n_out, G.cfg.nz, generator=torch.Generator().manual_seed(seed + 99))
     np.save(out / "samples.npy", generate(G, z, batch=64))
-    if overrides.get("ema", 0.999):                       # same run, raw weights: EMA's effect
+    if params.ema > 0:                                    # same run, raw weights: EMA's effect
         G_raw, _ = load_generator(out / "ckpt.pt", use_ema=False)
         np.save(out / "samples_raw.npy", generate(G_raw, z, batch=64))
     return {"steps": s["steps"], "seconds": s["train_seconds"], "img_per_s": s["img_per_s"]}

@@ -423,7 +423,7 @@ _numba_failed = False
 # integer types of the jitted kernels (module globals, not closure variables, so that numba's
 # on-disk cache of the kernels is reused by the next process)
 _U, _u32, _u8 = np.uint64, np.uint32, np.uint8
-_index3 = _index4 = _ctz = None
+_index3 = _index4 = _ctz = _resolve = None
 # trailing-zero count by multiplication (fallback if numba lacks its cttz intrinsic)
 _DEBRUIJN = np.zeros(64, np.uint8)
 for _i in range(64):
@@ -438,7 +438,7 @@ def _get_numba_kernel():
     buffer ``flat`` (``nch`` = 3 or 4 bytes a pixel); ``kernel.lookup(r, g, b, coarse, recs,
     raw, n_rec)`` is the scalar version for other numba code (error diffusion).
     """
-    global _numba_kernel, _numba_failed, _index3, _index4, _ctz
+    global _numba_kernel, _numba_failed, _index3, _index4, _ctz, _resolve
     if _numba_kernel is not None or _numba_failed:
         return _numba_kernel
     try:
@@ -503,6 +503,22 @@ def _get_numba_kernel():
             tc[_U(j)] = ((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)
             to[_U(j)] = _u8(((r & _u32(3)) << 4) | ((g & _u32(3)) << 2) | (b & _u32(3)))
 
+    @nb.njit(boundscheck=False, nogil=True, inline="always")
+    def _resolve(L, cell, off, top, pairs, masks, recs, raw):   # pragma: no cover (jitted)
+        """Answer for a pixel of mixed cell ``cell`` at offset ``off``; ``L`` = its coarse
+        entry minus the first mixed code (< 64: a two-answer pair, else a record/raw block)."""
+        blk = _U(cell >> 6) << _U(1)
+        if L < _u32(64):
+            en = pairs[_U(top[blk]) + _U(L)]
+            bit = (masks[_U(en >> 16)] >> _U(off)) & _U(1)
+            return _u8(en >> (_u32(bit) << 3))
+        o = _U(top[blk + _U(1)]) + _U(L - _u32(64)) * _U(20)
+        if recs[o + _U(16)] > recs[o + _U(17)]:
+            ri = (_U(recs[o + _U(17)]) << _U(16)) | (_U(recs[o + _U(19)]) << _U(8)) | _U(recs[o + _U(18)])
+            return raw[(ri << _U(6)) | _U(off)]
+        code = (_u32(recs[o + _U(off >> 2)]) >> ((off & _u32(3)) << 1)) & _u32(3)
+        return recs[o + _U(16) + _U(code)]
+
     @nb.njit(cache=True, boundscheck=False, nogil=True)
     def kernel_u8(flat, nch, coarse, recs, top, pairs, masks, raw, out, tc, to):  # pragma: no cover
         """uint8 coarse table (answers < 128, mixed cells >= 128).  Per 64 pixels: one
@@ -536,22 +552,8 @@ def _get_numba_kernel():
                 while mk:
                     j = _U(64 * G) + _U(_ctz(mk))
                     mk &= mk - _U(1)
-                    off = _u32(to[j])
-                    L = _u32(out[ob + j]) - _u32(128)
-                    blk = _U(tc[j] >> 6) << _U(1)
-                    if L < _u32(64):
-                        en = pairs[_U(top[blk]) + _U(L)]
-                        bit = (masks[_U(en >> 16)] >> _U(off)) & _U(1)
-                        out[ob + j] = _u8(en >> (_u32(bit) << 3))
-                    else:
-                        o = _U(top[blk + _U(1)]) + _U(L - _u32(64)) * _U(20)
-                        if recs[o + _U(16)] > recs[o + _U(17)]:
-                            ri = (_U(recs[o + _U(17)]) << _U(16)) | (_U(recs[o + _U(19)]) << _U(8)) \
-                                | _U(recs[o + _U(18)])
-                            out[ob + j] = raw[(ri << _U(6)) | _U(off)]
-                        else:
-                            code = (_u32(recs[o + _U(off >> 2)]) >> ((off & _u32(3)) << 1)) & _u32(3)
-                            out[ob + j] = recs[o + _U(16) + _U(code)]
+                    out[ob + j] = _resolve(_u32(out[ob + j]) - _u32(128), tc[j], _u32(to[j]),
+                                           top, pairs, masks, recs, raw)
         return n64
 
     @nb.njit(cache=True, boundscheck=False, nogil=True)
@@ -579,22 +581,8 @@ def _get_numba_kernel():
             for q in range(nm):
                 j = _U(mix[_U(q)])
                 cell = tc[j]
-                off = _u32(to[j])
-                L = _u32(coarse[cell]) - lim
-                blk = _U(cell >> 6) << _U(1)
-                if L < _u32(64):
-                    en = pairs[_U(top[blk]) + _U(L)]
-                    bit = (masks[_U(en >> 16)] >> _U(off)) & _U(1)
-                    out[ob + j] = _u8(en >> (_u32(bit) << 3))
-                else:
-                    o = _U(top[blk + _U(1)]) + _U(L - _u32(64)) * _U(20)
-                    if recs[o + _U(16)] > recs[o + _U(17)]:
-                        ri = (_U(recs[o + _U(17)]) << _U(16)) | (_U(recs[o + _U(19)]) << _U(8)) \
-                            | _U(recs[o + _U(18)])
-                        out[ob + j] = raw[(ri << _U(6)) | _U(off)]
-                    else:
-                        code = (_u32(recs[o + _U(off >> 2)]) >> ((off & _u32(3)) << 1)) & _u32(3)
-                        out[ob + j] = recs[o + _U(16) + _U(code)]
+                out[ob + j] = _resolve(_u32(coarse[cell]) - lim, cell, _u32(to[j]),
+                                       top, pairs, masks, recs, raw)
 
     def kernel(flat, nch, coarse, recs, raw, n_rec, out):
         top, pairs, masks = _recs_views(recs)

@@ -21,6 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+#: How the generator may double its maps (see GANConfig.upsample).
+UPSAMPLE = ("deconv", "nearest")
+
 #: Bumped whenever the network layout changes so that old checkpoints are refused clearly.
 ARCH_VERSION = 1
 
@@ -77,8 +80,8 @@ class GANConfig:
         for name in ("height", "width", "nz", "ngf", "ndf"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.upsample not in ("deconv", "nearest"):
-            raise ValueError(f"upsample must be deconv or nearest, got {self.upsample!r}")
+        if self.upsample not in UPSAMPLE:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {self.upsample!r}")
         if self.channels not in (3, 4):
             raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels}")
         if self.n_up < 2 or max(self.base) > 4 * min(self.base):

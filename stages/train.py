@@ -115,6 +115,14 @@ _STEP_HOOK: Optional[Callable[[int], None]] = None
 _DIVERGED = 1e4          # |loss| above this counts as divergence
 
 
+def gan_config(p: Params, channels: int) -> "Any":
+    """The network architecture (stages._gan.GANConfig) these parameters train."""
+    from stages._gan import GANConfig
+
+    return GANConfig(height=p.size, width=p.size, channels=channels, nz=p.nz, ngf=p.ngf,
+                     ndf=p.ndf, spectral_norm=p.spectral_norm, upsample=p.upsample)
+
+
 # --------------------------------------------------------------------------- validation
 def _validate(p: Params) -> None:
     if p.size not in (16, 32, 64, 128, 256):
@@ -126,8 +134,10 @@ def _validate(p: Params) -> None:
             raise ParamError(f"{name} must be at least 1, got {getattr(p, name)}")
     if p.loss not in ("hinge", "bce"):
         raise ParamError(f"loss must be 'hinge' or 'bce', got {p.loss!r}")
-    if p.upsample not in ("deconv", "nearest"):
-        raise ParamError(f"upsample must be 'deconv' or 'nearest', got {p.upsample!r}")
+    from stages._gan import UPSAMPLE
+
+    if p.upsample not in UPSAMPLE:
+        raise ParamError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {p.upsample!r}")
     if p.precision not in ("auto", "fp32", "bf16"):
         raise ParamError(f"precision must be 'auto', 'fp32' or 'bf16', got {p.precision!r}")
     if not (0.0 <= p.ema < 1.0):
@@ -497,7 +507,7 @@ class Trainer:
         if not self._ema_bn_stale:
             return
         self._ema_bn_stale = False
-        bns = [m for m in self.G_ema.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        bns = [m for m in self.G_ema.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         if not bns:
             return
         gen = torch.Generator().manual_seed(_step_seed(self.p.seed, 3, 0, 0, 0))
@@ -691,7 +701,7 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
          world: int, rank: int, main: bool, t_start: float) -> dict:
     import torch
 
-    from stages._gan import ARCH_VERSION, GANConfig
+    from stages._gan import ARCH_VERSION
     from stages._metrics import crispness, sample_swd_reference, swd
 
     patches, skipped = load_patches(list(inputs.get("patches") or []), size=p.size,
@@ -699,8 +709,7 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
     train_idx, holdout = sample_swd_reference(patches, holdout=p.swd_holdout, seed=p.seed)
     train = patches[train_idx]
     n = len(train)
-    cfg = GANConfig(height=p.size, width=p.size, channels=patches.shape[-1], nz=p.nz, ngf=p.ngf,
-                    ndf=p.ndf, spectral_norm=p.spectral_norm, upsample=p.upsample)
+    cfg = gan_config(p, patches.shape[-1])
     tr = Trainer(p, cfg, device, world=world, rank=rank)
     plain = _plain_params(p)
     config = {"params": plain, "gan": cfg.to_dict(), "arch_version": ARCH_VERSION,
