@@ -6,6 +6,7 @@ Layout::
     <root>/<stage>/<key>.partial/    a run in progress or interrupted (resumable state)
     <root>/<stage>/LATEST            key of the most recently committed artifact
     <root>/.lock                     one writer at a time
+    <root>/.input-hashes.json        memo of user input files' sha256, keyed by stat (see HashMemo)
 
 The key of a stage run hashes the stage name, the source of the stage module and of every project
 module it imports (transitively), the versions of the libraries that change its results, the
@@ -22,11 +23,13 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
+import time
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from .errors import CacheError
 
@@ -72,10 +75,148 @@ def digest_of_checksums(files: dict[str, dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def digest_explicit_inputs(items: Iterable[str | os.PathLike]) -> str:
-    """Digest of user-given inputs: file contents for paths (folders walked), text for URLs."""
+# --------------------------------------------------------------------------- input-hash memo
+INPUT_MEMO = ".input-hashes.json"
+MEMO_FORMAT = 1
+#: a file whose mtime or ctime is this close to the moment it was hashed (or in the future) is
+#: not memoised: a second write within one timestamp tick (coarse clocks, FAT's 2 s mtime)
+#: could otherwise keep the same stat signature with new content ("racy" entries, as in git)
+MEMO_RACY_NS = 2_000_000_000
+#: above this many entries, a save keeps only the files this run looked at
+MEMO_MAX_ENTRIES = 200_000
+
+
+def _stat_signature(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _valid_entry(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) == 6
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v[:5])
+            and isinstance(v[5], str) and len(v[5]) == 64)
+
+
+class HashMemo:
+    """sha256 of user input files, remembered by stat signature so unchanged files are not re-read.
+
+    An entry maps a file's absolute path to ``(size, mtime_ns, ctime_ns, inode, device)`` and
+    its content hash; the hash is reused only when all five still match, so any write (which
+    moves mtime and ctime; ``touch``/``utime`` cannot set ctime back) or replacement (new inode)
+    re-reads the file.  Not seen: a content change that keeps all five equal, e.g. after setting
+    the system clock back, or on filesystems that do not keep real timestamps.  Force a re-read
+    with ``--force`` (it ignores the memo for that stage's inputs) or by deleting the memo file.
+
+    The memo changes only how fast a digest is computed, never its value.  A missing, unreadable
+    or malformed memo file is ignored (every file is read); writing it is best effort and atomic.
+
+    Parameters
+    ----------
+    path : Path or None
+        The memo file (``Store.input_memo``); None: hash every file, remember nothing.
+    refresh : bool
+        Do not trust the stored entries: re-read every file asked for and store fresh entries.
+    """
+
+    def __init__(self, path: Optional[Path], *, refresh: bool = False):
+        self.path = Path(path) if path is not None else None
+        self.refresh = refresh
+        self.entries: dict[str, list] = {} if self.path is None else self._load(self.path)
+        self.seen: set[str] = set()
+        self.dirty = False
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, list]:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):   # missing, unreadable, truncated, not UTF-8
+            return {}
+        if not isinstance(doc, dict) or doc.get("format") != MEMO_FORMAT:
+            return {}
+        files = doc.get("files")
+        if not isinstance(files, dict):
+            return {}
+        return {k: v for k, v in files.items() if isinstance(k, str) and _valid_entry(v)}
+
+    def digest(self, f: str | os.PathLike) -> str:
+        """sha256 hex digest of the file ``f``, from the memo when its stat signature matches."""
+        if self.path is None:
+            return file_digest(f)
+        key = os.path.abspath(f)
+        sig = _stat_signature(os.stat(key))       # before reading: a write during it shows later
+        e = self.entries.get(key)
+        self.seen.add(key)
+        if e is not None and e[:5] == sig and not self.refresh:
+            return e[5]
+        d = file_digest(Path(key))
+        if max(sig[1], sig[2]) >= time.time_ns() - MEMO_RACY_NS:
+            if self.entries.pop(key, None) is not None:
+                self.dirty = True
+        elif e != sig + [d]:
+            self.entries[key] = sig + [d]
+            self.dirty = True
+        return d
+
+    def save(self) -> None:
+        """Write the memo atomically if it changed; a failure only costs re-reads next time."""
+        if self.path is None or not self.dirty:
+            return
+        files = self.entries
+        if len(files) > MEMO_MAX_ENTRIES:
+            files = {k: v for k, v in files.items() if k in self.seen}
+        data = json.dumps({"format": MEMO_FORMAT, "files": files}, separators=(",", ":"))
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f"{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
+            tmp = None
+            self.dirty = False
+        except OSError:
+            pass
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+
+def input_tree(root: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """``(relative posix path, path)`` of every non-hidden file under the folder ``root``, in
+    no particular order: the files ``Path(root).rglob("*")`` lists whose name does not start
+    with "." and that are files (symlinks followed), without pathlib's per-file overhead.
+    Like rglob, hidden folders are entered and symlinked folders are not."""
+    stack = [(os.fspath(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except (PermissionError, FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, prefix + e.name + "/"))
+                elif not e.name.startswith(".") and e.is_file():
+                    yield prefix + e.name, e.path
+            except OSError:
+                continue
+
+
+def digest_explicit_inputs(items: Iterable[str | os.PathLike], *, memo: Optional[Path] = None,
+                           refresh: bool = False) -> str:
+    """Digest of user-given inputs: file contents for paths (folders walked), text for URLs.
+
+    ``memo`` is a :class:`HashMemo` file (``Store.input_memo``) that spares re-reading files
+    whose stat signature is unchanged; ``refresh`` re-reads every file anyway.  The digest is
+    the same with or without the memo.
+    """
     from stages._common import expand_inputs  # lazy: stages/ does not import pipeline/
 
+    hm = HashMemo(memo, refresh=refresh)
     h = hashlib.sha256()
     for item in items:
         s = str(item)
@@ -84,12 +225,12 @@ def digest_explicit_inputs(items: Iterable[str | os.PathLike]) -> str:
             continue
         p = Path(s)
         if p.is_dir():
-            files = {f.relative_to(p).as_posix(): {"sha256": file_digest(f)}
-                     for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")}
+            files = {rel: {"sha256": hm.digest(f)} for rel, f in input_tree(p)}
             h.update(b"dir:" + digest_of_checksums(files).encode() + b"\n")
         else:
             for f in [p] if p.exists() else expand_inputs([s]):
-                h.update(b"file:" + f.name.encode() + b":" + file_digest(f).encode() + b"\n")
+                h.update(b"file:" + f.name.encode() + b":" + hm.digest(f).encode() + b"\n")
+    hm.save()
     return h.hexdigest()
 
 
@@ -202,6 +343,11 @@ class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._lock_fd: Optional[int] = None
+
+    @property
+    def input_memo(self) -> Path:
+        """The :class:`HashMemo` file for user inputs of this store."""
+        return self.root / INPUT_MEMO
 
     # -- locking
     def lock(self) -> "Store":

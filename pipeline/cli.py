@@ -52,13 +52,31 @@ def _setup_logging(verbose: bool = False) -> None:
     root.propagate = False
 
 
+def skipped_count(summary: dict[str, Any]) -> int:
+    """How many inputs a stage skipped, whichever way its summary says it: a count
+    (``skipped``, crop / scrape / dedupe), a list (``skipped``, slice) or ``skipped_count``
+    (quantize)."""
+    for key in ("skipped", "skipped_count"):
+        v = summary.get(key)
+        if isinstance(v, list):
+            return len(v)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return 0
+
+
 def _fmt_summary(summary: dict[str, Any], limit: int = 4) -> str:
+    """The first ``limit`` short scalar figures of a summary, plus ``skipped=N`` when a stage
+    skipped inputs (so a corrupt file never goes unnoticed in the one-line table)."""
     parts = []
     for k, v in summary.items():
         if isinstance(v, (int, float, str)) and not isinstance(v, bool) and len(str(v)) < 24:
             parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
         if len(parts) >= limit:
             break
+    n = skipped_count(summary)
+    if n and not {p.split("=", 1)[0] for p in parts} & {"skipped", "skipped_count"}:
+        parts.append(f"skipped={n}")
     return " ".join(parts)
 
 
@@ -263,7 +281,7 @@ def _run_single(name: str, kw: dict[str, Any]) -> None:
                         and not Path(g).exists():
                     raise PipelineError(f"{g}: no such file or folder")
             inputs[inp] = list(given)
-            digests[inp] = C.digest_explicit_inputs(given)
+            digests[inp] = C.digest_explicit_inputs(given, memo=store.input_memo, refresh=force)
         elif up is None:
             raise PipelineError(f"{name}: give a source (folder, .zip or URL), or set `input` in "
                                 f"[{name}] of pipeline.toml")

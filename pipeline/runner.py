@@ -123,6 +123,7 @@ def run_graph(config: Config, *, until: Optional[str] = None, force: tuple[str, 
         for name in order:
             mod = modules[name]
             params = resolve_params(mod, config, overrides.get(name, {}))
+            forced = name in force or "all" in force
             inputs, digests = {}, {}
             for inp, up in mod.INPUTS.items():
                 if up is None:
@@ -131,7 +132,8 @@ def run_graph(config: Config, *, until: Optional[str] = None, force: tuple[str, 
                         raise PipelineError(f"[{name}] has no input: set `input = ...` in pipeline.toml "
                                             f"or pass --source")
                     inputs[inp] = items
-                    digests[inp] = C.digest_explicit_inputs(items)
+                    digests[inp] = C.digest_explicit_inputs(items, memo=store.input_memo,
+                                                            refresh=forced)
                 elif up in results:
                     inputs[inp] = [str(results[up].artifact)]
                     digests[inp] = store.content_digest(results[up].artifact)
@@ -139,8 +141,7 @@ def run_graph(config: Config, *, until: Optional[str] = None, force: tuple[str, 
                     continue
                 else:
                     raise PipelineError(f"{name} needs the output of {up}")
-            res = execute(store, mod, params, inputs, digests, force=name in force or "all" in force,
-                          progress=progress)
+            res = execute(store, mod, params, inputs, digests, force=forced, progress=progress)
             results[name] = res
             if on_result:
                 on_result(res)
@@ -148,7 +149,9 @@ def run_graph(config: Config, *, until: Optional[str] = None, force: tuple[str, 
 
 
 def stage_status(config: Config) -> list[dict[str, Any]]:
-    """fresh / stale / missing for each stage under the current config (no writes)."""
+    """fresh / stale / missing for each stage under the current config.
+
+    Writes no artifact; it may refresh the input-hash memo (``Store.input_memo``)."""
     modules = load_all()
     store = C.Store(config.cache)
     rows: list[dict[str, Any]] = []
@@ -165,7 +168,7 @@ def stage_status(config: Config) -> list[dict[str, Any]]:
                     blocked = "no input configured"
                     break
                 try:
-                    digests[inp] = C.digest_explicit_inputs(items)
+                    digests[inp] = C.digest_explicit_inputs(items, memo=store.input_memo)
                 except Exception as e:  # missing path etc.
                     blocked = str(e)
                     break

@@ -110,6 +110,61 @@ def load_image(path: os.PathLike | str, *, mode: str = "RGB") -> np.ndarray:
     return arr
 
 
+class Skipped:
+    """The inputs a stage skipped, in order, each with the reason: ``{key: name, "reason": why}``.
+
+    A corrupt image inside a batch is never fatal: the stage records it here, logs one warning
+    and carries on; the list goes into the stage summary (fatal only when nothing is left).
+
+    Parameters
+    ----------
+    key : str
+        Name of the field that identifies the input: ``"path"`` for files (slice, quantize,
+        dedupe), ``"source"`` where inputs may be URLs (crop).
+    logger : logging.Logger
+        Where the one-line ``skipped <reason>`` warning goes.
+    """
+
+    def __init__(self, *, key: str = "path", logger: logging.Logger = log):
+        self.key = key
+        self.logger = logger
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, name: Any, reason: str, **extra: Any) -> None:
+        """Record ``name`` as skipped because of ``reason`` (a message that names the file)."""
+        self.logger.warning("skipped %s", reason)
+        self.items.append({self.key: str(name), "reason": reason, **extra})
+
+    def first_reason(self) -> str:
+        """The first recorded reason, or "" when nothing was skipped."""
+        return self.items[0]["reason"] if self.items else ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def iter_images(paths: Iterable[os.PathLike | str], skipped: Skipped, *,
+                mode: str = "RGB") -> Iterator[tuple[Path, np.ndarray]]:
+    """Yield ``(path, image)`` for every decodable file in ``paths``, in order.
+
+    An unreadable file (see :func:`load_image`) is recorded in ``skipped`` with the
+    :class:`InputError` message as its reason, and the loop carries on.
+
+    Examples
+    --------
+    >>> skipped = Skipped()
+    >>> for path, rgb in iter_images(files, skipped, mode="RGB"):  # doctest: +SKIP
+    ...     use(rgb)
+    """
+    for path in paths:
+        try:
+            image = load_image(path, mode=mode)
+        except InputError as e:
+            skipped.add(path, str(e))
+            continue
+        yield Path(path), image
+
+
 def pil_to_array(im: "Any", *, mode: str = "RGB") -> np.ndarray:
     """Convert a PIL image of any mode into uint8 RGB or RGBA."""
     if mode not in ("RGB", "RGBA"):

@@ -23,8 +23,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from stages._common import (InputError, ParamError, ProgressFn, expand_inputs, load_image,
-                            no_progress, param, save_npy, save_png, write_json)
+from stages._common import (InputError, ParamError, ProgressFn, Skipped, expand_inputs,
+                            load_image, no_progress, param, save_npy, save_png, write_json)
 
 NAME = "crop"
 INPUTS = {"images": "scrape"}
@@ -569,8 +569,8 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     sizes: list[tuple[int, int]] = []       # screens are not kept in memory: (h, w) each
     tiles_l: list[np.ndarray] = []
     origin_l: list[np.ndarray] = []
-    skipped: list[dict[str, str]] = []
-    too_small: list[dict[str, str]] = []
+    skipped = Skipped(key="source", logger=log)
+    too_small = Skipped(key="source", logger=log)
     scales: dict[str, int] = {}
     grids: list[tuple[int, int]] = []
     seen: dict[str, str] = {}
@@ -581,21 +581,16 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     (out_dir / "screens").mkdir(parents=True, exist_ok=True)
     for (f, source), sid, r in zip(files, ids, prepared):
         if not r["ok"]:
-            log.warning("skipped %s", r["reason"])
-            skipped.append({"source": source, "reason": r["reason"]})
+            skipped.add(source, r["reason"])
             continue
         scr = r["screen"]
         h, w = scr.shape[:2]
         if h < S or w < S:
-            msg = (f"{source}: {w}x{h} native pixels (scale {r['scale']}) is smaller than the "
-                   f"{S}x{S} patch")
-            log.warning("skipped %s", msg)
-            too_small.append({"source": source, "reason": msg, "width": w, "height": h})
+            too_small.add(source, f"{source}: {w}x{h} native pixels (scale {r['scale']}) is "
+                                  f"smaller than the {S}x{S} patch", width=w, height=h)
             continue
         if (scr == scr[:1, :1]).all():
-            msg = f"{source}: the screen is a single colour"
-            log.warning("skipped %s", msg)
-            skipped.append({"source": source, "reason": msg})
+            skipped.add(source, f"{source}: the screen is a single colour")
             continue
         digest = hashlib.sha256(np.ascontiguousarray(scr).tobytes() + str(scr.shape).encode()).hexdigest()
         if digest in seen:
@@ -628,7 +623,7 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
                              "original_size": r["orig"]})
 
     if not sizes:
-        raise InputError(_nothing_usable(len(files), skipped, too_small, S))
+        raise InputError(_nothing_usable(len(files), skipped.items, too_small.items, S))
 
     # ---- patch positions on each screen's 16-px grid, seeded subset
     pos = [(i, y, x) for i, ((h, w), (gx, gy)) in enumerate(zip(sizes, grids))
@@ -662,8 +657,8 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     save_npy(out_dir / "tiles.npy", tiles)
     save_npy(out_dir / "tiles_origin.npy", origin)
     write_json(out_dir / "screens.json", screens_meta)
-    write_json(out_dir / "crop.json", {"params": asdict(params), "skipped": skipped,
-                                       "too_small": too_small, "duplicates": duplicates,
+    write_json(out_dir / "crop.json", {"params": asdict(params), "skipped": skipped.items,
+                                       "too_small": too_small.items, "duplicates": duplicates,
                                        "many_colours": many_colours})
     return {
         "screens": len(sizes),
@@ -677,7 +672,8 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         "duplicates": len(duplicates),
         "many_colours": len(many_colours),
         "stretched": stretched,
-        "skipped_items": skipped + [{"source": t["source"], "reason": t["reason"]} for t in too_small],
+        "skipped_items": skipped.items + [{"source": t["source"], "reason": t["reason"]}
+                                          for t in too_small.items],
         "seconds": round(time.time() - t0, 3),
     }
 

@@ -36,9 +36,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from stages._common import (InputError, ParamError, ProgressFn, StageError, expand_inputs,
-                            find_artifact, load_image, no_progress, param, save_npy, save_npz,
-                            save_png, write_json)
+from stages._common import (InputError, ParamError, ProgressFn, Skipped, StageError,
+                            expand_inputs, find_artifact, iter_images, no_progress, param,
+                            save_npy, save_npz, save_png, write_json)
 from tilesets import bank as bank_mod
 from tilesets.hashindex import HashIndex, popcount64
 from tilesets.phash import HASHES, hash_tiles
@@ -90,7 +90,8 @@ class _Training:
     total: int
 
 
-def _load_generated(items: list) -> _Generated:
+def _load_generated(items: list, skipped: Skipped) -> _Generated:
+    """Slice's artifact, or user images sliced here; unusable images go to ``skipped``."""
     bank_path = find_artifact(items, "bank.npy")
     if bank_path is not None:
         folder = bank_path.parent
@@ -125,19 +126,16 @@ def _load_generated(items: list) -> _Generated:
         raise InputError(f"dedupe: no images and no bank.npy in {', '.join(map(str, items))}")
     bank = bank_mod.TileBank(tile_size=16, flips=True)
     maps = {}
-    for path in files:
-        try:
-            rgba = load_image(path, mode="RGBA")
-        except InputError as e:
-            log.warning("%s", e)
-            continue
+    for path, rgba in iter_images(files, skipped, mode="RGBA"):
         rgba = bank_mod.fit_to_grid(bank_mod.normalize_alpha(rgba), 16, "crop")
         if rgba.size == 0:
+            skipped.add(path, f"{path}: smaller than one 16x16 tile")
             continue
         stem = path.stem if path.stem not in maps else f"{path.stem}-{len(maps)}"
         maps[stem] = bank.add_image(rgba, stem)
     if not maps:
-        raise InputError(f"dedupe: none of the {len(files)} input image(s) could be used")
+        raise InputError(f"dedupe: none of the {len(files)} input image(s) could be used "
+                         f"(first problem: {skipped.first_reason() or 'unknown'})")
     return _Generated(bank.array(), maps, [list(o) for o in bank.origins], True, 16)
 
 
@@ -158,7 +156,8 @@ def _split_tiles(tiles: np.ndarray, origin: np.ndarray, t: int) -> tuple[np.ndar
     return sub, o
 
 
-def _load_training(items: list, t: int) -> Optional[_Training]:
+def _load_training(items: list, t: int, skipped: Skipped) -> Optional[_Training]:
+    """Crop's artifact, or user images cut on the ``t`` grid; unusable images go to ``skipped``."""
     if not items:
         return None
     tiles_path = find_artifact(items, "tiles.npy")
@@ -189,14 +188,10 @@ def _load_training(items: list, t: int) -> Optional[_Training]:
         if not files:
             raise InputError(f"dedupe: no training images in {', '.join(map(str, items))}")
         parts, origins, screens = [], [], []
-        for path in files:
-            try:
-                rgb = load_image(path, mode="RGB")
-            except InputError as e:
-                log.warning("%s", e)
-                continue
+        for path, rgb in iter_images(files, skipped, mode="RGB"):
             h, w = rgb.shape[0] // t * t, rgb.shape[1] // t * t
             if h == 0 or w == 0:
+                skipped.add(path, f"{path}: smaller than one {t}x{t} tile")
                 continue
             cut = bank_mod.cut_tiles(rgb[:h, :w], t)
             gw = w // t
@@ -205,7 +200,8 @@ def _load_training(items: list, t: int) -> Optional[_Training]:
             screens.append({"id": path.stem, "source": str(path), "width": w, "height": h})
             parts.append(cut)
         if not parts:
-            raise InputError(f"dedupe: none of the {len(files)} training image(s) could be used")
+            raise InputError(f"dedupe: none of the {len(files)} training image(s) could be used "
+                             f"(first problem: {skipped.first_reason() or 'unknown'})")
         tiles = np.concatenate(parts)
         origin = np.concatenate(origins).astype(np.int64)
     total = len(tiles)
@@ -331,19 +327,24 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     -------
     dict
         Counts: ``tiles_in, kept, dropped_training, dropped_training_exact, dropped_duplicate,
-        dropped_flat, training_tiles, training_distinct``, and novelty statistics.
+        dropped_flat, training_tiles, training_distinct``, novelty statistics, and the input
+        images that could not be used (corrupt, or smaller than one tile): ``skipped`` (how
+        many) and ``skipped_items`` (``[{path, reason, input: "tiles" | "training"}]``).
     """
     _validate(params)
     out_dir = Path(out_dir)
     items = inputs.get("tiles") or []
     if not items:
         raise InputError("dedupe: no tiles given; pass slice's output folder or image files")
-    gen = _load_generated(items)
+    skipped_gen, skipped_train = Skipped(logger=log), Skipped(logger=log)
+    gen = _load_generated(items, skipped_gen)
     tiles, t = gen.tiles, gen.tile_size
     k = len(tiles)
     if k == 0:
         raise InputError(f"dedupe: {items[0]}: the tile bank is empty")
-    tr = _load_training(inputs.get("training") or [], t)
+    tr = _load_training(inputs.get("training") or [], t, skipped_train)
+    skipped = ([dict(s, input="tiles") for s in skipped_gen.items]
+               + [dict(s, input="training") for s in skipped_train.items])
     progress("dedupe", 1, 5)
 
     stats = tile_stats(tiles)
@@ -575,8 +576,10 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         "novelty_min": int(nov.min()) if len(nov) else None,
         "novelty_median": float(np.median(nov)) if len(nov) else None,
         "evidence_rows": len(sheet_rows),
+        "skipped": len(skipped),
+        "skipped_items": skipped,
     }
-    log.info("dedupe: %d -> %d tiles (%d training, %d exact, %d duplicate, %d flat)", k,
+    log.info("dedupe: %d -> %d tiles (%d training, %d exact, %d duplicate, %d flat)%s", k,
              len(kept), counts["training"], counts["training_exact"], counts["duplicate"],
-             counts["flat"])
+             counts["flat"], f"; {len(skipped)} input image(s) skipped" if skipped else "")
     return summary

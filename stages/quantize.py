@@ -26,8 +26,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from stages._common import (InputError, ParamError, ProgressFn, expand_inputs, load_image,
-                            no_progress, param, save_png, write_json)
+from stages._common import (InputError, ParamError, ProgressFn, Skipped, expand_inputs,
+                            load_image, no_progress, param, save_png, write_json)
 
 NAME = "quantize"
 INPUTS = {"images": "sample"}
@@ -275,13 +275,14 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
             results[i] = _quantize_one(str(f), params, direct)
             progress("quantize", i + 1, n)
 
-    skipped = [{"path": r["path"], "reason": r["error"]} for r in results if r and "error" in r]
+    skipped = Skipped(logger=log)
+    for r in results:
+        if r and "error" in r:
+            skipped.add(r["path"], r["error"])
     good = [r for r in results if r and "error" not in r]
     if not good:
-        reasons = "; ".join(s["reason"] for s in skipped[:3])
+        reasons = "; ".join(s["reason"] for s in skipped.items[:3])
         raise InputError(f"quantize: no usable image among {n} input(s): {reasons}")
-    for s in skipped:
-        log.warning("skipped %s", s["reason"])
 
     pal_lab = srgb_to_lab(pal.colours)
     nes_info: Optional[dict] = None
@@ -351,7 +352,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         return float(np.mean([row[key][sub] for row in rows]))
 
     summary: dict[str, Any] = {
-        "images": len(rows), "skipped_count": len(skipped), "skipped": skipped,
+        "images": len(rows), "skipped_count": len(skipped), "skipped": skipped.items,
         "palette": pal.name,
         "colours_per_tile_before": mean("before", "colours_per_tile"),
         "colours_per_tile_after": mean("after", "colours_per_tile"),
@@ -367,6 +368,6 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
            "palette_kind": pal.kind, "usable_indices": [int(u) for u in usable],
            "metric": Metric(params.metric).value, "dither": Dither(params.dither).value,
            "cleanup": params.cleanup, "max_colours": params.max_colours,
-           "images": rows, "skipped": skipped, "nes": nes_info, "summary": summary}
+           "images": rows, "skipped": skipped.items, "nes": nes_info, "summary": summary}
     write_json(out_dir / "quantize.json", doc)
     return summary

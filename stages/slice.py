@@ -24,8 +24,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from stages._common import (InputError, ParamError, ProgressFn, expand_inputs, find_artifact,
-                            load_image, no_progress, param, save_npy, save_npz, write_json)
+from stages._common import (InputError, ParamError, ProgressFn, Skipped, expand_inputs,
+                            find_artifact, iter_images, no_progress, param, save_npy, save_npz,
+                            write_json)
 from tilesets.bank import TileBank, fit_to_grid, normalize_alpha, palette_swap_groups
 
 NAME = "slice"
@@ -116,17 +117,11 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     bank = TileBank(tile_size=t, flips=flips)
     maps: dict[str, np.ndarray] = {}
     names: list[str] = []
-    skipped: list[dict] = []
+    skipped = Skipped(logger=log)
     warnings: list[str] = []
     palettes: list[Optional[list]] = []
     used: set = set()
-    for done, path in enumerate(files):
-        try:
-            rgba = load_image(path, mode="RGBA")
-        except InputError as e:
-            log.warning("%s", e)
-            skipped.append({"path": str(path), "reason": str(e)})
-            continue
+    for path, rgba in iter_images(files, skipped, mode="RGBA"):
         h, w = rgba.shape[:2]
         if h % t or w % t:
             msg = (f"{path}: size {w}x{h} is not a multiple of {t}; "
@@ -135,17 +130,16 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
             warnings.append(msg)
         rgba = fit_to_grid(normalize_alpha(rgba), t, params.pad_mode)
         if rgba.shape[0] == 0 or rgba.shape[1] == 0:
-            reason = f"{path}: smaller than one {t}x{t} tile"
-            skipped.append({"path": str(path), "reason": reason})
+            skipped.add(path, f"{path}: smaller than one {t}x{t} tile")
             continue
         stem = _unique_stem(path.stem, used)
         maps[stem] = bank.add_image(rgba, stem)
         names.append(stem)
         palettes.append(_read_palette(path))
-        progress("slice", done + 1, len(files))
+        progress("slice", len(names) + len(skipped), len(files))
     if not maps:
         raise InputError(f"slice: none of the {len(files)} input image(s) could be used "
-                         f"(first problem: {skipped[0]['reason'] if skipped else 'unknown'})")
+                         f"(first problem: {skipped.first_reason() or 'unknown'})")
     tiles = bank.array()
     palette = palettes[0] if palettes and all(p is not None and p == palettes[0]
                                               for p in palettes) else None
@@ -176,10 +170,10 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         "origins": [list(o) for o in bank.origins],
         "palette_swaps": swaps,
         "warnings": warnings,
-        "skipped": skipped,
+        "skipped": skipped.items,
     }
     write_json(out_dir / "slice.json", meta)
     log.info("slice: %d images, %d cells, %d unique tiles (%d flipped cells)",
              len(names), cells, len(tiles), flipped)
     return {"images": len(names), "cells": cells, "unique": len(tiles), "flipped_cells": flipped,
-            "palette_swap_groups": len(swaps), "skipped": skipped, "warnings": len(warnings)}
+            "palette_swap_groups": len(swaps), "skipped": skipped.items, "warnings": len(warnings)}

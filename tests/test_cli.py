@@ -44,3 +44,55 @@ def test_tileset_name_becomes_a_safe_folder_name():
     assert safe_dirname("tileset") == "tileset"
     assert safe_dirname("../Bricks & <Pipes>") == "_Bricks _ _Pipes_"
     assert "/" not in safe_dirname("a/b") and safe_dirname("...") == "tileset"
+
+
+@pytest.fixture
+def tilegan_logger():
+    """Undo what the commands' logging setup does to the 'tilegan' logger."""
+    import logging
+
+    lg = logging.getLogger("tilegan")
+    state = (list(lg.handlers), lg.propagate, lg.level)
+    yield lg
+    lg.handlers[:], lg.propagate, lg.level = state[0], state[1], state[2]
+
+
+def test_summary_line_shows_skipped_inputs_whichever_key_holds_them():
+    from pipeline.cli import _fmt_summary
+
+    assert _fmt_summary({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "skipped": 2}).endswith("skipped=2")
+    assert _fmt_summary({"a": 1, "b": 2, "c": 3, "d": 4, "skipped": 0}) == "a=1 b=2 c=3 d=4"
+    assert _fmt_summary({"images": 3, "skipped": [{"path": "x", "reason": "bad"}]}) == \
+        "images=3 skipped=1"
+    assert _fmt_summary({"images": 3, "skipped_count": 1, "skipped": [{}]}) == \
+        "images=3 skipped_count=1"
+
+
+def test_standalone_dedupe_counts_a_corrupt_user_image(tmp_path, tilegan_logger, monkeypatch):
+    import json
+
+    from pipeline import cache as C
+
+    monkeypatch.setattr(C, "MEMO_RACY_NS", 0)   # trust the just-written inputs' timestamps
+
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "gen"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a", "c"):
+        tile = rng.integers(0, 3, (4, 4)).repeat(4, 0).repeat(4, 1)
+        Image.fromarray((tile * 100).astype(np.uint8)).convert("RGB").save(src / f"{name}.png")
+    (src / "b.png").write_bytes(b"not an image at all")
+    cfg = tmp_path / "pipeline.toml"
+    cfg.write_text(f'[pipeline]\ncache = "{tmp_path / "cache"}"\n')
+    res = runner.invoke(app, ["dedupe", str(src), "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert "skipped=1" in res.output
+    (manifest,) = (tmp_path / "cache" / "dedupe").glob("*/manifest.json")
+    summary = json.loads(manifest.read_text())["summary"]
+    assert summary["skipped"] == 1
+    assert summary["skipped_items"][0]["path"] == str(src / "b.png")
+    assert "not a readable image" in summary["skipped_items"][0]["reason"]
+    assert (tmp_path / "cache" / ".input-hashes.json").is_file()

@@ -246,6 +246,46 @@ def test_standalone_images_as_tiles_input(tmp_path):
     assert summary["tiles_in"] == 2 and load("tiles.json")[0]["source_image"] == "gen"
 
 
+def test_corrupt_user_image_is_skipped_counted_and_named(tmp_path):
+    src = tmp_path / "gen"
+    src.mkdir()
+    Image.fromarray(np.concatenate([_pattern(1), _pattern(2)], axis=1)).save(src / "a.png")
+    Image.fromarray(_pattern(3)).save(src / "c.png")
+    (src / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    summary, out, _ = _run(tmp_path, src)
+    assert summary["tiles_in"] == 3 and (out / "bank.npy").exists()
+    assert summary["skipped"] == 1
+    (item,) = summary["skipped_items"]
+    assert Path(item["path"]).name == "b.png" and item["input"] == "tiles"
+    assert "b.png" in item["reason"] and "not a readable image" in item["reason"]
+
+
+def test_corrupt_and_tiny_training_images_are_counted(tmp_path):
+    s_dir = _slice_dir(tmp_path / "s", [_pattern(1)], {"img": [[0]]})
+    train = tmp_path / "train"
+    train.mkdir()
+    Image.fromarray(_pattern(5)[..., :3]).save(train / "ok.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(train / "tiny.png")
+    (train / "bad.png").write_bytes(b"not an image")
+    summary, _, _ = _run(tmp_path, s_dir, train)
+    assert summary["training_tiles"] == 1 and summary["skipped"] == 2
+    reasons = {Path(i["path"]).name: i["reason"] for i in summary["skipped_items"]}
+    assert set(reasons) == {"bad.png", "tiny.png"} and "smaller than one 16x16 tile" in reasons["tiny.png"]
+    assert {i["input"] for i in summary["skipped_items"]} == {"training"}
+
+
+def test_slice_artifact_input_skips_nothing(tmp_path):
+    s_dir = _slice_dir(tmp_path / "s", [_pattern(1)], {"img": [[0]]})
+    summary, _, _ = _run(tmp_path, s_dir)
+    assert summary["skipped"] == 0 and summary["skipped_items"] == []
+
+
+def test_only_corrupt_user_images_name_the_first_problem(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(StageError, match=r"could be used \(first problem: .*bad\.png"):
+        _run(tmp_path, tmp_path / "bad.png")
+
+
 # --------------------------------------------------------------------------- quality score
 def test_quality_counts_colours_and_isolated_pixels():
     from tilesets.quality import tile_stats

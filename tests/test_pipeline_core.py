@@ -1,6 +1,8 @@
 """The cache, config resolution and error mapping, on a fake stage module."""
 import dataclasses
 import json
+import os
+import time
 import types
 from pathlib import Path
 
@@ -149,3 +151,189 @@ def test_bad_value_type_names_option():
 def test_code_digest_follows_imports():
     d1 = C.code_digest("stages._common")
     assert len(d1) == 16 and d1 == C.code_digest("stages._common")
+
+
+# --------------------------------------------------------------------------- input-hash memo
+@pytest.fixture
+def reads(monkeypatch):
+    """Names of the files whose bytes ``file_digest`` read; memo entries trusted at once."""
+    seen = []
+    real = C.file_digest
+
+    def counting(path, *a, **kw):
+        seen.append(Path(path).name)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(C, "file_digest", counting)
+    monkeypatch.setattr(C, "MEMO_RACY_NS", 0)   # files written just now count as settled
+    return seen
+
+
+def _inputs(tmp_path, n=3):
+    d = tmp_path / "shots"
+    d.mkdir()
+    for i in range(n):
+        (d / f"s{i}.png").write_bytes(bytes([i]) * (10 + i))
+    return d
+
+
+def test_memo_spares_rereading_unchanged_files(tmp_path, reads):
+    d = _inputs(tmp_path)
+    memo = tmp_path / "cache" / C.INPUT_MEMO
+    k1 = C.digest_explicit_inputs([d], memo=memo)
+    assert sorted(reads) == ["s0.png", "s1.png", "s2.png"] and memo.is_file()
+    reads.clear()
+    assert C.digest_explicit_inputs([d], memo=memo) == k1
+    assert reads == []
+
+
+@pytest.mark.parametrize("form", ["dir", "file", "glob"])
+def test_memo_never_changes_the_digest(tmp_path, reads, form):
+    d = _inputs(tmp_path)
+    items = {"dir": [d], "file": [d / "s1.png", d / "s0.png"], "glob": [str(d / "*.png")]}[form]
+    memo = tmp_path / "cache" / C.INPUT_MEMO
+    plain = C.digest_explicit_inputs(items)
+    assert C.digest_explicit_inputs(items, memo=memo) == plain       # cold memo
+    assert C.digest_explicit_inputs(items, memo=memo) == plain       # warm memo
+
+
+def test_memo_rereads_a_file_whose_size_changed(tmp_path, reads):
+    d = _inputs(tmp_path)
+    memo = tmp_path / C.INPUT_MEMO
+    k1 = C.digest_explicit_inputs([d], memo=memo)
+    (d / "s1.png").write_bytes(b"longer content")
+    reads.clear()
+    k2 = C.digest_explicit_inputs([d], memo=memo)
+    assert reads == ["s1.png"] and k2 != k1 and k2 == C.digest_explicit_inputs([d])
+
+
+def test_memo_rereads_a_same_size_edit_with_a_new_mtime(tmp_path, reads):
+    d = _inputs(tmp_path)
+    memo = tmp_path / C.INPUT_MEMO
+    f = d / "s2.png"
+    k1 = C.digest_explicit_inputs([d], memo=memo)
+    st = f.stat()
+    f.write_bytes(b"\xff" * st.st_size)                               # same size, new bytes
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later edit
+    reads.clear()
+    k2 = C.digest_explicit_inputs([d], memo=memo)
+    assert reads == ["s2.png"] and k2 != k1 and k2 == C.digest_explicit_inputs([d])
+
+
+def test_memo_sees_an_edit_that_puts_the_mtime_back(tmp_path, reads):
+    d = _inputs(tmp_path)
+    memo = tmp_path / C.INPUT_MEMO
+    f = d / "s0.png"
+    st = f.stat()
+    k1 = C.digest_explicit_inputs([d], memo=memo)
+    time.sleep(0.05)                                   # past the filesystem's timestamp tick
+    f.write_bytes(b"\xee" * st.st_size)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))   # mtime restored; ctime cannot be
+    reads.clear()
+    assert C.digest_explicit_inputs([d], memo=memo) != k1 and reads == ["s0.png"]
+
+
+def test_memo_does_not_trust_a_file_written_moments_ago(tmp_path, reads, monkeypatch):
+    monkeypatch.setattr(C, "MEMO_RACY_NS", 60_000_000_000)
+    d = _inputs(tmp_path, n=1)
+    memo = tmp_path / C.INPUT_MEMO
+    C.digest_explicit_inputs([d], memo=memo)
+    C.digest_explicit_inputs([d], memo=memo)
+    assert reads == ["s0.png", "s0.png"]
+
+
+@pytest.mark.parametrize("text", ["", "{not json", "[1, 2]", '{"format": 99, "files": {}}',
+                                  '{"format": 1, "files": {"/x": [1, 2]}}', "\x00\xff" * 10])
+def test_corrupt_memo_is_ignored_and_replaced(tmp_path, reads, text):
+    d = _inputs(tmp_path)
+    memo = tmp_path / C.INPUT_MEMO
+    memo.write_text(text, encoding="latin-1")
+    assert C.digest_explicit_inputs([d], memo=memo) == C.digest_explicit_inputs([d])
+    assert json.loads(memo.read_text())["format"] == C.MEMO_FORMAT
+    reads.clear()
+    C.digest_explicit_inputs([d], memo=memo)
+    assert reads == []
+
+
+def test_memo_entry_with_a_wrong_hash_shape_is_ignored(tmp_path, reads):
+    d = _inputs(tmp_path, n=1)
+    memo = tmp_path / C.INPUT_MEMO
+    k1 = C.digest_explicit_inputs([d], memo=memo)
+    doc = json.loads(memo.read_text())
+    for v in doc["files"].values():
+        v[5] = "not-a-sha256"
+    memo.write_text(json.dumps(doc))
+    reads.clear()
+    assert C.digest_explicit_inputs([d], memo=memo) == k1 and reads == ["s0.png"]
+
+
+def test_refresh_rereads_every_file(tmp_path, reads):
+    d = _inputs(tmp_path)
+    memo = tmp_path / C.INPUT_MEMO
+    k1 = C.digest_explicit_inputs([d], memo=memo)
+    reads.clear()
+    assert C.digest_explicit_inputs([d], memo=memo, refresh=True) == k1 and len(reads) == 3
+
+
+def test_unwritable_memo_folder_costs_only_rereads(tmp_path, reads):
+    d = _inputs(tmp_path, n=1)
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    memo = blocker / C.INPUT_MEMO
+    assert C.digest_explicit_inputs([d], memo=memo) == C.digest_explicit_inputs([d])
+
+
+def test_run_graph_keys_scrape_through_the_store_memo(tmp_path, reads, monkeypatch):
+    from pipeline import runner
+
+    d = _inputs(tmp_path)
+    mod = make_stage("scrape")
+    mod.INPUTS = {"source": None}
+    mod.run = lambda inputs, params, out_dir, progress=None: {"n": len(inputs["source"])}
+    monkeypatch.setattr(runner, "load_all", lambda: {"scrape": mod})
+    monkeypatch.setattr(runner, "STAGES", ("scrape",))
+    cfg = Config(None, {"cache": str(tmp_path / "cache")}, {"scrape": {"input": str(d)}})
+    r1 = runner.run_graph(cfg)[0]
+    assert (tmp_path / "cache" / C.INPUT_MEMO).is_file()
+    reads.clear()
+    r2 = runner.run_graph(cfg)[0]
+    assert r2.key == r1.key and not r2.ran
+    assert [x for x in reads if x.startswith("s")] == []
+    assert [row["state"] for row in runner.stage_status(cfg)] == ["fresh"]
+    assert [x for x in reads if x.startswith("s")] == []
+
+
+def test_input_tree_lists_what_rglob_lists(tmp_path):
+    root = tmp_path / "in"
+    for rel in ("a.png", "sub/b.png", "sub/deep/c.png", ".hidden_dir/d.png", "a-b/e.png",
+                ".hidden_file.png", "sub/.f.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    (root / "empty").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.png").write_bytes(b"x")
+    (root / "link.png").symlink_to(root / "a.png")
+    (root / "linked_dir").symlink_to(outside, target_is_directory=True)
+    (root / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    expected = {f.relative_to(root).as_posix() for f in root.rglob("*")
+                if f.is_file() and not f.name.startswith(".")}
+    got = dict(C.input_tree(root))
+    assert set(got) == expected
+    assert set(got) == {"a.png", "sub/b.png", "sub/deep/c.png", ".hidden_dir/d.png", "a-b/e.png",
+                        "link.png"}
+    assert Path(got["sub/deep/c.png"]).read_bytes() == b"sub/deep/c.png"
+
+
+def test_folder_digest_is_unchanged_from_the_pathlib_walk(tmp_path):
+    """Old caches stay valid: the folder digest equals the one the rglob-based walk gave."""
+    root = _inputs(tmp_path)
+    (root / "nested").mkdir()
+    (root / "nested" / "n.png").write_bytes(b"n")
+    files = {f.relative_to(root).as_posix(): {"sha256": C.file_digest(f)}
+             for f in sorted(root.rglob("*")) if f.is_file() and not f.name.startswith(".")}
+    import hashlib
+
+    old = hashlib.sha256(b"dir:" + C.digest_of_checksums(files).encode() + b"\n").hexdigest()
+    assert C.digest_explicit_inputs([root]) == old
+    assert C.digest_explicit_inputs([root], memo=tmp_path / C.INPUT_MEMO) == old
