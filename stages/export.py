@@ -68,9 +68,15 @@ class Params:
     columns: int = param(16, help="tiles per row of tileset.png and maps/sheet.tmx "
                                   "(0: near-square)")
     wfc_attempts: int = param(5, help="Wave Function Collapse restarts before the greedy fallback")
-    level_seams: int = param(2, help="if the level cannot be made from seen neighbour pairs alone, "
-                                     "also allow this many best-matching pixel seams per tile and "
-                                     "side (0: never)")
+    level_chunk: int = param(2, help="the level is assembled from square pieces of this many "
+                                     "tiles a side, cut from the generated screens (1: from "
+                                     "single tiles)")
+    level_seams: int = param(12, help="besides the neighbours seen in the generated screens, "
+                                      "allow this many best-matching pixel seams per piece (or "
+                                      "tile) and side (0: seen neighbours only)")
+    level_reuse_penalty: float = param(1.0, help="divide a piece's chance by (1 + times already "
+                                                 "used) to this power, so no piece floods the "
+                                                 "level (0: by frequency only)")
     report_samples: int = param(16, help="generated screens shown in report.html")
     nes: bool = param(False, help="also write the NES bundle (CHR, nametables, palette) of every "
                                   "sample and of the level into nes/")
@@ -277,6 +283,8 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     result = wfc_mod.make_level(maps.values(), state_tiles, width=params.level_width,
                                 height=params.level_height, seed=params.seed,
                                 attempts=params.wfc_attempts, seams=params.level_seams,
+                                chunk=params.level_chunk,
+                                reuse_penalty=params.level_reuse_penalty,
                                 time_limit=WFC_TIME_LIMIT)
     level_info = dict(result.summary(), seconds=round(time.perf_counter() - t_wfc, 3))
     if result.method == "greedy-fallback":
@@ -284,8 +292,13 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         warnings.append(f"level: Wave Function Collapse did not finish ({result.attempts} "
                         f"attempts); filled greedily, leaving {unseen} neighbour pairs that no "
                         "generated screen shows")
+    elif params.level_chunk > 1 and result.stats.get("model") != "chunks":
+        c = params.level_chunk
+        warnings.append(f"level: could not be assembled from {c}x{c} pieces of the generated "
+                        f"screens; made from single tiles ({result.stats.get('model')} model)")
     write_map("level", tiled.bank_ids_to_gids(result.grid),
-              {"method": result.method, "seed": params.seed, "violations": result.violations})
+              {"method": result.method, "model": result.stats.get("model"), "seed": params.seed,
+               "violations": result.violations})
     progress("export", 3, 4)
 
     atomic_write_text(out_dir / "tilegan.tiled-project", tiled.project_json(folders=(".",)))
@@ -337,6 +350,10 @@ def _validate(params: Params) -> None:
         raise ParamError(f"columns must be >= 0 (0: near-square), got {params.columns}")
     if params.level_seams < 0:
         raise ParamError(f"level_seams must be >= 0, got {params.level_seams}")
+    if params.level_chunk < 1:
+        raise ParamError(f"level_chunk must be >= 1 (1: single tiles), got {params.level_chunk}")
+    if not params.level_reuse_penalty >= 0:
+        raise ParamError(f"level_reuse_penalty must be >= 0, got {params.level_reuse_penalty}")
     if params.wfc_attempts < 0:
         raise ParamError(f"wfc_attempts must be >= 0, got {params.wfc_attempts}")
     if params.report_samples < 0:

@@ -14,6 +14,7 @@ from stages import export
 from stages._common import InputError, ParamError, StageError, save_npy, write_json
 from tests._helpers_tiled import (assert_matches_tiled, load_tmx, make_dedupe_dir, make_maps,
                                   make_samples_dir, make_tiles, make_train_dir, pytmx_cells)
+from tests.test_wfc import generated_like_screens
 from tilesets import tiled
 
 SPECIAL = 'Bob & "Alice" <\'s> set'
@@ -102,12 +103,48 @@ def test_base64_zlib_maps_render_in_tiled_and_load_in_pytmx(tmp_path):
         assert_matches_tiled(tmx, out / "previews" / f"{tmx.stem}.png")
 
 
-def test_level_is_solved_without_unseen_pairs(exported):
+def test_level_is_solved_from_chunks_without_violations(exported):
     _, out, summary = exported
     lv = summary["level"]
     assert lv["method"] in ("wfc", "wfc-backtracking") and lv["violations"] == 0
-    gids, _ = pytmx_cells(load_tmx(out / "maps" / "level.tmx"))
+    assert lv["model"] == "chunks" and lv["chunk"] == 2
+    m = load_tmx(out / "maps" / "level.tmx")
+    assert m.properties["model"] == "chunks" and m.properties["violations"] == 0
+    gids, _ = pytmx_cells(m)
     assert gids.shape == (6, 16) and (gids > 0).all()
+
+
+def _generated_like_dedupe_dir(root: Path) -> Path:
+    maps, bank = generated_like_screens(tile=16)
+    return make_dedupe_dir(root, bank=bank, maps={f"gen_{i:04d}": m for i, m in enumerate(maps)})
+
+
+def test_level_from_generated_like_screens_is_not_one_flooding_tile(tmp_path):
+    # 4x4 screens of once-used tiles plus one flat tile: the case whose single-tile level
+    # was nearly all that flat tile
+    dd = _generated_like_dedupe_dir(tmp_path / "dd")
+    out, s = run_export(tmp_path, dd, level_width=64, level_height=15)
+    lv = s["level"]
+    assert lv["model"] == "chunks" and lv["violations"] == 0 and not s["warnings"]
+    assert lv["top_share"] <= 0.25 and lv["distinct_tiles"] >= 150
+    assert lv["seam_diff"] <= 1.25 * lv["example_seam_diff"]
+    gids, _ = pytmx_cells(load_tmx(out / "maps" / "level.tmx"))
+    assert np.bincount(gids.ravel()).max() / gids.size == pytest.approx(lv["top_share"], abs=1e-3)
+
+
+def test_level_params_default_to_the_wfc_defaults():
+    from tilesets import wfc
+
+    p = export.Params()
+    assert (p.level_chunk, p.level_seams, p.level_reuse_penalty) == (
+        wfc.CHUNK, wfc.SEAMS, wfc.REUSE_PENALTY)
+
+
+def test_level_chunk_1_builds_the_level_from_single_tiles(tmp_path):
+    dd = _generated_like_dedupe_dir(tmp_path / "dd")
+    _, s = run_export(tmp_path, dd, level_width=64, level_height=15, level_chunk=1)
+    assert s["level"]["model"] == "observed" and s["level"]["chunk"] == 1
+    assert s["level"]["top_share"] > 0.8  # why chunks are the default
 
 
 def test_level_fallback_is_reported(tmp_path):
@@ -125,6 +162,7 @@ def test_level_widened_with_seams_when_seen_pairs_cannot_tile(tmp_path):
                          maps={"only": np.array([[0, 1, 2]], np.uint32)})
     _, s = run_export(tmp_path, dd)
     assert s["level"]["model"] == "observed+seams" and s["level"]["violations"] == 0
+    assert any("could not be assembled from 2x2 pieces" in w for w in s["warnings"])
 
 
 def test_paths_in_files_are_relative(exported):
@@ -233,7 +271,10 @@ def test_map_using_a_missing_tile_is_an_input_error(tmp_path):
 
 @pytest.mark.parametrize("field,value,msg", [("level_width", 0, "level size"),
                                              ("max_tiles", -1, "max_tiles"),
-                                             ("columns", -2, "columns")])
+                                             ("columns", -2, "columns"),
+                                             ("level_chunk", 0, "level_chunk"),
+                                             ("level_reuse_penalty", -1.0,
+                                              "level_reuse_penalty")])
 def test_bad_params_are_param_errors(tmp_path, field, value, msg):
     dd = make_dedupe_dir(tmp_path / "dd", k=4)
     with pytest.raises(ParamError, match=msg):

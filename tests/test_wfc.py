@@ -6,8 +6,9 @@ import pytest
 
 from tests._helpers_tiled import make_maps
 from tilesets import tiled
-from tilesets.wfc import (add_seam_pairs, count_violations, generate, greedy_fill,
-                         learn_adjacency, make_level)
+from tilesets.wfc import (add_seam_pairs, chunk_pixels, count_violations, expand_chunks,
+                         generate, greedy_fill, learn_adjacency, learn_chunks, make_level,
+                         seam_difference)
 
 
 @pytest.fixture
@@ -122,8 +123,181 @@ def test_make_level_widens_the_model_when_seen_pairs_cannot_tile():
 def test_make_level_without_seams_reports_the_fallback():
     r = make_level([np.array([[1, 2, 3]])], None, width=6, height=4, seed=0, seams=0)
     assert r.stats["model"] == "observed" and r.method == "greedy-fallback"
+    assert r.stats["tried"] == ["observed"]  # no tile pixels, no chunk model
 
 
 def test_time_limit_sends_wfc_to_the_fallback(adj):
     r = generate(adj, width=20, height=8, seed=0, time_limit=0.0)
     assert r.method == "greedy-fallback" and r.stats["timed_out"]
+
+
+# --------------------------------------------------------------------------- chunks
+def generated_like_screens(n: int = 24, *, cells: int = 4, tile: int = 8, flat_share: float = 0.15,
+                           seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Maps shaped like the pipeline's generated screens, and their tile bank.
+
+    ``n`` screens of ``cells`` x ``cells`` tiles, each cut from a smooth colour gradient, so
+    tiles meet cleanly inside a screen; after dedupe nearly every tile occurs once, except one
+    flat dark tile (id 0) that covers about ``flat_share`` of the cells.  Over single tiles the
+    seen pairs of such screens only cycle through the flat tile.
+
+    Returns
+    -------
+    maps : list of ndarray, shape (cells, cells), uint32
+    bank : ndarray, shape (K, tile, tile, 4), uint8
+    """
+    rng = np.random.default_rng(seed)
+    tiles = [np.full((tile, tile, 4), [20, 20, 30, 255], np.uint8)]
+    side = cells * tile
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    maps = []
+    for _ in range(n):
+        a, b, c = rng.random((3, 3)) * 255
+        img = np.full((side, side, 4), 255, np.uint8)
+        img[..., :3] = (a + (b - a) * yy[..., None] + (c - a) * xx[..., None] / 2).clip(0, 255)
+        m = np.zeros((cells, cells), np.uint32)
+        for y in range(cells):
+            for x in range(cells):
+                if rng.random() >= flat_share:
+                    m[y, x] = len(tiles)
+                    tiles.append(img[y * tile:(y + 1) * tile, x * tile:(x + 1) * tile])
+        maps.append(m)
+    return maps, np.stack(tiles)
+
+
+@pytest.fixture(scope="module")
+def screens():
+    maps, bank = generated_like_screens()
+    return maps, (lambda states: bank[np.asarray(states, np.int64) & tiled.GID_MASK])
+
+
+def test_learn_chunks_cuts_every_window_and_counts_touching_pairs():
+    blocks, a = learn_chunks([np.arange(16).reshape(4, 4)], 2)
+    assert blocks.shape == (9, 2, 2) and blocks.dtype == np.uint32
+    assert a.n_states == 9 and a.weights.sum() == 9
+    first = {tuple(b.ravel()): i for i, b in enumerate(blocks)}
+    top_left, top_right = first[(0, 1, 4, 5)], first[(2, 3, 6, 7)]
+    bottom_left = first[(8, 9, 12, 13)]
+    assert a.right[top_left, top_right] == 1 and a.down[top_left, bottom_left] == 1
+    assert a.right.sum() == 3 and a.down.sum() == 3  # windows two apart, never overlapping
+
+
+def test_learn_chunks_merges_equal_windows_and_skips_small_maps():
+    blocks, a = learn_chunks([np.zeros((3, 4), np.uint32), np.array([[5, 6, 7]])], 2)
+    assert blocks.shape == (1, 2, 2) and a.weights.tolist() == [6.0]
+    assert a.right[0, 0] == 2 and a.down[0, 0] == 0
+    with pytest.raises(ValueError, match="no map holds a 3x3 chunk"):
+        learn_chunks([np.zeros((2, 5), np.uint32)], 3)
+
+
+def test_expand_chunks_lays_out_blocks_and_crops():
+    blocks = np.arange(8, dtype=np.uint32).reshape(2, 2, 2)
+    cells = expand_chunks(np.array([[0, 1], [1, 0]]), blocks, width=3, height=3)
+    np.testing.assert_array_equal(cells, [[0, 1, 4], [2, 3, 6], [4, 5, 0]])
+    with pytest.raises(ValueError, match="cannot cover"):
+        expand_chunks(np.array([[0]]), blocks, width=3, height=2)
+
+
+def test_chunk_pixels_put_the_tiles_of_a_chunk_side_by_side():
+    tiles = _flat_tiles([0, 10, 20, 30])
+    px = chunk_pixels(np.array([[[0, 1], [2, 3]]]), lambda v: tiles[v])
+    assert px.shape == (1, 8, 8, 4)
+    assert px[0, 0, 0, 0] == 0 and px[0, 0, 7, 0] == 10 and px[0, 7, 0, 0] == 20
+    assert px[0, 7, 7, 0] == 30
+
+
+def test_seam_difference_measures_touching_pixels_only():
+    tiles = _flat_tiles([0, 10])
+    tiles[0, 1:3, 1:3] = 200  # inside the tile: not on a border
+    st = lambda v: tiles[np.asarray(v)]  # noqa: E731
+    assert seam_difference([np.array([[0, 0], [0, 0]])], st) == 0.0
+    # channels 0-2 differ by 10 on every border pixel, alpha by 0
+    assert seam_difference([np.array([[0, 1]])], st) == pytest.approx(7.5)
+    assert np.isnan(seam_difference([np.array([[1]])], st))
+
+
+def test_reuse_penalty_spreads_states_over_the_grid():
+    # any state may sit next to any other; state 0 is drawn far more often by weight alone
+    s = 10
+    full = np.ones((s, s), np.int64)
+    a = learn_adjacency([np.zeros((1, 1), np.uint32)])
+    a = type(a)(states=np.arange(s, dtype=np.uint32), weights=np.r_[20.0, np.ones(s - 1)],
+                right=full, down=full)
+    plain = generate(a, width=20, height=10, seed=0)
+    spread = generate(a, width=20, height=10, seed=0, reuse_penalty=2.0)
+    share = lambda g: np.bincount(g.ravel()).max() / g.size  # noqa: E731
+    assert share(plain.grid) > 0.5 and share(spread.grid) < 0.3
+    assert spread.violations == 0
+    with pytest.raises(ValueError, match="reuse_penalty"):
+        generate(a, width=2, height=2, reuse_penalty=-1)
+
+
+def test_tiles_alone_flood_the_level_from_generated_like_screens(screens):
+    # the failure chunks fix: over single tiles only the flat tile can repeat
+    maps, st = screens
+    r = make_level(maps, st, width=64, height=15, seed=0, chunk=1)
+    assert r.stats["model"] == "observed" and r.stats["top_share"] > 0.8
+
+
+def test_chunk_level_uses_many_tiles_and_no_tile_floods_it(screens):
+    maps, st = screens
+    for seed in range(3):
+        r = make_level(maps, st, width=64, height=15, seed=seed)
+        assert r.stats["model"] == "chunks" and r.stats["chunk"] == 2
+        assert r.method in ("wfc", "wfc-backtracking") and r.violations == 0
+        assert r.grid.shape == (15, 64) and r.grid.dtype == np.uint32
+        assert r.stats["top_share"] <= 0.25
+        assert r.stats["distinct_tiles"] >= 150  # of 331
+        assert r.stats["seam_diff"] <= 1.25 * r.stats["example_seam_diff"]
+
+
+def test_chunk_level_is_made_of_screen_windows_meeting_at_allowed_seams(screens):
+    maps, st = screens
+    r = make_level(maps, st, width=63, height=15, seed=4)  # odd sizes: the last chunks cropped
+    blocks, adj = learn_chunks(maps, 2)
+    wide = add_seam_pairs(adj, chunk_pixels(blocks[adj.states], st), per_side=12)
+    ids = {b.tobytes(): i for i, b in enumerate(blocks)}
+    full = r.grid[:14, :62]  # whole chunks only
+    chunk_grid = np.array([[ids[np.ascontiguousarray(full[y:y + 2, x:x + 2]).tobytes()]
+                            for x in range(0, 62, 2)] for y in range(0, 14, 2)])
+    assert count_violations(chunk_grid, wide) == 0
+    # inside a chunk every tile pair is one a screen shows
+    tile_adj = learn_adjacency(maps)
+    assert sum(count_violations(full[y:y + 2, x:x + 2], tile_adj)
+               for y in range(0, 14, 2) for x in range(0, 62, 2)) == 0
+    assert r.stats["unseen_pairs"] > 0  # chunk borders: pixel seams, not seen pairs
+
+
+def test_chunk_level_is_deterministic_by_seed(screens):
+    maps, st = screens
+    a, b, c = (make_level(maps, st, width=30, height=12, seed=s) for s in (3, 3, 4))
+    np.testing.assert_array_equal(a.grid, b.grid)
+    assert a.summary() == b.summary()
+    assert not np.array_equal(a.grid, c.grid)
+
+
+def test_chunk_model_that_cannot_tile_falls_back_to_tiles():
+    # no two chunks ever touch (maps 3 wide) and no seams: the tile model takes over
+    r = make_level([np.ones((3, 3), np.uint32)], _tiles_by_value, width=8, height=6, seed=0,
+                   seams=0)
+    assert r.stats["tried"] == ["chunks", "observed"] and r.stats["model"] == "observed"
+    assert r.method == "wfc" and r.violations == 0 and r.attempts >= 1
+
+
+def test_every_model_failing_ends_in_the_greedy_fill():
+    maps = [np.array([[1, 2, 3], [4, 5, 6]], np.uint32)]  # no vertical cycle, no chunk pair
+    r = make_level(maps, _tiles_by_value, width=8, height=6, seed=0, seams=0)
+    assert r.stats["tried"] == ["chunks", "observed"] and r.method == "greedy-fallback"
+    assert r.violations == count_violations(r.grid, learn_adjacency(maps)) > 0
+    assert r.grid.shape == (6, 8) and np.isin(r.grid, np.arange(1, 7)).all()
+
+
+def test_make_level_rejects_bad_chunk_and_seams():
+    with pytest.raises(ValueError, match="chunk"):
+        make_level([np.ones((2, 2), np.uint32)], _tiles_by_value, width=4, height=4, chunk=0)
+    with pytest.raises(ValueError, match="seams"):
+        make_level([np.ones((2, 2), np.uint32)], _tiles_by_value, width=4, height=4, seams=-1)
+
+
+def _tiles_by_value(states):
+    return _flat_tiles([(int(v) * 40) % 256 for v in states])

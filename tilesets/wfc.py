@@ -1,15 +1,26 @@
 """Wave Function Collapse over tile adjacencies learned from example maps.
 
-The model is the "simple tiled" form of WFC with adjacencies read off example maps (equivalent
-to the overlapping model with 2-cell patterns on a tile grid): every distinct cell value of the
-examples, flip bits included, is a state; state ``b`` may sit right of / below state ``a`` only if
-that pair occurs somewhere in the examples, and states are drawn with their frequency as weight.
+Two models share one solver:
+
+- **tiles** ("simple tiled" WFC with adjacencies read off example maps, equivalent to the
+  overlapping model with 2-cell patterns on a tile grid): every distinct cell value of the
+  examples, flip bits included, is a state; state ``b`` may sit right of / below state ``a``
+  only if that pair occurs somewhere in the examples (:func:`learn_adjacency`);
+- **chunks**: every distinct ``c`` x ``c`` window of cells cut from the examples is a state
+  (:func:`learn_chunks`); chunk ``b`` may sit right of / below chunk ``a`` if the two windows
+  touch that way in an example.  Small generated screens give few such pairs, so the model is
+  widened with the best-matching *pixel seams* of every state and side (:func:`add_seam_pairs`).
+  Inside a chunk every tile pair is one the examples show; between chunks the pixels meet at a
+  seam chosen for continuity.  The level is made of coherent generated pieces, not of the few
+  tiles that can follow each other in a sparse tile graph (which, with 4x4 screens and
+  deduplicated tiles, is a cycle through the one flat tile).
 
 Generation (:func:`generate`) is seeded and deterministic:
 
 1. observe the undecided cell of lowest Shannon entropy (ties broken by the seeded RNG), draw a
    state by weight (times :data:`SEAM_WEIGHT` per decided neighbour it meets only through a
-   seam pair), propagate the constraints (arc consistency) over the whole grid;
+   seam pair, divided by ``(1 + uses) ** reuse_penalty`` where ``uses`` counts the cells that
+   already hold it), propagate the constraints (arc consistency) over the whole grid;
 2. on a contradiction, backtrack: restore the grid before the latest decision and forbid that
    choice; after ``max_backtracks`` backtracks, restart with the same RNG stream (``attempts``);
 3. if every attempt fails (or the time limit passes), fall back to a greedy fill: cells in
@@ -17,13 +28,15 @@ Generation (:func:`generate`) is seeded and deterministic:
    upper neighbour, weighted by how often; where no state fits both, one fitting either is
    used and the pair is counted as a violation.  The result says which path was taken.
 
-:func:`make_level` chains these: WFC over the seen pairs, then (if that falls back) WFC over
-the seen pairs widened with the best-matching pixel seams of each tile (:func:`add_seam_pairs`),
-then the greedy fill.
+:func:`make_level` chains these: WFC over chunks (seen chunk pairs widened with seams), then
+(if that falls back, or no example holds a whole chunk) WFC over the seen tile pairs, then over
+the seen tile pairs widened with seams, then the greedy fill.
 
 A WFC success has no violation at all: every horizontal and vertical pair of the output is
-allowed by the model (:func:`count_violations` is 0); with the observed-only model that means
-every pair occurs in the examples.  ``stats["unseen_pairs"]`` counts pairs never seen.
+allowed by the model it was made with (:func:`count_violations` is 0 on that model's grid, the
+chunk grid for the chunk model).  ``stats["unseen_pairs"]`` counts the *tile* pairs of the level
+that no example shows, and ``stats["seam_diff"]`` / ``stats["example_seam_diff"]`` measure how
+well pixels meet across tile borders in the level and in the examples (:func:`seam_difference`).
 """
 from __future__ import annotations
 
@@ -39,6 +52,12 @@ import numpy as np
 MAX_STATES = 2048
 #: Memory budget of the backtracking history, in bytes.
 HISTORY_BYTES = 256 << 20
+#: Default side, in tiles, of the chunks :func:`make_level` builds the level from.
+CHUNK = 2
+#: Default best-matching seam partners per state and side in :func:`make_level`.
+SEAMS = 12
+#: Default reuse penalty of :func:`make_level` (see :func:`generate`).
+REUSE_PENALTY = 1.0
 
 
 @dataclass(frozen=True)
@@ -90,7 +109,8 @@ class WfcResult:
     violations : int
         Adjacent pairs in ``grid`` the model does not allow (0 unless the fallback ran).
     stats : dict
-        ``unseen_pairs``: adjacent pairs never seen in the examples (seam pairs included).
+        ``unseen_pairs``: adjacent pairs never seen in the examples (seam pairs included);
+        ``distinct_states``.  :func:`make_level` adds the figures listed there.
     """
 
     grid: np.ndarray
@@ -144,36 +164,184 @@ def learn_adjacency(maps: Iterable[np.ndarray], *, max_states: Optional[int] = N
         values = np.sort(values[order])
     states = values
     s = states.shape[0]
-    weights = np.zeros(s, np.float64)
-    right = np.zeros(s * s, np.int64)
-    down = np.zeros(s * s, np.int64)
+    # Pair codes of all grids are gathered first: one bincount over S * S, not one per grid.
+    cells: list[np.ndarray] = []
+    pairs: dict[str, list[np.ndarray]] = {"right": [], "down": []}
     for g in grids:
         pos = np.minimum(np.searchsorted(states, g), s - 1)
         idx = np.where(states[pos] == g, pos, -1)
-        known = idx >= 0
-        weights += np.bincount(idx[known], minlength=s)
-        for rel, a, b in ((right, idx[:, :-1], idx[:, 1:]), (down, idx[:-1, :], idx[1:, :])):
+        cells.append(idx[idx >= 0])
+        for name, a, b in (("right", idx[:, :-1], idx[:, 1:]), ("down", idx[:-1, :], idx[1:, :])):
             ok = (a >= 0) & (b >= 0)
-            if ok.any():
-                rel += np.bincount(a[ok] * s + b[ok], minlength=s * s)
+            pairs[name].append(a[ok] * s + b[ok])
+    weights = np.bincount(np.concatenate(cells), minlength=s).astype(np.float64)
+    right, down = (np.bincount(np.concatenate(pairs[n]), minlength=s * s).astype(np.int64)
+                   for n in ("right", "down"))
     return Adjacency(states=states.astype(np.uint32), weights=weights,
                      right=right.reshape(s, s), down=down.reshape(s, s))
+
+
+def learn_chunks(maps: Iterable[np.ndarray], size: int, *,
+                 max_states: Optional[int] = None) -> tuple[np.ndarray, Adjacency]:
+    """Cut every ``size`` x ``size`` window of cells out of example maps; learn chunk neighbours.
+
+    Every window position counts (windows overlap), so a 4x4 map gives nine 2x2 chunks.  Chunk
+    ``b`` is seen right of chunk ``a`` when ``b``'s window starts ``size`` cells right of
+    ``a``'s in the same map (the two touch without overlapping); likewise below.
+
+    Parameters
+    ----------
+    maps : iterable of ndarray, shape (rows, cols), integer
+        Example grids of cell values; maps smaller than a chunk contribute nothing.
+    size : int
+        Chunk side in cells (>= 1; 1 gives the tile model of :func:`learn_adjacency`).
+    max_states : int, optional
+        As in :func:`learn_adjacency`: keep only the most frequent chunks.
+
+    Returns
+    -------
+    blocks : ndarray, shape (K, size, size), uint32
+        Every distinct window, in lexicographic order of its cells.
+    adj : Adjacency
+        States are indices into ``blocks`` (all of them, or the ``max_states`` most frequent);
+        weights count the windows.
+
+    Raises
+    ------
+    ValueError
+        If ``size < 1``, a map is not a non-empty 2-D integer array, or no map holds a chunk.
+
+    Examples
+    --------
+    >>> blocks, adj = learn_chunks([np.arange(16).reshape(4, 4)], 2)
+    >>> blocks.shape, adj.n_states, int(adj.right.sum()), int(adj.down.sum())
+    ((9, 2, 2), 9, 3, 3)
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    ids_per_map, windows = [], []
+    for i, m in enumerate(maps):
+        a = np.asarray(m)
+        if a.ndim != 2 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"map {i} must be a non-empty 2-D integer array, "
+                             f"got {a.dtype} {a.shape}")
+        if a.shape[0] < size or a.shape[1] < size:
+            continue
+        v = np.lib.stride_tricks.sliding_window_view(a.astype(np.uint32), (size, size))
+        ids_per_map.append(v.shape[:2])
+        windows.append(v.reshape(-1, size * size))
+    if not windows:
+        raise ValueError(f"no map holds a {size}x{size} chunk")
+    blocks, inv = np.unique(np.concatenate(windows), axis=0, return_inverse=True)
+    inv = inv.ravel()
+    # Windows ``size`` apart become neighbours in the grids of one phase (py, px).
+    phases, start = [], 0
+    for shape in ids_per_map:
+        n = shape[0] * shape[1]
+        ids = inv[start:start + n].reshape(shape)
+        start += n
+        phases += [ids[py::size, px::size] for py in range(min(size, shape[0]))
+                   for px in range(min(size, shape[1]))]
+    adj = learn_adjacency(phases, max_states=max_states)
+    return blocks.reshape(-1, size, size).astype(np.uint32), adj
+
+
+def expand_chunks(grid: np.ndarray, blocks: np.ndarray, *, width: int, height: int) -> np.ndarray:
+    """Lay the chunks of a chunk grid out as cells and crop to ``height`` x ``width``.
+
+    Parameters
+    ----------
+    grid : ndarray, shape (rows, cols), integer
+        Indices into ``blocks``.
+    blocks : ndarray, shape (K, c, c)
+    width, height : int
+        Size of the cell grid wanted (at most ``cols * c`` by ``rows * c``).
+
+    Returns
+    -------
+    ndarray, shape (height, width), dtype of ``blocks``
+    """
+    g = np.asarray(grid)
+    b = np.asarray(blocks)
+    c = b.shape[1]
+    rows, cols = g.shape
+    if width > cols * c or height > rows * c:
+        raise ValueError(f"a {rows}x{cols} grid of {c}x{c} chunks cannot cover "
+                         f"{height}x{width} cells")
+    cells = b[g].transpose(0, 2, 1, 3).reshape(rows * c, cols * c)
+    return cells[:height, :width]
+
+
+def chunk_pixels(blocks: np.ndarray, state_tiles: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Pixels of each chunk: its cells' tiles (from ``state_tiles``) put side by side.
+
+    Returns
+    -------
+    ndarray, shape (K, c * T, c * T, C), dtype of ``state_tiles``' output
+    """
+    b = np.asarray(blocks)
+    k, c = b.shape[0], b.shape[1]
+    values, inv = np.unique(b, return_inverse=True)
+    px = np.asarray(state_tiles(values))
+    t, ch = px.shape[1], px.shape[3]
+    out = px[inv.reshape(k, c, c)]  # (K, c, c, T, T, C)
+    return out.transpose(0, 1, 3, 2, 4, 5).reshape(k, c * t, c * t, ch)
+
+
+def seam_difference(grids: Iterable[np.ndarray],
+                    state_tiles: Callable[[np.ndarray], np.ndarray]) -> float:
+    """Mean absolute difference between the pixels that touch across every tile border.
+
+    For each horizontal neighbour pair the right pixel column of the left tile is compared with
+    the left column of the right tile, channel by channel (likewise rows for vertical pairs);
+    the figure is pooled over all borders of all ``grids``.  Lower is smoother; natural images
+    are not 0 (edges of objects cross borders), so compare a level with its examples.
+
+    Parameters
+    ----------
+    grids : iterable of ndarray, shape (rows, cols), integer
+        Cell values (states of ``state_tiles``).
+    state_tiles : callable
+        ``state_tiles(values) -> ndarray (V, T, T, C)``, pixels of each value.
+
+    Returns
+    -------
+    float
+        NaN when no grid has a border (every grid is one cell).
+    """
+    total, count = 0.0, 0
+    for g in grids:
+        g = np.asarray(g)
+        values, inv = np.unique(g, return_inverse=True)
+        px = np.asarray(state_tiles(values)).astype(np.int16)
+        cells = px[inv.reshape(g.shape)]  # (rows, cols, T, T, C)
+        if g.shape[1] > 1:
+            d = np.abs(cells[:, :-1, :, -1] - cells[:, 1:, :, 0])
+            total += float(d.sum())
+            count += d.size
+        if g.shape[0] > 1:
+            d = np.abs(cells[:-1, :, -1] - cells[1:, :, 0])
+            total += float(d.sum())
+            count += d.size
+    return total / count if count else float("nan")
 
 
 def add_seam_pairs(adj: Adjacency, state_tiles: np.ndarray, *, per_side: int = 2) -> Adjacency:
     """Add, for every state and side, the ``per_side`` best-matching seams as allowed pairs.
 
-    Generated screens are small, so many tiles are seen with one neighbour per side or, at a
-    screen's edge, none: their adjacency graph has dead ends and WFC cannot fill a large level.
-    This adds pairs whose touching pixel rows / columns are closest (squared RGBA distance), so
-    every tile can continue on each side with a visually continuous neighbour.  Added pairs get
+    Generated screens are small, so many tiles (and chunks) are seen with one neighbour per
+    side or, at a screen's edge, none: their adjacency graph has dead ends and WFC cannot fill a
+    large level.  This adds pairs whose touching pixel rows / columns are closest (squared RGBA
+    distance), both the best ``b`` for each ``a`` and the best ``a`` for each ``b``, so every
+    state can continue on each side with a visually continuous neighbour.  Added pairs get
     count 1 and are marked in ``seam_right`` / ``seam_down``.
 
     Parameters
     ----------
     adj : Adjacency
     state_tiles : ndarray, shape (S, T, T, C), uint8
-        Pixels of each state (flips applied), in the order of ``adj.states``.
+        Pixels of each state (flips applied; a chunk's pixels for chunk states, see
+        :func:`chunk_pixels`), in the order of ``adj.states``.
     per_side : int, optional
         Seam partners added per state and side (0 returns ``adj`` unchanged).
 
@@ -273,18 +441,25 @@ class _Solver:
         self.count = np.full((height, width), self.s, np.int64)
         self.sw = np.full((height, width), w.sum())
         self.swl = np.full((height, width), self.wlogw.sum())
+        #: cells decided to each state (domain of one), for the reuse penalty
+        self.uses = np.zeros(self.s, np.int64)
         self._support: dict[tuple[bytes, int], np.ndarray] = {}
 
     # -- state
     def snapshot(self) -> tuple:
-        return (self.dom.copy(), self.count.copy(), self.sw.copy(), self.swl.copy())
+        return (self.dom.copy(), self.count.copy(), self.sw.copy(), self.swl.copy(),
+                self.uses.copy())
 
     def restore(self, snap: tuple) -> None:
-        self.dom, self.count, self.sw, self.swl = snap
+        self.dom, self.count, self.sw, self.swl, self.uses = snap
 
     def set_domain(self, y: int, x: int, new: np.ndarray) -> None:
+        # Domains only shrink between snapshots, so a cell reaches one state at most once.
+        was = int(self.count[y, x])
         self.dom[y, x] = new
         self.count[y, x] = int(new.sum())
+        if self.count[y, x] == 1 and was != 1:
+            self.uses[int(np.argmax(new))] += 1
         self.sw[y, x] = float(self.weights[new].sum())
         self.swl[y, x] = float(self.wlogw[new].sum())
 
@@ -356,7 +531,7 @@ class _Solver:
 
 def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts: int = 5,
              max_backtracks: int = 200, history: Optional[int] = None,
-             time_limit: Optional[float] = None) -> WfcResult:
+             time_limit: Optional[float] = None, reuse_penalty: float = 0.0) -> WfcResult:
     """Generate a ``height`` x ``width`` grid of states by Wave Function Collapse.
 
     Parameters
@@ -376,6 +551,10 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
         as fit in :data:`HISTORY_BYTES`, at most 64.
     time_limit : float, optional
         Seconds WFC may take over all attempts; past it, the greedy fallback fills the grid.
+    reuse_penalty : float, optional
+        Each draw divides a state's weight by ``(1 + uses) ** reuse_penalty``, ``uses`` being
+        the cells that already hold it, so no state floods the grid (0: classic WFC).  It only
+        changes which allowed state is drawn, never what is allowed.
 
     Returns
     -------
@@ -389,6 +568,8 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
         raise ValueError("attempts and max_backtracks must be >= 0 and history >= 1")
     if adj.n_states == 0:
         raise ValueError("the adjacency model has no state")
+    if not reuse_penalty >= 0:
+        raise ValueError(f"reuse_penalty must be >= 0, got {reuse_penalty}")
     rng = np.random.default_rng(seed)
     pair_r, pair_d = _pair_weights(adj)
     deadline = None if time_limit is None else time.perf_counter() + float(time_limit)
@@ -415,6 +596,8 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
             y, x = cell
             options = np.flatnonzero(solver.dom[y, x])
             p = adj.weights[options] * _context(solver, pair_r, pair_d, y, x, options)
+            if reuse_penalty:
+                p = p / (1.0 + solver.uses[options]) ** reuse_penalty
             if not p.sum() > 0:
                 p = adj.weights[options].copy()
             choice = int(rng.choice(options, p=p / p.sum()))
@@ -467,50 +650,98 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
 
 def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.ndarray], np.ndarray]]
                = None, *, width: int, height: int, seed: int = 0, attempts: int = 5,
-               seams: int = 2, time_limit: Optional[float] = None,
+               seams: int = SEAMS, chunk: int = CHUNK, reuse_penalty: float = REUSE_PENALTY,
+               time_limit: Optional[float] = None,
                max_states: Optional[int] = MAX_STATES) -> WfcResult:
-    """Learn adjacencies from ``maps`` and generate a level, widening the model if needed.
+    """Learn from ``maps`` and generate a level, from chunks if possible, else from tiles.
 
-    1. WFC over the pairs seen in ``maps``;
-    2. if that falls back and ``seams > 0``, WFC again over the seen pairs plus ``seams``
-       best-matching seams per tile and side (:func:`add_seam_pairs`);
-    3. otherwise the greedy fallback of the widest model tried.
+    1. WFC over ``chunk`` x ``chunk`` chunks cut from ``maps`` (:func:`learn_chunks`), allowed
+       next to each other where an example shows them so or where their pixels are among the
+       ``seams`` best-matching seams of either (:func:`add_seam_pairs`); the chunk grid covers
+       the level and is cropped to it.  Skipped when ``chunk`` is 1, ``state_tiles`` is not
+       given or no map holds a whole chunk;
+    2. otherwise, or if that falls back: WFC over the tile pairs seen in ``maps``;
+    3. if that falls back and ``seams > 0``: WFC over the seen tile pairs plus ``seams``
+       best-matching seams per tile and side;
+    4. otherwise the greedy fallback of the last model tried.
 
     Parameters
     ----------
     maps : iterable of ndarray, shape (rows, cols), integer
         Example grids.
     state_tiles : callable, optional
-        ``state_tiles(states) -> ndarray (S, T, T, C)``: pixels of each state (flips applied);
-        required for step 2.
-    width, height, seed, attempts, time_limit
+        ``state_tiles(states) -> ndarray (S, T, T, C)``: pixels of each cell value (flips
+        applied); required for steps 1 and 3 and for the seam figures.
+    width, height, seed, attempts, time_limit, reuse_penalty
         As in :func:`generate` (``time_limit`` applies to each model).
-    max_states : int, optional
-        As in :func:`learn_adjacency` (default :data:`MAX_STATES`).
     seams : int, optional
-        Seam partners per tile and side for step 2 (0: never widen).
+        Best-matching seam partners per state (chunk or tile) and side (0: seen pairs only).
+    chunk : int, optional
+        Chunk side in tiles for step 1 (1: tiles only).
+    max_states : int, optional
+        As in :func:`learn_adjacency`, for tiles and for chunks (default :data:`MAX_STATES`).
 
     Returns
     -------
     WfcResult
-        ``stats["model"]`` is ``"observed"`` or ``"observed+seams"``; ``stats["states"]`` the
-        number of states.
+        ``grid`` holds cell values of ``maps``; ``violations`` counts pairs the model used does
+        not allow (for chunks: pairs of neighbouring chunks).  ``attempts``, ``backtracks`` and
+        ``contradictions`` add up every model tried.  ``stats``: ``model`` (``"chunks"``,
+        ``"observed"`` or ``"observed+seams"``), ``tried`` (models in the order tried),
+        ``chunk`` (1 for tile models), ``states``, ``distinct_states`` (of the model used),
+        ``distinct_tiles`` and ``top_share`` (share of the commonest cell value) of the level,
+        ``unseen_pairs`` (tile pairs no example shows) and, with ``state_tiles``,
+        ``seam_diff`` / ``example_seam_diff`` (:func:`seam_difference` of the level / of
+        ``maps``).
     """
-    maps = list(maps)
-    adj = learn_adjacency(maps, max_states=max_states)
-    result = generate(adj, width=width, height=height, seed=seed, attempts=attempts,
-                      time_limit=time_limit)
-    result.stats.update(model="observed", states=adj.n_states)
-    if result.method != "greedy-fallback" or seams <= 0 or state_tiles is None:
-        return result
-    wide = add_seam_pairs(adj, state_tiles(adj.states), per_side=seams)
-    second = generate(wide, width=width, height=height, seed=seed, attempts=attempts,
-                      time_limit=time_limit)
-    second.attempts += result.attempts
-    second.backtracks += result.backtracks
-    second.contradictions += result.contradictions
-    second.stats.update(model="observed+seams", states=adj.n_states)
-    return second
+    maps = [np.asarray(m) for m in maps]
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if seams < 0:
+        raise ValueError(f"seams must be >= 0, got {seams}")
+    tile_adj = learn_adjacency(maps, max_states=max_states)
+    opts = dict(seed=seed, attempts=attempts, time_limit=time_limit, reuse_penalty=reuse_penalty)
+    tried: list[WfcResult] = []
+    result: Optional[WfcResult] = None
+    if chunk > 1 and state_tiles is not None and any(
+            m.shape[0] >= chunk and m.shape[1] >= chunk for m in maps):
+        blocks, adj = learn_chunks(maps, chunk, max_states=max_states)
+        if seams:
+            adj = add_seam_pairs(adj, chunk_pixels(blocks[adj.states], state_tiles),
+                                 per_side=seams)
+        r = generate(adj, width=-(-width // chunk), height=-(-height // chunk), **opts)
+        r.stats.update(model="chunks", chunk=chunk, states=adj.n_states)
+        tried.append(r)
+        if r.method != "greedy-fallback":
+            r.grid = expand_chunks(r.grid, blocks, width=width, height=height)
+            result = r
+    if result is None:
+        r = generate(tile_adj, width=width, height=height, **opts)
+        r.stats.update(model="observed", chunk=1, states=tile_adj.n_states)
+        tried.append(r)
+        if r.method == "greedy-fallback" and seams and state_tiles is not None:
+            wide = add_seam_pairs(tile_adj, state_tiles(tile_adj.states), per_side=seams)
+            r = generate(wide, width=width, height=height, **opts)
+            r.stats.update(model="observed+seams", chunk=1, states=wide.n_states)
+            tried.append(r)
+        result = r
+    result.attempts = sum(t.attempts for t in tried)
+    result.backtracks = sum(t.backtracks for t in tried)
+    result.contradictions = sum(t.contradictions for t in tried)
+    _, counts = np.unique(result.grid, return_counts=True)
+    result.stats.update(tried=[t.stats["model"] for t in tried],
+                        unseen_pairs=count_violations(result.grid, tile_adj),
+                        distinct_tiles=int(counts.size),
+                        top_share=round(float(counts.max()) / result.grid.size, 4))
+    if state_tiles is not None:
+        result.stats.update(seam_diff=_round(seam_difference([result.grid], state_tiles)),
+                            example_seam_diff=_round(seam_difference(maps, state_tiles)))
+    return result
+
+
+def _round(x: float) -> Optional[float]:
+    """``x`` to 2 decimals; NaN (nothing measured) becomes None, which JSON can hold."""
+    return None if x != x else round(x, 2)
 
 
 def _stats(grid: np.ndarray, adj: Adjacency) -> dict:
