@@ -49,6 +49,11 @@ class GANConfig:
         How the generator doubles its maps: ``deconv`` (DCGAN's 4×4 stride-2 transposed
         convolution) or ``nearest`` (nearest-neighbour ×2 then a 3×3 convolution, which cannot
         produce the checkerboard pattern of uneven transposed-conv overlap).
+    d_scales : int
+        Number of image scales the discriminator judges: 1 = the image only (DCGAN); k > 1
+        adds k - 1 smaller discriminators of the same design that see the image average-pooled
+        by 2, 4, … (each scale's smaller side stays at least 16), which judge layout and colour
+        at a coarse scale.  Their logits come out side by side, shape (B, k).
     """
 
     height: int = 64
@@ -59,6 +64,7 @@ class GANConfig:
     ndf: int = 32
     spectral_norm: bool = True
     upsample: str = "deconv"
+    d_scales: int = 1
 
     @property
     def n_up(self) -> int:
@@ -84,6 +90,12 @@ class GANConfig:
             raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {self.upsample!r}")
         if self.channels not in (3, 4):
             raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels}")
+        if self.d_scales < 1 or (self.d_scales > 1
+                                 and min(self.height, self.width) >> (self.d_scales - 1) < 16):
+            raise ValueError(f"d_scales must be at least 1 and keep every scale at least 16 "
+                             f"pixels: {self.height}x{self.width} allows at most "
+                             f"{max(1, (min(self.height, self.width) // 16).bit_length())}, "
+                             f"got {self.d_scales}")
         if self.n_up < 2 or max(self.base) > 4 * min(self.base):
             raise ValueError(f"image size {self.height}x{self.width} cannot be built by doubling: "
                              "use sides such as 32, 64, 128 or 256x224")
@@ -102,9 +114,43 @@ def _mult(i: int, n: int) -> int:
     return min(8, 2 ** (n - 1 - i))
 
 
+#: Below this many output channels, nearest ×2 + 3×3 conv runs in its sub-pixel form
+#: (:class:`NearestUpConv`): measured 3.2× faster (forward + backward) for the 16 -> 3 image
+#: layer on one AVX2 core, and slower than the plain form from 16 output channels up.
+SUBPIXEL_MAX_COUT = 4
+
+# _PHASE[a, u, t]: for output rows of parity a, which of the conv's taps t (rows -1, 0, +1 of
+# the upsampled map) land on low-resolution row offset u (-1, 0, +1).
+_PHASE = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0]],
+                       [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+
+
+class NearestUpConv(nn.Conv2d):
+    """Nearest-neighbour ×2 upsampling then a 3×3 convolution (padding 1), computed without
+    building the upsampled map.
+
+    Each of the four output pixel parities (a, b) sees the low-resolution input through its own
+    3×3 kernel (sums of the original taps, :data:`_PHASE`), so one ordinary convolution with 4×
+    the output channels at the low resolution, followed by a pixel shuffle, gives exactly the
+    same result (up to float rounding) with the same arithmetic and no ×4 intermediate.  The
+    weight is the plain layer's ``(cout, cin, 3, 3)``, so checkpoints are interchangeable.
+    """
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o, i = self.weight.shape[:2]
+        ph = _PHASE.to(self.weight)
+        k = torch.einsum("aus,oist,bvt->oabiuv", ph, self.weight, ph).reshape(4 * o, i, 3, 3)
+        return nn.functional.pixel_shuffle(nn.functional.conv2d(x, k, padding=1), 2)
+
+
 def _up(kind: str, cin: int, cout: int) -> list[nn.Module]:
     """Layers that double the spatial size: cin × s × s -> cout × 2s × 2s (no bias)."""
     if kind == "nearest":
+        if cout <= SUBPIXEL_MAX_COUT:            # Identity keeps the layer indices (state keys)
+            return [nn.Identity(), NearestUpConv(cin, cout)]
         return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)]
     return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)]
 
@@ -141,7 +187,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Image (B, C, H, W) float in [-1, 1] -> logits (B,) float32."""
+    """Image (B, C, H, W) float in [-1, 1] -> logits (B,) float32 ((B, k) for k scales)."""
 
     def __init__(self, cfg: GANConfig):
         super().__init__()
@@ -163,10 +209,21 @@ class Discriminator(nn.Module):
         # (ndf*8) × bh × bw -> 1 × 1 × 1
         layers.append(sn(nn.Conv2d(d * _mult(0, n), 1, (bh, bw), 1, 0, bias=False)))
         self.main = nn.Sequential(*layers)
+        # one smaller discriminator per extra scale (absent, so old checkpoints load, at 1)
+        if cfg.d_scales > 1:
+            self.coarse = nn.ModuleList(
+                Discriminator(dataclasses.replace(cfg, height=cfg.height >> s, width=cfg.width >> s,
+                                                  d_scales=1))
+                for s in range(1, cfg.d_scales))
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).reshape(x.shape[0]).float()
+        """Logits (B,) float32, or (B, d_scales) with the full-size scale first."""
+        out = self.main(x).reshape(x.shape[0]).float()
+        if self.cfg.d_scales == 1:
+            return out
+        outs = [out] + [d(nn.functional.avg_pool2d(x, 2 ** s)) for s, d in enumerate(self.coarse, 1)]
+        return torch.stack(outs, dim=1)
 
 
 def init_weights(module: nn.Module) -> None:

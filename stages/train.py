@@ -74,6 +74,9 @@ class Params:
     spectral_norm: bool = param(True, help="Spectral norm on D's convs (instead of batch norm).")
     upsample: str = param("nearest", help="Generator doubling: deconv (DCGAN transposed conv) or "
                                          "nearest (nearest ×2 + 3×3 conv, no checkerboard).")
+    d_scales: int = param(1, help="Image scales D judges: 1 = full size only; 2 or 3 add smaller "
+                                  "discriminators on the image average-pooled by 2, 4 (layout and "
+                                  "colour at a coarse scale).")
     diffaug: str = param("translation,cutout,color",
                          help="DiffAugment ops applied to everything D sees, comma separated "
                               "(translation, cutout, color); empty = off.")
@@ -120,7 +123,8 @@ def gan_config(p: Params, channels: int) -> "Any":
     from stages._gan import GANConfig
 
     return GANConfig(height=p.size, width=p.size, channels=channels, nz=p.nz, ngf=p.ngf,
-                     ndf=p.ndf, spectral_norm=p.spectral_norm, upsample=p.upsample)
+                     ndf=p.ndf, spectral_norm=p.spectral_norm, upsample=p.upsample,
+                     d_scales=p.d_scales)
 
 
 # --------------------------------------------------------------------------- validation
@@ -132,6 +136,9 @@ def _validate(p: Params) -> None:
     for name in ("steps", "batch", "nz", "ngf", "ndf", "ckpt_every", "grid_every", "log_every"):
         if int(getattr(p, name)) < 1:
             raise ParamError(f"{name} must be at least 1, got {getattr(p, name)}")
+    if p.d_scales < 1 or (p.d_scales > 1 and p.size >> (p.d_scales - 1) < 16):
+        raise ParamError(f"d_scales must be 1..{max(1, (p.size // 16).bit_length())} for size "
+                         f"{p.size} (every scale D judges keeps at least 16 pixels), got {p.d_scales}")
     if p.loss not in ("hinge", "bce"):
         raise ParamError(f"loss must be 'hinge' or 'bce', got {p.loss!r}")
     from stages._gan import UPSAMPLE

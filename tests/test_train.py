@@ -81,6 +81,67 @@ def test_nearest_upsampling_generator_builds_every_size(size):
     assert G(torch.randn(2, 8)).shape == (2, 3, size, size)
 
 
+@pytest.mark.parametrize("cin,cout,h,w", [(5, 3, 6, 7), (16, 4, 8, 8), (3, 1, 1, 2)])
+def test_subpixel_upconv_equals_upsample_then_conv(cin, cout, h, w):
+    from stages._gan import NearestUpConv
+
+    torch.manual_seed(0)
+    fast = NearestUpConv(cin, cout)
+    plain = torch.nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+    plain.load_state_dict(fast.state_dict())              # same weight, same checkpoint keys
+    x1 = torch.randn(2, cin, h, w, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1 = fast(x1)
+    y2 = plain(torch.nn.functional.interpolate(x2, scale_factor=2, mode="nearest"))
+    assert y1.shape == (2, cout, 2 * h, 2 * w)
+    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_generator_image_layer_uses_subpixel_form_and_keeps_checkpoint_keys():
+    from stages import _gan
+
+    cfg = GANConfig(height=32, width=32, nz=8, ngf=8, ndf=4, upsample="nearest")
+    G = Generator(cfg)
+    assert isinstance(G.main[-2], _gan.NearestUpConv)     # the 8 -> 3 image layer
+    assert not isinstance(G.main[-6], _gan.NearestUpConv)  # wide layers keep the plain form
+    old = _gan.SUBPIXEL_MAX_COUT
+    try:
+        _gan.SUBPIXEL_MAX_COUT = 0
+        G_plain = Generator(cfg)
+    finally:
+        _gan.SUBPIXEL_MAX_COUT = old
+    assert G_plain.state_dict().keys() == G.state_dict().keys()
+    G_plain.load_state_dict(G.state_dict())
+    G.eval(), G_plain.eval()
+    z = torch.randn(3, 8)
+    torch.testing.assert_close(G(z), G_plain(z), atol=1e-5, rtol=1e-5)
+
+
+def test_multiscale_discriminator_judges_pooled_copies_side_by_side():
+    cfg = GANConfig(height=64, width=64, nz=8, ngf=4, ndf=4, d_scales=3)
+    D = Discriminator(cfg).eval()               # eval: no power iteration between calls
+    x = torch.randn(2, 3, 64, 64)
+    out = D(x)
+    assert out.shape == (2, 3)
+    torch.testing.assert_close(out[:, 0], D.main(x).reshape(2))            # full size first
+    torch.testing.assert_close(out[:, 2], D.coarse[1](torch.nn.functional.avg_pool2d(x, 4)))
+    one = Discriminator(GANConfig(height=64, width=64, nz=8, ngf=4, ndf=4))
+    assert not any(k.startswith("coarse") for k in one.state_dict())      # old checkpoints load
+
+
+def test_multiscale_training_runs_and_bad_scale_count_is_a_param_error(patches, tmp_path):
+    s = train.run({"patches": [patches]}, tiny(d_scales=2), tmp_path / "ok")
+    assert s["steps"] == 3
+    assert all(np.isfinite(r["lossD"]) for r in metrics(tmp_path / "ok") if "lossD" in r)
+    with pytest.raises(ParamError, match="d_scales must be 1..2 for size 32"):
+        train.run({"patches": [patches]}, tiny(d_scales=3), tmp_path / "bad")
+
+
 def test_unknown_upsampling_is_a_param_error(patches, tmp_path):
     with pytest.raises(ParamError, match="upsample"):
         train.run({"patches": [patches]}, tiny(upsample="bilinear"), tmp_path)
