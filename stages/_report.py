@@ -265,12 +265,20 @@ def _manifest_index(root: Path) -> dict[str, Path]:
 def _section_level(out_dir: Path, summary: dict) -> str:
     data, w = _png_of_file(out_dir / "previews" / "level.png")
     lv = summary.get("level", {})
+    unit = "tile" if lv.get("chunk", 1) == 1 else f"{lv.get('chunk')}x{lv.get('chunk')}-tile piece"
     note = (f"{_esc(lv.get('method'))}: {lv.get('attempts')} attempt(s), {lv.get('backtracks')} "
-            f"backtrack(s), {lv.get('violations')} unseen neighbour pair(s), "
-            f"{lv.get('states')} tile states")
-    model = ("the neighbours seen in the generated screens" if lv.get("model") != "observed+seams"
-             else "the neighbours seen in the generated screens, widened with best-matching "
-                  "pixel seams")
+            f"backtrack(s), {lv.get('violations')} neighbour pair(s) the model does not allow, "
+            f"{lv.get('states')} {unit} states, {lv.get('distinct_tiles')} distinct tiles, the "
+            f"most used on {100 * float(lv.get('top_share') or 0):.0f} % of cells; pixel "
+            f"difference across tile borders {lv.get('seam_diff')} (inside the generated "
+            f"screens: {lv.get('example_seam_diff')})")
+    model = {
+        "chunks": (f"{lv.get('chunk')}x{lv.get('chunk')}-tile pieces cut from the generated "
+                   "screens, each next to pieces it sits beside in a screen or whose pixel "
+                   "borders match best"),
+        "observed+seams": ("single tiles, with the neighbours seen in the generated screens "
+                           "widened by best-matching pixel seams"),
+    }.get(lv.get("model"), "single tiles, with the neighbours seen in the generated screens")
     return (f"<h2>Level (maps/level.tmx)</h2><p>Made by Wave Function Collapse over "
             f"{model}. {note}.</p>"
             f'<div class="scroll">{_img_tag(data, alt="level preview", scale=2, width=w)}</div>')

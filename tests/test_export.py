@@ -130,6 +130,9 @@ def test_level_from_generated_like_screens_is_not_one_flooding_tile(tmp_path):
     assert lv["seam_diff"] <= 1.25 * lv["example_seam_diff"]
     gids, _ = pytmx_cells(load_tmx(out / "maps" / "level.tmx"))
     assert np.bincount(gids.ravel()).max() / gids.size == pytest.approx(lv["top_share"], abs=1e-3)
+    html = (out / "report.html").read_text()
+    assert "2x2-tile pieces cut from the generated screens" in html
+    assert f"{lv['distinct_tiles']} distinct tiles" in html
 
 
 def test_level_params_default_to_the_wfc_defaults():
