@@ -3,9 +3,11 @@
 Reference = the pytorch/examples DCGAN recipe: plain fp32 eager, contiguous (NCHW) tensors,
 G and D with batch norm, BCE on sigmoid outputs, D run separately on the real and the fake
 batch, Adam 2e-4 β1 0.5, denormals not flushed.
-Ours = ``stages.train.Trainer.step`` at the same widths (ngf = ndf = 64), image size and batch:
-our defaults otherwise (hinge loss, spectral-norm D, DiffAugment, EMA, channels_last, flushed
-denormals, precision "auto" = fp32 on CPUs without native bf16).
+Ours = ``stages.train.Trainer.step`` at the same widths (ngf = ndf = 64), image size and batch,
+transposed convs and one full-size D; our defaults otherwise (hinge loss, spectral norm,
+DiffAugment, EMA, channels_last, flushed denormals, precision "auto" = fp32 on CPUs without
+native bf16).  A roofline line then counts both steps' arithmetic (torch's FLOP counter) and
+this CPU's fp32 GEMM peak: the most any fp32 trainer doing our arithmetic could reach here.
 
 Both train on the same patches (the example corpus cut by the crop stage, or random blocks when
 crop is unavailable).  Steps alternate in blocks so machine-load drift hits both alike; the
@@ -105,6 +107,27 @@ def load_patches(size: int) -> np.ndarray:
         return a.repeat(8, 1).repeat(8, 2)
 
 
+def step_gflop(step_fn) -> float:
+    """Matmul/convolution arithmetic (forward and backward) of one call of ``step_fn``, GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        step_fn()
+    return fc.get_total_flops() / 1e9
+
+
+def gemm_peak_gflops(n: int = 1536, reps: int = 5) -> float:
+    """Best fp32 GEMM rate of this CPU at the current thread count (median of reps), GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    rates = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        rates.append(2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return float(np.median(rates))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=64)
@@ -127,10 +150,11 @@ def main() -> None:
           f"native bf16: {train.cpu_has_native_bf16()}")
 
     ref = Reference(100, args.ngf, args.ngf, 3)
-    # same architecture as the reference: its widths, batch and transposed-conv generator
+    # same architecture as the reference: its widths, batch, transposed-conv generator and one
+    # full-size discriminator
     p = train.Params(size=args.size, batch=args.batch, ngf=args.ngf, ndf=args.ngf,
-                     upsample="deconv", precision=args.precision, compile=args.compile,
-                     steps=10 ** 6)
+                     upsample="deconv", d_scales=1, precision=args.precision,
+                     compile=args.compile, steps=10 ** 6)
     ours = train.Trainer(p, train.gan_config(p, 3), torch.device("cpu"))
     state = {"ref": 0, "ours": 0, "defaults": 0}
 
@@ -180,6 +204,16 @@ def main() -> None:
               f"{d.batch}) {np.median(r_d):.1f} img/s vs reference (ngf {args.ngf}, batch "
               f"{args.batch}) {base:.1f} img/s = {np.median(r_d) / base:.1f}x more images seen "
               f"per second (not the same network: see docs/training.md for the quality)")
+    # roofline: how far can any fp32 trainer doing this arithmetic get on this CPU?
+    idx = np.sort(train.batch_indices(2, 0, n, args.batch))
+    f_ref = step_gflop(lambda: ref.step(patches[idx]))
+    f_ours = step_gflop(lambda: ours.step(0, patches[idx]))
+    peak = gemm_peak_gflops()
+    ref_rate = f_ref * base / args.batch                          # GFLOP/s the reference achieves
+    print(f"roofline: reference step {f_ref:.1f} GFLOP at {ref_rate:.0f} GFLOP/s, ours {f_ours:.1f} "
+          f"GFLOP; fp32 GEMM peak here {peak:.0f} GFLOP/s -> ours at peak would be "
+          f"{peak / f_ours * args.batch:.0f} img/s = at most {peak / f_ours * args.batch / base:.2f}x "
+          f"the reference")
     print(f"train: ours={mine:.1f} img/s baseline={base:.1f} img/s ratio={mine / base:.2f}")
 
 

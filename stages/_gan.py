@@ -54,6 +54,10 @@ class GANConfig:
         adds k - 1 smaller discriminators of the same design that see the image average-pooled
         by 2, 4, … (each scale's smaller side stays at least 16), which judge layout and colour
         at a coarse scale.  Their logits come out side by side, shape (B, k).
+    mbstd : int
+        Minibatch standard deviation (ProGAN): before its last layer D appends one feature map
+        holding the mean standard deviation of its features over groups of this many images,
+        so a generator that makes too-similar images is caught; 0 = off.
     """
 
     height: int = 64
@@ -65,6 +69,7 @@ class GANConfig:
     spectral_norm: bool = True
     upsample: str = "deconv"
     d_scales: int = 1
+    mbstd: int = 0
 
     @property
     def n_up(self) -> int:
@@ -206,8 +211,8 @@ class Discriminator(nn.Module):
                 layers.append(nn.BatchNorm2d(cout))
             layers.append(nn.LeakyReLU(0.2, True))
         bh, bw = cfg.base
-        # (ndf*8) × bh × bw -> 1 × 1 × 1
-        layers.append(sn(nn.Conv2d(d * _mult(0, n), 1, (bh, bw), 1, 0, bias=False)))
+        # (ndf*8 [+1 minibatch-std map]) × bh × bw -> 1 × 1 × 1
+        layers.append(sn(nn.Conv2d(d * _mult(0, n) + (cfg.mbstd > 0), 1, (bh, bw), 1, 0, bias=False)))
         self.main = nn.Sequential(*layers)
         # one smaller discriminator per extra scale (absent, so old checkpoints load, at 1)
         if cfg.d_scales > 1:
@@ -217,13 +222,36 @@ class Discriminator(nn.Module):
                 for s in range(1, cfg.d_scales))
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) float32, or (B, d_scales) with the full-size scale first."""
-        out = self.main(x).reshape(x.shape[0]).float()
+    def forward(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
+        """Logits (B,) float32, or (B, d_scales) with the full-size scale first.
+
+        ``parts``: the batch is that many equal, contiguous sets (e.g. real then fake) that the
+        minibatch-std groups must not mix.
+        """
+        if self.cfg.mbstd > 0:
+            h = _minibatch_std(self.main[:-1](x), self.cfg.mbstd, parts)
+            out = self.main[-1](h).reshape(x.shape[0]).float()
+        else:
+            out = self.main(x).reshape(x.shape[0]).float()
         if self.cfg.d_scales == 1:
             return out
-        outs = [out] + [d(nn.functional.avg_pool2d(x, 2 ** s)) for s, d in enumerate(self.coarse, 1)]
+        outs = [out] + [d(nn.functional.avg_pool2d(x, 2 ** s), parts)
+                        for s, d in enumerate(self.coarse, 1)]
         return torch.stack(outs, dim=1)
+
+
+def _minibatch_std(h: torch.Tensor, group: int, parts: int) -> torch.Tensor:
+    """Append one map: the std of ``h`` over groups of images, averaged over features.
+
+    Groups are contiguous runs of ``g`` images, ``g`` the largest size up to ``group`` that
+    divides each of the ``parts`` equal sets, so no group mixes two sets.
+    """
+    b = h.shape[0]
+    n = b // parts
+    g = max(k for k in range(1, min(group, n) + 1) if n % k == 0)
+    std = h.float().view(b // g, g, *h.shape[1:]).var(dim=1, unbiased=False).add(1e-8).sqrt()
+    s = std.mean(dim=(1, 2, 3)).repeat_interleave(g).to(h.dtype)          # (B,)
+    return torch.cat([h, s.view(b, 1, 1, 1).expand(b, 1, *h.shape[2:])], dim=1)
 
 
 def init_weights(module: nn.Module) -> None:

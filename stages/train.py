@@ -3,7 +3,8 @@
 Reads ``patches.npy`` (uint8, (N, S, S, C)) from a crop artifact — or user-given ``.npy`` files,
 images or folders, cut into ``size``×``size`` squares — and trains the networks of
 :mod:`stages._gan` with the small-data recipe chosen by measurement (docs/training.md):
-hinge loss, spectral norm in D, DiffAugment on everything D sees, a generator EMA for
+hinge loss, spectral norm in D, a second discriminator on the half-size image, DiffAugment
+translation on everything D sees, a generator EMA for
 sampling, channels_last and flushed denormals on the CPU (bf16 autocast where the hardware
 has native bf16; emulated bf16 measured 2× slower).
 
@@ -74,10 +75,12 @@ class Params:
     spectral_norm: bool = param(True, help="Spectral norm on D's convs (instead of batch norm).")
     upsample: str = param("nearest", help="Generator doubling: deconv (DCGAN transposed conv) or "
                                          "nearest (nearest ×2 + 3×3 conv, no checkerboard).")
-    d_scales: int = param(1, help="Image scales D judges: 1 = full size only; 2 or 3 add smaller "
+    d_scales: int = param(0, help="Image scales D judges: 1 = full size only; 2 or 3 add smaller "
                                   "discriminators on the image average-pooled by 2, 4 (layout and "
-                                  "colour at a coarse scale).")
-    diffaug: str = param("translation,cutout,color",
+                                  "colour at a coarse scale); 0 = auto: 2 from 32 pixels up, else 1.")
+    mbstd: int = param(0, help="Minibatch standard deviation in D over groups of this many "
+                               "images (ProGAN's variety check; 0 = off).")
+    diffaug: str = param("translation",
                          help="DiffAugment ops applied to everything D sees, comma separated "
                               "(translation, cutout, color); empty = off.")
     ema: float = param(0.999, help="Decay of the generator EMA used for grids, SWD and sampling "
@@ -118,13 +121,18 @@ _STEP_HOOK: Optional[Callable[[int], None]] = None
 _DIVERGED = 1e4          # |loss| above this counts as divergence
 
 
+def resolve_d_scales(p: Params) -> int:
+    """``d_scales`` with 0 (auto) resolved: 2 (full size + half size) from 32 pixels up, else 1."""
+    return p.d_scales or (2 if p.size >= 32 else 1)
+
+
 def gan_config(p: Params, channels: int) -> "Any":
     """The network architecture (stages._gan.GANConfig) these parameters train."""
     from stages._gan import GANConfig
 
     return GANConfig(height=p.size, width=p.size, channels=channels, nz=p.nz, ngf=p.ngf,
                      ndf=p.ndf, spectral_norm=p.spectral_norm, upsample=p.upsample,
-                     d_scales=p.d_scales)
+                     d_scales=resolve_d_scales(p), mbstd=p.mbstd)
 
 
 # --------------------------------------------------------------------------- validation
@@ -136,9 +144,11 @@ def _validate(p: Params) -> None:
     for name in ("steps", "batch", "nz", "ngf", "ndf", "ckpt_every", "grid_every", "log_every"):
         if int(getattr(p, name)) < 1:
             raise ParamError(f"{name} must be at least 1, got {getattr(p, name)}")
-    if p.d_scales < 1 or (p.d_scales > 1 and p.size >> (p.d_scales - 1) < 16):
-        raise ParamError(f"d_scales must be 1..{max(1, (p.size // 16).bit_length())} for size "
+    if p.d_scales < 0 or (p.d_scales > 1 and p.size >> (p.d_scales - 1) < 16):
+        raise ParamError(f"d_scales must be 0 (auto) or 1..{max(1, (p.size // 16).bit_length())} for size "
                          f"{p.size} (every scale D judges keeps at least 16 pixels), got {p.d_scales}")
+    if p.mbstd < 0:
+        raise ParamError(f"mbstd must be >= 0 (0 = off), got {p.mbstd}")
     if p.loss not in ("hinge", "bce"):
         raise ParamError(f"loss must be 'hinge' or 'bce', got {p.loss!r}")
     from stages._gan import UPSAMPLE
@@ -450,7 +460,7 @@ class Trainer:
             if self.d_has_bn and self.world == 1:
                 lr_, lf_ = self.Df(real_in), self.Df(fake_in)
             else:
-                both = self.Df(torch.cat([real_in, fake_in]))
+                both = self.Df(torch.cat([real_in, fake_in]), parts=2)
                 lr_, lf_ = both[:b], both[b:]
         if p.loss == "hinge":
             lossD = F.relu(1.0 - lr_).mean() + F.relu(1.0 + lf_).mean()

@@ -134,11 +134,37 @@ def test_multiscale_discriminator_judges_pooled_copies_side_by_side():
     assert not any(k.startswith("coarse") for k in one.state_dict())      # old checkpoints load
 
 
+def test_minibatch_std_groups_never_mix_real_and_fake():
+    from stages._gan import _minibatch_std
+
+    h = torch.zeros(12, 2, 4, 4)
+    h[6:] = torch.arange(6.0)[:, None, None, None]          # the fake half varies, the real does not
+    out = _minibatch_std(h, 4, parts=2)                      # 6 per part: groups of 3
+    assert out.shape == (12, 3, 4, 4)
+    assert torch.all(out[:6, 2] < 1e-3)                      # real groups see no spread
+    assert torch.allclose(out[6:, 2], torch.full((6, 4, 4), (2 / 3) ** 0.5), atol=1e-4)
+    D = Discriminator(GANConfig(height=32, width=32, nz=8, ngf=4, ndf=4, mbstd=4, d_scales=2)).eval()
+    assert D(torch.randn(8, 3, 32, 32), parts=2).shape == (8, 2)
+
+
+def test_minibatch_std_training_runs(patches, tmp_path):
+    s = train.run({"patches": [patches]}, tiny(mbstd=2), tmp_path / "ok")
+    assert s["steps"] == 3
+    with pytest.raises(ParamError, match="mbstd"):
+        train.run({"patches": [patches]}, tiny(mbstd=-1), tmp_path / "bad")
+
+
+def test_d_scales_auto_is_two_scales_from_32_pixels_up():
+    assert train.gan_config(train.Params(size=32), 3).d_scales == 2
+    assert train.gan_config(train.Params(size=16), 3).d_scales == 1
+    assert train.gan_config(train.Params(size=64, d_scales=1), 3).d_scales == 1
+
+
 def test_multiscale_training_runs_and_bad_scale_count_is_a_param_error(patches, tmp_path):
     s = train.run({"patches": [patches]}, tiny(d_scales=2), tmp_path / "ok")
     assert s["steps"] == 3
     assert all(np.isfinite(r["lossD"]) for r in metrics(tmp_path / "ok") if "lossD" in r)
-    with pytest.raises(ParamError, match="d_scales must be 1..2 for size 32"):
+    with pytest.raises(ParamError, match="d_scales must be 0 \\(auto\\) or 1..2 for size 32"):
         train.run({"patches": [patches]}, tiny(d_scales=3), tmp_path / "bad")
 
 
