@@ -197,27 +197,26 @@ def test_memo_never_changes_the_digest(tmp_path, reads, form):
     assert C.digest_explicit_inputs(items, memo=memo) == plain       # warm memo
 
 
-def test_memo_rereads_a_file_whose_size_changed(tmp_path, reads):
-    d = _inputs(tmp_path)
-    memo = tmp_path / C.INPUT_MEMO
-    k1 = C.digest_explicit_inputs([d], memo=memo)
-    (d / "s1.png").write_bytes(b"longer content")
-    reads.clear()
-    k2 = C.digest_explicit_inputs([d], memo=memo)
-    assert reads == ["s1.png"] and k2 != k1 and k2 == C.digest_explicit_inputs([d])
+def _grow(f: Path) -> None:
+    f.write_bytes(b"longer content")                                   # new size
 
 
-def test_memo_rereads_a_same_size_edit_with_a_new_mtime(tmp_path, reads):
-    d = _inputs(tmp_path)
-    memo = tmp_path / C.INPUT_MEMO
-    f = d / "s2.png"
-    k1 = C.digest_explicit_inputs([d], memo=memo)
+def _same_size_later_mtime(f: Path) -> None:
     st = f.stat()
     f.write_bytes(b"\xff" * st.st_size)                               # same size, new bytes
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later edit
+
+
+@pytest.mark.parametrize("name,edit", [("s1.png", _grow), ("s2.png", _same_size_later_mtime)],
+                         ids=["size-changed", "same-size-new-mtime"])
+def test_memo_rereads_an_edited_file(tmp_path, reads, name, edit):
+    d = _inputs(tmp_path)
+    memo = tmp_path / C.INPUT_MEMO
+    k1 = C.digest_explicit_inputs([d], memo=memo)
+    edit(d / name)
     reads.clear()
     k2 = C.digest_explicit_inputs([d], memo=memo)
-    assert reads == ["s2.png"] and k2 != k1 and k2 == C.digest_explicit_inputs([d])
+    assert reads == [name] and k2 != k1 and k2 == C.digest_explicit_inputs([d])
 
 
 def test_memo_sees_an_edit_that_puts_the_mtime_back(tmp_path, reads):
