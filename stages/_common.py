@@ -139,6 +139,11 @@ class Skipped:
         """The first recorded reason, or "" when nothing was skipped."""
         return self.items[0]["reason"] if self.items else ""
 
+    def nothing_usable(self, stage: str, n: int, what: str = "input image(s)") -> "InputError":
+        """The error for a stage left with nothing: names the count and the first problem."""
+        return InputError(f"{stage}: none of the {n} {what} could be used "
+                          f"(first problem: {self.first_reason() or 'unknown'})")
+
     def __len__(self) -> int:
         return len(self.items)
 

@@ -95,12 +95,10 @@ class GANConfig:
             raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {self.upsample!r}")
         if self.channels not in (3, 4):
             raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels}")
-        if self.d_scales < 1 or (self.d_scales > 1
-                                 and min(self.height, self.width) >> (self.d_scales - 1) < 16):
+        if not 1 <= self.d_scales <= max_d_scales(min(self.height, self.width)):
             raise ValueError(f"d_scales must be at least 1 and keep every scale at least 16 "
                              f"pixels: {self.height}x{self.width} allows at most "
-                             f"{max(1, (min(self.height, self.width) // 16).bit_length())}, "
-                             f"got {self.d_scales}")
+                             f"{max_d_scales(min(self.height, self.width))}, got {self.d_scales}")
         if self.n_up < 2 or max(self.base) > 4 * min(self.base):
             raise ValueError(f"image size {self.height}x{self.width} cannot be built by doubling: "
                              "use sides such as 32, 64, 128 or 256x224")
@@ -112,6 +110,12 @@ class GANConfig:
     def from_dict(cls, d: dict[str, Any]) -> "GANConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def max_d_scales(side: int) -> int:
+    """Most discriminator scales an image whose smaller side is ``side`` allows (each scale
+    halves it; all but the first must keep at least 16 pixels)."""
+    return max(1, (side // 16).bit_length())
 
 
 def _mult(i: int, n: int) -> int:

@@ -134,8 +134,7 @@ def _load_generated(items: list, skipped: Skipped) -> _Generated:
         stem = path.stem if path.stem not in maps else f"{path.stem}-{len(maps)}"
         maps[stem] = bank.add_image(rgba, stem)
     if not maps:
-        raise InputError(f"dedupe: none of the {len(files)} input image(s) could be used "
-                         f"(first problem: {skipped.first_reason() or 'unknown'})")
+        raise skipped.nothing_usable("dedupe", len(files))
     return _Generated(bank.array(), maps, [list(o) for o in bank.origins], True, 16)
 
 
@@ -200,8 +199,7 @@ def _load_training(items: list, t: int, skipped: Skipped) -> Optional[_Training]
             screens.append({"id": path.stem, "source": str(path), "width": w, "height": h})
             parts.append(cut)
         if not parts:
-            raise InputError(f"dedupe: none of the {len(files)} training image(s) could be used "
-                             f"(first problem: {skipped.first_reason() or 'unknown'})")
+            raise skipped.nothing_usable("dedupe", len(files), "training image(s)")
         tiles = np.concatenate(parts)
         origin = np.concatenate(origins).astype(np.int64)
     total = len(tiles)

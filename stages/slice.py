@@ -138,8 +138,7 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         palettes.append(_read_palette(path))
         progress("slice", len(names) + len(skipped), len(files))
     if not maps:
-        raise InputError(f"slice: none of the {len(files)} input image(s) could be used "
-                         f"(first problem: {skipped.first_reason() or 'unknown'})")
+        raise skipped.nothing_usable("slice", len(files))
     tiles = bank.array()
     palette = palettes[0] if palettes and all(p is not None and p == palettes[0]
                                               for p in palettes) else None

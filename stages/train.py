@@ -41,9 +41,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from stages._checkpoint import CKPT_VERSION, load_checkpoint, resolve_device, save_checkpoint
-from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, StageError,
-                            atomic_write_text, expand_inputs, find_artifact, load_image,
-                            no_progress, param, save_png, write_json)
+from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, Skipped,
+                            StageError, atomic_write_text, expand_inputs, find_artifact,
+                            load_image, no_progress, param, save_png, write_json)
 
 NAME = "train"
 INPUTS = {"patches": "crop"}
@@ -144,8 +144,10 @@ def _validate(p: Params) -> None:
     for name in ("steps", "batch", "nz", "ngf", "ndf", "ckpt_every", "grid_every", "log_every"):
         if int(getattr(p, name)) < 1:
             raise ParamError(f"{name} must be at least 1, got {getattr(p, name)}")
-    if p.d_scales < 0 or (p.d_scales > 1 and p.size >> (p.d_scales - 1) < 16):
-        raise ParamError(f"d_scales must be 0 (auto) or 1..{max(1, (p.size // 16).bit_length())} for size "
+    from stages._gan import max_d_scales
+
+    if not 0 <= p.d_scales <= max_d_scales(p.size):
+        raise ParamError(f"d_scales must be 0 (auto) or 1..{max_d_scales(p.size)} for size "
                          f"{p.size} (every scale D judges keeps at least 16 pixels), got {p.d_scales}")
     if p.mbstd < 0:
         raise ParamError(f"mbstd must be >= 0 (0 = off), got {p.mbstd}")
@@ -201,7 +203,7 @@ def load_patches(paths: list[Path], *, size: int, channels: int) -> tuple[np.nda
     Images are cut into non-overlapping ``size`` squares; patches larger than ``size`` are cut
     into ``size`` squares too.  ``channels`` 0 keeps the channels of the (first) .npy input.  Returns the array and a list of skipped inputs with reasons.
     """
-    skipped: list[dict] = []
+    skipped = Skipped(logger=log)
     arrays: list[np.ndarray] = []
     art = find_artifact(paths, "patches.npy")
     files = [art] if art is not None else expand_inputs(paths, IMAGE_SUFFIXES + (".npy",))
@@ -229,7 +231,7 @@ def load_patches(paths: list[Path], *, size: int, channels: int) -> tuple[np.nda
             try:
                 a = load_image(f, mode=mode)[None]
             except InputError as e:
-                skipped.append({"path": str(f), "reason": str(e)})
+                skipped.add(f, str(e))
                 continue
         a = _fit_channels(a, channels)
         h, w = a.shape[1:3]
@@ -237,7 +239,7 @@ def load_patches(paths: list[Path], *, size: int, channels: int) -> tuple[np.nda
             if f.suffix.lower() == ".npy":
                 raise InputError(f"{f}: patches are {h}x{w} pixels, smaller than size={size}; "
                                  f"train with --size {min(h, w)} or crop bigger patches")
-            skipped.append({"path": str(f), "reason": f"{w}x{h} is smaller than {size}x{size}"})
+            skipped.add(f, f"{f}: {w}x{h} is smaller than {size}x{size}")
             continue
         ny, nx = h // size, w // size
         a = a[:, :ny * size, :nx * size].reshape(len(a), ny, size, nx, size, channels)
@@ -246,7 +248,7 @@ def load_patches(paths: list[Path], *, size: int, channels: int) -> tuple[np.nda
         where = ", ".join(str(p) for p in paths) or "(no input)"
         raise InputError(f"{where}: no usable training patches"
                          + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
-    return np.ascontiguousarray(np.concatenate(arrays)), skipped
+    return np.ascontiguousarray(np.concatenate(arrays)), skipped.items
 
 
 def _fit_channels(a: np.ndarray, channels: int) -> np.ndarray:

@@ -272,6 +272,13 @@ def expand_chunks(grid: np.ndarray, blocks: np.ndarray, *, width: int, height: i
     return cells[:height, :width]
 
 
+def _cell_pixels(cells: np.ndarray, state_tiles: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Pixels of every cell of an integer array: shape ``cells.shape + (T, T, C)``, each
+    distinct value looked up once through ``state_tiles``."""
+    values, inv = np.unique(np.asarray(cells), return_inverse=True)
+    return np.asarray(state_tiles(values))[inv.reshape(np.shape(cells))]
+
+
 def chunk_pixels(blocks: np.ndarray, state_tiles: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Pixels of each chunk: its cells' tiles (from ``state_tiles``) put side by side.
 
@@ -279,12 +286,8 @@ def chunk_pixels(blocks: np.ndarray, state_tiles: Callable[[np.ndarray], np.ndar
     -------
     ndarray, shape (K, c * T, c * T, C), dtype of ``state_tiles``' output
     """
-    b = np.asarray(blocks)
-    k, c = b.shape[0], b.shape[1]
-    values, inv = np.unique(b, return_inverse=True)
-    px = np.asarray(state_tiles(values))
-    t, ch = px.shape[1], px.shape[3]
-    out = px[inv.reshape(k, c, c)]  # (K, c, c, T, T, C)
+    out = _cell_pixels(blocks, state_tiles)  # (K, c, c, T, T, C)
+    k, c, _, t, _, ch = out.shape
     return out.transpose(0, 1, 3, 2, 4, 5).reshape(k, c * t, c * t, ch)
 
 
@@ -312,9 +315,7 @@ def seam_difference(grids: Iterable[np.ndarray],
     total, count = 0.0, 0
     for g in grids:
         g = np.asarray(g)
-        values, inv = np.unique(g, return_inverse=True)
-        px = np.asarray(state_tiles(values)).astype(np.int16)
-        cells = px[inv.reshape(g.shape)]  # (rows, cols, T, T, C)
+        cells = _cell_pixels(g, state_tiles).astype(np.int16)  # (rows, cols, T, T, C)
         if g.shape[1] > 1:
             d = np.abs(cells[:, :-1, :, -1] - cells[:, 1:, :, 0])
             total += float(d.sum())
