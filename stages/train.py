@@ -67,6 +67,9 @@ class Params:
     batch: int = param(16, help="Images per step per process.")
     lr_g: float = param(2e-4, help="Adam learning rate of the generator.")
     lr_d: float = param(2e-4, help="Adam learning rate of the discriminator.")
+    lr_decay: float = param(0.0, help="Share of the run, at its end, over which both learning "
+                                      "rates fall linearly to zero (the run ends at --steps or "
+                                      "--max-minutes, whichever comes first); 0 = constant.")
     betas: tuple = param((0.5, 0.999), help="Adam (beta1, beta2) for both networks.")
     nz: int = param(100, help="Length of the noise vector.")
     ngf: int = param(16, help="Generator base width (widest layer = 8×).")
@@ -135,6 +138,14 @@ def gan_config(p: Params, channels: int) -> "Any":
                      d_scales=resolve_d_scales(p), mbstd=p.mbstd)
 
 
+def lr_factor(decay: float, done: float) -> float:
+    """Learning-rate factor at ``done`` (0..1) of a run whose last ``decay`` share falls
+    linearly to zero: 1 before that share, 0 at the very end."""
+    if decay <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (1.0 - done) / decay))
+
+
 # --------------------------------------------------------------------------- validation
 def _validate(p: Params) -> None:
     if p.size not in (16, 32, 64, 128, 256):
@@ -171,6 +182,8 @@ def _validate(p: Params) -> None:
         raise ParamError("lr_g and lr_d must be positive")
     if not (0.0 <= p.swd_holdout < 0.9):
         raise ParamError(f"swd_holdout must be in [0, 0.9), got {p.swd_holdout}")
+    if not (0.0 <= p.lr_decay <= 1.0):
+        raise ParamError(f"lr_decay must be in [0, 1] (a share of the run), got {p.lr_decay}")
     if p.max_minutes < 0:
         raise ParamError(f"max_minutes must be >= 0, got {p.max_minutes}")
     from stages._augment import parse_policy
@@ -387,6 +400,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.ops = parse_policy(p.diffaug)
         self.lr_scale, self.rollbacks = 1.0, 0
+        self.lr_sched = 1.0                      # schedule factor (lr_decay), set per step
         self.d_has_bn = not cfg.spectral_norm
         self.Gf, self.Df = self.G, self.D        # forward callables (DDP / compiled wrappers)
         if world > 1:
@@ -420,9 +434,16 @@ class Trainer:
 
     def _apply_lr(self) -> None:
         for g in self.optG.param_groups:
-            g["lr"] = self.p.lr_g * self.lr_scale
+            g["lr"] = self.p.lr_g * self.lr_scale * self.lr_sched
         for g in self.optD.param_groups:
-            g["lr"] = self.p.lr_d * self.lr_scale
+            g["lr"] = self.p.lr_d * self.lr_scale * self.lr_sched
+
+    def set_progress(self, done: float) -> None:
+        """Set the learning rates for a run that is ``done`` (0..1) finished (``lr_decay``)."""
+        f = lr_factor(self.p.lr_decay, done)
+        if f != self.lr_sched:
+            self.lr_sched = f
+            self._apply_lr()
 
     # ----------------------------------------------------------------- one step
     def step(self, step: int, real_u8: np.ndarray) -> tuple[float, float, bool]:
@@ -814,9 +835,16 @@ def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: A
     progress("train", step, p.steps)
     while step < p.steps:
         elapsed = elapsed0 + time.perf_counter() - t_loop
+        if world > 1 and budget < math.inf:      # ranks must agree on when the budget ends
+            import torch.distributed as dist
+
+            t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            elapsed = float(t.item())
         if elapsed >= budget:
             reason = "max_minutes"
             break
+        tr.set_progress(max(step / p.steps, elapsed / budget))
         idx = batch_indices(p.seed, step, n, gb)[rank * p.batch:(rank + 1) * p.batch]
         lossD, lossG, ok = tr.step(step, train[np.sort(idx)])
         if not ok:

@@ -367,6 +367,26 @@ def test_max_minutes_stops_early_and_still_writes_checkpoint(patches, tmp_path):
     assert (out / "ckpt.pt").is_file()
 
 
+def test_lr_factor_is_flat_then_falls_linearly_to_zero():
+    assert [train.lr_factor(0.0, d) for d in (0.0, 0.9, 1.0)] == [1.0, 1.0, 1.0]
+    assert [train.lr_factor(0.25, d) for d in (0.0, 0.75, 0.875, 1.0)] == [1.0, 1.0, 0.5, 0.0]
+    assert train.lr_factor(1.0, 0.25) == pytest.approx(0.75)
+
+
+def test_lr_decay_lowers_both_learning_rates_by_the_step_count(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    p = tiny(steps=8, ckpt_every=100, lr_decay=0.5, lr_d=4e-4)
+    s = train.run({"patches": [patches]}, p, out)
+    assert s["steps"] == 8
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    # the last step (7 of 8 done) ran at (1 - 7/8) / 0.5 = 1/4 of the base rates
+    assert ck["optG"]["param_groups"][0]["lr"] == pytest.approx(p.lr_g / 4)
+    assert ck["optD"]["param_groups"][0]["lr"] == pytest.approx(4e-4 / 4)
+    with pytest.raises(ParamError, match="lr_decay"):
+        train.run({"patches": [patches]}, tiny(lr_decay=1.5), tmp_path / "bad")
+
+
 def test_rerun_with_finished_checkpoint_resumes_without_training(patches, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -477,8 +497,19 @@ import torch
 torch.set_num_threads(1)
 from stages import train
 p = train.Params(**{params!r})
-s = train.run({{"patches": [Path({patches!r})]}}, p, Path({out!r}))
 rank = os.environ["RANK"]
+if {fast_clock_rank1} and rank == "1":      # rank 1's clock runs twice as fast as rank 0's
+    import time
+
+    class FastClock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def perf_counter(self):
+            return 2.0 * time.perf_counter()
+
+    train.time = FastClock()
+s = train.run({{"patches": [Path({patches!r})]}}, p, Path({out!r}))
 Path({out!r}, "rank" + rank + ".json").write_text(json.dumps(s))
 """
 
@@ -491,25 +522,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not (Path(PY).parent / "torchrun").exists(), reason="torchrun not installed")
-def test_two_process_gloo_ddp_keeps_ranks_in_sync(patches, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    params = {**train.TINY, "size": 32, "steps": 4, "ckpt_every": 2}
+def _run_ddp(tmp_path: Path, out: Path, patches: Path, params: dict,
+             fast_clock_rank1: bool = False) -> tuple[dict, dict]:
+    """Train with 2 gloo processes under torchrun; returns both ranks' summaries."""
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT.format(root=str(ROOT), params=params, patches=str(patches),
-                                         out=str(out)))
+                                         out=str(out), fast_clock_rank1=fast_clock_rank1))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([str(Path(PY).parent / "torchrun"), "--nproc_per_node=2",
                         f"--master_port={_free_port()}", str(script)],
                        env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
-    s0 = json.loads((out / "rank0.json").read_text())
-    s1 = json.loads((out / "rank1.json").read_text())
+    return (json.loads((out / "rank0.json").read_text()),
+            json.loads((out / "rank1.json").read_text()))
+
+
+_NEEDS_TORCHRUN = pytest.mark.skipif(not (Path(PY).parent / "torchrun").exists(),
+                                     reason="torchrun not installed")
+
+
+@pytest.mark.slow
+@_NEEDS_TORCHRUN
+def test_two_process_gloo_ddp_keeps_ranks_in_sync(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    params = {**train.TINY, "size": 32, "steps": 4, "ckpt_every": 2}
+    script = tmp_path / "ddp.py"
+    s0, s1 = _run_ddp(tmp_path, out, patches, params)
     assert s0["world_size"] == s1["world_size"] == 2
     assert s0["g_checksum"] == pytest.approx(s1["g_checksum"], rel=1e-6)
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     assert ck["step"] == 4 and ck["config"]["world_size"] == 2
     assert len(list(out.glob("*.pt"))) == 1 and not list(out.glob(".*tmp"))
     assert len(metrics(out)) == 4                   # written once, by rank 0
+
+
+@pytest.mark.slow
+@_NEEDS_TORCHRUN
+def test_ddp_ranks_agree_when_the_time_budget_ends(patches, tmp_path):
+    """With --max-minutes, a rank whose clock runs ahead must not stop alone (the other
+    rank would wait for it forever): all ranks stop after the same step, with one
+    checkpoint, and the learning-rate schedule (which follows the budget) stays in sync."""
+    out = tmp_path / "out"
+    out.mkdir()
+    params = {**train.TINY, "size": 32, "steps": 10 ** 6, "ckpt_every": 10 ** 6,
+              "grid_every": 10 ** 6, "max_minutes": 0.05, "lr_decay": 0.5}
+    s0, s1 = _run_ddp(tmp_path, out, patches, params, fast_clock_rank1=True)
+    assert s0["stopped"] == s1["stopped"] == "max_minutes"
+    assert s0["steps"] == s1["steps"] > 0
+    assert s0["g_checksum"] == pytest.approx(s1["g_checksum"], rel=1e-6)
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ck["step"] == s0["steps"]
+    assert ck["optG"]["param_groups"][0]["lr"] < 0.5 * params.get("lr_g", train.Params().lr_g)
