@@ -88,6 +88,9 @@ class Params:
                               "(translation, cutout, color); empty = off.")
     ema: float = param(0.999, help="Decay of the generator EMA used for grids, SWD and sampling "
                                    "(0 = off).")
+    mode_seeking: float = param(0.0, help="Weight of the mode-seeking term (MSGAN): G is pushed "
+                                          "to make images that differ as much as their noise "
+                                          "vectors do, against mode collapse (0 = off).")
     label_smoothing: float = param(0.0, help="BCE only: real target becomes 1 - this value.")
     instance_noise: float = param(0.0, help="Std of Gaussian noise added to D's inputs, annealed "
                                             "linearly to 0 over the run (0 = off).")
@@ -138,6 +141,16 @@ def gan_config(p: Params, channels: int) -> "Any":
                      d_scales=resolve_d_scales(p), mbstd=p.mbstd)
 
 
+def mode_seeking_term(fake: "Any", z: "Any") -> "Any":
+    """MSGAN's mode-seeking term: pair the batch's first half with its second half and return
+    1 / (mean |G(z1) - G(z2)| / mean |z1 - z2|), which falls as images spread out as much as
+    their noise vectors do (a generator that maps many z to one image pays for it)."""
+    h = fake.shape[0] // 2
+    ratio = ((fake[:h] - fake[h:2 * h]).abs().mean()
+             / (z[:h] - z[h:2 * h]).abs().mean().clamp_min(1e-8))
+    return 1.0 / (ratio + 1e-5)
+
+
 def lr_factor(decay: float, done: float) -> float:
     """Learning-rate factor at ``done`` (0..1) of a run whose last ``decay`` share falls
     linearly to zero: 1 before that share, 0 at the very end."""
@@ -174,6 +187,10 @@ def _validate(p: Params) -> None:
         raise ParamError(f"ema must be in [0, 1), got {p.ema}")
     if not (0.0 <= p.label_smoothing < 0.5):
         raise ParamError(f"label_smoothing must be in [0, 0.5), got {p.label_smoothing}")
+    if p.mode_seeking < 0:
+        raise ParamError(f"mode_seeking must be >= 0 (0 = off), got {p.mode_seeking}")
+    if p.mode_seeking > 0 and p.batch < 2:
+        raise ParamError("mode_seeking needs batch >= 2 (it compares pairs of images)")
     if p.instance_noise < 0:
         raise ParamError(f"instance_noise must be >= 0, got {p.instance_noise}")
     if len(tuple(p.betas)) != 2 or not all(0.0 <= float(b) < 1.0 for b in p.betas):
@@ -500,6 +517,8 @@ class Trainer:
         with self.autocast():
             lg = self.Dm(d_input(fake.float()))
         lossG = -lg.mean() if p.loss == "hinge" else F.softplus(-lg).mean()
+        if p.mode_seeking > 0:
+            lossG = lossG + p.mode_seeking * mode_seeking_term(fake.float(), z)
         self.scaler.scale(lossG).backward()
         self.scaler.step(self.optG)
         self.scaler.update()

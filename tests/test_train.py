@@ -387,6 +387,28 @@ def test_lr_decay_lowers_both_learning_rates_by_the_step_count(patches, tmp_path
         train.run({"patches": [patches]}, tiny(lr_decay=1.5), tmp_path / "bad")
 
 
+def test_mode_seeking_term_punishes_images_closer_than_their_noise():
+    z = torch.tensor([0.0, 0.0, 2.0, 2.0]).view(4, 1, 1, 1)           # pairs (0, 2), (1, 3)
+    spread = torch.tensor([-1.0, -1.0, 1.0, 1.0]).view(4, 1, 1, 1)    # |dG| = 2 = |dz|
+    assert float(train.mode_seeking_term(spread, z)) == pytest.approx(1.0, rel=1e-4)
+    collapsed = torch.zeros(4, 1, 1, 1, requires_grad=True)
+    close = (collapsed + torch.tensor([0.0, 0.0, 0.1, 0.1]).view(4, 1, 1, 1))
+    term = train.mode_seeking_term(close, z)
+    assert float(term.detach()) == pytest.approx(20.0, rel=1e-3)      # 1 / (0.1 / 2)
+    term.backward()                                                    # descent pulls pairs apart
+    g = collapsed.grad.flatten()
+    assert g[0] > 0 and g[2] < 0
+
+
+def test_mode_seeking_trains_and_bad_weight_is_a_param_error(patches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    s = train.run({"patches": [patches]}, tiny(mode_seeking=1.0), out)
+    assert s["steps"] == 3 and np.isfinite(metrics(out)[-1]["lossG"])
+    with pytest.raises(ParamError, match="mode_seeking"):
+        train.run({"patches": [patches]}, tiny(mode_seeking=-1.0), tmp_path / "bad")
+
+
 def test_rerun_with_finished_checkpoint_resumes_without_training(patches, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
