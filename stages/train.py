@@ -66,11 +66,11 @@ class Params:
                                          "budget and still writes the final checkpoint (0 = none).")
     batch: int = param(16, help="Images per step per process.")
     lr_g: float = param(2e-4, help="Adam learning rate of the generator.")
-    lr_d: float = param(2e-4, help="Adam learning rate of the discriminator.")
+    lr_d: float = param(4e-4, help="Adam learning rate of the discriminator.")
     lr_decay: float = param(0.0, help="Share of the run, at its end, over which both learning "
                                       "rates fall linearly to zero (the run ends at --steps or "
                                       "--max-minutes, whichever comes first); 0 = constant.")
-    betas: tuple = param((0.5, 0.999), help="Adam (beta1, beta2) for both networks.")
+    betas: tuple = param((0.0, 0.99), help="Adam (beta1, beta2) for both networks.")
     nz: int = param(100, help="Length of the noise vector.")
     ngf: int = param(16, help="Generator base width (widest layer = 8×).")
     ndf: int = param(16, help="Discriminator base width (widest layer = 8×).")
