@@ -401,10 +401,14 @@ def test_mode_seeking_term_punishes_images_closer_than_their_noise():
 
 
 def test_mode_seeking_trains_and_bad_weight_is_a_param_error(patches, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    s = train.run({"patches": [patches]}, tiny(mode_seeking=1.0), out)
-    assert s["steps"] == 3 and np.isfinite(metrics(out)[-1]["lossG"])
+    plain, seeking = tmp_path / "plain", tmp_path / "seeking"
+    plain.mkdir()
+    seeking.mkdir()
+    train.run({"patches": [patches]}, tiny(), plain)
+    s = train.run({"patches": [patches]}, tiny(mode_seeking=1.0), seeking)
+    assert s["steps"] == 3 and np.isfinite(metrics(seeking)[-1]["lossG"])
+    # same seed, same first D update: G's first loss differs by the (positive) term alone
+    assert metrics(seeking)[0]["lossG"] > metrics(plain)[0]["lossG"] + 0.5
     with pytest.raises(ParamError, match="mode_seeking"):
         train.run({"patches": [patches]}, tiny(mode_seeking=-1.0), tmp_path / "bad")
 
@@ -595,4 +599,4 @@ def test_ddp_ranks_agree_when_the_time_budget_ends(patches, tmp_path):
     assert s0["g_checksum"] == pytest.approx(s1["g_checksum"], rel=1e-6)
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     assert ck["step"] == s0["steps"]
-    assert ck["optG"]["param_groups"][0]["lr"] < 0.5 * params.get("lr_g", train.Params().lr_g)
+    assert ck["optG"]["param_groups"][0]["lr"] < 0.5 * train.Params().lr_g
