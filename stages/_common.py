@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import tempfile
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -30,7 +31,15 @@ class InputError(StageError):
 
 
 class ParamError(StageError):
-    """A parameter value that cannot work."""
+    """A parameter value that cannot work.
+
+    ``field`` names the offending ``Params`` field when there is one, so the pipeline can say
+    which file, table and key (or which ``--option``) gave the value.
+    """
+
+    def __init__(self, message: str, *, field: Optional[str] = None):
+        super().__init__(message)
+        self.field = field
 
 
 # --------------------------------------------------------------------------- progress
@@ -43,11 +52,80 @@ def no_progress(desc: str, done: int, total: Optional[int] = None, **postfix: An
     """Default progress callback: does nothing."""
 
 
-def param(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with CLI help text (``metadata['help']``)."""
+def param(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
+          choices: Optional[Sequence[Any]] = None, multiple_of: Optional[int] = None,
+          **kw: Any) -> Any:
+    """A dataclass field with CLI help text and its allowed values, declared once.
+
+    ``min``/``max`` bound a number (inclusive), ``choices`` lists the allowed values (a ``str``
+    Enum field's members are its choices already), ``multiple_of`` asks for a multiple of an
+    integer.  :func:`check_params` enforces them; ``StageParams`` calls it on construction.
+    """
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults so Params stays frozen/hashable")
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
+    meta = {"help": help, **kw}
+    for name, value in (("min", min), ("max", max), ("choices", choices), ("multiple_of", multiple_of)):
+        if value is not None:
+            meta[name] = tuple(value) if name == "choices" else value
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _field_choices(f: dataclasses.Field, value: Any) -> Optional[tuple]:
+    if "choices" in f.metadata:
+        return f.metadata["choices"]
+    if isinstance(f.default, Enum):
+        return tuple(m.value for m in type(f.default))
+    return None
+
+
+def _range_text(lo: Any, hi: Any) -> str:
+    if lo is not None and hi is not None:
+        return f"within {lo}..{hi}"
+    return f"at least {lo}" if lo is not None else f"at most {hi}"
+
+
+def check_params(params: Any, stage: str) -> None:
+    """Check every field of a ``Params`` instance against what its :func:`param` declared.
+
+    Raises :class:`ParamError` (with ``field`` set) naming the stage, the field, the rule and
+    the value: ``crop: stride must be a multiple of 16, got 24``.
+    """
+    for f in dataclasses.fields(params):
+        v = getattr(params, f.name)
+        meta = f.metadata
+        choices = _field_choices(f, v)
+        if choices is not None:
+            plain = v.value if isinstance(v, Enum) else v
+            if plain not in choices:
+                raise ParamError(f"{stage}: {f.name} must be one of "
+                                 f"{', '.join(str(c) for c in choices)}, got {plain!r}", field=f.name)
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is None and hi is None and "multiple_of" not in meta:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ParamError(f"{stage}: {f.name} must be a number, got {v!r}", field=f.name)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ParamError(f"{stage}: {f.name} must be {_range_text(lo, hi)}, got {v!r}",
+                             field=f.name)
+        k = meta.get("multiple_of")
+        if k and v % k:
+            raise ParamError(f"{stage}: {f.name} must be a multiple of {k}, got {v!r}", field=f.name)
+
+
+class StageParams:
+    """Base of every stage's frozen ``Params`` dataclass: values are checked on construction.
+
+    Subclasses set ``STAGE`` (the stage name used in messages) and may override
+    :meth:`check` for rules that involve several fields (call ``super().check()`` first).
+    """
+
+    STAGE = "stage"
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        check_params(self, self.STAGE)
 
 
 # --------------------------------------------------------------------------- paths

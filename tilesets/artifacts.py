@@ -1,0 +1,176 @@
+"""Artifact formats shared between stages, each written once: ``load``, ``save``, ``validate``.
+
+A stage reads another stage's artifact only through these classes, so a format changes in one
+place.  Files inside an artifact folder:
+
+- :class:`Patches` (crop → train): ``patches.npy`` uint8 (N, S, S, C), C = 3 or 4.
+- :class:`TrainingTiles` (crop → dedupe): ``tiles.npy`` uint8 (M, T, T, 3) every grid-aligned
+  tile of every training screen, ``tiles_origin.npy`` int32 (M, 3) = (screen index, x, y), and
+  ``screens.json`` (one record per screen: ``id``, ``source``, ``width``, ``height``, ...).
+- :class:`TileSet` (slice → dedupe → export): the tile bank and the maps that use it
+  (see its docstring).
+
+Savers write atomically through the ``save`` callbacks the caller passes (the domain layer does
+not know the stage helpers); loaders raise :class:`ArtifactError` naming the file and problem.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+class ArtifactError(ValueError):
+    """An artifact file is missing, unreadable or malformed (the message names the file)."""
+
+
+PATCHES_FILE = "patches.npy"
+TILES_FILE = "tiles.npy"
+TILES_ORIGIN_FILE = "tiles_origin.npy"
+SCREENS_FILE = "screens.json"
+
+#: ``save_npy(path, array)`` / ``write_json(path, obj)``: atomic writers supplied by the caller.
+SaveNpy = Callable[[Path, np.ndarray], Any]
+WriteJson = Callable[[Path, Any], Any]
+
+
+def load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
+    """``np.load`` without pickles; a missing or malformed file raises :class:`ArtifactError`."""
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise ArtifactError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def load_json(path: Path, default: Any = None) -> Any:
+    """A JSON file, or ``default`` when it does not exist (malformed → :class:`ArtifactError`)."""
+    if not path.exists():
+        if default is not None:
+            return default
+        raise ArtifactError(f"{path}: missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: not readable JSON ({e})") from None
+
+
+def grid_cut(images: np.ndarray, size: int) -> np.ndarray:
+    """Cut images into non-overlapping ``size`` squares, row-major per image.
+
+    Parameters
+    ----------
+    images : ndarray, shape (N, H, W, C) or (H, W, C)
+        ``H`` and ``W`` are cropped down to multiples of ``size``.
+    size : int
+
+    Returns
+    -------
+    ndarray, shape (N * (H // size) * (W // size), size, size, C)
+
+    >>> grid_cut(np.zeros((2, 32, 48, 3), np.uint8), 16).shape
+    (12, 16, 16, 3)
+    """
+    a = images[None] if images.ndim == 3 else images
+    n, h, w, c = a.shape
+    ny, nx = h // size, w // size
+    a = a[:, :ny * size, :nx * size].reshape(n, ny, size, nx, size, c)
+    return a.transpose(0, 1, 3, 2, 4, 5).reshape(-1, size, size, c)
+
+
+def _check_uint8_images(a: np.ndarray, path: Path, what: str, channels: tuple[int, ...]) -> None:
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[1] != a.shape[2] or a.shape[-1] not in channels:
+        shape = "S, S, " + "|".join(map(str, channels))
+        raise ArtifactError(f"{path}: expected uint8 {what} shaped (N, {shape}), got "
+                            f"{a.dtype} {a.shape}")
+
+
+@dataclass
+class Patches:
+    """Training patches: ``images`` uint8 (N, S, S, C), C = 3 (RGB) or 4 (RGBA)."""
+
+    images: np.ndarray
+
+    def validate(self, where: Path = Path(PATCHES_FILE)) -> "Patches":
+        _check_uint8_images(self.images, where, "patches", (3, 4))
+        return self
+
+    def save(self, folder: Path, save_npy: SaveNpy) -> None:
+        self.validate(folder / PATCHES_FILE)
+        save_npy(folder / PATCHES_FILE, self.images)
+
+    @classmethod
+    def load(cls, folder: Path, *, mmap: bool = False) -> "Patches":
+        path = Path(folder) / PATCHES_FILE
+        return cls(load_npy(path, mmap=mmap)).validate(path)
+
+    @staticmethod
+    def exists(folder: Path) -> bool:
+        return (Path(folder) / PATCHES_FILE).is_file()
+
+
+@dataclass
+class TrainingTiles:
+    """Every grid-aligned tile of every training screen, with where it came from.
+
+    tiles : ndarray, shape (M, T, T, 3), uint8
+    origin : ndarray, shape (M, 3), int — (screen index, x, y) in that screen's pixels
+    screens : list of dict — one record per screen (``id``, ``source``, ``width``, ``height``...)
+    """
+
+    tiles: np.ndarray
+    origin: np.ndarray
+    screens: list = field(default_factory=list)
+
+    def validate(self, where: Path = Path(TILES_FILE)) -> "TrainingTiles":
+        _check_uint8_images(self.tiles, where, "tiles", (3, 4))
+        o = self.origin
+        if o.ndim != 2 or o.shape[1] != 3 or len(o) != len(self.tiles):
+            raise ArtifactError(f"{where.parent / TILES_ORIGIN_FILE}: expected ({len(self.tiles)}, 3) "
+                                f"origins for {len(self.tiles)} tiles, got {o.shape}")
+        return self
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.tiles.shape[1])
+
+    def save(self, folder: Path, save_npy: SaveNpy, write_json: WriteJson) -> None:
+        folder = Path(folder)
+        self.validate(folder / TILES_FILE)
+        save_npy(folder / TILES_FILE, self.tiles)
+        save_npy(folder / TILES_ORIGIN_FILE, np.asarray(self.origin, np.int32))
+        write_json(folder / SCREENS_FILE, self.screens)
+
+    @classmethod
+    def load(cls, folder: Path, *, mmap: bool = False) -> "TrainingTiles":
+        """Load crop's training tiles; an absent ``tiles_origin.npy`` gives zero origins."""
+        folder = Path(folder)
+        tiles = load_npy(folder / TILES_FILE, mmap=mmap)
+        op = folder / TILES_ORIGIN_FILE
+        origin = (load_npy(op).astype(np.int64) if op.exists()
+                  else np.zeros((len(tiles), 3), np.int64))
+        screens = load_json(folder / SCREENS_FILE, default=[])
+        return cls(tiles, origin, screens).validate(folder / TILES_FILE)
+
+    @staticmethod
+    def exists(folder: Path) -> bool:
+        return (Path(folder) / TILES_FILE).is_file()
+
+    def split(self, size: int) -> "TrainingTiles":
+        """The same tiles cut into ``size`` squares (``size`` divides the tile side)."""
+        t = self.tile_size
+        if size == t:
+            return self
+        if size > t or t % size:
+            raise ArtifactError(f"training tiles are {t} px; cannot cut them into {size}-px tiles")
+        k = t // size
+        sub = grid_cut(np.asarray(self.tiles), size)
+        dy, dx = np.meshgrid(np.arange(k) * size, np.arange(k) * size, indexing="ij")
+        o = np.repeat(np.asarray(self.origin, np.int64), k * k, axis=0)
+        o[:, 1] += np.tile(dx.ravel(), len(self.tiles))
+        o[:, 2] += np.tile(dy.ravel(), len(self.tiles))
+        return TrainingTiles(sub, o, self.screens)
