@@ -16,20 +16,24 @@ gives early cut-off: an upstream rerun that yields identical bytes rebuilds noth
 from __future__ import annotations
 
 import ast
+import ctypes
 import dataclasses
 import enum
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
-import tempfile
+import sys
 import time
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from stages._common import atomic_write_text, open_new, storage_error, temp_sibling
 
 from .errors import CacheError
 
@@ -164,23 +168,11 @@ class HashMemo:
         if len(files) > MEMO_MAX_ENTRIES:
             files = {k: v for k, v in files.items() if k in self.seen}
         data = json.dumps({"format": MEMO_FORMAT, "files": files}, separators=(",", ":"))
-        tmp = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f"{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(data)
-            os.replace(tmp, self.path)
-            tmp = None
+            atomic_write_text(self.path, data)
             self.dirty = False
-        except OSError:
+        except OSError:       # incl. a full disk: the memo only saves re-reads
             pass
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
 
 
 def input_tree(root: str | os.PathLike) -> Iterator[tuple[str, str]]:
@@ -336,7 +328,121 @@ def stage_key(stage: ModuleType, params: Any, inputs: dict[str, str]) -> tuple[s
     return hashlib.sha256(blob).hexdigest()[:24], payload
 
 
+# --------------------------------------------------------------------------- crash-safe moves
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _load_renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        f = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    f.restype = ctypes.c_int
+    return f
+
+
+_RENAMEAT2 = _load_renameat2()
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the two existing paths ``a`` and ``b`` in one step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``), so that neither name is ever missing.  False when the system or the
+    filesystem cannot (the caller then falls back to two renames)."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def swap_in(new: Path, dest: Path, aside: Path) -> None:
+    """Put the folder ``new`` at ``dest``; a folder already there goes to ``aside`` and is then
+    deleted.  Never destructive before the new folder is in place: with ``exchange`` ``dest``
+    always exists; without it, a kill between the two renames leaves the old folder at
+    ``aside``, which :meth:`Store.recover` and :func:`recover_published` put back."""
+    if aside.exists():
+        remove_tree(aside)
+    if dest.exists():
+        if exchange(new, dest):
+            os.replace(new, aside)
+        else:
+            os.replace(dest, aside)
+            os.replace(new, dest)
+    else:
+        os.replace(new, dest)
+    remove_tree(aside)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder (or file) if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def check_artifact(path: Path, *, key: Optional[str] = None, full: bool = False) -> Optional[str]:
+    """What is wrong with the committed artifact folder ``path``, or None when it is complete.
+
+    Complete means: ``manifest.json`` (written last by :meth:`Store.commit`) is readable, is
+    for ``key`` when given, and every file it lists is there with its recorded size; with
+    ``full=True`` also with its recorded sha256.  The size check is what every cache hit costs
+    (one stat a file); the checksums are for ``pipeline verify``.
+    """
+    try:
+        m = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no manifest.json (a commit did not finish)"
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest.json ({type(e).__name__})"
+    if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
+        return "manifest.json lists no files"
+    if key is not None and m.get("key") != key:
+        return f"manifest.json is for key {m.get('key')!r}"
+    for rel, meta in sorted(m["files"].items()):
+        p = path / rel
+        try:
+            size = p.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        want = meta.get("bytes") if isinstance(meta, dict) else None
+        if size != want:
+            return f"{rel} is {size} bytes, the manifest says {want}"
+        if full:
+            try:
+                digest = file_digest(p)
+            except OSError as e:
+                return f"{rel} cannot be read ({e.strerror or e})"
+            if digest != meta.get("sha256"):
+                return f"{rel} does not match its checksum"
+    return None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 # --------------------------------------------------------------------------- store
+PARTIAL_SUFFIX = ".partial"
+ASIDE_SUFFIX = ".old"
+
+
 class Store:
     """The artifact store under ``root`` (default ``out/cache``)."""
 
@@ -351,16 +457,19 @@ class Store:
 
     # -- locking
     def lock(self) -> "Store":
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the store's lock (one writer at a time).  Writes nothing when the lock file is
+        there already, so a fully cached run works on a full disk."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise storage_error(self.root / ".lock", e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise CacheError(f"{self.root}: another pipeline run is writing this cache; "
                              "wait for it to finish") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
         return self
 
@@ -380,9 +489,19 @@ class Store:
     def entry(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def work_dir(self, stage: str, key: str) -> Path:
+        """Where a run of (stage, key) writes (``<key>.partial``); not created."""
+        return self.root / stage / f"{key}{PARTIAL_SUFFIX}"
+
+    def aside(self, stage: str, key: str) -> Path:
+        """Where a forced rerun's commit puts the artifact it replaces, until it is deleted."""
+        return self.root / stage / f".{key}{ASIDE_SUFFIX}"
+
     def lookup(self, stage: str, key: str) -> Optional[Path]:
+        """The committed artifact of (stage, key) when it is complete (see
+        :func:`check_artifact`: manifest present, every file at its recorded size), else None."""
         d = self.entry(stage, key)
-        return d if (d / MANIFEST).is_file() else None
+        return d if check_artifact(d, key=key) is None else None
 
     def manifest(self, artifact: Path) -> dict[str, Any]:
         try:
@@ -393,90 +512,277 @@ class Store:
     def partial(self, stage: str, key: str) -> Path:
         """A stable work directory for (stage, key): survives an interruption, so long
         stages resume from the state they left there."""
-        d = self.root / stage / f"{key}.partial"
-        d.mkdir(parents=True, exist_ok=True)
+        d = self.work_dir(stage, key)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(d, e) from None
         return d
 
+    def recover(self, stage: str, key: str) -> Optional[str]:
+        """Finish or undo a commit of (stage, key) that a kill interrupted; call under the lock.
+
+        - a complete artifact in place: a left-over aside copy is deleted;
+        - an incomplete folder in place (no manifest, a file missing or cut short): deleted,
+          it can never be a hit;
+        - no artifact in place: a complete ``<key>.partial`` (its manifest written, the kill
+          came before the rename) is moved in, else a complete aside copy is moved back.
+
+        Returns what it did, for the log, or None when there was nothing to do.
+        """
+        final, work, aside = self.entry(stage, key), self.work_dir(stage, key), self.aside(stage, key)
+        did = None
+        try:
+            if final.exists() and check_artifact(final, key=key) is not None:
+                remove_tree(final)
+                did = f"removed the incomplete artifact {final}"
+            if not final.exists():
+                for cand in (work, aside):
+                    if cand.is_dir() and check_artifact(cand, key=key) is None:
+                        os.replace(cand, final)
+                        did = f"finished an interrupted commit of {final}"
+                        break
+            if aside.exists():
+                remove_tree(aside)
+                did = did or f"removed {aside}"
+        except OSError as e:
+            raise storage_error(final, e) from None
+        return did
+
     def commit(self, stage: str, key: str, work: Path, info: dict[str, Any]) -> Path:
-        """Checksum ``work``, write its manifest, and rename it into place atomically."""
-        files = tree_checksums(work)
-        # drop hidden resumable leftovers (e.g. .ckpt tmp files) from the committed artifact
-        for p in sorted(work.rglob(".*"), reverse=True):
-            if p.is_file():
-                p.unlink()
-        manifest = dict(info, key=key, stage=stage, files=files,
-                        content_digest=digest_of_checksums(files))
-        tmp = work / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, work / MANIFEST)
+        """Checksum ``work``, write its manifest last, and move it into place.
+
+        Never destructive before the new artifact is in place: a folder already there (a forced
+        rerun) is swapped out (:func:`swap_in`) and only then deleted.  A kill at any moment
+        leaves either the old complete artifact, or the new one, or a state that
+        :meth:`recover` completes; a hit is only ever a complete artifact.
+        """
         final = self.entry(stage, key)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
+        try:
+            files = tree_checksums(work)
+            # drop hidden resumable leftovers (e.g. .ckpt tmp files) from the committed artifact
+            for p in sorted(work.rglob(".*"), reverse=True):
+                if p.is_file():
+                    p.unlink()
+            manifest = dict(info, key=key, stage=stage, files=files,
+                            content_digest=digest_of_checksums(files))
+            atomic_write_text(work / MANIFEST,
+                              json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            _fsync_dir(work)
+            swap_in(work, final, self.aside(stage, key))
+            _fsync_dir(final.parent)
+        except OSError as e:
+            raise storage_error(final, e) from None
         self.set_latest(stage, key)
         return final
 
     def set_latest(self, stage: str, key: str) -> None:
+        """Point ``<stage>/LATEST`` at ``key``; writes nothing when it already does."""
         p = self.root / stage / "LATEST"
-        tmp = p.with_name(".LATEST.tmp")
-        tmp.write_text(key + "\n")
-        os.replace(tmp, p)
+        try:
+            if p.read_text().strip() == key:
+                return
+        except (OSError, UnicodeDecodeError):
+            pass
+        atomic_write_text(p, key + "\n")
 
     def latest(self, stage: str) -> Optional[Path]:
         p = self.root / stage / "LATEST"
-        if not p.is_file():
+        try:
+            key = p.read_text().strip()
+        except (OSError, UnicodeDecodeError):
             return None
-        return self.lookup(stage, p.read_text().strip())
+        if not key or "/" in key or key.startswith("."):
+            return None
+        return self.lookup(stage, key)
 
     def entries(self, stage: str) -> list[Path]:
         d = self.root / stage
         if not d.is_dir():
             return []
-        return sorted(p for p in d.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+        return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and not p.name.endswith(PARTIAL_SUFFIX) and (p / MANIFEST).is_file())
+
+    def partials(self, stage: str) -> list[Path]:
+        d = self.root / stage
+        if not d.is_dir():
+            return []
+        return sorted(p for p in d.iterdir() if p.is_dir() and p.name.endswith(PARTIAL_SUFFIX))
 
     def content_digest(self, artifact: Path) -> str:
         return self.manifest(artifact)["content_digest"]
+
+
+# --------------------------------------------------------------------------- verify / repair
+@dataclasses.dataclass
+class Finding:
+    """One thing ``pipeline verify`` found: ``kind`` is ok / corrupt / incomplete /
+    stale-partial / resumable / leftover; ``removable`` ones go with ``--repair``."""
+
+    kind: str
+    path: Path
+    detail: str = ""
+
+    @property
+    def removable(self) -> bool:
+        return self.kind in ("corrupt", "incomplete", "stale-partial", "leftover")
+
+
+def verify_store(store: Store, *, full: bool = True,
+                 resumable: Callable[[str, Path], bool] = lambda stage, p: False,
+                 published: Iterable[Path] = ()) -> list[Finding]:
+    """Check every artifact of ``store`` (checksums with ``full``) and list its leftovers.
+
+    ``resumable(stage, partial_dir)`` tells a ``.partial`` folder that holds resume state (a
+    training checkpoint: kept) from a stale one.  ``published`` folders (``out/<name>/``) are
+    checked for publish leftovers beside them.  Call under the lock."""
+    found: list[Finding] = []
+    root = store.root
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp"):
+                found.append(Finding("leftover", p, "temporary file of an interrupted write"))
+        for sdir in sorted(q for q in root.iterdir() if q.is_dir() and not q.name.startswith(".")):
+            for p in sorted(sdir.iterdir()):
+                name = p.name
+                if name.startswith("."):
+                    if name.endswith(".tmp") or name.endswith(ASIDE_SUFFIX):
+                        found.append(Finding("leftover", p, "left by an interrupted write or commit"))
+                    continue
+                if not p.is_dir():
+                    continue
+                if name.endswith(PARTIAL_SUFFIX):
+                    if resumable(sdir.name, p):
+                        found.append(Finding("resumable", p, "an interrupted run's resume state "
+                                             "(kept; the next run continues from it)"))
+                    else:
+                        found.append(Finding("stale-partial", p, "work folder of a failed or "
+                                             "interrupted run, nothing to resume"))
+                    continue
+                problem = check_artifact(p, key=name, full=full)
+                if problem is None:
+                    found.append(Finding("ok", p))
+                elif not (p / MANIFEST).exists():
+                    found.append(Finding("incomplete", p, problem))
+                else:
+                    found.append(Finding("corrupt", p, problem))
+    for dest in published:
+        for p in publish_leftovers(Path(dest)):
+            found.append(Finding("leftover", p, "left by an interrupted publish"))
+    return found
+
+
+def repair(findings: Iterable[Finding]) -> list[Finding]:
+    """Delete what ``verify_store`` marked removable; returns what was removed."""
+    removed = []
+    for f in findings:
+        if f.removable and (f.path.exists() or f.path.is_symlink()):
+            try:
+                remove_tree(f.path)
+            except OSError as e:
+                raise storage_error(f.path, e) from None
+            removed.append(f)
+    return removed
+
+
+# --------------------------------------------------------------------------- publish
+def publish_leftovers(dest: Path) -> list[Path]:
+    """Temporary and set-aside copies an interrupted publish left beside ``dest``."""
+    parent = dest.parent
+    if not parent.is_dir():
+        return []
+    pre = (f".{dest.name}.tmp-", f".{dest.name}.old-")
+    return sorted(p for p in parent.iterdir() if p.name.startswith(pre))
+
+
+def recover_published(dest: Path) -> Optional[str]:
+    """Undo what an interrupted publish left beside ``dest``: when ``dest`` is missing (a kill
+    between the two renames of the fallback swap), the set-aside previous copy goes back; then
+    every leftover is deleted.  Call under the lock.  Returns what it did, or None."""
+    dest = Path(dest)
+    left = publish_leftovers(dest)
+    if not left:
+        return None
+    did = []
+    try:
+        if not dest.exists():
+            olds = [p for p in left if p.name.startswith(f".{dest.name}.old-") and p.is_dir()
+                    and (p / PUBLISHED_MANIFEST).is_file()]
+            if olds:
+                os.replace(olds[-1], dest)
+                did.append(f"restored {dest}")
+        for p in publish_leftovers(dest):
+            remove_tree(p)
+            did.append(f"removed {p}")
+    except OSError as e:
+        raise storage_error(dest, e) from None
+    return "; ".join(did)
+
+
+PUBLISHED_MANIFEST = ".tilegan-manifest.json"
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """Copy bytes (no metadata: the new file's mode follows the umask)."""
+    with open(src, "rb") as fi:
+        fd = open_new(dst)
+        with os.fdopen(fd, "wb") as fo:
+            shutil.copyfileobj(fi, fo, 1 << 20)
 
 
 def publish(artifact: Path, dest: Path, *, replace: bool) -> Path:
     """Copy an artifact's files to ``dest``.
 
     ``replace=True`` (our own ``out/<name>/``): build a complete copy beside ``dest`` and swap
-    it in, so ``dest`` is never half-written.  ``replace=False`` (a user's ``--out`` folder):
-    copy file by file (each atomically), never deleting the user's other files.
+    it in (:func:`swap_in`), so ``dest`` is never half-written and, where the system can swap
+    two folders in one step (Linux), never missing.  Call it under the store's lock.
+    ``replace=False`` (a user's ``--out`` folder): copy file by file (each atomically), never
+    deleting the user's other files.  New files follow the umask.  A full disk raises a one-line
+    :class:`~stages._common.StorageError` and leaves no temporary copy.
     """
     dest = Path(dest)
-    files = [p for p in tree_files(artifact)]
+    files = tree_files(artifact)
     if replace:
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        for p in files:
-            q = tmp / p.relative_to(artifact)
-            q.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, q)
-        shutil.copy2(artifact / MANIFEST, tmp / ".tilegan-manifest.json")
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old.exists():
-            shutil.rmtree(old)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            recover_published(dest)
+            for p in files:
+                q = tmp / p.relative_to(artifact)
+                q.parent.mkdir(parents=True, exist_ok=True)
+                _copy_file(p, q)
+            _copy_file(artifact / MANIFEST, tmp / PUBLISHED_MANIFEST)
+            swap_in(tmp, dest, dest.with_name(f".{dest.name}.old-{os.getpid()}"))
+        except BaseException as e:
+            try:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+            except OSError:
+                pass
+            if isinstance(e, OSError):
+                raise storage_error(dest, e) from None
+            raise
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
     for p in files:
         q = dest / p.relative_to(artifact)
-        q.parent.mkdir(parents=True, exist_ok=True)
-        t = q.with_name(f".{q.name}.tmp")
-        shutil.copy2(p, t)
-        os.replace(t, q)
+        t = temp_sibling(q)
+        try:
+            q.parent.mkdir(parents=True, exist_ok=True)
+            _copy_file(p, t)
+            os.replace(t, q)
+        except BaseException as e:
+            try:
+                os.unlink(t)
+            except OSError:
+                pass
+            if isinstance(e, OSError):
+                raise storage_error(q, e) from None
+            raise
     return dest
 
 
 def published_key(dest: Path) -> Optional[str]:
     try:
-        return json.loads((Path(dest) / ".tilegan-manifest.json").read_text()).get("key")
-    except (OSError, ValueError):
+        return json.loads((Path(dest) / PUBLISHED_MANIFEST).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
         return None
-

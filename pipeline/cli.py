@@ -22,7 +22,9 @@ from . import cache as C
 from .config import field_types, load_config, resolve_params
 from .errors import PipelineError
 from .graph import STAGES, load_all, load_stage, optional_inputs, primary_input
-from .runner import StageResult, cached_input, execute, run_graph, stage_status
+from .graph import has_resume_state
+from .runner import (StageResult, cached_input, execute, publish_dest, resolve_all, run_graph,
+                     safe_dirname, stage_status)
 
 DEBUG_ENV = "TILEGAN_DEBUG"
 USER_ERROR_PACKAGES = ("pipeline", "stages", "palettes", "tilesets")
@@ -53,16 +55,19 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def skipped_count(summary: dict[str, Any]) -> int:
-    """How many inputs a stage skipped, whichever way its summary says it: a count
-    (``skipped``, crop / scrape / dedupe), a list (``skipped``, slice) or ``skipped_count``
-    (quantize)."""
-    for key in ("skipped", "skipped_count"):
+    """How many inputs a stage skipped, read from any of the three summary shapes in one place:
+    a record list ``skipped_items`` beside a count ``skipped`` (crop, scrape, dedupe; crop's
+    list also holds its too-small images), a record list ``skipped`` (slice), a record list
+    ``skipped`` beside ``skipped_count`` (quantize).  The largest figure wins, so a stage that
+    counts some skips in one key and some in another is not under-reported."""
+    n = 0
+    for key in ("skipped_items", "skipped", "skipped_count"):
         v = summary.get(key)
-        if isinstance(v, list):
-            return len(v)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-    return 0
+        if isinstance(v, (list, tuple)):
+            n = max(n, len(v))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            n = max(n, v)
+    return n
 
 
 def _fmt_summary(summary: dict[str, Any], limit: int = 4) -> str:
@@ -70,12 +75,14 @@ def _fmt_summary(summary: dict[str, Any], limit: int = 4) -> str:
     skipped inputs (so a corrupt file never goes unnoticed in the one-line table)."""
     parts = []
     for k, v in summary.items():
+        if k in ("skipped", "skipped_count"):
+            continue
         if isinstance(v, (int, float, str)) and not isinstance(v, bool) and len(str(v)) < 24:
             parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
         if len(parts) >= limit:
             break
     n = skipped_count(summary)
-    if n and not {p.split("=", 1)[0] for p in parts} & {"skipped", "skipped_count"}:
+    if n:
         parts.append(f"skipped={n}")
     return " ".join(parts)
 
@@ -88,14 +95,6 @@ def _print_table(results: list[StageResult], total: float) -> None:
         status = "ran" if r.ran else "cached"
         print(f"{r.name:<9} {status:<7} {r.seconds:>7.1f}s  {_fmt_summary(r.summary)}", file=err)
     print(f"{'total':<9} {'':<7} {total:>7.1f}s", file=err)
-
-
-def safe_dirname(name: str) -> str:
-    """A tileset name (any text, escaped in the XML) as a folder name under out/."""
-    import re
-
-    cleaned = re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip(" .") or "tileset"
-    return cleaned[:80]
 
 
 # --------------------------------------------------------------------------- run / status
@@ -129,18 +128,55 @@ def run_cmd(
         log.info("%s: %s in %.1fs %s", r.name, "ran" if r.ran else "cached", r.seconds,
                  _fmt_summary(r.summary))
 
-    results = run_graph(cfg, until=until, force=tuple(force or ()), source=source, on_result=on_result)
+    results = run_graph(cfg, until=until, force=tuple(force or ()), source=source,
+                        on_result=on_result, publish=True)
     last = results[-1]
+    _print_table(results, time.time() - t0)
     if last.name == "export":
-        params = resolve_params(modules["export"], cfg, {})
-        dest = cfg.out / safe_dirname(params.name)
-        if C.published_key(dest) != last.key:
-            C.publish(last.artifact, dest, replace=True)
-        _print_table(results, time.time() - t0)
-        print(dest)
+        print(publish_dest(cfg, resolve_params(modules["export"], cfg, {})))
     else:
-        _print_table(results, time.time() - t0)
         print(last.artifact)
+
+
+@app.command("verify")
+def verify_cmd(
+    repair: Annotated[bool, typer.Option("--repair", help="Delete incomplete or corrupt "
+                                         "artifacts and stale leftovers, saying what went.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Check file sizes only, not checksums.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Check every cached artifact against its manifest (sizes and sha256) and list leftovers.
+
+    Incomplete or corrupt artifacts, work folders of failed runs (`.partial`) and temporary
+    files of interrupted writes are listed; `--repair` deletes them (the next `pipeline run`
+    rebuilds what is missing). A training checkpoint an interrupted run left is kept. Exit
+    code 1 when problems remain."""
+    modules = load_all()
+    cfg = load_config(config, modules)
+    store = C.Store(cfg.cache)
+    published = []
+    if "export" in modules:
+        try:
+            published.append(publish_dest(cfg, resolve_all(cfg, ["export"], modules=modules)["export"]))
+        except PipelineError:
+            pass
+    with store:
+        found = C.verify_store(store, full=not quick, resumable=has_resume_state,
+                               published=published)
+        removed = C.repair(found) if repair else []
+    counts: dict[str, int] = {}
+    for f in found:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+        if f.kind != "ok":
+            gone = " -> removed" if f in removed else ""
+            typer.echo(f"{f.kind:<13} {f.path}: {f.detail}{gone}")
+    problems = sum(1 for f in found if f.removable) - len(removed)
+    figures = " ".join(f"{k}={counts.get(k, 0)}" for k in
+                       ("ok", "corrupt", "incomplete", "stale-partial", "resumable", "leftover"))
+    typer.echo(f"verify: {figures} removed={len(removed)}")
+    if problems:
+        typer.secho(f"{problems} problem(s); `pipeline verify --repair` removes them", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("status")
@@ -269,10 +305,12 @@ def _run_single(name: str, kw: dict[str, Any]) -> None:
     explicit = kw.pop("inputs")
     prim = primary_input(mod)
     store = C.Store(cfg.cache)
+    given_inputs = {k: kw.pop(k, None) for k in mod.INPUTS if k != prim}
+    params = resolve_params(mod, cfg, kw)          # bad values fail before any input is read
     inputs: dict[str, list[str]] = {}
     digests: dict[str, str] = {}
     for inp, up in mod.INPUTS.items():
-        given = explicit if inp == prim else kw.pop(inp, None)
+        given = explicit if inp == prim else given_inputs.get(inp)
         if inp == prim and not given and up is None:
             given = cfg.stage_input(name)
         if given:
@@ -295,7 +333,6 @@ def _run_single(name: str, kw: dict[str, Any]) -> None:
             art = cached_input(store, up, name)  # explains what to run when it is missing
             inputs[inp] = [str(art)]
             digests[inp] = store.content_digest(art)
-    params = resolve_params(mod, cfg, kw)
     t0 = time.time()
     from .runner import dist_rank
 
@@ -338,6 +375,8 @@ def _is_user_error(e: BaseException) -> bool:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: user errors become one red line on stderr and exit code 1."""
+    from stages._common import DISK_ERRNOS, StageError, storage_error
+
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         rv = app(args=argv, standalone_mode=False)
@@ -355,6 +394,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.exit(e.exit_code)
         if debug:
             raise
+        if isinstance(e, OSError) and not isinstance(e, StageError) and e.errno in DISK_ERRNOS:
+            e = storage_error(e.filename or "(a file)", e)   # any write path: one line
         if _is_user_error(e) or isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
             typer.secho(f"error: {e}", fg="red", err=True)
         else:

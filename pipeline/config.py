@@ -25,6 +25,16 @@ class Config:
     stages: dict[str, dict[str, Any]]
 
     @property
+    def display(self) -> str:
+        """The config file as messages name it: relative to the current folder when inside it."""
+        if self.path is None:
+            return "config"
+        try:
+            return str(self.path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(self.path)
+
+    @property
     def out(self) -> Path:
         base = self.path.parent if self.path else Path.cwd()
         return (base / self.pipeline.get("out", "out")).resolve()
@@ -69,10 +79,18 @@ def load_config(path: Optional[Path], stage_modules: dict[str, Any], *, required
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     pipeline_tbl = data.pop("pipeline", {})
-    for k in pipeline_tbl:
+    if not isinstance(pipeline_tbl, dict):
+        raise ConfigError(f"{path}: [pipeline] must be a table")
+    for k, v in pipeline_tbl.items():
         if k not in PIPELINE_KEYS:
             raise ConfigError(f"{path}: unknown key '{k}' in [pipeline]{_suggest(k, list(PIPELINE_KEYS))}")
+        if not isinstance(v, str) or not v.strip() or "\0" in v:
+            raise ConfigError(f"{path} [pipeline] {k}: expected a folder path, got {v!r}")
     stages: dict[str, dict[str, Any]] = {}
     for name, tbl in data.items():
         if name not in stage_modules:
@@ -84,8 +102,17 @@ def load_config(path: Optional[Path], stage_modules: dict[str, Any], *, required
             if k not in fields and k not in STAGE_EXTRA_KEYS:
                 raise ConfigError(f"{path}: unknown key '{k}' in [{name}]"
                                   f"{_suggest(k, sorted(fields) + list(STAGE_EXTRA_KEYS))}")
+        inp = tbl.get("input")
+        if inp is not None and not (_is_path_text(inp) or (
+                isinstance(inp, list) and inp and all(_is_path_text(s) for s in inp))):
+            raise ConfigError(f"{path} [{name}] input: expected a path or URL, or a list of "
+                              f"them, got {inp!r}")
         stages[name] = dict(tbl)
     return Config(Path(path).resolve(), pipeline_tbl, stages)
+
+
+def _is_path_text(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip()) and "\0" not in v
 
 
 def field_types(params_cls: type) -> dict[str, Any]:
@@ -153,25 +180,60 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def resolve_params(stage: Any, config: Config, cli: dict[str, Any]) -> Any:
-    """defaults < pipeline.toml [stage] < CLI options (``None`` on the CLI = not given)."""
+    """defaults < pipeline.toml [stage] < CLI options (``None`` on the CLI = not given).
+
+    Every value is converted to its field's type and checked against what the field declares
+    (``param(min=, max=, choices=, multiple_of=)``, enum members) and the stage's own
+    cross-field rules, so a bad value fails here, before any stage runs.  The ConfigError names
+    where the value came from: ``pipeline.toml [train] steps: must be at least 1, got -5`` or
+    ``--steps: ...``.
+    """
+    from stages._common import ParamError, check_params
+
     cls = stage.Params
     types = field_types(cls)
     values: dict[str, Any] = {}
-    src = f"{config.path}" if config.path else "config"
+    origin: dict[str, str] = {}
     for k, v in config.stages.get(stage.NAME, {}).items():
         if k in STAGE_EXTRA_KEYS:
             continue
-        values[k] = coerce(v, types[k], f"{src} [{stage.NAME}] {k}")
+        origin[k] = f"{config.display} [{stage.NAME}] {k}"
+        values[k] = coerce(v, types[k], origin[k])
     for k, v in cli.items():
         if v is None:
             continue
         if k not in types:
             raise ConfigError(f"unknown option '{k}' for {stage.NAME}")
-        values[k] = coerce(v, types[k], f"--{k.replace('_', '-')}")
+        origin[k] = f"--{k.replace('_', '-')}"
+        values[k] = coerce(v, types[k], origin[k])
     try:
-        return cls(**values)
+        params = cls(**values)
+        check_params(params, stage.NAME)
+    except ParamError as e:
+        raise ConfigError(_located(e, stage.NAME, origin, config)) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{stage.NAME}: {e}") from None
+    return params
+
+
+def _located(e: Exception, stage: str, origin: dict[str, str], config: Config) -> str:
+    """A ParamError's message with its field's source in front of it: ``stage: steps must be
+    at least 1, got -5`` -> ``pipeline.toml [train] steps: must be at least 1, got -5``."""
+    msg = str(e)
+    field = getattr(e, "field", None)
+    for prefix in (f"{stage}: ", f"{stage} "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+            break
+    if not field:
+        return f"{config.display} [{stage}]: {msg}" if config.path else f"{stage}: {msg}"
+    where = origin.get(field) or (f"{config.display} [{stage}] {field} (default)" if config.path
+                                  else f"{stage} {field}")
+    for lead in (f"{field} ", f"{field}: ", f"{field}="):
+        if msg.startswith(lead):
+            msg = msg[len(lead):]
+            break
+    return f"{where}: {msg}"
 
 
 def _number_or_str(v: Any) -> Any:

@@ -2,14 +2,29 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 from .errors import PipelineError
 
 #: the DAG, in topological order (each stage's INPUTS name stages that come before it)
 STAGES = ("scrape", "crop", "train", "sample", "quantize", "slice", "dedupe", "export")
-#: stages that keep resumable state in their work directory across an interruption
-RESUMABLE = frozenset({"scrape", "train"})
+#: stages that keep resumable state in their work directory (``<key>.partial``) across an
+#: interruption, and the file or folder there that holds it: a work folder without it has
+#: nothing to resume and is started afresh
+RESUME_STATE = {"scrape": "_fetch", "train": "ckpt.pt"}
+RESUMABLE = frozenset(RESUME_STATE)
+#: stages whose resume state is also kept when the stage *fails* (raises an error), not only
+#: when it is interrupted: train's checkpoints (hours of compute; e.g. after a full disk the
+#: rerun continues).  Every other failed run's work folder is deleted, so the next run starts
+#: clean instead of "resuming" from a failure.
+KEEP_ON_ERROR = frozenset({"train"})
+
+
+def has_resume_state(stage: str, work: Path) -> bool:
+    """Whether the work folder ``work`` of ``stage`` holds state an interrupted run left."""
+    marker = RESUME_STATE.get(stage)
+    return bool(marker) and (Path(work) / marker).exists()
 
 
 def load_stage(name: str) -> ModuleType:

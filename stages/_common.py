@@ -6,11 +6,14 @@ logic (``palettes/``, ``tilesets/``) lives here.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import io
 import logging
 import os
-import tempfile
+import secrets
+import shutil
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -40,6 +43,60 @@ class ParamError(StageError):
     def __init__(self, message: str, *, field: Optional[str] = None):
         super().__init__(message)
         self.field = field
+
+
+class StorageError(StageError, OSError):
+    """Writing failed for want of space or because the disk reported an I/O error.
+
+    One line naming the file and the free space left; an ``OSError`` too (``errno`` is the
+    original one), so code that treats a failed write as best effort still catches it.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+#: errors of the disk rather than of the program: turned into :class:`StorageError`
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def free_space(path: os.PathLike | str) -> Optional[int]:
+    """Bytes free for this user on the filesystem that holds ``path`` (or its nearest existing
+    parent); None when it cannot be told."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        try:
+            return shutil.disk_usage(q).free
+        except OSError:
+            continue
+    return None
+
+
+def storage_error(path: os.PathLike | str, e: OSError) -> OSError:
+    """``e`` as a one-line :class:`StorageError` naming ``path`` and the free space, when it is a
+    disk error (no space, quota, I/O error, read-only); any other ``OSError`` unchanged."""
+    if isinstance(e, StorageError) or e.errno not in DISK_ERRNOS:
+        return e
+    free = free_space(Path(path).parent)
+    left = f"{human_bytes(free)} free" if free is not None else "free space unknown"
+    what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EIO: "I/O error from the disk", errno.EROFS: "the filesystem is read-only",
+            errno.EFBIG: "file too large for the filesystem"}[e.errno]
+    advice = ("free some space and rerun: finished stages stay cached and training resumes "
+              "from its last checkpoint" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+              else "check the disk, then run `pipeline verify`")
+    err = StorageError(f"{path}: cannot write: {what} ({left}); {advice}")
+    err.errno, err.filename = e.errno, str(path)
+    return err
 
 
 # --------------------------------------------------------------------------- progress
@@ -163,27 +220,84 @@ def expand_inputs(items: Iterable[os.PathLike | str], suffixes: Sequence[str] = 
 
 
 # --------------------------------------------------------------------------- images
-def load_image(path: os.PathLike | str, *, mode: str = "RGB") -> np.ndarray:
+#: default pixel limit per image: 64 M pixels, twice an 8K screen (7680x4320 = 33 M)
+DEFAULT_MAX_PIXELS = 64_000_000
+#: environment variable that changes the limit (a number of pixels, e.g. 200000000 or 2e8)
+MAX_PIXELS_ENV = "TILEGAN_MAX_PIXELS"
+
+
+def pixel_limit() -> int:
+    """The pixel limit per image: ``$TILEGAN_MAX_PIXELS`` when set, else 64 M.
+
+    Raises :class:`ParamError` when the variable is set to something that is not a positive
+    number.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        n = int(float(raw))
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise ParamError(f"{MAX_PIXELS_ENV}={raw!r}: must be a positive number of pixels")
+    return n
+
+
+def pixel_limit_reason(width: int, height: int, limit: Optional[int] = None) -> Optional[str]:
+    """Why an image of ``width`` x ``height`` is refused, or None when it is within the limit
+    (``limit`` defaults to :func:`pixel_limit`).  Checked from the header, before decoding."""
+    limit = pixel_limit() if limit is None else limit
+    if width * height <= limit:
+        return None
+    return (f"{width}x{height} is {width * height / 1e6:.1f} M pixels, over the limit of "
+            f"{limit / 1e6:g} M (a screenshot is far smaller; raise {MAX_PIXELS_ENV} to allow it)")
+
+
+def load_image(path: os.PathLike | str, *, mode: str = "RGB",
+               max_pixels: Optional[int] = None) -> np.ndarray:
     """Decode an image file into a uint8 array, shape (H, W, C).
 
     ``mode`` is "RGB" (C=3) or "RGBA" (C=4).  Palette, greyscale, 16-bit and CMYK inputs are
-    converted; palette transparency becomes alpha.  Raises :class:`InputError` naming the file
-    when it cannot be decoded or has no pixels.
+    converted; palette transparency becomes alpha.  An image whose header declares more than
+    ``max_pixels`` pixels (default :func:`pixel_limit`: ``$TILEGAN_MAX_PIXELS`` or 64 M) is
+    refused before any pixel is decoded, so a small file cannot take gigabytes.  Of an
+    animated image (GIF, APNG, WebP) only the first frame is used, with a warning that gives
+    the frame count.  Raises :class:`InputError` naming the file when it cannot be decoded,
+    is too large or has no pixels.
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    limit = pixel_limit() if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as im:
-            im.load()
-            arr = pil_to_array(im, mode=mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                why = pixel_limit_reason(w, h, limit)
+                if why:
+                    raise InputError(f"{path}: {why}")
+                if w == 0 or h == 0:
+                    raise InputError(f"{path}: the image has no pixels")
+                if getattr(im, "is_animated", False):
+                    log.warning("%s: animated image with %d frames; only the first is used",
+                                path, getattr(im, "n_frames", 0))
+                    im.seek(0)
+                im.load()
+                arr = pil_to_array(im, mode=mode)
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to decode this image") from None
     except Exception as e:  # Pillow raises many types for bad files (incl. DecompressionBombError)
+        msg = " ".join(str(e).split()) or type(e).__name__
         if isinstance(e, (UnidentifiedImageError, OSError, SyntaxError, ValueError)):
-            raise InputError(f"{path}: not a readable image ({e})") from None
-        raise InputError(f"{path}: not a usable image ({type(e).__name__}: {e})") from None
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise InputError(f"{path}: not a readable image ({msg})") from None
+        raise InputError(f"{path}: not a usable image ({type(e).__name__}: {msg})") from None
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"{path}: the image has no pixels")
     return arr
 
@@ -249,13 +363,22 @@ def iter_images(paths: Iterable[os.PathLike | str], skipped: Skipped, *,
 
 
 def pil_to_array(im: "Any", *, mode: str = "RGB") -> np.ndarray:
-    """Convert a PIL image of any mode into uint8 RGB or RGBA."""
+    """Convert a PIL image of any mode into uint8 RGB or RGBA, shape (H, W, 3 or 4).
+
+    16-bit and 32-bit greyscale is scaled to 8 bits (by 257 when any value is above 255) with
+    integer arithmetic, so a large image does not take eight bytes a pixel on the way.
+    """
     if mode not in ("RGB", "RGBA"):
         raise ValueError(f"mode must be 'RGB' or 'RGBA', got {mode!r}")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if a.max(initial=0) > 255 else 255.0
-        a = np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im)
+        if a.dtype.kind == "u":
+            a = a.astype(np.uint32)
+        else:
+            a = np.clip(a, 0, 65535).astype(np.uint32)
+        if a.max(initial=0) > 255:
+            a = (a * 255 + 32767) // 65535
+        a = a.astype(np.uint8)
         rgb = np.repeat(a[..., None], 3, axis=-1)
         if mode == "RGBA":
             return np.concatenate([rgb, np.full(a.shape + (1,), 255, np.uint8)], axis=-1)
@@ -309,30 +432,51 @@ def save_png(path: os.PathLike | str, arr_or_image: "Any", **kw: Any) -> Path:
 
 
 # --------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace``.
+def temp_sibling(path: os.PathLike | str) -> Path:
+    """A fresh hidden name beside ``path`` for writing it atomically: ``.<name>.<pid>.<rand>.tmp``.
 
-    A reader never sees a half-written file, even if the process is killed mid-write.
+    Hidden, so a cache commit leaves it out; ``pipeline verify --repair`` removes strays."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def open_new(path: os.PathLike | str) -> int:
+    """Create ``path`` (which must not exist) for writing; its mode follows the umask, as for
+    any new file (mkstemp would give 0600)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+
+def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary sibling, fsync and ``os.replace``.
+
+    A reader never sees a half-written file, even if the process is killed mid-write; the
+    file's permissions follow the umask.  A full disk or an I/O error raises a one-line
+    :class:`StorageError` naming ``path`` and the free space, and leaves no temporary file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = open_new(tmp)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError as e:
+        raise storage_error(path, e) from None
     return path
 
 
 def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 

@@ -65,7 +65,16 @@ def test_summary_line_shows_skipped_inputs_whichever_key_holds_them():
     assert _fmt_summary({"images": 3, "skipped": [{"path": "x", "reason": "bad"}]}) == \
         "images=3 skipped=1"
     assert _fmt_summary({"images": 3, "skipped_count": 1, "skipped": [{}]}) == \
-        "images=3 skipped_count=1"
+        "images=3 skipped=1"
+
+
+def test_crop_summary_counts_too_small_images_as_skipped():
+    from pipeline.cli import _fmt_summary, skipped_count
+
+    crop = {"screens": 3, "patches": 40, "patches_available": 90, "tiles": 120, "skipped": 1,
+            "too_small": 2, "skipped_items": [{"source": "a"}, {"source": "b"}, {"source": "c"}]}
+    assert skipped_count(crop) == 3
+    assert _fmt_summary(crop) == "screens=3 patches=40 patches_available=90 tiles=120 skipped=3"
 
 
 def test_standalone_dedupe_counts_a_corrupt_user_image(tmp_path, tilegan_logger, monkeypatch):
