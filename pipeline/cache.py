@@ -522,7 +522,9 @@ class Store:
     def recover(self, stage: str, key: str) -> Optional[str]:
         """Finish or undo a commit of (stage, key) that a kill interrupted; call under the lock.
 
-        - a complete artifact in place: a left-over aside copy is deleted;
+        - a complete artifact in place: a left-over aside copy is deleted, and so is a work
+          folder of the same key (left by a cut-short ``--force`` run: forced runs start afresh,
+          so nothing can resume from it);
         - an incomplete folder in place (no manifest, a file missing or cut short): deleted,
           it can never be a hit;
         - no artifact in place: a complete ``<key>.partial`` (its manifest written, the kill
@@ -545,6 +547,9 @@ class Store:
             if aside.exists():
                 remove_tree(aside)
                 did = did or f"removed {aside}"
+            if final.exists() and work.exists():
+                remove_tree(work)
+                did = did or f"removed {work}, left by a forced rerun that was cut short"
         except OSError as e:
             raise storage_error(final, e) from None
         return did

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 import time
 import types
 from pathlib import Path
@@ -336,3 +337,81 @@ def test_folder_digest_is_unchanged_from_the_pathlib_walk(tmp_path):
     old = hashlib.sha256(b"dir:" + C.digest_of_checksums(files).encode() + b"\n").hexdigest()
     assert C.digest_explicit_inputs([root]) == old
     assert C.digest_explicit_inputs([root], memo=tmp_path / C.INPUT_MEMO) == old
+
+
+# --------------------------------------------------------------------------- config up front
+def make_checked_stage(name="fake", calls=None, converted=True):
+    """A stage whose Params declares a range, converted to StageParams or not (both must be
+    checked by resolve_params)."""
+    from stages._common import StageParams
+
+    base = (StageParams,) if converted else ()
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(*base):
+        STAGE = name
+        steps: int = param(10, help="steps", min=1)
+        mode: str = param("a", help="mode", choices=("a", "b"))
+
+    def run(inputs, params, out_dir, progress=None):
+        if calls is not None:
+            calls.append(name)
+        (out_dir / "x.txt").write_text("x")
+        return {}
+
+    mod = types.ModuleType(f"stages.{name}")
+    mod.NAME, mod.INPUTS, mod.Params, mod.run, mod.LIBS = name, {"data": None}, Params, run, ()
+    mod.__name__ = "stages._common"
+    return mod
+
+
+@pytest.mark.parametrize("converted", [True, False])
+def test_range_error_names_file_table_and_key(tmp_path, monkeypatch, converted):
+    monkeypatch.chdir(tmp_path)
+    mod = make_checked_stage("train", converted=converted)
+    (tmp_path / "pipeline.toml").write_text("[train]\nsteps = -5\n")
+    cfg = load_config(tmp_path / "pipeline.toml", {"train": mod})
+    with pytest.raises(ConfigError) as ei:
+        resolve_params(mod, cfg, {})
+    assert str(ei.value) == "pipeline.toml [train] steps: must be at least 1, got -5"
+
+
+def test_choice_error_from_the_command_line_names_the_option():
+    mod = make_checked_stage("train", converted=False)
+    with pytest.raises(ConfigError, match=r"^--mode: must be one of a, b, got 'c'$"):
+        resolve_params(mod, Config(None, {}, {}), {"mode": "c"})
+
+
+def test_run_checks_every_stage_before_running_the_first(tmp_path, monkeypatch):
+    from pipeline import runner as R
+
+    calls = []
+    first, second = make_checked_stage("one", calls), make_checked_stage("two", calls)
+    second.INPUTS = {"data": "one"}
+    monkeypatch.setattr(R, "STAGES", ("one", "two"))
+    monkeypatch.setattr(R, "load_all", lambda: {"one": first, "two": second})
+    (tmp_path / "in.txt").write_text("x")
+    (tmp_path / "pipeline.toml").write_text(f'[one]\ninput = "{tmp_path / "in.txt"}"\n'
+                                            '[two]\nsteps = "abc"\n')
+    cfg = load_config(tmp_path / "pipeline.toml", {"one": first, "two": second})
+    with pytest.raises(ConfigError, match=r"\[two\] steps: expected an integer, got 'abc'"):
+        R.run_graph(cfg)
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, where", [
+    ('[fake]\ninput = 5\n', "[fake] input"),
+    ('[fake]\ninput = []\n', "[fake] input"),
+    ('[pipeline]\nout = 5\n', "[pipeline] out"),
+    ('pipeline = 3\n', "[pipeline] must be a table"),
+])
+def test_config_shapes_are_checked_when_loaded(tmp_path, text, where):
+    (tmp_path / "pipeline.toml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        load_config(tmp_path / "pipeline.toml", {"fake": make_stage()})
+
+
+def test_a_config_that_is_not_utf8_is_one_clear_error(tmp_path):
+    (tmp_path / "pipeline.toml").write_bytes(b"[fake]\nlabel = \"\xff\xfe\"\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(tmp_path / "pipeline.toml", {"fake": make_stage()})
