@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages._common import load_image  # noqa: E402
-from stages.crop import detect_scale  # noqa: E402
+from stages._grid import detect_scale  # noqa: E402
 
 MAX_SCALE = 8
 ROUNDS = 3

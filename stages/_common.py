@@ -529,3 +529,52 @@ def find_artifact(paths: Sequence[os.PathLike | str], name: str) -> Optional[Pat
 def iter_chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
+
+
+# --------------------------------------------------------------------------- process pools
+def pool_workers(n_items: int, requested: int = 0, *, min_items: int = 16, cap: int = 4) -> int:
+    """How many worker processes to use for ``n_items`` items.
+
+    ``requested`` when > 0; otherwise the cores this process may use (at most ``cap``) when
+    there are at least ``min_items`` items (a pool costs more than it saves on a few), else 1.
+    """
+    if requested > 0:
+        return requested
+    if n_items < min_items:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, cap))
+
+
+def map_ordered(fn: Callable[[Any], Any], items: Iterable[Any], *, workers: int = 1,
+                ahead: int = 0, mp_context: Any = None,
+                initializer: Optional[Callable[[], None]] = None) -> Iterator[Any]:
+    """``fn(item)`` for every item, yielded in the order of ``items``.
+
+    With ``workers`` > 1 the calls run in a process pool (``fn`` and the items must pickle:
+    a module-level function, or ``functools.partial`` of one).  At most ``ahead`` calls
+    (default 4 per worker) run or wait beyond the result being yielded, so results never pile
+    up in memory when the consumer is slower than the pool, and ``items`` may be a generator.
+    ``initializer`` runs once in each worker (not in-process when ``workers`` <= 1).
+    """
+    if workers <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    import collections
+    import concurrent.futures as cf
+
+    ahead = ahead or 4 * workers
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp_context,
+                                initializer=initializer) as ex:
+        pending: collections.deque = collections.deque()
+        try:
+            for item in items:
+                pending.append(ex.submit(fn, item))
+                if len(pending) > ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()

@@ -1,30 +1,40 @@
 """crop: bring screenshots to native pixels; cut 16-px-aligned training patches and tiles.
 
-Per screen: (1) detect an integer nearest-neighbour upscale k (all colour changes fall on a
-k-px grid; statistically for JPEG) and undo it exactly, likewise a non-integer per-axis stretch
-(8:7 aspect-corrected captures) when unambiguous; (2) remove a uniform letterbox found on
-two opposite sides; (3) find the 16-px tile grid (the phase where whole tiles repeat most);
-(4) cut patch_size patches every stride px and every 16x16 tile on that grid.
+Per screen (:func:`prepare_screen`, detection in ``stages/_grid.py``): (1) detect an integer
+nearest-neighbour upscale k (all colour changes fall on a k-px grid; statistically for JPEG)
+and undo it exactly, likewise a non-integer per-axis stretch (8:7 aspect-corrected captures)
+when unambiguous; (2) remove a uniform letterbox found on two opposite sides; (3) find the
+16-px tile grid (the phase where whole tiles repeat most).  Then (:class:`ScreenSelector`)
+unusable, too small, single-colour and repeated screens are left out, and (4) patch_size
+patches every stride px and every 16x16 tile on that grid are cut (:func:`plan_patches`,
+:func:`cut_screen`).
+
 Writes screens/<id>.png, screens.json, patches.npy (N,S,S,C) uint8, tiles.npy (M,16,16,3)
-uint8 and tiles_origin.npy (M,3) int32 = (screen index, x, y).  See docs/data.md.
+uint8 and tiles_origin.npy (M,3) int32 = (screen index, x, y), through
+:class:`tilesets.artifacts.Patches` and :class:`tilesets.artifacts.TrainingTiles`.
+See docs/data.md.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from stages._common import (InputError, ParamError, ProgressFn, Skipped, expand_inputs,
-                            load_image, no_progress, param, save_npy, save_png, write_json)
+from stages._common import (InputError, ProgressFn, Skipped, StageParams, expand_inputs,
+                            load_image, map_ordered, no_progress, param, pool_workers, save_npy,
+                            save_png, write_json)
+from stages._grid import (TILE, change_positions, detect_grid, detect_scale, downscale,
+                          fit_stretch, trim_borders, unstretch)
+from tilesets.artifacts import Patches, TrainingTiles, grid_cut
 
 NAME = "crop"
 INPUTS = {"images": "scrape"}
@@ -33,374 +43,137 @@ LIBS = ("numpy", "pillow")
 
 log = logging.getLogger("tilegan.crop")
 
-TILE = 16
 #: more distinct colours than this in a native screen suggests resampling or lossy compression
 MANY_COLOURS = 256
-#: lossy upscale detection: off-grid step energy must stay below this fraction of the on-grid one
-LOSSY_RATIO = 0.6
-#: lossy upscale detection: block-mean reconstruction error must stay below this fraction of the
-#: mean step at the block edges, on the weaker axis.  On the example corpus saved as JPEG
-#: (q 95/75/50, 186 cases): no false factor, 2 upscales missed at q50 (left at k=1)
-LOSSY_RECON = 0.7
 #: tolerance used for JPEG files when --tolerance is 0
 JPEG_TOLERANCE = 8
-#: smallest non-integer stretch undone (closer to 1, a few identical neighbour lines could fake it)
-STRETCH_MIN_RATIO = 1.1
-#: the tile grid is searched in the top-left GRID_WINDOW² pixels (same phase as the whole)
-GRID_WINDOW = 768
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(StageParams):
+    STAGE = "crop"
+
     patch_size: int = param(64, help="side of the square training patches in native pixels "
-                                     "(a multiple of 16: 32, 64, 128)")
-    stride: int = param(16, help="step between patches in pixels (a multiple of 16)")
+                                     "(a multiple of 16: 32, 64, 128)", min=TILE, multiple_of=TILE)
+    stride: int = param(16, help="step between patches in pixels (a multiple of 16)",
+                        min=TILE, multiple_of=TILE)
     flip: bool = param(False, help="also add the mirror image (left-right) of every patch")
     rgba: bool = param(False, help="keep the alpha channel: patches (N,S,S,4) and RGBA screens")
-    scale: int = param(0, help="upscale factor of the screenshots; 0 detects it per image")
-    max_scale: int = param(8, help="largest upscale factor to look for")
+    scale: int = param(0, help="upscale factor of the screenshots; 0 detects it per image", min=0)
+    max_scale: int = param(8, help="largest upscale factor to look for", min=1)
     tolerance: int = param(0, help="for lossy sources: colour steps up to this (0-255) are noise "
                                    "when detecting upscaling, and blocks are averaged; 0 = exact "
-                                   "(JPEG files then use 8)")
+                                   "(JPEG files then use 8)", min=0, max=255)
     trim: bool = param(True, help="remove uniform letterbox borders (on two opposite sides)")
     stretch: bool = param(True, help="also undo non-integer nearest-neighbour stretching per axis "
                                      "(e.g. 8:7 aspect-corrected NES captures, 256 -> 292 px)")
     align: bool = param(True, help="find the 16-px tile grid of each screen (where whole tiles "
                                    "repeat) and cut tiles and patches on it; off: grid at the "
                                    "top-left corner")
-    max_patches: int = param(20000, help="keep at most this many patches (seeded random subset)")
+    max_patches: int = param(20000, help="keep at most this many patches (seeded random subset)",
+                             min=1)
     seed: int = param(0, help="seed of the patch subset")
-    workers: int = param(0, help="processes decoding images; 0 = all cores when there are many")
+    workers: int = param(0, help="processes decoding images; 0 = all cores when there are many",
+                         min=0)
 
 
-# --------------------------------------------------------------------------- scale detection
-def _change_positions(a: np.ndarray, axis: int) -> np.ndarray:
-    """Indices i (1..n-1) along ``axis`` where line i differs from line i-1 anywhere.
+# --------------------------------------------------------------------------- one screen
+@dataclass
+class NativeScreen:
+    """One screenshot brought to native pixels by :func:`prepare_screen`.
 
-    ``a`` has shape (H, W, C); axis 1 compares columns, axis 0 compares rows.
+    pixels : ndarray, shape (H, W, C), uint8 — C = 4 with ``rgba``, else 3
+    scale : int — the integer upscale undone
+    scale_xy : (float, float) — the whole factor undone per axis (differs from ``scale`` when a
+        non-integer stretch was undone too)
+    offset : (int, int) — position of the native top-left pixel in the original image
+    trim : (top, left, bottom, right) — letterbox lines removed, in native pixels
+    original_size : (int, int) — (width, height) of the original image
+    grid : (int, int) — tile-grid phase (gx, gy) in [0, 16)
     """
-    if a.shape[axis] < 2:
-        return np.zeros(0, np.int64)
-    if axis == 1:
-        changed = (a[:, 1:] != a[:, :-1]).any(axis=(0, 2))
+
+    pixels: np.ndarray
+    scale: int
+    scale_xy: tuple[float, float]
+    offset: tuple[int, int]
+    trim: tuple[int, int, int, int]
+    original_size: tuple[int, int]
+    grid: tuple[int, int]
+
+
+@dataclass
+class Unusable:
+    """A screenshot that could not be used: ``reason`` names the file and the problem."""
+
+    reason: str
+
+
+def undo_upscale(a: np.ndarray, *, scale: int, max_scale: int,
+                 tolerance: int) -> tuple[np.ndarray, int, int, int]:
+    """Step 1: the image at one pixel per upscaled block.
+
+    ``scale`` > 0 is taken as given (grid at the corner); 0 detects it (:func:`detect_scale`).
+    Returns ``(native, k, ox, oy)``; raises ValueError when the image is smaller than ``scale``.
+    """
+    if scale:
+        if a.shape[0] < scale or a.shape[1] < scale:
+            raise ValueError(f"smaller than the given scale {scale}")
+        k, ox, oy = scale, 0, 0
     else:
-        changed = (a[1:] != a[:-1]).any(axis=(1, 2))
-    return np.flatnonzero(changed) + 1
+        k, ox, oy = detect_scale(a, max_scale=max_scale, tolerance=tolerance)
+    return downscale(a, k, ox, oy, mean=tolerance > 0 and k > 1), k, ox, oy
 
 
-def _fits(pos: np.ndarray, k: int) -> Optional[int]:
-    """The offset o in [0, k) with every position ≡ o (mod k), or None."""
-    if pos.size == 0:
-        return 0
-    r = pos % k
-    return int(r[0]) if (r == r[0]).all() else None
+def undo_stretch(a: np.ndarray, *, max_scale: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """Step 2: undo a non-integer nearest stretch on each axis (:func:`fit_stretch`).
 
-
-def _step_energy(a: np.ndarray, axis: int, tolerance: int) -> np.ndarray:
-    """Mean colour step between line i-1 and line i, for i = 1..n-1 (index 0 holds i = 1).
-
-    Steps of at most ``tolerance`` per channel count as noise (zero).
+    Returns the image and the factor undone per axis (x, y), 1.0 where none was.
     """
-    d = np.abs(np.diff(a.astype(np.int16), axis=axis))
-    d[d <= tolerance] = 0
-    d = d.sum(axis=2, dtype=np.int64)
-    return d.mean(axis=0 if axis == 1 else 1)
+    factor = [1.0, 1.0]
+    for axis in (1, 0):
+        m = a.shape[axis]
+        fit = fit_stretch(change_positions(a, axis), m, max_scale=max_scale)
+        if fit is not None:
+            a = unstretch(a, axis, *fit)
+            factor[1 - axis] = m / a.shape[axis]
+    return a, (factor[0], factor[1])
 
 
-def _fits_lossy(energy: np.ndarray, k: int) -> Optional[int]:
-    """Offset o when the steps are concentrated on positions ≡ o (mod k), else None.
-
-    For a k-upscale of lossy data, the mean step at one residue class (the block edges) is high
-    and at every other class only compression noise: every other class must stay below
-    ``LOSSY_RATIO`` times the edge class.
-    """
-    n = energy.size
-    if n < 2 * k:
-        return None
-    total = energy.sum()
-    if total == 0:
-        return 0
-    pos = np.arange(1, n + 1)
-    per = np.array([energy[pos % k == r].mean() for r in range(k)])
-    o = int(np.argmax(per))
-    others = np.delete(per, o)
-    return o if others.max() < LOSSY_RATIO * per[o] else None
-
-
-def _blocks_explain(a: np.ndarray, k: int, ox: int, oy: int, ex: np.ndarray, ey: np.ndarray) -> bool:
-    """Lossy check that k×k blocks explain the image: replacing every block by its mean must
-    change it much less than the steps between blocks (``LOSSY_RECON``).  Rejects tile art whose
-    8-px tile edges line up with the JPEG 8×8 grid but which has detail inside the tiles."""
-    small = downscale(a, k, ox, oy, mean=True)
-    h, w = small.shape[:2]
-    body = a[oy:oy + h * k, ox:ox + w * k].astype(np.int16)
-    err = np.abs(body - np.repeat(np.repeat(small, k, 0), k, 1)).sum(axis=2).mean()
-    edges = [e[np.arange(1, e.size + 1) % k == o].mean() for e, o in ((ex, ox), (ey, oy)) if e.any()]
-    return bool(edges) and err < LOSSY_RECON * min(edges)
-
-
-def detect_scale(a: np.ndarray, *, max_scale: int = 8, tolerance: int = 0) -> tuple[int, int, int]:
-    """Detect integer nearest-neighbour upscaling.
+def prepare_screen(image: np.ndarray, params: Params, *, lossy: bool = False) -> NativeScreen:
+    """Bring one screenshot to native pixels: undo upscale and stretch, trim, find the grid.
 
     Parameters
     ----------
-    a : ndarray, shape (H, W, C), uint8
-    max_scale : int
-        Largest factor tried.
-    tolerance : int
-        0 (default): exact, for lossless sources: every change between neighbouring columns
-        (rows) must fall on the block grid.  > 0: for lossy (JPEG) sources: steps up to
-        ``tolerance`` per channel are noise, and the block edges must carry the mean step
-        energy (every other position below ``LOSSY_RATIO`` of it).
+    image : ndarray, shape (H, W, 4), uint8
+        The decoded screenshot (RGBA: alpha takes part in the detection).
+    params : Params
+    lossy : bool
+        The file is lossy (JPEG): detect with ``JPEG_TOLERANCE`` unless ``params.tolerance``.
 
-    Returns
-    -------
-    (k, ox, oy) : tuple of int
-        The largest k such that ``a`` is made of k×k constant blocks whose grid starts at
-        column ``ox`` and row ``oy`` (0 <= ox, oy < k).  (1, 0, 0) when not upscaled, and for
-        an image without any edge.
-
-    Examples
-    --------
-    >>> a = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
-    >>> detect_scale(np.repeat(np.repeat(a, 3, 0), 3, 1))
-    (3, 0, 0)
+    Raises
+    ------
+    ValueError
+        The image is smaller than the given ``params.scale``.
     """
-    if a.ndim != 3:
-        raise ValueError(f"a must have shape (H, W, C), got {a.shape}")
-    h, w = a.shape[:2]
-    top = min(max_scale, max(h, w))
-    if tolerance:
-        ex, ey = _step_energy(a, 1, tolerance), _step_energy(a, 0, tolerance)
-        if not ex.any() and not ey.any():
-            return 1, 0, 0
-        for k in range(top, 1, -1):
-            ox, oy = _fits_lossy(ex, k), _fits_lossy(ey, k)
-            if ox is not None and oy is not None and _blocks_explain(a, k, ox, oy, ex, ey):
-                return k, ox, oy
-        return 1, 0, 0
-    px, py = _change_positions(a, 1), _change_positions(a, 0)
-    if px.size == 0 and py.size == 0:
-        return 1, 0, 0
-    for k in range(top, 1, -1):
-        ox, oy = _fits(px, k), _fits(py, k)
-        if ox is not None and oy is not None and (w - ox) // k >= 1 and (h - oy) // k >= 1:
-            return k, ox, oy
-    return 1, 0, 0
+    tol = params.tolerance or (JPEG_TOLERANCE if lossy else 0)
+    native, k, ox, oy = undo_upscale(image, scale=params.scale, max_scale=params.max_scale,
+                                     tolerance=tol)
+    sx = sy = float(k)
+    if params.stretch and not tol and not params.scale:
+        native, (fx, fy) = undo_stretch(native, max_scale=params.max_scale)
+        sx, sy = k * fx, k * fy
+    trim = (0, 0, 0, 0)
+    if params.trim:
+        native, trim = trim_borders(native)
+    if not params.rgba:
+        native = np.ascontiguousarray(native[..., :3])
+    grid = detect_grid(native[..., :3]) if params.align else (0, 0)
+    return NativeScreen(pixels=native, scale=k, scale_xy=(round(sx, 4), round(sy, 4)),
+                        offset=(ox + int(round(trim[1] * sx)), oy + int(round(trim[0] * sy))),
+                        trim=trim, original_size=(int(image.shape[1]), int(image.shape[0])),
+                        grid=grid)
 
 
-def downscale(a: np.ndarray, k: int, ox: int = 0, oy: int = 0, *, mean: bool = False) -> np.ndarray:
-    """Undo a k-upscale: one pixel per whole k×k block starting at (ox, oy).
-
-    Parameters
-    ----------
-    a : ndarray, shape (H, W, C), uint8
-    mean : bool
-        Average each block (lossy sources; without its edge pixels when k >= 3) instead of
-        taking its centre pixel.
-
-    Returns
-    -------
-    ndarray, shape ((H - oy) // k, (W - ox) // k, C), uint8
-    """
-    if k == 1:
-        return a[oy:, ox:].copy() if (ox or oy) else a
-    h, w = (a.shape[0] - oy) // k, (a.shape[1] - ox) // k
-    body = a[oy:oy + h * k, ox:ox + w * k]
-    if mean:
-        blocks = body.reshape(h, k, w, k, -1)
-        if k >= 3:  # the block's edge pixels carry most of the compression ringing
-            blocks = blocks[:, 1:-1, :, 1:-1]
-        avg = blocks.astype(np.float32).mean(axis=(1, 3))
-        return np.clip(np.rint(avg), 0, 255).astype(np.uint8)
-    return body[k // 2::k, k // 2::k].copy()
-
-
-_PHASES = np.arange(32) / 32.0
-_TIE = 1e-3  # resamplers differ at exact ties (and compute in float32): accept either side
-
-
-def fit_stretch(pos: np.ndarray, m: int, *, max_scale: int = 8,
-                min_ratio: float = STRETCH_MIN_RATIO) -> Optional[tuple[int, float]]:
-    """Find a non-integer nearest-neighbour stretch along one axis.
-
-    A nearest resample from n to m > n lines maps output line j to source
-    ``floor((j + phi) * n / m)``; the image can only change where that source index steps.
-    Returns the smallest native length n (``m / n`` in [min_ratio, max_scale]) and a phase phi
-    under which every change position in ``pos`` (as from ``_change_positions``) is such a step,
-    or None: also when a second size below 1.15 n fits too (ambiguous), and unless the image
-    changes at no fewer than half the native lines (evidence).
-    """
-    if pos.size == 0:
-        return None
-    lo = max(pos.size + 1, int(np.ceil(m / max_scale)))    # n lines have n-1 steps at most
-    hi = min(int(np.floor(m / min_ratio)), 2 * pos.size)
-    p = pos.astype(np.float64)[:, None]
-    found: Optional[tuple[int, np.ndarray]] = None
-    for n in range(lo, hi + 1):
-        if found is not None and n >= 1.15 * found[0]:
-            break
-        r = n / m
-        step = np.floor((p + _PHASES) * r + _TIE) > np.floor((p - 1 + _PHASES) * r - _TIE)
-        ok = step.all(axis=0)
-        if ok.any():
-            if found is not None:
-                # two native sizes within 15 % of each other both explain the image: a screen
-                # with many repeated lines; refuse to guess rather than drop real lines
-                return None
-            found = (n, ok)
-    if found is None:
-        return None
-    n, ok = found
-    # several phases may fit; the tightest one (fewest possible steps) is the real one, then
-    # the pixel-centre convention (phi = 0.5) that most scalers use
-    r = n / m
-    j = np.arange(1, m, dtype=np.float64)[:, None]
-    phases = _PHASES[ok]
-    steps = (np.floor((j + phases) * r + _TIE) > np.floor((j - 1 + phases) * r - _TIE)).sum(0)
-    best = np.lexsort((np.abs(phases - 0.5), steps))[0]
-    return n, float(phases[best])
-
-
-def unstretch(a: np.ndarray, axis: int, n: int, phi: float) -> np.ndarray:
-    """Undo a nearest stretch along ``axis`` (see :func:`fit_stretch`): one line per source line.
-
-    Takes the middle line of each source line's run, away from the ambiguous run ends.
-    """
-    m = a.shape[axis]
-    L = m / n                                   # run length, >= STRETCH_MIN_RATIO > 1
-    start = np.arange(n) * L - phi              # run of source i: [start, start + L)
-    first = np.ceil(start + _TIE)
-    last = np.ceil(start + L - _TIE) - 1
-    mid = np.clip(((first + last) // 2).astype(np.int64), 0, m - 1)
-    return np.take(a, mid, axis=axis)
-
-
-def trim_borders(a: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Remove a uniform letterbox: lines of one colour on two opposite sides.
-
-    Returns the trimmed array and (top, left, bottom, right) lines removed.  One side alone
-    (a sky, a floor) is never trimmed; a side is trimmed only when its opposite side has a
-    border of the same colour.  At least one 16-px line of content is always kept.
-    """
-    h, w = a.shape[:2]
-
-    def run(lines: np.ndarray) -> tuple[int, Optional[bytes]]:
-        """How many leading lines (axis 0 of ``lines``, shape (L, N, C)) are one uniform colour."""
-        c = lines[0, 0]
-        same = (lines == c).all(axis=(1, 2))
-        n = int(np.argmin(same)) if not same.all() else len(same)
-        return n, (c.tobytes() if n else None)
-
-    top, ct = run(a)
-    bottom, cb = run(a[::-1])
-    left, cl = run(a.transpose(1, 0, 2))
-    right, cr = run(a.transpose(1, 0, 2)[::-1])
-    t = b = l_ = r = 0
-    if top and bottom and ct == cb and top + bottom <= h - TILE:
-        t, b = top, bottom
-    if left and right and cl == cr and left + right <= w - TILE:
-        l_, r = left, right
-    if not (t or b or l_ or r):
-        return a, (0, 0, 0, 0)
-    return a[t:h - b, l_:w - r], (t, l_, b, r)
-
-
-def _window_hashes(a: np.ndarray, size: int = TILE) -> tuple[np.ndarray, np.ndarray]:
-    """Hash and uniformity of every size×size window of ``a`` (H, W, C) uint8.
-
-    Returns ``(hashes, uniform)``, both shape (H-size+1, W-size+1): uint64 hashes (equal windows
-    have equal hashes; separable random weights, arithmetic mod 2**64) and a bool array that is
-    True where the window holds a single colour.  Costs O(H·W·size), not O(H·W·size²).
-    """
-    h, w = a.shape[:2]
-    v = np.zeros((h, w), np.uint64)
-    for c in range(a.shape[2]):
-        v = (v << np.uint64(8)) | a[..., c].astype(np.uint64)
-    rng = np.random.default_rng(0x7113)
-    wx, wy = (rng.integers(1, 2**63, size, dtype=np.uint64) | np.uint64(1) for _ in range(2))
-    oh, ow = h - size + 1, w - size + 1
-    with np.errstate(over="ignore"):
-        v = v * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E019)
-        rows = np.zeros((h, ow), np.uint64)
-        for dx in range(size):
-            rows += v[:, dx:dx + ow] * wx[dx]
-        out = np.zeros((oh, ow), np.uint64)
-        for dy in range(size):
-            out += rows[dy:dy + oh] * wy[dy]
-    # uniform: no horizontal change inside any of its rows, no vertical change in its first column
-    chx = np.zeros((h, w), np.int32)
-    chx[:, 1:] = v[:, 1:] != v[:, :-1]
-    chy = np.zeros((h, w), np.int32)
-    chy[1:] = v[1:] != v[:-1]
-    ix = np.zeros((h + 1, w + 1), np.int64)
-    ix[1:, 1:] = chx.cumsum(0).cumsum(1)
-    # changes at columns x+1..x+size-1 over rows y..y+size-1
-    y0, y1 = np.arange(oh)[:, None], np.arange(oh)[:, None] + size
-    x0, x1 = np.arange(ow)[None, :] + 1, np.arange(ow)[None, :] + size
-    n_h = ix[y1, x1] - ix[y0, x1] - ix[y1, x0] + ix[y0, x0]
-    cy = np.zeros((h + 1, w), np.int64)
-    cy[1:] = chy.cumsum(0)
-    n_v = cy[size:size + oh - 0, :ow][:oh] - cy[1:1 + oh, :ow]
-    return out, (n_h == 0) & (n_v == 0)
-
-
-def detect_grid(a: np.ndarray, *, size: int = TILE, min_gain: int = 4) -> tuple[int, int]:
-    """Find where the tile grid of a tile-based screen starts.
-
-    Tile-based art repeats whole tiles; on the right grid the size×size cells hold fewer
-    distinct pictures than on a shifted one.  For each of the size×size phases, counts the
-    distinct non-uniform cells per cell and returns the phase ``(gx, gy)`` in [0, size) with
-    the lowest share when it is at most 0.8 of the corner's (with at least ``min_gain``
-    repeated cells); failing that, the phase with the most repeated cells when it has at least
-    ``min_gain`` and 25 % more than the corner (tiles among non-tiled layers); else (0, 0).
-
-    Parameters
-    ----------
-    a : ndarray, shape (H, W, C), uint8
-        A native-pixel screen.
-
-    Returns
-    -------
-    (gx, gy) : tuple of int
-    """
-    a = a[:GRID_WINDOW, :GRID_WINDOW]   # plenty of evidence; keeps big level maps cheap
-    h, w = a.shape[:2]
-    if h < 2 * size or w < 2 * size:
-        return 0, 0
-    hashes, uniform = _window_hashes(a, size)
-
-    # Every window belongs to exactly one grid phase (x % size, y % size); count, per phase,
-    # the non-uniform cells whose hash occurs more than once in that phase.
-    oh, ow = hashes.shape
-    yy, xx = np.divmod(np.arange(oh * ow), ow)
-    phase = ((yy % size) * size + (xx % size))
-    keep = ~uniform.ravel()
-    ph, hv = phase[keep], hashes.ravel()[keep]
-    order = np.lexsort((hv, ph))
-    ph, hv = ph[order], hv[order]
-    new = np.ones(ph.size, bool)
-    new[1:] = (ph[1:] != ph[:-1]) | (hv[1:] != hv[:-1])
-    cells = np.bincount(ph, minlength=size * size)
-    distinct = np.bincount(ph[new], minlength=size * size)
-    # (a) busy tile art: the true phase has clearly fewer distinct cells per cell
-    ratio = np.where(cells > 0, distinct / np.maximum(cells, 1), 1.0)
-    i = int(np.argmin(ratio))  # first minimum: the lowest (gy, gx) among ties
-    if i and ratio[i] <= 0.8 * ratio[0] and cells[i] - distinct[i] >= min_gain:
-        return i % size, i // size
-    # (b) sparse repeats (tiles among non-tiled layers): clearly more cells that repeat
-    same = ~new[1:]
-    rep = np.zeros(ph.size, bool)
-    rep[1:] |= same
-    rep[:-1] |= same
-    repeats = np.bincount(ph[rep], minlength=size * size)
-    j = int(np.argmax(repeats))
-    if j and repeats[j] >= repeats[0] + min_gain and repeats[j] >= 1.25 * repeats[0]:
-        return j % size, j // size
-    return 0, 0
-
-
-# --------------------------------------------------------------------------- one image
 def _is_jpeg(path: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -409,47 +182,262 @@ def _is_jpeg(path: str) -> bool:
         return False
 
 
-def prepare_screen(path: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """Decode one screenshot and bring it to native pixels (runs in a worker process).
-
-    Returns {"ok": True, "screen": (H, W, C) uint8, "scale", "offset": [x, y], "trim": [t, l, b, r],
-    "orig": [W, H]} or {"ok": False, "reason": str}.
-    """
-    mode = "RGBA" if opts["rgba"] else "RGB"
+def prepare_file(path: str, params: Params) -> Union[NativeScreen, Unusable]:
+    """Decode one screenshot file and :func:`prepare_screen` it (runs in a worker process)."""
     try:
-        a = load_image(path, mode="RGBA")
+        image = load_image(path, mode="RGBA")
     except InputError as e:
-        return {"ok": False, "reason": str(e)}
-    tol = opts["tolerance"] or (JPEG_TOLERANCE if _is_jpeg(path) else 0)
-    if opts["scale"]:
-        k, ox, oy = opts["scale"], 0, 0
-        if a.shape[0] < k or a.shape[1] < k:
-            return {"ok": False, "reason": f"{path}: smaller than the given scale {k}"}
-    else:
-        k, ox, oy = detect_scale(a, max_scale=opts["max_scale"], tolerance=tol)
-    native = downscale(a, k, ox, oy, mean=tol > 0 and k > 1)
-    sx = sy = float(k)
-    if opts["stretch"] and not tol and not opts["scale"]:
-        for axis in (1, 0):
-            m = native.shape[axis]
-            fit = fit_stretch(_change_positions(native, axis), m, max_scale=opts["max_scale"])
-            if fit is not None:
-                native = unstretch(native, axis, *fit)
-                if axis == 1:
-                    sx = k * m / native.shape[1]
-                else:
-                    sy = k * m / native.shape[0]
-    trim = (0, 0, 0, 0)
-    if opts["trim"]:
-        native, trim = trim_borders(native)
-    if mode == "RGB":
-        native = np.ascontiguousarray(native[..., :3])
-    grid = detect_grid(native[..., :3]) if opts["align"] else (0, 0)
-    return {"ok": True, "screen": native, "scale": k, "grid": list(grid),
-            "scale_xy": [round(sx, 4), round(sy, 4)],
-            "offset": [ox + int(round(trim[1] * sx)), oy + int(round(trim[0] * sy))],
-            "trim": list(trim),
-            "orig": [int(a.shape[1]), int(a.shape[0])]}
+        return Unusable(str(e))
+    try:
+        return prepare_screen(image, params, lossy=_is_jpeg(path))
+    except ValueError as e:
+        return Unusable(f"{path}: {e}")
+
+
+# --------------------------------------------------------------------------- which screens
+@dataclass
+class ScreenRecord:
+    """One kept screen: a row of ``screens.json`` (see docs/data.md)."""
+
+    index: int
+    id: str
+    source: str
+    scale: int
+    width: int
+    height: int
+    offset: list
+    trim: list
+    grid: list
+    colours: int
+    scale_xy: list
+    original_size: list
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def count_colours(a: np.ndarray) -> int:
+    """Distinct RGB colours of ``a`` (H, W, C) uint8."""
+    flat = a[..., :3].reshape(-1, 3).astype(np.uint32)
+    return int(np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]).size)
+
+
+def _screen_digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
+
+
+class ScreenSelector:
+    """Decides, screen by screen in input order, which prepared screens are kept.
+
+    Left out (and recorded): unusable files and single-colour screens (``skipped``), screens
+    smaller than one patch (``too_small``) and screens whose native pixels equal an earlier
+    one's (``duplicates``).  A kept screen gets the next index and a :class:`ScreenRecord`;
+    one with more than ``MANY_COLOURS`` colours is kept but flagged (``many_colours``).
+    """
+
+    def __init__(self, params: Params):
+        self.params = params
+        self.records: list[ScreenRecord] = []
+        self.skipped = Skipped(key="source", logger=log)
+        self.too_small = Skipped(key="source", logger=log)
+        self.duplicates: list[dict[str, str]] = []
+        self.many_colours: list[str] = []
+        self.scales: dict[str, int] = {}
+        self.stretched = 0
+        self._seen: dict[str, str] = {}
+
+    def add(self, source: str, sid: str,
+            prepared: Union[NativeScreen, Unusable]) -> Optional[ScreenRecord]:
+        """The record of the kept screen, or None when it is left out."""
+        if isinstance(prepared, Unusable):
+            self.skipped.add(source, prepared.reason)
+            return None
+        scr, S = prepared.pixels, self.params.patch_size
+        h, w = scr.shape[:2]
+        if h < S or w < S:
+            self.too_small.add(source, f"{source}: {w}x{h} native pixels (scale {prepared.scale}) "
+                                       f"is smaller than the {S}x{S} patch", width=w, height=h)
+            return None
+        if (scr == scr[:1, :1]).all():
+            self.skipped.add(source, f"{source}: the screen is a single colour")
+            return None
+        digest = _screen_digest(scr)
+        if digest in self._seen:
+            self.duplicates.append({"source": source, "reason": f"same pixels as {self._seen[digest]}"})
+            return None
+        self._seen[digest] = source
+        n_colours = count_colours(scr)
+        if n_colours > MANY_COLOURS:
+            log.warning("%s has %d colours after undoing scale %d: resampled, lossy or not "
+                        "pixel art? (try --tolerance for JPEG sources)", source, n_colours,
+                        prepared.scale)
+            self.many_colours.append(source)
+        gx, gy = prepared.grid
+        if h - gy < S or w - gx < S:
+            gx, gy = 0, 0  # the shifted grid leaves no room for a patch; use the corner
+        k = prepared.scale
+        self.scales[str(k)] = self.scales.get(str(k), 0) + 1
+        if list(prepared.scale_xy) != [float(k)] * 2:
+            self.stretched += 1
+        rec = ScreenRecord(index=len(self.records), id=sid, source=source, scale=k, width=w,
+                           height=h, offset=list(prepared.offset), trim=list(prepared.trim),
+                           grid=[gx, gy], colours=n_colours, scale_xy=list(prepared.scale_xy),
+                           original_size=list(prepared.original_size))
+        self.records.append(rec)
+        return rec
+
+    def nothing_usable(self, n: int) -> InputError:
+        """The error when no screen was kept: says why and what to do."""
+        S = self.params.patch_size
+        skipped, too_small = self.skipped.items, self.too_small.items
+        if too_small and not skipped:
+            biggest = max(min(t["width"], t["height"]) for t in too_small)
+            hint = max((s for s in (16, 32, 64, 128) if s <= biggest), default=None)
+            fix = f"; use --patch-size {hint}" if hint and hint < S else ""
+            what = "the image is" if n == 1 else f"all {n} images are"
+            return InputError(f"crop: {what} smaller than the {S}x{S} patch{fix}")
+        if skipped and not too_small:
+            first = skipped[0]["reason"]
+            if n == 1:
+                return InputError(f"crop: the image is not usable: {first}")
+            more = f"; and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+            return InputError(f"crop: none of the {n} images is usable ({first}{more})")
+        return InputError(f"crop: no usable screen among {n} images: {len(skipped)} unreadable, "
+                          f"{len(too_small)} smaller than the {S}x{S} patch")
+
+    def report(self) -> dict:
+        """What was left out and why (crop.json)."""
+        return {"skipped": self.skipped.items, "too_small": self.too_small.items,
+                "duplicates": self.duplicates, "many_colours": self.many_colours}
+
+
+# --------------------------------------------------------------------------- patches and tiles
+def _positions(rec: ScreenRecord, S: int, stride: int) -> tuple[int, int]:
+    """Patch positions on a screen: (rows, columns) of patch origins on its grid."""
+    gx, gy = rec.grid
+    return len(range(gy, rec.height - S + 1, stride)), len(range(gx, rec.width - S + 1, stride))
+
+
+@dataclass
+class PatchPlan:
+    """Which patches are cut: a seeded subset of every position (and mirror) of every screen.
+
+    Positions are numbered screen by screen, row by row; with ``flip`` each position counts
+    twice (``q // 2`` the position, ``q % 2`` = 1 the mirror).  ``picks`` (sorted) index that
+    numbering; ``starts[i]`` is screen i's first number.
+    """
+
+    picks: np.ndarray
+    starts: np.ndarray
+    n_flip: int
+    total: int
+
+    def of_screen(self, i: int) -> np.ndarray:
+        """Screen i's picked numbers, made local to the screen."""
+        lo, hi = np.searchsorted(self.picks, [self.starts[i], self.starts[i + 1]])
+        return self.picks[lo:hi] - self.starts[i]
+
+
+def plan_patches(records: Sequence[ScreenRecord], params: Params) -> PatchPlan:
+    """Number every patch position of every screen and pick at most ``max_patches``."""
+    S, n_flip = params.patch_size, 2 if params.flip else 1
+    counts = [n_flip * ny * nx for ny, nx in (_positions(r, S, params.stride) for r in records)]
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    total = int(starts[-1])
+    picks = np.arange(total)
+    if total > params.max_patches:
+        rng = np.random.default_rng(params.seed)
+        picks = np.sort(rng.choice(total, size=params.max_patches, replace=False))
+    return PatchPlan(picks=picks, starts=starts, n_flip=n_flip, total=total)
+
+
+def cut_patches(screen: np.ndarray, rec: ScreenRecord, local: np.ndarray,
+                params: Params) -> np.ndarray:
+    """The picked patches of one screen (``local`` from :meth:`PatchPlan.of_screen`).
+
+    Returns
+    -------
+    ndarray, shape (len(local), S, S, C), uint8
+    """
+    S, stride, n_flip = params.patch_size, params.stride, 2 if params.flip else 1
+    gx, gy = rec.grid
+    _, nx = _positions(rec, S, stride)
+    out = np.empty((len(local), S, S, screen.shape[2]), np.uint8)
+    for j, q in enumerate(local):
+        row, col = divmod(int(q) // n_flip, nx)
+        y, x = gy + row * stride, gx + col * stride
+        p = screen[y:y + S, x:x + S]
+        out[j] = p[:, ::-1] if q % n_flip else p
+    return out
+
+
+def cut_tiles(screen: np.ndarray, rec: ScreenRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Every whole 16×16 tile of a screen on its grid, row by row.
+
+    Returns
+    -------
+    tiles : ndarray, shape (M, 16, 16, 3), uint8
+    origin : ndarray, shape (M, 3), int32 — (screen index, x, y) of each tile's top-left pixel
+    """
+    gx, gy = rec.grid
+    tiles = grid_cut(screen[gy:, gx:, :3], TILE)
+    th, tw = (rec.height - gy) // TILE, (rec.width - gx) // TILE
+    yy, xx = np.meshgrid(gy + np.arange(th) * TILE, gx + np.arange(tw) * TILE, indexing="ij")
+    origin = np.stack([np.full(th * tw, rec.index), xx.ravel(), yy.ravel()], axis=1)
+    return np.ascontiguousarray(tiles), origin.astype(np.int32)
+
+
+def tile_count(rec: ScreenRecord) -> int:
+    gx, gy = rec.grid
+    return ((rec.height - gy) // TILE) * ((rec.width - gx) // TILE)
+
+
+# --------------------------------------------------------------------------- in-memory core
+@dataclass
+class CropResult:
+    """What :func:`crop_screens` makes of a set of screenshots."""
+
+    screens: list                 # native pixels of each kept screen, (H, W, C) uint8
+    records: list                 # ScreenRecord per kept screen
+    patches: Patches
+    tiles: TrainingTiles
+    selector: ScreenSelector
+    plan: PatchPlan
+
+
+def crop_screens(images: Iterable[tuple[str, np.ndarray]], params: Params) -> CropResult:
+    """The whole crop on decoded screenshots held in memory (tests, small corpora).
+
+    Parameters
+    ----------
+    images : iterable of (source, ndarray of shape (H, W, 4) uint8)
+        The screenshots, RGBA, in order; ``source`` names each (and gives its id).
+    params : Params
+
+    Raises
+    ------
+    InputError
+        No screen is usable.
+    """
+    sel = ScreenSelector(params)
+    screens = []
+    items = list(images)
+    for (source, image), sid in zip(items, screen_ids([Path(s) for s, _ in items])):
+        try:
+            prepared: Union[NativeScreen, Unusable] = prepare_screen(image, params)
+        except ValueError as e:
+            prepared = Unusable(f"{source}: {e}")
+        if sel.add(source, sid, prepared) is not None:
+            screens.append(prepared.pixels)
+    if not sel.records:
+        raise sel.nothing_usable(len(items))
+    plan = plan_patches(sel.records, params)
+    patches = [cut_patches(s, r, plan.of_screen(r.index), params) for s, r in zip(screens, sel.records)]
+    tiles = [cut_tiles(s, r) for s, r in zip(screens, sel.records)]
+    return CropResult(screens, sel.records, Patches(np.concatenate(patches)),
+                      TrainingTiles(np.concatenate([t for t, _ in tiles]),
+                                    np.concatenate([o for _, o in tiles]),
+                                    [r.to_json() for r in sel.records]), sel, plan)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -472,9 +460,10 @@ def _collect(paths: Sequence[Any]) -> list[tuple[Path, str]]:
     return out
 
 
-def _screen_ids(files: list[tuple[Path, str]]) -> list[str]:
+def screen_ids(files: Sequence[Path]) -> list[str]:
+    """A file-name-safe id per file: its stem, made unique (``s``, ``s-2``, ...)."""
     ids, seen = [], set()
-    for f, _ in files:
+    for f in files:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f.stem) or "screen"
         cand, n = base, 2
         while cand in seen:
@@ -484,58 +473,78 @@ def _screen_ids(files: list[tuple[Path, str]]) -> list[str]:
     return ids
 
 
-def _validate(p: Params) -> None:
-    if p.patch_size < TILE or p.patch_size % TILE:
-        raise ParamError(f"crop: patch_size must be a multiple of 16 (16, 32, 64, 128), got {p.patch_size}")
-    if p.stride < TILE or p.stride % TILE:
-        raise ParamError(f"crop: stride must be a multiple of 16, got {p.stride}")
-    if p.scale < 0 or p.max_scale < 1:
-        raise ParamError("crop: scale must be 0 (detect) or a positive factor, max_scale >= 1")
-    if not 0 <= p.tolerance <= 255:
-        raise ParamError(f"crop: tolerance must be within 0..255, got {p.tolerance}")
-    if p.max_patches < 1:
-        raise ParamError(f"crop: max_patches must be at least 1, got {p.max_patches}")
-    if p.workers < 0:
-        raise ParamError(f"crop: workers must be 0 (auto) or more, got {p.workers}")
-
-
-def _prepare_all(files: list[tuple[Path, str]], params: Params,
-                 progress: ProgressFn) -> Iterator[dict]:
-    """prepare_screen over ``files``, in order; in a process pool when there are many."""
-    opts = {"rgba": params.rgba, "scale": params.scale, "max_scale": params.max_scale,
-            "tolerance": params.tolerance, "trim": params.trim, "align": params.align,
-            "stretch": params.stretch}
+def _prepare_all(files: Sequence[Path], params: Params,
+                 progress: ProgressFn) -> Iterator[Union[NativeScreen, Unusable]]:
+    """:func:`prepare_file` over ``files``, in order; in a process pool when there are many."""
     n = len(files)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = params.workers or (min(cores, 4) if n >= 16 else 1)
     progress("crop: decode", 0, n)
-    if workers <= 1:
-        for i, (f, _) in enumerate(files):
-            yield prepare_screen(str(f), opts)
-            progress("crop: decode", i + 1, n)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        chunk = max(1, min(16, n // (4 * workers)))
-        for i, r in enumerate(ex.map(prepare_screen, [str(f) for f, _ in files], [opts] * n,
-                                     chunksize=chunk)):
-            yield r
-            progress("crop: decode", i + 1, n)
+    work = functools.partial(prepare_file, params=params)
+    workers = pool_workers(n, params.workers)
+    for i, r in enumerate(map_ordered(work, [str(f) for f in files], workers=workers)):
+        yield r
+        progress("crop: decode", i + 1, n)
 
 
-def grid_tiles(scr: np.ndarray, gx: int = 0, gy: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Every whole 16×16 tile of ``scr`` on the grid starting at (gx, gy), row by row.
+# --------------------------------------------------------------------------- streaming output
+_PARTIAL = ".partial"
 
-    Returns
-    -------
-    tiles : ndarray, shape (M, 16, 16, 3), uint8
-    origin : ndarray, shape (M, 2), int64: (x, y) of each tile's top-left pixel
+
+class NpyWriter:
+    """Write a ``.npy`` file of known shape piece by piece, so it is never whole in memory.
+
+    The bytes equal ``np.save`` of the whole array.  The file is written as
+    ``<folder>/.<name>.partial``; :meth:`close` checks that every row came and returns it as a
+    read-only memmap, which :func:`_commit_npy` moves into place when an artifact class saves it.
     """
-    th, tw = (scr.shape[0] - gy) // TILE, (scr.shape[1] - gx) // TILE
-    body = scr[gy:gy + th * TILE, gx:gx + tw * TILE, :3]
-    g = body.reshape(th, TILE, tw, TILE, 3).transpose(0, 2, 1, 3, 4)   # (th, tw, 16, 16, 3)
-    yy, xx = np.meshgrid(gy + np.arange(th) * TILE, gx + np.arange(tw) * TILE, indexing="ij")
-    return (np.ascontiguousarray(g.reshape(-1, TILE, TILE, 3)),
-            np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.int64))
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any = np.uint8):
+        self.path = path.with_name(f".{path.name}{_PARTIAL}")
+        self.shape, self.dtype, self.rows = tuple(shape), np.dtype(dtype), 0
+        self._f = open(self.path, "wb")
+        np.lib.format.write_array_header_1_0(self._f, {
+            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+            "shape": self.shape})
+
+    def write(self, a: np.ndarray) -> None:
+        if a.dtype != self.dtype or a.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.path}: rows of {a.dtype} {a.shape[1:]} do not fit "
+                             f"{self.dtype} {self.shape}")
+        self._f.write(np.ascontiguousarray(a).tobytes())
+        self.rows += len(a)
+
+    def close(self) -> np.ndarray:
+        self._f.close()
+        if self.rows != self.shape[0]:
+            raise RuntimeError(f"{self.path}: {self.rows} rows written, {self.shape[0]} expected")
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+
+def _commit_npy(path: Path, arr: np.ndarray) -> None:
+    """``save_npy`` for the artifact classes: an array that :class:`NpyWriter` already wrote is
+    moved into place; any other array is saved."""
+    src = getattr(arr, "filename", None)
+    if isinstance(arr, np.memmap) and src and Path(src).name.endswith(_PARTIAL):
+        os.replace(src, path)
+    else:
+        save_npy(path, arr)
+
+
+def _cut_all(out_dir: Path, records: Sequence[ScreenRecord], plan: PatchPlan,
+             params: Params, progress: ProgressFn) -> tuple[Patches, TrainingTiles]:
+    """Second pass: cut tiles and picked patches from the written screens, one at a time."""
+    S, mode = params.patch_size, "RGBA" if params.rgba else "RGB"
+    patches = NpyWriter(out_dir / "patches.npy", (len(plan.picks), S, S, 4 if params.rgba else 3))
+    tiles = NpyWriter(out_dir / "tiles.npy", (sum(tile_count(r) for r in records), TILE, TILE, 3))
+    origins = []
+    for rec in records:
+        screen = load_image(out_dir / "screens" / f"{rec.id}.png", mode=mode)
+        patches.write(cut_patches(screen, rec, plan.of_screen(rec.index), params))
+        t, o = cut_tiles(screen, rec)
+        tiles.write(t)
+        origins.append(o)
+        progress("crop: patches", rec.index + 1, len(records))
+    return (Patches(patches.close()),
+            TrainingTiles(tiles.close(), np.concatenate(origins), [r.to_json() for r in records]))
 
 
 # --------------------------------------------------------------------------- run
@@ -556,140 +565,39 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     dict
         Counts (screens, patches, tiles, skipped, too_small), the scales found, the skipped list.
     """
-    _validate(params)
-    t0 = time.time()
+    t0, out_dir = time.time(), Path(out_dir)
     files = _collect(inputs.get("images") or [])
     if not files:
         raise InputError("crop: no input images; pass image files or folders, or run scrape first")
-    ids = _screen_ids(files)
-    prepared = _prepare_all(files, params, progress)
-
-    S, stride = params.patch_size, params.stride
-    screens_meta: list[dict[str, Any]] = []
-    sizes: list[tuple[int, int]] = []       # screens are not kept in memory: (h, w) each
-    tiles_l: list[np.ndarray] = []
-    origin_l: list[np.ndarray] = []
-    skipped = Skipped(key="source", logger=log)
-    too_small = Skipped(key="source", logger=log)
-    scales: dict[str, int] = {}
-    grids: list[tuple[int, int]] = []
-    seen: dict[str, str] = {}
-    duplicates: list[dict[str, str]] = []
-    many_colours: list[str] = []
-    stretched = 0
-    out_dir = Path(out_dir)
     (out_dir / "screens").mkdir(parents=True, exist_ok=True)
-    for (f, source), sid, r in zip(files, ids, prepared):
-        if not r["ok"]:
-            skipped.add(source, r["reason"])
-            continue
-        scr = r["screen"]
-        h, w = scr.shape[:2]
-        if h < S or w < S:
-            too_small.add(source, f"{source}: {w}x{h} native pixels (scale {r['scale']}) is "
-                                  f"smaller than the {S}x{S} patch", width=w, height=h)
-            continue
-        if (scr == scr[:1, :1]).all():
-            skipped.add(source, f"{source}: the screen is a single colour")
-            continue
-        digest = hashlib.sha256(np.ascontiguousarray(scr).tobytes() + str(scr.shape).encode()).hexdigest()
-        if digest in seen:
-            duplicates.append({"source": source, "reason": f"same pixels as {seen[digest]}"})
-            continue
-        seen[digest] = source
-        flat = scr[..., :3].reshape(-1, 3).astype(np.uint32)
-        n_colours = int(np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]).size)
-        if n_colours > MANY_COLOURS:
-            log.warning("%s has %d colours after undoing scale %d: resampled, lossy or not "
-                        "pixel art? (try --tolerance for JPEG sources)", source, n_colours, r["scale"])
-            many_colours.append(source)
-        gx, gy = r["grid"]
-        if h - gy < S or w - gx < S:
-            gx, gy = 0, 0  # the shifted grid leaves no room for a patch; use the corner
-        idx = len(sizes)
-        sizes.append((h, w))
-        grids.append((gx, gy))
-        tiles_i, origin_i = grid_tiles(scr, gx, gy)
-        tiles_l.append(tiles_i)
-        origin_l.append(np.concatenate([np.full((len(origin_i), 1), idx), origin_i], axis=1))
-        scales[str(r["scale"])] = scales.get(str(r["scale"]), 0) + 1
-        if r["scale_xy"] != [float(r["scale"])] * 2:
-            stretched += 1
-        save_png(out_dir / "screens" / f"{sid}.png", scr)
-        screens_meta.append({"index": idx, "id": sid, "source": source,
-                             "scale": r["scale"], "width": w, "height": h, "offset": r["offset"],
-                             "trim": r["trim"], "grid": [gx, gy], "colours": n_colours,
-                             "scale_xy": r["scale_xy"],
-                             "original_size": r["orig"]})
+    sel = ScreenSelector(params)
+    prepared = _prepare_all([f for f, _ in files], params, progress)
+    for (_, source), sid, screen in zip(files, screen_ids([f for f, _ in files]), prepared):
+        if sel.add(source, sid, screen) is not None:
+            save_png(out_dir / "screens" / f"{sid}.png", screen.pixels)
+    if not sel.records:
+        raise sel.nothing_usable(len(files))
+    plan = plan_patches(sel.records, params)
+    patches, tiles = _cut_all(out_dir, sel.records, plan, params, progress)
+    patches.save(out_dir, _commit_npy)
+    tiles.save(out_dir, _commit_npy, write_json)
+    write_json(out_dir / "crop.json", {"params": asdict(params), **sel.report()})
+    return {**_summary(sel, plan, patches, tiles), "seconds": round(time.time() - t0, 3)}
 
-    if not sizes:
-        raise InputError(_nothing_usable(len(files), skipped.items, too_small.items, S))
 
-    # ---- patch positions on each screen's 16-px grid, seeded subset
-    pos = [(i, y, x) for i, ((h, w), (gx, gy)) in enumerate(zip(sizes, grids))
-           for y in range(gy, h - S + 1, stride)
-           for x in range(gx, w - S + 1, stride)]
-    n_flip = 2 if params.flip else 1
-    total = len(pos) * n_flip
-    picks = np.arange(total)
-    if total > params.max_patches:
-        rng = np.random.default_rng(params.seed)
-        picks = np.sort(rng.choice(total, size=params.max_patches, replace=False))
-    # ---- cut the picked patches, one screen at a time, from the PNGs just written
-    C = 4 if params.rgba else 3
-    patches = np.empty((len(picks), S, S, C), np.uint8)
-    mode = "RGBA" if params.rgba else "RGB"
-    cur, scr = -1, None
-    for j, q in enumerate(picks):
-        i, y, x = pos[q // n_flip]
-        if i != cur:
-            cur, scr = i, load_image(out_dir / "screens" / f"{screens_meta[i]['id']}.png", mode=mode)
-        p = scr[y:y + S, x:x + S]
-        patches[j] = p[:, ::-1] if q % n_flip else p
-        if j % 4096 == 0:
-            progress("crop: patches", j, len(picks))
-    progress("crop: patches", len(picks), len(picks))
-
-    tiles = np.concatenate(tiles_l)
-    origin = np.concatenate(origin_l).astype(np.int32)
-
-    save_npy(out_dir / "patches.npy", patches)
-    save_npy(out_dir / "tiles.npy", tiles)
-    save_npy(out_dir / "tiles_origin.npy", origin)
-    write_json(out_dir / "screens.json", screens_meta)
-    write_json(out_dir / "crop.json", {"params": asdict(params), "skipped": skipped.items,
-                                       "too_small": too_small.items, "duplicates": duplicates,
-                                       "many_colours": many_colours})
+def _summary(sel: ScreenSelector, plan: PatchPlan, patches: Patches, tiles: TrainingTiles) -> dict:
     return {
-        "screens": len(sizes),
-        "patches": int(len(patches)),
-        "patches_available": int(total),
-        "tiles": int(len(tiles)),
-        "patch_shape": list(patches.shape[1:]),
-        "scales": scales,
-        "skipped": len(skipped),
-        "too_small": len(too_small),
-        "duplicates": len(duplicates),
-        "many_colours": len(many_colours),
-        "stretched": stretched,
-        "skipped_items": skipped.items + [{"source": t["source"], "reason": t["reason"]}
-                                          for t in too_small.items],
-        "seconds": round(time.time() - t0, 3),
+        "screens": len(sel.records),
+        "patches": int(len(patches.images)),
+        "patches_available": plan.total,
+        "tiles": int(len(tiles.tiles)),
+        "patch_shape": list(patches.images.shape[1:]),
+        "scales": sel.scales,
+        "skipped": len(sel.skipped),
+        "too_small": len(sel.too_small),
+        "duplicates": len(sel.duplicates),
+        "many_colours": len(sel.many_colours),
+        "stretched": sel.stretched,
+        "skipped_items": sel.skipped.items + [{"source": t["source"], "reason": t["reason"]}
+                                              for t in sel.too_small.items],
     }
-
-
-def _nothing_usable(n: int, skipped: list[dict], too_small: list[dict], S: int) -> str:
-    if too_small and not skipped:
-        biggest = max(min(t["width"], t["height"]) for t in too_small)
-        hint = max((s for s in (16, 32, 64, 128) if s <= biggest), default=None)
-        fix = f"; use --patch-size {hint}" if hint and hint < S else ""
-        what = "the image is" if n == 1 else f"all {n} images are"
-        return f"crop: {what} smaller than the {S}x{S} patch{fix}"
-    if skipped and not too_small:
-        first = skipped[0]["reason"]
-        if n == 1:
-            return f"crop: the image is not usable: {first}"
-        return (f"crop: none of the {n} images is usable ({first}"
-                f"{f'; and {len(skipped) - 1} more' if len(skipped) > 1 else ''})")
-    return (f"crop: no usable screen among {n} images: {len(skipped)} unreadable, "
-            f"{len(too_small)} smaller than the {S}x{S} patch")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import crop, scrape
+from stages import _grid, crop, scrape
 from stages._common import InputError, ParamError
 
 
@@ -32,6 +32,19 @@ def save(path: Path, a: np.ndarray) -> Path:
 def run(paths, out: Path, **kw):
     out.mkdir(parents=True, exist_ok=True)
     return crop.run({"images": [str(p) for p in paths]}, crop.Params(**kw), out)
+
+
+def rgba(a: np.ndarray) -> np.ndarray:
+    """(H, W, 3) or (H, W, 4) uint8 -> RGBA, as crop decodes every file."""
+    if a.shape[2] == 4:
+        return a
+    return np.concatenate([a, np.full(a.shape[:2] + (1,), 255, np.uint8)], axis=2)
+
+
+def core(arrays, **kw) -> "crop.CropResult":
+    """crop's in-memory core on screens s0.png, s1.png, ..."""
+    return crop.crop_screens([(f"s{i}.png", rgba(a)) for i, a in enumerate(arrays)],
+                             crop.Params(**kw))
 
 
 # --------------------------------------------------------------------------- scale detection
@@ -97,31 +110,24 @@ def test_trim_keeps_a_one_sided_uniform_sky():
 
 
 # --------------------------------------------------------------------------- patches and tiles
-def test_patches_are_16_aligned_and_counted(tmp_path):
+def test_patches_are_16_aligned_and_counted():
     a = native(64, 96, seed=9)
-    f = save(tmp_path / "in" / "s.png", a)
-    out = tmp_path / "out"
-    s = run([f], out, patch_size=32, stride=16)
-    p = np.load(out / "patches.npy")
-    assert s["patches"] == 3 * 5 and p.shape == (15, 32, 32, 3) and p.dtype == np.uint8
+    p = core([a], patch_size=32, stride=16).patches.images
+    assert p.shape == (3 * 5, 32, 32, 3) and p.dtype == np.uint8
     assert np.array_equal(p[0], a[0:32, 0:32])
     assert np.array_equal(p[6], a[16:48, 16:48])     # row 1, column 1 (5 per row)
     assert np.array_equal(p[-1], a[32:64, 64:96])
 
 
-def test_patch_count_with_stride_32(tmp_path):
-    f = save(tmp_path / "s.png", native(128, 128, seed=10))
-    assert run([f], tmp_path / "o", patch_size=64, stride=32)["patches"] == 9
+def test_patch_count_with_stride_32():
+    assert len(core([native(128, 128, seed=10)], patch_size=64, stride=32).patches.images) == 9
 
 
-def test_tiles_and_origins_cover_every_grid_tile(tmp_path):
+def test_tiles_and_origins_cover_every_grid_tile():
     a = native(40, 72, seed=11)                      # 2 x 4 whole tiles (edges dropped)
     b = native(32, 32, seed=12)
-    fa, fb = save(tmp_path / "a.png", a), save(tmp_path / "b.png", b)
-    out = tmp_path / "out"
-    run([fa, fb], out, patch_size=32)
-    tiles = np.load(out / "tiles.npy")
-    org = np.load(out / "tiles_origin.npy")
+    tr = core([a, b], patch_size=32).tiles
+    tiles, org = tr.tiles, tr.origin
     assert tiles.shape == (8 + 4, 16, 16, 3) and org.dtype == np.int32 and org.shape == (12, 3)
     screens = [a, b]
     for t, (i, x, y) in zip(tiles, org):
@@ -131,48 +137,38 @@ def test_tiles_and_origins_cover_every_grid_tile(tmp_path):
 
 def test_upscaled_screen_is_stored_at_native_size(tmp_path):
     a = native(48, 64, seed=13)
-    f = save(tmp_path / "big.png", up(a, 3))
-    out = tmp_path / "out"
-    s = run([f], out, patch_size=32)
-    meta = json.loads((out / "screens.json").read_text())[0]
-    assert (meta["scale"], meta["width"], meta["height"]) == (3, 64, 48)
-    assert s["scales"] == {"3": 1}
-    assert np.array_equal(np.asarray(Image.open(out / "screens" / f"{meta['id']}.png")), a)
+    r = core([up(a, 3)], patch_size=32)
+    rec = r.records[0]
+    assert (rec.scale, rec.width, rec.height) == (3, 64, 48) and r.selector.scales == {"3": 1}
+    assert np.array_equal(r.screens[0], a)
 
 
-def test_given_scale_overrides_detection(tmp_path):
-    f = save(tmp_path / "s.png", up(native(32, 32, seed=14), 4))
-    out = tmp_path / "out"
-    run([f], out, patch_size=32, scale=2)
-    assert json.loads((out / "screens.json").read_text())[0]["width"] == 64
+def test_given_scale_overrides_detection():
+    assert core([up(native(32, 32, seed=14), 4)], patch_size=32, scale=2).records[0].width == 64
 
 
-def test_flip_adds_mirrored_patches(tmp_path):
+def test_flip_adds_mirrored_patches():
     a = native(32, 32, seed=15)
-    f = save(tmp_path / "s.png", a)
-    out = tmp_path / "out"
-    run([f], out, patch_size=32, flip=True)
-    p = np.load(out / "patches.npy")
+    p = core([a], patch_size=32, flip=True).patches.images
     assert p.shape[0] == 2 and np.array_equal(p[1], a[:, ::-1])
 
 
-def test_rgba_keeps_alpha_in_patches_but_tiles_stay_rgb(tmp_path):
-    a = np.concatenate([native(32, 32, seed=16), np.full((32, 32, 1), 255, np.uint8)], axis=2)
+def test_rgba_keeps_alpha_in_patches_but_tiles_stay_rgb():
+    a = rgba(native(32, 32, seed=16))
     a[:4, :4, 3] = 0
-    f = save(tmp_path / "s.png", a)
-    out = tmp_path / "out"
-    run([f], out, patch_size=32, rgba=True)
-    assert np.load(out / "patches.npy").shape == (1, 32, 32, 4)
-    assert np.load(out / "patches.npy")[0, 0, 0, 3] == 0
-    assert np.load(out / "tiles.npy").shape[-1] == 3
+    r = core([a], patch_size=32, rgba=True)
+    assert r.patches.images.shape == (1, 32, 32, 4) and r.patches.images[0, 0, 0, 3] == 0
+    assert r.tiles.tiles.shape[-1] == 3
 
 
-def test_max_patches_takes_a_seeded_subset(tmp_path):
-    f = save(tmp_path / "s.png", native(128, 128, seed=17))
-    p1 = run([f], tmp_path / "o1", patch_size=32, max_patches=10, seed=1)
-    run([f], tmp_path / "o2", patch_size=32, max_patches=10, seed=1)
-    assert p1["patches"] == 10 and p1["patches_available"] == 49
-    assert np.array_equal(np.load(tmp_path / "o1" / "patches.npy"), np.load(tmp_path / "o2" / "patches.npy"))
+def test_max_patches_takes_a_seeded_subset():
+    a = native(128, 128, seed=17)
+    r1 = core([a], patch_size=32, max_patches=10, seed=1)
+    r2 = core([a], patch_size=32, max_patches=10, seed=1)
+    assert len(r1.patches.images) == 10 and r1.plan.total == 49
+    assert np.array_equal(r1.patches.images, r2.patches.images)
+    assert not np.array_equal(r1.patches.images, core([a], patch_size=32, max_patches=10,
+                                                        seed=2).patches.images)
 
 
 def test_parallel_decoding_gives_the_same_result(tmp_path):
@@ -213,18 +209,15 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
     assert s["screens"] == 1 and s["skipped"] == 1 and "bad.png" in s["skipped_items"][0]["reason"]
 
 
-def test_image_smaller_than_patch_is_skipped(tmp_path):
-    big = save(tmp_path / "big.png", native(64, 64, seed=22))
-    small = save(tmp_path / "small.png", native(32, 48, seed=23))
-    s = run([big, small], tmp_path / "out")
-    assert s["screens"] == 1 and s["too_small"] == 1
+def test_image_smaller_than_patch_is_skipped():
+    r = core([native(64, 64, seed=22), native(32, 48, seed=23)])
+    assert len(r.records) == 1 and len(r.selector.too_small) == 1
 
 
-def test_all_images_too_small_is_input_error_with_advice(tmp_path):
-    files = [save(tmp_path / f"{i}.png", native(40, 48, seed=i)) for i in range(3)]
+def test_all_images_too_small_is_input_error_with_advice():
     msg = r"all 3 images are smaller than the 64x64 patch; use --patch-size 32"
     with pytest.raises(InputError, match=msg):
-        run(files, tmp_path / "out")
+        core([native(40, 48, seed=i) for i in range(3)])
 
 
 def test_only_corrupt_images_is_input_error(tmp_path):
@@ -245,11 +238,13 @@ def test_missing_file_is_input_error(tmp_path):
         run([tmp_path / "nope.png"], tmp_path / "out")
 
 
-@pytest.mark.parametrize("kw", [{"stride": 8}, {"patch_size": 40}, {"tolerance": 300}, {"max_patches": 0}])
-def test_bad_params_are_param_errors(tmp_path, kw):
-    f = save(tmp_path / "s.png", native(64, 64))
-    with pytest.raises(ParamError):
-        run([f], tmp_path / "out", **kw)
+@pytest.mark.parametrize("kw,field", [({"stride": 8}, "stride"), ({"patch_size": 40}, "patch_size"),
+                                      ({"tolerance": 300}, "tolerance"),
+                                      ({"max_patches": 0}, "max_patches"), ({"workers": -1}, "workers")])
+def test_bad_params_are_param_errors(kw, field):
+    with pytest.raises(ParamError, match=f"crop: {field} must be") as e:
+        crop.Params(**kw)
+    assert e.value.field == field
 
 
 # --------------------------------------------------------------------------- tile grid
@@ -276,40 +271,32 @@ def test_detect_grid_keeps_the_corner_for_unaligned_screens():
     assert crop.detect_grid(native(80, 96, seed=3)) == (0, 0)   # no repeated tiles at all
 
 
-def test_tiles_follow_the_detected_grid(tmp_path):
+def test_tiles_follow_the_detected_grid():
     a = tiled(6, 6, seed=3)[0:, 7:]                  # grid at x = 9
-    f = save(tmp_path / "s.png", a)
-    out = tmp_path / "out"
-    run([f], out, patch_size=32)
-    org = np.load(out / "tiles_origin.npy")
+    r = core([a], patch_size=32)
+    org = r.tiles.origin
     assert set(org[:, 1] % 16) == {9} and set(org[:, 2] % 16) == {0}
-    assert json.loads((out / "screens.json").read_text())[0]["grid"] == [9, 0]
-    run([f], tmp_path / "o2", patch_size=32, align=False)
-    assert set(np.load(tmp_path / "o2" / "tiles_origin.npy")[:, 1] % 16) == {0}
+    assert r.records[0].grid == [9, 0]
+    assert set(core([a], patch_size=32, align=False).tiles.origin[:, 1] % 16) == {0}
 
 
-def test_identical_screens_are_kept_once(tmp_path):
+def test_identical_screens_are_kept_once():
     a = native(32, 32, seed=30)
-    f1, f2 = save(tmp_path / "one.png", a), save(tmp_path / "two.png", up(a, 2))
-    s = run([f1, f2], tmp_path / "out", patch_size=32)
-    assert s["screens"] == 1 and s["duplicates"] == 1
+    r = core([a, up(a, 2)], patch_size=32)
+    assert len(r.records) == 1 and len(r.selector.duplicates) == 1
 
 
-def test_single_colour_screen_is_skipped(tmp_path):
-    good = save(tmp_path / "good.png", native(32, 32, seed=31))
-    blank = save(tmp_path / "blank.png", np.zeros((64, 64, 3), np.uint8))
-    s = run([good, blank], tmp_path / "out", patch_size=32)
-    assert s["screens"] == 1 and "single colour" in s["skipped_items"][0]["reason"]
+def test_single_colour_screen_is_skipped():
+    r = core([native(32, 32, seed=31), np.zeros((64, 64, 3), np.uint8)], patch_size=32)
+    assert len(r.records) == 1 and "single colour" in r.selector.skipped.first_reason()
 
 
-def test_screen_with_many_colours_is_flagged_but_kept(tmp_path):
+def test_screen_with_many_colours_is_flagged_but_kept():
     yy, xx = np.mgrid[0:64, 0:64]
     smooth = np.stack([yy * 4, xx * 4, (yy + xx) * 2], axis=-1).astype(np.uint8)  # 4096 colours
-    f = save(tmp_path / "photo.png", smooth)
-    out = tmp_path / "out"
-    s = run([f], out, patch_size=32)
-    assert s["screens"] == 1 and s["many_colours"] == 1
-    assert json.loads((out / "screens.json").read_text())[0]["colours"] == 4096
+    r = core([smooth], patch_size=32)
+    assert len(r.records) == 1 and len(r.selector.many_colours) == 1
+    assert r.records[0].colours == 4096
 
 
 # --------------------------------------------------------------------------- the example corpus
@@ -364,30 +351,24 @@ def test_jpeg_files_use_lossy_detection_automatically(tmp_path):
 
 
 # --------------------------------------------------------------------------- non-integer stretch
-def test_8_to_7_aspect_stretch_is_undone_exactly(tmp_path):
+def test_8_to_7_aspect_stretch_is_undone_exactly():
     a = native(48, 112, seed=50)
-    f = tmp_path / "wide.png"
-    Image.fromarray(a).resize((128, 96), Image.NEAREST).save(f)   # x 8:7, y x2
-    out = tmp_path / "out"
-    s = run([f], out, patch_size=32)
-    meta = json.loads((out / "screens.json").read_text())[0]
-    assert meta["scale_xy"] == [round(128 / 112, 4), 2.0] and s["stretched"] == 1
-    assert np.array_equal(np.asarray(Image.open(out / "screens" / "wide.png")), a)
+    wide = np.asarray(Image.fromarray(a).resize((128, 96), Image.NEAREST))   # x 8:7, y x2
+    r = core([wide], patch_size=32)
+    assert r.records[0].scale_xy == [round(128 / 112, 4), 2.0] and r.selector.stretched == 1
+    assert np.array_equal(r.screens[0], a)
 
 
-def test_stretch_off_keeps_the_stretched_width(tmp_path):
-    f = tmp_path / "wide.png"
-    Image.fromarray(native(48, 112, seed=51)).resize((128, 48), Image.NEAREST).save(f)
-    out = tmp_path / "out"
-    run([f], out, patch_size=32, stretch=False)
-    assert json.loads((out / "screens.json").read_text())[0]["width"] == 128
+def test_stretch_off_keeps_the_stretched_width():
+    wide = np.asarray(Image.fromarray(native(48, 112, seed=51)).resize((128, 48), Image.NEAREST))
+    assert core([wide], patch_size=32, stretch=False).records[0].width == 128
 
 
 def test_fit_stretch_finds_nothing_in_native_images():
     for seed in range(5):
         a = native(64, 96, seed=60 + seed)
-        assert crop.fit_stretch(crop._change_positions(a, 1), 96) is None
-        assert crop.fit_stretch(crop._change_positions(a, 0), 64) is None
+        assert crop.fit_stretch(_grid.change_positions(a, 1), 96) is None
+        assert crop.fit_stretch(_grid.change_positions(a, 0), 64) is None
 
 
 def steps_of(n: int, m: int) -> set[int]:
@@ -410,3 +391,42 @@ def test_several_unusable_images_are_summed_up_in_one_line(tmp_path):
         (tmp_path / name).write_bytes(b"junk")
     with pytest.raises(InputError, match=r"none of the 2 images is usable \(.*a.png.*; and 1 more\)"):
         run([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- the artifact
+def test_npy_writer_bytes_equal_np_save(tmp_path):
+    import io
+
+    a = native(48, 16, seed=70).reshape(3, 16, 16, 3)
+    w = crop.NpyWriter(tmp_path / "x.npy", a.shape)
+    w.write(a[:1])
+    w.write(a[1:])
+    got = w.close()
+    buf = io.BytesIO()
+    np.save(buf, a)
+    assert Path(got.filename).read_bytes() == buf.getvalue() and np.array_equal(got, a)
+
+
+def test_npy_writer_refuses_a_short_file(tmp_path):
+    w = crop.NpyWriter(tmp_path / "x.npy", (2, 16, 16, 3))
+    w.write(np.zeros((1, 16, 16, 3), np.uint8))
+    with pytest.raises(RuntimeError, match="1 rows written, 2 expected"):
+        w.close()
+
+
+def test_run_writes_the_core_result_as_artifacts(tmp_path):
+    from tilesets.artifacts import Patches, TrainingTiles
+
+    arrays = [up(native(48, 64, seed=71), 2), tiled(4, 5, seed=72)[3:, 5:], native(64, 80, seed=73)]
+    files = [save(tmp_path / "in" / f"s{i}.png", a) for i, a in enumerate(arrays)]
+    out = tmp_path / "out"
+    s = run(files, out, patch_size=32, max_patches=20, flip=True)
+    want = core(arrays, patch_size=32, max_patches=20, flip=True)
+    tiles = TrainingTiles.load(out)
+    assert np.array_equal(Patches.load(out).images, want.patches.images)
+    assert np.array_equal(tiles.tiles, want.tiles.tiles)
+    assert np.array_equal(tiles.origin, want.tiles.origin)
+    assert tiles.screens == [{**r.to_json(), "source": str(f)} for r, f in zip(want.records, files)]
+    assert sorted(p.name for p in out.iterdir()) == ["crop.json", "patches.npy", "screens",
+                                                     "screens.json", "tiles.npy", "tiles_origin.npy"]
+    assert (s["screens"], s["patches"], s["tiles"]) == (3, 20, len(want.tiles.tiles))
