@@ -1,7 +1,8 @@
-"""export: the tile bank as Tiled files a level designer opens, with previews and a report.
+"""export: the tile set as Tiled files a level designer opens, with previews and a report.
 
-Reads dedupe's artifact (``bank.npy``, ``maps.npz``, ``tiles.json``, ``dropped.json``,
-``evidence.png``) and, for the report only, train's and sample's artifacts.  Writes::
+Reads dedupe's artifact (the :class:`tilesets.artifacts.TileSet` plus ``tiles.json``,
+``dropped.json``, ``evidence.png``) and, for the report only, train's and sample's artifacts
+(inputs ``training_run`` and ``samples``).  Writes::
 
     tileset.png               every kept tile, row-major, ``columns`` per row
     tileset.tsx               external tileset; per-tile properties novelty, source_image, score,
@@ -24,22 +25,27 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from stages._common import (InputError, ParamError, ProgressFn, StageError, atomic_write_text,
-                            find_artifact, no_progress, param, save_png)
+from stages import _report
+from stages._common import (InputError, ParamError, ProgressFn, StageError, StageParams,
+                            atomic_write_text, find_artifact, no_progress, param, save_png)
 from tilesets import atlas as atlas_mod
 from tilesets import render as render_mod
 from tilesets import tiled
 from tilesets import wfc as wfc_mod
+from tilesets.artifacts import ArtifactError, TileSet, load_json
+from tilesets.cells import FLIP_MASK, cell_tiles
+from tilesets.pixels import pack_colours
 
 NAME = "export"
-INPUTS = {"tiles": "dedupe", "train": "train", "samples": "sample"}
-OPTIONAL_INPUTS = ("train", "samples")
+INPUTS = {"tileset": "dedupe", "training_run": "train", "samples": "sample"}
+OPTIONAL_INPUTS = ("training_run", "samples")
 LIBS = ("numpy", "pillow")
 
 log = logging.getLogger("tilegan.export")
@@ -57,90 +63,176 @@ class Encoding(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(StageParams):
+    STAGE = "export"
+
     name: str = param("tileset", help="tileset name shown in Tiled (any text; XML-escaped)")
-    level_width: int = param(64, help="width of maps/level.tmx in tiles")
-    level_height: int = param(15, help="height of maps/level.tmx in tiles")
+    level_width: int = param(64, help="width of maps/level.tmx in tiles", min=1)
+    level_height: int = param(15, help="height of maps/level.tmx in tiles", min=1)
     seed: int = param(0, help="seed of the Wave Function Collapse level")
     encoding: Encoding = param(Encoding.csv, help="tile layer data encoding: csv or base64-zlib")
     max_tiles: int = param(0, help="fail if the tileset would hold more tiles than this "
-                                   "(0: no limit)")
+                                   "(0: no limit)", min=0)
     columns: int = param(16, help="tiles per row of tileset.png and maps/sheet.tmx "
-                                  "(0: near-square)")
-    wfc_attempts: int = param(5, help="Wave Function Collapse restarts before the greedy fallback")
+                                  "(0: near-square)", min=0)
+    wfc_attempts: int = param(5, help="Wave Function Collapse restarts before the greedy fallback",
+                              min=0)
     level_chunk: int = param(2, help="the level is assembled from square pieces of this many "
                                      "tiles a side, cut from the generated screens (1: from "
-                                     "single tiles)")
+                                     "single tiles)", min=1)
     level_seams: int = param(12, help="besides the neighbours seen in the generated screens, "
                                       "allow this many best-matching pixel seams per piece (or "
-                                      "tile) and side (0: seen neighbours only)")
+                                      "tile) and side (0: seen neighbours only)", min=0)
     level_reuse_penalty: float = param(1.0, help="divide a piece's chance by (1 + times already "
                                                  "used) to this power, so no piece floods the "
-                                                 "level (0: by frequency only)")
-    report_samples: int = param(16, help="generated screens shown in report.html")
+                                                 "level (0: by frequency only)", min=0.0)
+    report_samples: int = param(16, help="generated screens shown in report.html", min=0)
     nes: bool = param(False, help="also write the NES bundle (CHR, nametables, palette) of every "
                                   "sample and of the level into nes/")
     nes_palette: str = param("nes", help="NES palette the tiles were quantized with (built-in name "
                                          "or .pal file), to read colour numbers back for --nes")
 
-
-# --------------------------------------------------------------------------- reading
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"{path}: not a readable .npy file ({e})") from None
+    def check(self) -> None:
+        super().check()
+        if self.level_width * self.level_height > MAX_LEVEL_CELLS:
+            raise ParamError(f"export: level {self.level_width}x{self.level_height} has more than "
+                             f"{MAX_LEVEL_CELLS} cells; make it smaller", field="level_width")
 
 
-def _load_maps(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            maps = {k: z[k] for k in sorted(z.files)}
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"{path}: not a readable .npz file ({e})") from None
-    for k, m in maps.items():
-        if m.ndim != 2 or m.size == 0 or not np.issubdtype(m.dtype, np.integer):
-            raise InputError(f"{path}: map '{k}' must be a non-empty 2-D integer array, "
-                             f"got {m.dtype} {m.shape}")
-        if int(m.min()) < 0:
-            raise InputError(f"{path}: map '{k}' holds negative tile ids")
-    return maps
+@dataclass
+class TiledMap:
+    """One map to write: ``maps/<name>.tmx`` and ``previews/<name>.png``.
+
+    gids : ndarray, shape (rows, cols), uint32 — Tiled GIDs with flip bits (0 = empty cell)
+    """
+
+    name: str
+    gids: np.ndarray
+    properties: dict
 
 
-def _load_json(path: Optional[Path], default: Any) -> Any:
-    if path is None:
-        return default
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not readable JSON ({e})") from None
+@dataclass
+class Export:
+    """Everything :func:`export_tileset` made, ready to write.
+
+    Attributes
+    ----------
+    atlas : ndarray, shape (rows * T, columns * T, 4), uint8
+        tileset.png.
+    columns : int
+    tile_properties : list of dict
+        Per-tile Tiled properties (tileset.tsx, and the report's tile tooltips).
+    maps : list of TiledMap
+        ``sheet``, ``sample_NNN`` (one per map of the tile set, in stem order), ``level``.
+    sample_maps : list of dict
+        ``{map, source_image, flipped_cells}`` per sample map.
+    level : dict
+        The level's :meth:`tilesets.wfc.WfcResult.summary` plus ``seconds``.
+    warnings : list of str
+    """
+
+    atlas: np.ndarray
+    columns: int
+    tile_properties: list
+    maps: list
+    sample_maps: list
+    level: dict
+    warnings: list = field(default_factory=list)
+
+    def gids(self) -> dict[str, np.ndarray]:
+        return {m.name: m.gids for m in self.maps}
 
 
-def _check_bank(bank: np.ndarray, path: Path) -> np.ndarray:
-    if bank.dtype != np.uint8 or bank.ndim != 4 or bank.shape[1] != bank.shape[2] \
-            or bank.shape[3] not in (3, 4):
-        raise InputError(f"{path}: expected uint8 tiles of shape (K, T, T, 4), "
-                         f"got {bank.dtype} {bank.shape}")
-    if bank.shape[3] == 3:
-        bank = np.concatenate([bank, np.full(bank.shape[:3] + (1,), 255, np.uint8)], axis=-1)
-    return bank
+# --------------------------------------------------------------------------- core
+def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Params, *,
+                   progress: ProgressFn = no_progress) -> Export:
+    """Lay out the tile set for Tiled: atlas, tile properties, the maps and a new level.
+
+    Parameters
+    ----------
+    tileset : TileSet
+        Dedupe's kept tiles (at least one) and maps (at least one).
+    tile_records : list of dict or None
+        dedupe's tiles.json records, the source of the tile properties (None: no tiles.json).
+    params : Params
+
+    Returns
+    -------
+    Export
+
+    Raises
+    ------
+    ParamError
+        When the tile set holds more than ``max_tiles`` tiles.
+    """
+    bank = tileset.bank
+    k = len(bank)
+    if params.max_tiles and k > params.max_tiles:
+        raise ParamError(f"export: {k} tiles exceed max_tiles={params.max_tiles}; raise "
+                         "--max-tiles, or tighten dedupe's thresholds to keep fewer tiles")
+    warnings = [] if tile_records is not None else [
+        "no tiles.json: tiles carry no novelty/source properties"]
+    semi = int(((bank[..., 3] > 0) & (bank[..., 3] < 255)).sum())
+    if semi:
+        warnings.append(f"{semi} semi-transparent pixels: Tiled may draw them one colour level off")
+    progress("export", 0, 4)
+    cols = atlas_mod.atlas_columns(k, params.columns)
+    atlas = atlas_mod.pack_atlas(bank, columns=cols)
+    progress("export", 1, 4)
+    maps = {stem: tileset.maps[stem] for stem in sorted(tileset.maps)}
+    samples = _sample_maps(maps)
+    progress("export", 2, 4)
+    level, level_info, level_warnings = _level(bank, maps, params)
+    progress("export", 3, 4)
+    return Export(atlas, cols, _tile_properties(tile_records or [], k),
+                  [_sheet_map(k, cols)] + samples + [level],
+                  [{"map": f"maps/{m.name}.tmx", "source_image": m.properties["source_image"],
+                    "flipped_cells": int(((maps[m.properties["source_image"]].astype(np.uint64)
+                                           & np.uint64(FLIP_MASK)) != 0).sum())}
+                   for m in samples],
+                  level_info, warnings + level_warnings)
 
 
-def _empty_bank_error(bank_path: Path, dropped: list) -> StageError:
-    reasons = Counter(str(d.get("reason", "?")) for d in dropped if isinstance(d, dict))
-    detail = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "no record in dropped.json"
-    top = reasons.most_common(1)[0][0] if reasons else ""
-    if top.startswith("dup") or "near" in top:
-        hint = ("lower dedupe's --dup-distance or --dup-fraction (the limits under which "
-                "generated tiles count as near-duplicates)")
-    elif top == "flat":
-        hint = ("lower dedupe's --flat-fraction (every tile counted as a flat colour already "
-                "kept) or generate more varied samples")
-    else:
-        hint = ("lower dedupe's --train-distance (the Hamming distance under which a generated "
-                "tile counts as a copy of a training tile; -1 never drops)")
-    return InputError(f"{bank_path}: dedupe kept no tile (dropped: {detail}); {hint}, "
-                      "then rerun dedupe and export")
+def _sheet_map(k: int, cols: int) -> TiledMap:
+    """Every tile once, in atlas order."""
+    rows = max(1, math.ceil(k / cols))
+    gids = np.zeros(rows * cols, np.uint32)
+    gids[:k] = np.arange(1, k + 1, dtype=np.uint32)
+    return TiledMap("sheet", gids.reshape(rows, cols), {"tiles": k})
+
+
+def _sample_maps(maps: dict[str, np.ndarray]) -> list[TiledMap]:
+    """One map per generated screen, numbered in stem order."""
+    digits = max(3, len(str(len(maps) - 1)))
+    return [TiledMap(f"sample_{i:0{digits}d}", tiled.bank_ids_to_gids(m), {"source_image": stem})
+            for i, (stem, m) in enumerate(maps.items())]
+
+
+def _level(bank: np.ndarray, maps: dict[str, np.ndarray],
+           params: Params) -> tuple[TiledMap, dict, list[str]]:
+    """A new level by Wave Function Collapse over the generated screens, its summary (with
+    ``seconds``) and the warnings it deserves."""
+    t0 = time.perf_counter()
+    result = wfc_mod.make_level(maps.values(), partial(cell_tiles, bank),
+                                width=params.level_width, height=params.level_height,
+                                seed=params.seed, attempts=params.wfc_attempts,
+                                seams=params.level_seams, chunk=params.level_chunk,
+                                reuse_penalty=params.level_reuse_penalty,
+                                time_limit=WFC_TIME_LIMIT)
+    info = dict(result.summary(), seconds=round(time.perf_counter() - t0, 3))
+    warnings = []
+    if result.method == "greedy-fallback":
+        warnings.append(f"level: Wave Function Collapse did not finish ({result.attempts} "
+                        f"attempts); filled greedily, leaving {result.stats.get('unseen_pairs')} "
+                        "neighbour pairs that no generated screen shows")
+    elif params.level_chunk > 1 and result.stats.get("model") != "chunks":
+        c = params.level_chunk
+        warnings.append(f"level: could not be assembled from {c}x{c} pieces of the generated "
+                        f"screens; made from single tiles ({result.stats.get('model')} model)")
+    level = TiledMap("level", tiled.bank_ids_to_gids(result.grid),
+                     {"method": result.method, "model": result.stats.get("model"),
+                      "seed": params.seed, "violations": result.violations})
+    return level, info, warnings
 
 
 #: tiles.json fields written as Tiled tile properties (absent or null fields are left out)
@@ -182,188 +274,111 @@ def _colour_text(c: Any) -> str:
     return str(c)
 
 
+
+# --------------------------------------------------------------------------- inputs
+def _load_inputs(items: list[Path]) -> tuple[TileSet, Optional[list], list, Optional[Path]]:
+    """Dedupe's artifact: tile set, tiles.json records (None when absent), dropped.json records
+    and evidence.png (None when absent).
+
+    Raises InputError naming the file when one is missing or malformed, and when the tile set
+    holds no tile (with the dedupe threshold to loosen) or no map.
+    """
+    if not items:
+        raise InputError("export needs dedupe's output (a folder with bank.npy and maps.npz)")
+    for p in items:
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder")
+    bank_path = find_artifact(items, "bank.npy")
+    if bank_path is None:
+        raise InputError(f"{items[0]}: no bank.npy here; pass dedupe's output folder")
+    meta_path = find_artifact(items, "tiles.json")
+    try:
+        tileset = TileSet.load(bank_path.parent)
+        meta = load_json(meta_path) if meta_path is not None else None
+        dropped_path = find_artifact(items, "dropped.json")
+        dropped = load_json(dropped_path) if dropped_path is not None else []
+    except ArtifactError as e:
+        raise InputError(str(e)) from None
+    if meta is not None and not isinstance(meta, list):
+        raise InputError(f"{meta_path}: expected a JSON list of per-tile records")
+    if not isinstance(dropped, list):
+        raise InputError(f"{dropped_path}: expected a JSON list of dropped-tile records")
+    if len(tileset) == 0:
+        raise _empty_bank_error(bank_path, dropped)
+    if not tileset.maps:
+        raise InputError(f"{bank_path.parent / 'maps.npz'}: holds no map; rerun slice and dedupe")
+    return tileset, meta, dropped, find_artifact(items, "evidence.png")
+
+
+def _empty_bank_error(bank_path: Path, dropped: list) -> StageError:
+    reasons = Counter(str(d.get("reason", "?")) for d in dropped if isinstance(d, dict))
+    detail = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "no record in dropped.json"
+    top = reasons.most_common(1)[0][0] if reasons else ""
+    if top.startswith("dup") or "near" in top:
+        hint = ("lower dedupe's --dup-distance or --dup-fraction (the limits under which "
+                "generated tiles count as near-duplicates)")
+    elif top == "flat":
+        hint = ("lower dedupe's --flat-fraction (every tile counted as a flat colour already "
+                "kept) or generate more varied samples")
+    else:
+        hint = ("lower dedupe's --train-distance (the Hamming distance under which a generated "
+                "tile counts as a copy of a training tile; -1 never drops)")
+    return InputError(f"{bank_path}: dedupe kept no tile (dropped: {detail}); {hint}, "
+                      "then rerun dedupe and export")
+
+
+
+# --------------------------------------------------------------------------- writing
+def _write(out_dir: Path, ex: Export, bank: np.ndarray, params: Params) -> None:
+    """tileset.png, tileset.tsx, every map with its preview, and the Tiled project file."""
+    ts = int(bank.shape[1])
+    save_png(out_dir / "tileset.png", ex.atlas)
+    atomic_write_text(out_dir / "tileset.tsx", tiled.tileset_xml(
+        name=params.name, tile_size=ts, tile_count=len(bank), columns=ex.columns,
+        image_source="tileset.png", image_width=int(ex.atlas.shape[1]),
+        image_height=int(ex.atlas.shape[0]), tile_properties=ex.tile_properties,
+        properties={"generator": "tilegan"}))
+    for m in ex.maps:
+        atomic_write_text(out_dir / "maps" / f"{m.name}.tmx", tiled.map_xml(
+            m.gids, tile_size=ts, tileset_source="../tileset.tsx",
+            encoding=Encoding(params.encoding).value, layer_name=m.name, properties=m.properties))
+        save_png(out_dir / "previews" / f"{m.name}.png", render_mod.render_map(m.gids, bank))
+    atomic_write_text(out_dir / "tilegan.tiled-project", tiled.project_json(folders=(".",)))
+
+
 # --------------------------------------------------------------------------- run
 def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         progress: ProgressFn = no_progress) -> dict:
     """Write the Tiled tileset, maps, previews and report.  See the module docstring."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    _validate(params)
-    tiles_in = [Path(p) for p in inputs.get("tiles", [])]
-    if not tiles_in:
-        raise InputError("export needs dedupe's output (a folder with bank.npy and maps.npz)")
-    for p in tiles_in:
-        if not p.exists():
-            raise InputError(f"{p}: no such file or folder")
-    bank_path = find_artifact(tiles_in, "bank.npy")
-    if bank_path is None:
-        raise InputError(f"{tiles_in[0]}: no bank.npy here; pass dedupe's output folder")
-    maps_path = find_artifact(tiles_in, "maps.npz")
-    if maps_path is None:
-        raise InputError(f"{bank_path.parent}: no maps.npz beside bank.npy; pass dedupe's output folder")
-    meta_path = find_artifact(tiles_in, "tiles.json")
-    dropped_path = find_artifact(tiles_in, "dropped.json")
-    evidence_path = find_artifact(tiles_in, "evidence.png")
-    warnings: list[str] = []
-
-    bank = _check_bank(_load_npy(bank_path), bank_path)
-    meta = _load_json(meta_path, [])
-    dropped = _load_json(dropped_path, [])
-    if not isinstance(meta, list):
-        raise InputError(f"{meta_path}: expected a JSON list of per-tile records")
-    if not isinstance(dropped, list):
-        raise InputError(f"{dropped_path}: expected a JSON list of dropped-tile records")
-    if meta_path is None:
-        warnings.append("no tiles.json: tiles carry no novelty/source properties")
-    k, ts = int(bank.shape[0]), int(bank.shape[1])
-    if k == 0:
-        raise _empty_bank_error(bank_path, dropped)
-    if params.max_tiles and k > params.max_tiles:
-        raise ParamError(f"{bank_path}: {k} tiles exceed max_tiles={params.max_tiles}; raise "
-                         "--max-tiles, or tighten dedupe's thresholds to keep fewer tiles")
-    if k >= tiled.GID_MASK:
-        raise InputError(f"{bank_path}: {k} tiles do not fit Tiled's 29-bit tile ids")
-    maps = _load_maps(maps_path)
-    if not maps:
-        raise InputError(f"{maps_path}: holds no map; rerun slice and dedupe")
-    for stem, m in maps.items():
-        ids = m.astype(np.uint64) & tiled.GID_MASK
-        if int(ids.max()) >= k:
-            raise InputError(f"{maps_path}: map '{stem}' uses tile {int(ids.max())}, but bank.npy "
-                             f"has {k} tiles (0..{k - 1}); the two files do not belong together")
-    semi = int(((bank[..., 3] > 0) & (bank[..., 3] < 255)).sum())
-    if semi:
-        warnings.append(f"{semi} semi-transparent pixels: Tiled may draw them one colour level off")
-
-    # tileset
-    progress("export", 0, 4)
-    cols = atlas_mod.atlas_columns(k, params.columns)
-    sheet = atlas_mod.pack_atlas(bank, columns=cols)
-    save_png(out_dir / "tileset.png", sheet)
-    tile_props = _tile_properties(meta, k)
-    atomic_write_text(out_dir / "tileset.tsx", tiled.tileset_xml(
-        name=params.name, tile_size=ts, tile_count=k, columns=cols, image_source="tileset.png",
-        image_width=int(sheet.shape[1]), image_height=int(sheet.shape[0]),
-        tile_properties=tile_props, properties={"generator": "tilegan"}))
-    progress("export", 1, 4)
-
-    # maps
-    enc = params.encoding.value if isinstance(params.encoding, Encoding) else str(params.encoding)
-    written: dict[str, np.ndarray] = {}
-
-    def write_map(stem: str, gids: np.ndarray, props: dict[str, Any]) -> None:
-        atomic_write_text(out_dir / "maps" / f"{stem}.tmx", tiled.map_xml(
-            gids, tile_size=ts, tileset_source="../tileset.tsx", encoding=enc,
-            layer_name=stem, properties=props))
-        save_png(out_dir / "previews" / f"{stem}.png", render_mod.render_map(gids, bank))
-        written[stem] = gids
-
-    rows = max(1, math.ceil(k / cols))
-    sheet_gids = np.zeros(rows * cols, np.uint32)
-    sheet_gids[:k] = np.arange(1, k + 1, dtype=np.uint32)
-    write_map("sheet", sheet_gids.reshape(rows, cols), {"tiles": k})
-    digits = max(3, len(str(len(maps) - 1)))
-    sample_maps = []
-    for i, (stem, m) in enumerate(maps.items()):
-        map_name = f"sample_{i:0{digits}d}"
-        write_map(map_name, tiled.bank_ids_to_gids(m), {"source_image": stem})
-        flipped = int(((m.astype(np.uint64) & tiled.FLIP_MASK) != 0).sum())
-        sample_maps.append({"map": f"maps/{map_name}.tmx", "source_image": stem,
-                            "flipped_cells": flipped})
-        progress("maps", i + 1, len(maps))
-    progress("export", 2, 4)
-
-    # level
-    t_wfc = time.perf_counter()
-
-    def state_tiles(states: np.ndarray) -> np.ndarray:
-        return np.stack([render_mod.flip_tile(bank[int(v) & tiled.GID_MASK], int(v))
-                         for v in states])
-
-    result = wfc_mod.make_level(maps.values(), state_tiles, width=params.level_width,
-                                height=params.level_height, seed=params.seed,
-                                attempts=params.wfc_attempts, seams=params.level_seams,
-                                chunk=params.level_chunk,
-                                reuse_penalty=params.level_reuse_penalty,
-                                time_limit=WFC_TIME_LIMIT)
-    level_info = dict(result.summary(), seconds=round(time.perf_counter() - t_wfc, 3))
-    if result.method == "greedy-fallback":
-        unseen = result.stats.get("unseen_pairs")
-        warnings.append(f"level: Wave Function Collapse did not finish ({result.attempts} "
-                        f"attempts); filled greedily, leaving {unseen} neighbour pairs that no "
-                        "generated screen shows")
-    elif params.level_chunk > 1 and result.stats.get("model") != "chunks":
-        c = params.level_chunk
-        warnings.append(f"level: could not be assembled from {c}x{c} pieces of the generated "
-                        f"screens; made from single tiles ({result.stats.get('model')} model)")
-    write_map("level", tiled.bank_ids_to_gids(result.grid),
-              {"method": result.method, "model": result.stats.get("model"), "seed": params.seed,
-               "violations": result.violations})
-    progress("export", 3, 4)
-
-    atomic_write_text(out_dir / "tilegan.tiled-project", tiled.project_json(folders=(".",)))
-
-    nes_info = None
-    if params.nes:
-        nes_info = _write_nes(bank, _nes_screens(written, ts), out_dir / "nes", params.nes_palette)
-
+    items = [Path(p) for p in inputs.get("tileset", [])]
+    tileset, meta, dropped, evidence = _load_inputs(items)
+    ex = export_tileset(tileset, meta, params, progress=progress)
+    _write(out_dir, ex, tileset.bank, params)
     summary: dict[str, Any] = {
-        "name": params.name,
-        "tiles": k,
-        "tile_size": ts,
-        "columns": cols,
-        "encoding": enc,
-        "maps": sorted(f"maps/{s}.tmx" for s in written),
-        "samples": len(maps),
-        "flipped_cells": sum(s["flipped_cells"] for s in sample_maps),
-        "dropped": len(dropped),
-        "level": level_info,
-        "warnings": warnings,
-    }
-    if nes_info is not None:
-        summary["nes"] = nes_info
-
-    from stages import _report  # local: only export needs it
+        "name": params.name, "tiles": len(tileset), "tile_size": tileset.tile_size,
+        "columns": ex.columns, "encoding": Encoding(params.encoding).value,
+        "maps": sorted(f"maps/{m.name}.tmx" for m in ex.maps), "samples": len(tileset.maps),
+        "flipped_cells": sum(s["flipped_cells"] for s in ex.sample_maps),
+        "dropped": len(dropped), "level": ex.level, "warnings": ex.warnings}
+    if params.nes:
+        summary["nes"] = _write_nes(tileset.bank, _nes_screens(ex.gids(), tileset.tile_size),
+                                    out_dir / "nes", params.nes_palette)
     # The report leaves out timings so that the same inputs give the same bytes.
-    shown = dict(summary, level={k: v for k, v in level_info.items() if k != "seconds"})
     _report.write_report(
-        out_dir, title=params.name, summary=shown, bank=bank, tile_meta=meta,
-        tile_props=tile_props, dropped=dropped, evidence=evidence_path,
-        train_dirs=[Path(p) for p in inputs.get("train", []) or []],
-        sample_paths=[Path(p) for p in inputs.get("samples", []) or []],
-        sample_maps=sample_maps, upstream_dirs=tiles_in, report_samples=params.report_samples)
+        out_dir, title=params.name, summary=dict(summary, level={
+            k: v for k, v in ex.level.items() if k != "seconds"}),
+        bank=tileset.bank, tile_meta=meta or [], tile_props=ex.tile_properties, dropped=dropped,
+        evidence=evidence, train_dirs=[Path(p) for p in inputs.get("training_run") or []],
+        sample_paths=[Path(p) for p in inputs.get("samples") or []],
+        sample_maps=ex.sample_maps, upstream_dirs=items, report_samples=params.report_samples)
     progress("export", 4, 4)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
 
 
-def _validate(params: Params) -> None:
-    if params.level_width < 1 or params.level_height < 1:
-        raise ParamError(f"level size must be at least 1x1 tiles, got "
-                         f"{params.level_width}x{params.level_height}")
-    if params.level_width * params.level_height > MAX_LEVEL_CELLS:
-        raise ParamError(f"level {params.level_width}x{params.level_height} has more than "
-                         f"{MAX_LEVEL_CELLS} cells; make it smaller")
-    if params.max_tiles < 0:
-        raise ParamError(f"max_tiles must be >= 0 (0: no limit), got {params.max_tiles}")
-    if params.columns < 0:
-        raise ParamError(f"columns must be >= 0 (0: near-square), got {params.columns}")
-    if params.level_seams < 0:
-        raise ParamError(f"level_seams must be >= 0, got {params.level_seams}")
-    if params.level_chunk < 1:
-        raise ParamError(f"level_chunk must be >= 1 (1: single tiles), got {params.level_chunk}")
-    if not params.level_reuse_penalty >= 0:
-        raise ParamError(f"level_reuse_penalty must be >= 0, got {params.level_reuse_penalty}")
-    if params.wfc_attempts < 0:
-        raise ParamError(f"wfc_attempts must be >= 0, got {params.wfc_attempts}")
-    if params.report_samples < 0:
-        raise ParamError(f"report_samples must be >= 0, got {params.report_samples}")
-    try:
-        Encoding(params.encoding)
-    except ValueError:
-        raise ParamError(f"encoding must be csv or base64-zlib, got {params.encoding!r}") from None
-
-
+# --------------------------------------------------------------------------- NES
 def _nes_numbers(rgba: np.ndarray, palette_spec: str, where: str) -> np.ndarray:
     """NES colour numbers (H, W) uint8 of an RGBA image whose colours come from an NES palette.
 
@@ -381,19 +396,22 @@ def _nes_numbers(rgba: np.ndarray, palette_spec: str, where: str) -> np.ndarray:
     lut = {}
     for i in pal.usable()[::-1]:  # lowest usable index wins among equal colours
         lut[tuple(int(v) for v in pal.colours[i])] = int(i)
-    c = rgba.astype(np.uint32)
-    keys = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+    keys = pack_colours(rgba[..., :3])
     uniq, inv = np.unique(keys, return_inverse=True)
+    inv = inv.reshape(keys.shape)
+    rgb = np.stack([uniq & 255, (uniq >> 8) & 255, (uniq >> 16) & 255], axis=1)
+    opaque = np.zeros(len(uniq), bool)
+    opaque[np.unique(inv[rgba[..., 3] > 0])] = True
     nums = np.zeros(uniq.shape, np.uint8)
-    opaque_keys = set(np.unique(keys[rgba[..., 3] > 0]).tolist())
-    for j, k in enumerate(uniq.tolist()):
-        rgb = ((k >> 16) & 255, (k >> 8) & 255, k & 255)
-        if rgb in lut:
-            nums[j] = lut[rgb]
-        elif k in opaque_keys:
-            raise ParamError(f"{where}: colour #{k:06x} is not in the {pal.name} palette; quantize "
-                             f"with that NES palette (and --nes) or set --nes-palette")
-    out = nums[inv.reshape(keys.shape)]
+    for j in np.lexsort((rgb[:, 2], rgb[:, 1], rgb[:, 0])):  # RGB order: names the lowest bad one
+        colour = tuple(int(v) for v in rgb[j])
+        if colour in lut:
+            nums[j] = lut[colour]
+        elif opaque[j]:
+            raise ParamError(f"{where}: colour #{bytes(colour).hex()} is not in the {pal.name} "
+                             f"palette; quantize with that NES palette (and --nes) or set "
+                             f"--nes-palette")
+    out = nums[inv]
     out[rgba[..., 3] == 0] = 0x0F
     return out
 
@@ -421,10 +439,11 @@ def _write_nes(bank: np.ndarray, screens: dict[str, np.ndarray], out: Path, pale
     return dict(info) if isinstance(info, dict) else {"written": str(out)}
 
 
-def _nes_screens(written: dict[str, np.ndarray], ts: int) -> dict[str, np.ndarray]:
-    """Screens for the NES bundle: every sample map, and the level cut into 256x240 screens."""
-    screens = {k: v for k, v in written.items() if k.startswith("sample_")}
-    level = written.get("level")
+def _nes_screens(maps: dict[str, np.ndarray], ts: int) -> dict[str, np.ndarray]:
+    """Screens for the NES bundle (name -> GIDs): every sample map, and the level cut into
+    256x240 screens."""
+    screens = {k: v for k, v in maps.items() if k.startswith("sample_")}
+    level = maps.get("level")
     if level is not None:
         sw, sh = max(1, 256 // ts), max(1, 240 // ts)
         rows, cols = level.shape

@@ -18,9 +18,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
+
+from tilesets.cells import FLIP_MASK, ID_MASK, cell_ids
+from tilesets.pixels import as_rgba
 
 
 class ArtifactError(ValueError):
@@ -174,3 +177,140 @@ class TrainingTiles:
         o[:, 1] += np.tile(dx.ravel(), len(self.tiles))
         o[:, 2] += np.tile(dy.ravel(), len(self.tiles))
         return TrainingTiles(sub, o, self.screens)
+
+
+BANK_FILE = "bank.npy"
+MAPS_FILE = "maps.npz"
+TILESET_FILE = "tileset.json"
+
+#: ``save_npz(path, **arrays)``: atomic .npz writer supplied by the caller.
+SaveNpz = Callable[..., Any]
+
+
+@dataclass
+class TileSet:
+    """A tile bank and the maps that use it (slice → dedupe → export).
+
+    Files: ``bank.npy`` (the tiles), ``maps.npz`` (one array per image stem) and
+    ``tileset.json`` (``tile_size``, ``flips``, ``origins``, ``palette``, ``palette_name``).
+
+    Attributes
+    ----------
+    bank : ndarray, shape (K, T, T, 4), uint8
+        RGBA tiles; alpha is 0 or 255 and transparent pixels are (0, 0, 0, 0).
+    maps : dict of str to ndarray, shape (h, w), uint32
+        Per image stem, one cell per tile: bank id | :class:`tilesets.cells.Flip` bits; the cell
+        shows ``flip_tile(bank[id], bits)``.
+    origins : list, length K
+        Per bank tile, ``(image stem, x, y)`` in pixels of a place it comes from, or None.
+    flips : bool
+        Whether a tile stands for its H, V and HV-flipped forms too; when False no cell carries
+        a flip bit (NES mode).
+    palette : list of [r, g, b] or None
+        The PLTE entries shared by every source image (indexed PNGs), else None.
+    palette_name : str or None
+        Name of the palette the images were quantized with, when known.
+    """
+
+    bank: np.ndarray
+    maps: dict
+    origins: list = field(default_factory=list)
+    flips: bool = True
+    palette: Optional[list] = None
+    palette_name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not self.origins:
+            self.origins = [None] * len(self.bank)
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.bank.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.bank)
+
+    def uses(self) -> np.ndarray:
+        """Cells that show each bank tile, over all maps: (K,) int64."""
+        out = np.zeros(len(self.bank), np.int64)
+        for m in self.maps.values():
+            out += np.bincount(cell_ids(m).ravel(), minlength=len(self.bank))
+        return out
+
+    def validate(self, where: Path = Path(".")) -> "TileSet":
+        """Check shapes, dtypes and that every cell names a bank tile; ``where`` = the folder."""
+        b = self.bank
+        bank_path, maps_path = Path(where) / BANK_FILE, Path(where) / MAPS_FILE
+        if b.dtype != np.uint8 or b.ndim != 4 or b.shape[1] != b.shape[2] or b.shape[3] != 4:
+            raise ArtifactError(f"{bank_path}: expected uint8 tiles shaped (K, T, T, 4), got "
+                                f"{b.dtype} {b.shape}")
+        k = len(b)
+        if k >= ID_MASK:
+            raise ArtifactError(f"{bank_path}: {k} tiles do not fit Tiled's 29-bit tile ids")
+        if len(self.origins) != k:
+            raise ArtifactError(f"{Path(where) / TILESET_FILE}: {len(self.origins)} origins for "
+                                f"{k} tiles")
+        for stem, m in self.maps.items():
+            _check_map(m, stem, k, self.flips, maps_path)
+        return self
+
+    def save(self, folder: Path, save_npy: SaveNpy, save_npz: SaveNpz,
+             write_json: WriteJson) -> None:
+        folder = Path(folder)
+        self.validate(folder)
+        save_npy(folder / BANK_FILE, self.bank)
+        save_npz(folder / MAPS_FILE, **self.maps)
+        write_json(folder / TILESET_FILE, {
+            "tile_size": self.tile_size, "flips": bool(self.flips),
+            "origins": [list(o) if o is not None else None for o in self.origins],
+            "palette": self.palette, "palette_name": self.palette_name})
+
+    @classmethod
+    def load(cls, folder: Path) -> "TileSet":
+        """Load and validate; RGB banks get opaque alpha, maps become uint32.
+
+        Without ``tileset.json`` the tile set has flips on and no origins or palette.
+        """
+        folder = Path(folder)
+        bank = load_npy(folder / BANK_FILE)
+        if bank.ndim == 4 and bank.shape[-1] == 3 and bank.dtype == np.uint8:
+            bank = as_rgba(bank)
+        maps_path = folder / MAPS_FILE
+        if not maps_path.is_file():
+            raise ArtifactError(f"{folder}: {BANK_FILE} has no {MAPS_FILE} beside it")
+        try:
+            with np.load(maps_path, allow_pickle=False) as z:
+                maps = {k: z[k] for k in sorted(z.files)}
+        except (OSError, ValueError, EOFError) as e:
+            raise ArtifactError(f"{maps_path}: not a readable .npz file ({e})") from None
+        meta = load_json(folder / TILESET_FILE, default={})
+        if not isinstance(meta, dict):
+            raise ArtifactError(f"{folder / TILESET_FILE}: expected a JSON object")
+        t = meta.get("tile_size")
+        if t is not None and bank.ndim == 4 and t != bank.shape[1]:
+            raise ArtifactError(f"{folder / TILESET_FILE}: tile_size {t} but {BANK_FILE} holds "
+                                f"{bank.shape[1]}-px tiles")
+        origins = [tuple(o) if o is not None else None for o in meta.get("origins") or []]
+        ts = cls(bank, maps, origins, flips=bool(meta.get("flips", True)),
+                 palette=meta.get("palette"), palette_name=meta.get("palette_name"))
+        ts.validate(folder)
+        ts.maps = {k: m.astype(np.uint32) for k, m in maps.items()}
+        return ts
+
+    @staticmethod
+    def exists(folder: Path) -> bool:
+        return (Path(folder) / BANK_FILE).is_file()
+
+
+def _check_map(m: np.ndarray, stem: str, k: int, flips: bool, path: Path) -> None:
+    if m.ndim != 2 or m.size == 0 or not np.issubdtype(m.dtype, np.integer):
+        raise ArtifactError(f"{path}: map '{stem}' must be a non-empty 2-D integer array, "
+                            f"got {m.dtype} {m.shape}")
+    if int(m.min()) < 0 or int(m.max()) > 0xFFFFFFFF:
+        raise ArtifactError(f"{path}: map '{stem}' holds values outside 0..2**32-1")
+    top = int(cell_ids(m).max())
+    if top >= k:
+        raise ArtifactError(f"{path}: map '{stem}' uses tile {top}, but {BANK_FILE} has {k} "
+                            f"tiles; the two files do not belong together")
+    if not flips and (np.asarray(m).astype(np.uint64) & np.uint64(FLIP_MASK)).any():
+        raise ArtifactError(f"{path}: map '{stem}' has flip bits, but the tile set has flips off")

@@ -10,6 +10,9 @@ import math
 
 import numpy as np
 
+from tilesets.artifacts import grid_cut
+from tilesets.pixels import as_rgba, join_grid
+
 
 def atlas_columns(count: int, columns: int = 0) -> int:
     """Number of atlas columns for ``count`` tiles.
@@ -48,15 +51,13 @@ def pack_atlas(tiles: np.ndarray, *, columns: int = 0) -> np.ndarray:
     t = np.asarray(tiles)
     if t.dtype != np.uint8 or t.ndim != 4 or t.shape[1] != t.shape[2] or t.shape[3] not in (3, 4):
         raise ValueError(f"tiles must be uint8 (K, T, T, 3|4), got {t.dtype} {t.shape}")
-    if t.shape[3] == 3:
-        t = np.concatenate([t, np.full(t.shape[:3] + (1,), 255, np.uint8)], axis=-1)
+    t = as_rgba(t)
     k, ts = t.shape[0], t.shape[1]
     cols = atlas_columns(k, columns)
     rows = max(1, math.ceil(k / cols))
     padded = np.zeros((rows * cols, ts, ts, 4), np.uint8)
     padded[:k] = t
-    return (padded.reshape(rows, cols, ts, ts, 4).transpose(0, 2, 1, 3, 4)
-            .reshape(rows * ts, cols * ts, 4))
+    return join_grid(padded.reshape(rows, cols, ts, ts, 4))
 
 
 def unpack_atlas(atlas: np.ndarray, *, tile_size: int, count: int) -> np.ndarray:
@@ -68,6 +69,4 @@ def unpack_atlas(atlas: np.ndarray, *, tile_size: int, count: int) -> np.ndarray
     rows, cols = h // tile_size, w // tile_size
     if count > rows * cols:
         raise ValueError(f"atlas holds {rows * cols} tiles, asked for {count}")
-    t = (a.reshape(rows, tile_size, cols, tile_size, -1).transpose(0, 2, 1, 3, 4)
-         .reshape(rows * cols, tile_size, tile_size, -1))
-    return t[:count].copy()
+    return grid_cut(a if a.ndim == 3 else a[..., None], tile_size)[:count].copy()

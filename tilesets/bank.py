@@ -1,14 +1,17 @@
-"""Exact tile bank: unique tiles, flip-aware identity, Tiled flip bits, palette swaps.
+"""Exact tile bank: unique tiles, flip-aware identity, images to a tile set, palette swaps.
 
 A *tile* here is an RGBA uint8 array of shape (T, T, 4) whose alpha is 0 or 255 and whose
 transparent pixels are (0, 0, 0, 0), so equal-looking tiles have equal bytes
 (:func:`normalize_alpha`).
 
 With ``flips=True`` a tile and its horizontally, vertically and doubly flipped forms are one bank
-entry.  A map cell then stores the bank id plus Tiled's flip bits (:data:`FLIP_H` = bit 31,
-:data:`FLIP_V` = bit 30): the cell shows ``flip(bank[id], h, v)``, exactly how Tiled draws a
-GID with those bits.  With ``flips=False`` (NES mode: NES background tiles cannot flip) every
-orientation is its own entry and no flip bit is ever set.
+entry.  A map cell then stores the bank id plus Tiled's flip bits (:class:`tilesets.cells.Flip`):
+the cell shows ``flip_tile(bank[id], bits)``, exactly how Tiled draws a GID with those bits.
+With ``flips=False`` (NES mode: NES background tiles cannot flip) every orientation is its own
+entry and no flip bit is ever set.
+
+:class:`ImageSlicer` is the one place where images become a bank and one map per image
+(:class:`tilesets.artifacts.TileSet`); the slice stage and dedupe's image input both use it.
 
 A *palette swap* is the same pixel pattern in other colours (how NES games reuse one tile in
 several palettes).  :func:`pattern_keys` gives every tile a colour-blind key (colours renamed
@@ -22,19 +25,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["FLIP_H", "FLIP_V", "ID_MASK", "TileBank", "normalize_alpha", "flip_tile",
-           "flip_variants", "cut_tiles", "pattern_keys", "palette_swap_groups",
-           "encode_cells", "decode_cells", "apply_cells"]
+from tilesets.artifacts import TileSet, grid_cut
+from tilesets.cells import (ID_MASK, ORIENTATIONS, decode_cells, encode_cells, flip_tile,
+                            flip_variants)
+from tilesets.pixels import colours_per_tile, join_grid, pack_colours
 
-#: Tiled GID bit: the tile is drawn flipped horizontally.
-FLIP_H = np.uint32(1 << 31)
-#: Tiled GID bit: the tile is drawn flipped vertically.
-FLIP_V = np.uint32(1 << 30)
-#: Low bits holding the bank id (Tiled reserves bits 29..31 for flips/rotation).
-ID_MASK = np.uint32((1 << 29) - 1)
+__all__ = ["TileBank", "ImageSlicer", "PAD_MODES", "normalize_alpha", "fit_to_grid",
+           "unique_name", "pattern_keys", "palette_swap_groups", "apply_cells"]
 
-# flip codes: bit 0 = horizontal, bit 1 = vertical; composing two flips XORs their codes.
-_FLIP_CODES = (0, 1, 2, 3)
+#: How :func:`fit_to_grid` treats a side that is not a multiple of the tile size.
+PAD_MODES = ("crop", "pad")
 
 
 def normalize_alpha(rgba: np.ndarray, *, threshold: int = 128) -> np.ndarray:
@@ -58,36 +58,6 @@ def normalize_alpha(rgba: np.ndarray, *, threshold: int = 128) -> np.ndarray:
     out[..., 3] = np.where(opaque, 255, 0)
     out[~opaque] = 0
     return out
-
-
-def flip_tile(tile: np.ndarray, code: int) -> np.ndarray:
-    """Flip tile(s) (..., T, T, C) by ``code`` (bit 0 horizontal, bit 1 vertical)."""
-    out = tile
-    if code & 1:
-        out = out[..., :, ::-1, :]
-    if code & 2:
-        out = out[..., ::-1, :, :]
-    return out
-
-
-def flip_variants(tiles: np.ndarray) -> np.ndarray:
-    """All four orientations: (N, T, T, C) -> (N, 4, T, T, C), index = flip code."""
-    return np.stack([flip_tile(tiles, c) for c in _FLIP_CODES], axis=1)
-
-
-def cut_tiles(image: np.ndarray, tile_size: int) -> np.ndarray:
-    """Cut an image (H, W, C) whose sides are multiples of ``tile_size`` into grid tiles.
-
-    Returns
-    -------
-    ndarray, shape (H/T * W/T, T, T, C), row-major grid order
-    """
-    h, w, c = image.shape
-    t = tile_size
-    if h % t or w % t:
-        raise ValueError(f"image size {w}x{h} is not a multiple of the tile size {t}")
-    g = image.reshape(h // t, t, w // t, t, c).transpose(0, 2, 1, 3, 4)
-    return np.ascontiguousarray(g).reshape(-1, t, t, c)
 
 
 def _rows_as_keys(flat: np.ndarray) -> np.ndarray:
@@ -164,7 +134,7 @@ class TileBank:
         Returns
         -------
         ndarray, shape (N,), uint32
-            Bank id in the low bits plus :data:`FLIP_H` / :data:`FLIP_V` so that flipping
+            Bank id in the low bits plus ``Flip.H`` / ``Flip.V`` bits so that flipping
             ``bank[id]`` as the bits say gives back the tile exactly.
         """
         tiles = np.asarray(tiles)
@@ -172,9 +142,8 @@ class TileBank:
         if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[1:] != (t, t, 4):
             raise ValueError(f"tiles must be uint8 (N, {t}, {t}, 4), got {tiles.dtype} {tiles.shape}")
         n = len(tiles)
-        out = np.zeros(n, np.uint32)
         if n == 0:
-            return out
+            return np.zeros(0, np.uint32)
         keys, codes = _canonical(tiles, self.flips)
         uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         inverse = inverse.ravel()
@@ -199,17 +168,15 @@ class TileBank:
         for i in np.flatnonzero(counts):
             self.counts[i] += int(counts[i])
         # tile = flip(canonical, code_t) and canonical = flip(bank, code_b) => tile = flip(bank, t ^ b)
-        rel = codes ^ bank_code[inverse]
-        out[:] = ids[inverse].astype(np.uint32)
-        out |= np.where(rel & 1, FLIP_H, np.uint32(0)).astype(np.uint32)
-        out |= np.where(rel & 2, FLIP_V, np.uint32(0)).astype(np.uint32)
-        return out
+        return encode_cells(ids[inverse], codes ^ bank_code[inverse])
 
     def add_image(self, image: np.ndarray, name: str) -> np.ndarray:
         """Cut an RGBA image (H, W, 4) into tiles, add them, return its map (H/T, W/T) uint32."""
         t = self.tile_size
         h, w = image.shape[:2]
-        tiles = cut_tiles(image, t)
+        if h % t or w % t:
+            raise ValueError(f"image size {w}x{h} is not a multiple of the tile size {t}")
+        tiles = grid_cut(image, t)
         gw = w // t
         origins = [(name, (k % gw) * t, (k // gw) * t) for k in range(len(tiles))]
         return self.add_tiles(tiles, origins=origins).reshape(h // t, w // t)
@@ -222,22 +189,76 @@ class TileBank:
         return np.stack(self.tiles)
 
 
+# --------------------------------------------------------------------------- images
+def unique_name(stem: str, used: set) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... the first not in ``used`` (which it joins).
+
+    The one rule for two images with the same stem (from different folders).
+    """
+    name, k = stem, 2
+    while name in used:
+        name = f"{stem}-{k}"
+        k += 1
+    used.add(name)
+    return name
+
+
+class ImageSlicer:
+    """Cut named images into one :class:`TileBank` and keep a map per image.
+
+    The only place where images become a tile set: the slice stage uses it, and dedupe when it
+    is given images instead of slice's artifact.
+
+    Parameters
+    ----------
+    tile_size : int
+    flips : bool
+        As in :class:`TileBank`.
+    pad_mode : {"crop", "pad"}
+        What :func:`fit_to_grid` does with a side that is not a multiple of ``tile_size``.
+
+    Examples
+    --------
+    >>> s = ImageSlicer(tile_size=8)
+    >>> s.add("a", np.zeros((8, 16, 4), np.uint8)), s.add("a", np.zeros((8, 8, 4), np.uint8))
+    ('a', 'a-2')
+    >>> ts = s.tileset(); len(ts), ts.maps["a"].tolist()
+    (1, [[0, 0]])
+    """
+
+    def __init__(self, *, tile_size: int = 16, flips: bool = True, pad_mode: str = "crop"):
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        self.bank = TileBank(tile_size=tile_size, flips=flips)
+        self.pad_mode = pad_mode
+        self.maps: dict[str, np.ndarray] = {}
+        self._used: set = set()
+
+    def on_grid(self, rgba: np.ndarray) -> bool:
+        """Whether both sides of the image are multiples of the tile size."""
+        t = self.bank.tile_size
+        return rgba.shape[0] % t == 0 and rgba.shape[1] % t == 0
+
+    def add(self, stem: str, rgba: np.ndarray) -> Optional[str]:
+        """Add one RGBA image (H, W, 4); return its map's name, or None if it holds no tile.
+
+        The image is alpha-normalised and fitted to the grid (``pad_mode``); its map is named
+        ``stem`` made unique with :func:`unique_name`.
+        """
+        fitted = fit_to_grid(normalize_alpha(rgba), self.bank.tile_size, self.pad_mode)
+        if fitted.shape[0] == 0 or fitted.shape[1] == 0:
+            return None
+        name = unique_name(stem, self._used)
+        self.maps[name] = self.bank.add_image(fitted, name)
+        return name
+
+    def tileset(self, **meta) -> TileSet:
+        """The tile set so far; ``meta`` sets :class:`TileSet`'s palette fields."""
+        return TileSet(self.bank.array(), dict(self.maps), list(self.bank.origins),
+                       flips=self.bank.flips, **meta)
+
+
 # --------------------------------------------------------------------------- cells
-def encode_cells(ids: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Bank ids and flip codes (bit 0 H, bit 1 V) -> Tiled cell values, uint32."""
-    ids = np.asarray(ids).astype(np.uint32)
-    codes = np.asarray(codes).astype(np.uint32)
-    return (ids & ID_MASK) | ((codes & 1) << 31) | (((codes >> 1) & 1) << 30)
-
-
-def decode_cells(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tiled cell values -> (ids int64, flip codes uint8)."""
-    cells = np.asarray(cells).astype(np.uint32)
-    ids = (cells & ID_MASK).astype(np.int64)
-    codes = (((cells >> 31) & 1) | (((cells >> 30) & 1) << 1)).astype(np.uint8)
-    return ids, codes
-
-
 def apply_cells(bank: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """Rebuild an image from a bank (K, T, T, C) and a map (h, w) of cell values.
 
@@ -246,22 +267,17 @@ def apply_cells(bank: np.ndarray, cells: np.ndarray) -> np.ndarray:
     ndarray, shape (h*T, w*T, C), uint8
     """
     ids, codes = decode_cells(cells)
-    h, w = cells.shape
-    k, t, _, c = bank.shape
+    k = len(bank)
     if ids.size and ids.max() >= k:
         raise ValueError(f"map refers to tile {int(ids.max())} but the bank has {k} tiles")
-    var = flip_variants(bank)                               # (K, 4, T, T, C)
-    tiles = var[ids.ravel(), codes.ravel()]                 # (h*w, T, T, C)
-    return tiles.reshape(h, w, t, t, c).transpose(0, 2, 1, 3, 4).reshape(h * t, w * t, c)
+    return join_grid(flip_variants(bank)[ids, codes])      # (h, w, T, T, C) -> image
 
 
 # --------------------------------------------------------------------------- palette swaps
 def _relabel(flat: np.ndarray) -> np.ndarray:
     """(N, P, C) pixels -> (N, P) colour labels numbered by first appearance (vectorised)."""
-    n, p, c = flat.shape
-    code = np.zeros((n, p), np.uint32)
-    for ch in range(c):
-        code |= flat[..., ch].astype(np.uint32) << np.uint32(8 * ch)
+    n, p, _ = flat.shape
+    code = pack_colours(flat)
     rows = np.arange(n)[:, None]
     order = np.argsort(code, axis=1, kind="stable")             # equal colours: by position
     srt = code[rows, order]
@@ -297,24 +313,23 @@ def pattern_keys(tiles: np.ndarray, *, flips: bool = True) -> tuple[np.ndarray, 
     """
     tiles = np.asarray(tiles)
     n, t, _, c = tiles.shape
-    codes = _FLIP_CODES if flips else (0,)
+    orientations = ORIENTATIONS if flips else ORIENTATIONS[:1]
     labels = []
-    for code in codes:
-        v = np.ascontiguousarray(flip_tile(tiles, code)).reshape(n, t * t, c)
+    for f in orientations:
+        v = np.ascontiguousarray(flip_tile(tiles, f)).reshape(n, t * t, c)
         labels.append(_relabel(v))
     lab = np.stack(labels, axis=1).astype(np.uint16)        # (N, F, P)
-    colours = lab[:, 0].max(axis=1).astype(np.int64) + 1 if n else np.zeros(0, np.int64)
     # smallest orientation, lexicographically on big-endian bytes
-    be = lab.astype(">u2").view(np.uint8).reshape(n, len(codes), -1)
+    be = lab.astype(">u2").view(np.uint8).reshape(n, len(orientations), -1)
     best = be[:, 0]
-    for f in range(1, len(codes)):
+    for f in range(1, len(orientations)):
         cand = be[:, f]
         diff = cand != best
         first = diff.argmax(axis=1)
         rows = np.arange(n)
         smaller = diff[rows, first] & (cand[rows, first] < best[rows, first])
         best = np.where(smaller[:, None], cand, best)
-    return _rows_as_keys(best), colours
+    return _rows_as_keys(best), colours_per_tile(tiles)
 
 
 def palette_swap_groups(tiles: np.ndarray, *, flips: bool = True) -> list[list[int]]:

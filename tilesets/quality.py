@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tilesets.pixels import colours_per_tile, pack_colours
+
 __all__ = ["TileStats", "tile_stats", "quality", "cleanliness_key"]
 
 
@@ -40,17 +42,6 @@ class TileStats:
     dominant: np.ndarray
 
 
-def _pack(tiles: np.ndarray) -> np.ndarray:
-    """(N, T, T, C<=4) uint8 -> (N, T, T) uint32 colour codes."""
-    tiles = np.asarray(tiles)
-    if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"tiles must be uint8 (N, T, T, 1|3|4), got {tiles.dtype} {tiles.shape}")
-    code = np.zeros(tiles.shape[:3], np.uint32)
-    for ch in range(tiles.shape[-1]):
-        code |= tiles[..., ch].astype(np.uint32) << np.uint32(8 * ch)
-    return code
-
-
 def tile_stats(tiles: np.ndarray) -> TileStats:
     """Measure colours, isolated pixels, edge density and dominant colour share.
 
@@ -62,14 +53,17 @@ def tile_stats(tiles: np.ndarray) -> TileStats:
     -------
     TileStats
     """
-    code = _pack(tiles)
+    tiles = np.asarray(tiles)
+    if tiles.ndim != 4:
+        raise ValueError(f"tiles must be uint8 (N, T, T, 1|3|4), got {tiles.dtype} {tiles.shape}")
+    code = pack_colours(tiles)
     n, h, w = code.shape
     if n == 0:
         z = np.zeros(0)
         return TileStats(z.astype(np.int64), z.astype(np.int64), z, z)
+    colours = colours_per_tile(tiles)
     flat = np.sort(code.reshape(n, -1), axis=1)
     change = flat[:, 1:] != flat[:, :-1]
-    colours = change.sum(axis=1).astype(np.int64) + 1
     # longest run of equal values in the sorted row = dominant colour count
     idx = np.arange(flat.shape[1])
     starts = np.concatenate([np.ones((n, 1), bool), change], axis=1)

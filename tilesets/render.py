@@ -3,7 +3,8 @@
 The preview of every map we export is drawn here and tested pixel-for-pixel against Tiled's own
 renderer (``tests/_helpers_tiled.py``).  Rules reproduced:
 
-- flips: the diagonal flip (swap x and y) is applied first, then horizontal, then vertical;
+- flips: the diagonal flip (swap x and y) is applied first, then horizontal, then vertical
+  (:func:`tilesets.cells.flip_tile`);
 - empty cells (GID 0) and fully transparent pixels come out as ``(0, 0, 0, 0)``;
 - opaque pixels are copied unchanged.  Semi-transparent pixels go through Qt's premultiplied
   buffer; :func:`qt_roundtrip_alpha` approximates that (exact for ~99 % of such pixels: Qt's
@@ -14,31 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tilesets.tiled import FLIP_D, FLIP_H, FLIP_V, GID_MASK
-
-
-def flip_tile(tile: np.ndarray, flags: int) -> np.ndarray:
-    """Apply Tiled flip ``flags`` (bits 31/30/29 of a GID) to one tile.
-
-    Parameters
-    ----------
-    tile : ndarray, shape (T, T, C)
-    flags : int
-        A GID or just its flip bits; the low 29 bits are ignored.
-
-    Returns
-    -------
-    ndarray, shape (T, T, C)
-        A view or copy with the diagonal, then horizontal, then vertical flip applied.
-    """
-    out = tile
-    if flags & FLIP_D:
-        out = out.transpose(1, 0, *range(2, out.ndim))
-    if flags & FLIP_H:
-        out = out[:, ::-1]
-    if flags & FLIP_V:
-        out = out[::-1]
-    return out
+from tilesets.cells import FLIP_MASK, ID_MASK, flip_tile
+from tilesets.pixels import as_rgba
 
 
 def qt_roundtrip_alpha(rgba: np.ndarray) -> np.ndarray:
@@ -73,7 +51,7 @@ def qt_roundtrip_alpha(rgba: np.ndarray) -> np.ndarray:
 def _as_qt(tile: np.ndarray) -> np.ndarray:
     """One tile as RGBA the way Qt stores it (see :func:`qt_roundtrip_alpha`)."""
     if tile.shape[2] == 3:
-        return np.concatenate([tile, np.full(tile.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+        return as_rgba(tile)
     a = tile[..., 3]
     if ((a == 0) | (a == 255)).all():
         out = tile.copy()
@@ -112,8 +90,8 @@ def render_map(gids: np.ndarray, tiles: np.ndarray, *, firstgid: int = 1) -> np.
     k, ts = t.shape[0], t.shape[1]
     rows, cols = g.shape
     g64 = g.astype(np.uint64)
-    ids = (g64 & GID_MASK).astype(np.int64)
-    flips = (g64 & (FLIP_H | FLIP_V | FLIP_D)).astype(np.int64)
+    ids = (g64 & np.uint64(ID_MASK)).astype(np.int64)
+    flips = (g64 & np.uint64(FLIP_MASK)).astype(np.int64)
     used = ids != 0
     local = ids - int(firstgid)
     bad = used & ((local < 0) | (local >= k))

@@ -5,16 +5,14 @@ attribute value and text node, so names holding ``& < > " '`` load in Tiled, ``t
 and pytmx alike.
 
 GIDs follow Tiled's convention: ``0`` is an empty cell, a tile of the (single) tileset is
-``firstgid + tile_id``, and the three high bits are flip flags::
-
-    bit 31  FLIP_H  horizontal flip
-    bit 30  FLIP_V  vertical flip
-    bit 29  FLIP_D  diagonal flip (swap x and y; applied first)
+``firstgid + tile_id``, and the three high bits are the flip flags of
+:class:`tilesets.cells.Flip` (the same bits as our map cells).
 
 Examples
 --------
 >>> import numpy as np
->>> xml = map_xml(np.array([[1, 2 | FLIP_H]], np.uint32), tile_size=16,
+>>> from tilesets.cells import Flip
+>>> xml = map_xml(np.array([[1, 2 | Flip.H]], np.uint32), tile_size=16,
 ...               tileset_source="../tileset.tsx")
 >>> "2147483650" in xml
 True
@@ -30,11 +28,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-FLIP_H = 0x80000000
-FLIP_V = 0x40000000
-FLIP_D = 0x20000000
-FLIP_MASK = FLIP_H | FLIP_V | FLIP_D
-GID_MASK = 0x1FFFFFFF
+from tilesets.cells import FLIP_MASK, ID_MASK
 
 #: Format version we write, and the Tiled release it matches (Debian's tiled 1.8.2).
 TMX_VERSION = "1.8"
@@ -269,6 +263,6 @@ def bank_ids_to_gids(cells: np.ndarray, *, firstgid: int = 1) -> np.ndarray:
         ``(id + firstgid) | flips``.
     """
     c = np.asarray(cells).astype(np.uint64)
-    ids = c & GID_MASK
-    flips = c & FLIP_MASK
+    ids = c & np.uint64(ID_MASK)
+    flips = c & np.uint64(FLIP_MASK)
     return ((ids + int(firstgid)) | flips).astype(np.uint32)

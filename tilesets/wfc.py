@@ -47,6 +47,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from tilesets.pixels import join_grid
 
 #: Default cap on distinct states in :func:`make_level` (the most frequent are kept).
 MAX_STATES = 2048
@@ -286,9 +287,7 @@ def chunk_pixels(blocks: np.ndarray, state_tiles: Callable[[np.ndarray], np.ndar
     -------
     ndarray, shape (K, c * T, c * T, C), dtype of ``state_tiles``' output
     """
-    out = _cell_pixels(blocks, state_tiles)  # (K, c, c, T, T, C)
-    k, c, _, t, _, ch = out.shape
-    return out.transpose(0, 1, 3, 2, 4, 5).reshape(k, c * t, c * t, ch)
+    return join_grid(_cell_pixels(blocks, state_tiles))  # (K, c, c, T, T, C) -> (K, cT, cT, C)
 
 
 def seam_difference(grids: Iterable[np.ndarray],
