@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["srgb_to_linear", "srgb_to_lab", "rgb_to_lab_table", "delta_e76_sq", "ciede2000",
-           "lab_to_srgb"]
+__all__ = ["srgb_to_linear", "srgb_to_lab", "srgb_float_to_lab", "rgb_to_lab_table",
+           "delta_e76_sq", "ciede2000", "lab_to_srgb"]
 
 # sRGB (IEC 61966-2-1) primaries, D65 white, XYZ scaled so that Y(white) = 1.
 _M = np.array([[0.4124564, 0.3575761, 0.1804375],
@@ -70,6 +70,22 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     if idx.size and (idx.min() < 0 or idx.max() > 255):
         raise ValueError("rgb values must lie in 0..255")
     return _linear_to_lab(_LIN8[idx[..., 0]], _LIN8[idx[..., 1]], _LIN8[idx[..., 2]])
+
+
+def srgb_float_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of sRGB colours given as real numbers (e.g. colours after a fitted gain).
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (..., 3), real values in [0, 255]
+
+    Returns
+    -------
+    lab : ndarray, shape (..., 3), float64 (for integer input within rounding of
+    :func:`srgb_to_lab`, which uses a lookup table instead)
+    """
+    lin = srgb_to_linear(rgb)
+    return _linear_to_lab(lin[..., 0], lin[..., 1], lin[..., 2])
 
 
 def rgb_to_lab_table(r_values: np.ndarray) -> np.ndarray:

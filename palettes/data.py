@@ -1,23 +1,28 @@
-"""Built-in palettes: three NES 2C02 palettes and a few other retro palettes.
+"""Built-in palettes: NES palette tables (published emulator tables and our own NTSC-model
+computations) and a few other retro palettes.
 
-Sources (see docs/colour.md): the ``nes`` table is the widely used FCEUX-style
-2C02 table; ``nes-ntsc`` and ``nes-ntsc-vivid`` are computed here from the 2C02
-composite-signal model described on the NESdev wiki ("NTSC video": four luma
-levels, twelve hue phases 30° apart, YIQ decoding).  Game Boy (DMG green),
+The NES tables are data files in ``palettes/data/*.hex`` (64 ``RRGGBB`` lines, NES colour
+numbers $00-$3F in order, after ``; name:`` / ``; description:`` / ``; source:`` header
+lines); ``palettes/data/README.md`` lists them with where each one is published.  ``nes``
+(the default) is FCEUX's default 2C02 table.  ``nes-ntsc`` and ``nes-ntsc-vivid`` are
+computed here from the 2C02 composite-signal model described on the NESdev wiki ("NTSC
+video": four luma levels, twelve hue phases 30° apart, YIQ decoding).  Game Boy (DMG green),
 PICO-8 and C64 (Pepto's measured VIC-II colours) are the commonly published values.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
-_NES_FCEUX_HEX = """
-747474 24188C 0000A8 44009C 8C0074 A80010 A40000 7C0800 402C00 004400 005000 003C14 183C5C 000000 000000 000000
-BCBCBC 0070EC 2038EC 8000F0 BC00BC E40058 D82800 C84C0C 887000 009400 00A800 009038 008088 000000 000000 000000
-FCFCFC 3CBCFC 5C94FC CC88FC F478FC FC74B4 FC7460 FC9838 F0BC3C 80D010 4CDC48 58F898 00E8D8 787878 000000 000000
-FCFCFC A8E4FC C4D4FC D4C8FC FCC4FC FCC4D8 FCBCB0 FCD8A8 FCE4A0 E0FCA0 A8F0BC B0FCCC 9CFCF0 C4C4C4 000000 000000
-"""
+#: folder of the NES palette tables (``*.hex``) and their README
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+#: published NES tables, in the order they are listed and tried by palette recognition
+NES_TABLE_FILES = ("fceux", "mesen", "olcnes", "composite-direct-fbx", "nes-classic-fbx",
+                   "original-hardware-fbx", "pvm-style-fbx", "unsaturated-v6-fbx", "yuv-v3-fbx",
+                   "sony-cxa2025as", "wavebeam", "rp2c03")
 
 _GAMEBOY_HEX = "0F380F 306230 8BAC0F 9BBC0F"
 
@@ -31,6 +36,36 @@ _C64_HEX = """000000 FFFFFF 68372B 70A4B2 6F3D86 588D43 352879 B8C76F
 def _hex_table(text: str) -> np.ndarray:
     vals = [int(h, 16) for h in text.split()]
     return np.array([[(v >> 16) & 255, (v >> 8) & 255, v & 255] for v in vals], dtype=np.uint8)
+
+
+def read_table_file(path: Path) -> tuple[dict[str, str], np.ndarray]:
+    """Read one ``palettes/data/*.hex`` table.
+
+    Returns
+    -------
+    meta : dict with the header's ``name``, ``description`` and ``source``
+    colours : ndarray, shape (64, 3), uint8 — entry ``n`` is NES colour number ``n``
+
+    Raises
+    ------
+    ValueError naming the file when a line is not ``RRGGBB`` or there are not 64 colours.
+    """
+    meta: dict[str, str] = {}
+    rows: list[str] = []
+    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        s = line.strip()
+        if s.startswith(";"):
+            key, sep, value = s[1:].partition(":")
+            if sep and key.strip() in ("name", "description", "source"):
+                meta[key.strip()] = value.strip()
+            continue
+        if s:
+            if len(s) != 6 or any(c not in "0123456789abcdefABCDEF" for c in s):
+                raise ValueError(f"{path}:{ln}: expected RRGGBB, got {s!r}")
+            rows.append(s)
+    if len(rows) != 64:
+        raise ValueError(f"{path}: an NES table needs 64 colours, found {len(rows)}")
+    return meta, _hex_table(" ".join(rows))
 
 
 def nes_ntsc_palette(*, saturation: float = 1.0, hue_deg: float = 0.0, brightness: float = 0.0,
@@ -88,6 +123,8 @@ def nes_ntsc_palette(*, saturation: float = 1.0, hue_deg: float = 0.0, brightnes
 
 #: name -> (colours uint8 (K, 3), kind, description, source)
 BUILTIN: dict[str, tuple[np.ndarray, str, str, str]] = {}
+#: names of the NES tables computed by :func:`nes_ntsc_palette` rather than published
+GENERATED: set[str] = set()
 
 
 def _register(name: str, colours: np.ndarray, kind: str, description: str, source: str) -> None:
@@ -95,20 +132,35 @@ def _register(name: str, colours: np.ndarray, kind: str, description: str, sourc
     BUILTIN[name] = (colours, kind, description, source)
 
 
-_register("nes", _hex_table(_NES_FCEUX_HEX), "nes",
-          "NES 2C02, the classic FCEUX-style table",
-          "FCEUX default 2C02 table, as published in many NES tools")
+def _register_table(stem: str) -> None:
+    meta, colours = read_table_file(DATA_DIR / f"{stem}.hex")
+    _register(meta["name"], colours, "nes", meta.get("description", ""),
+              meta.get("source", "") + f" [palettes/data/{stem}.hex]")
+
+
+_register_table(NES_TABLE_FILES[0])                                    # "nes", the default
 _register("nes-ntsc", nes_ntsc_palette(), "nes",
           "NES 2C02 decoded from the NTSC composite-signal model",
           "computed from NESdev wiki 'NTSC video' signal levels")
 _register("nes-ntsc-vivid", nes_ntsc_palette(saturation=1.35, contrast=1.05), "nes",
           "NES 2C02 composite model, saturation 1.35 / contrast 1.05 (a 'vivid' TV)",
           "computed from NESdev wiki 'NTSC video' signal levels")
+GENERATED.update(("nes-ntsc", "nes-ntsc-vivid"))
 _register("gameboy", _hex_table(_GAMEBOY_HEX), "generic",
           "Game Boy DMG 4-shade green", "commonly published DMG LCD shades")
 _register("pico8", _hex_table(_PICO8_HEX), "generic",
           "PICO-8 16 colours", "PICO-8 manual palette")
 _register("c64", _hex_table(_C64_HEX), "generic",
           "Commodore 64, 16 colours (Pepto's VIC-II measurement)", "Pepto's C64 palette")
+for _stem in NES_TABLE_FILES[1:]:
+    _register_table(_stem)
+del _stem
 
 DEFAULT_PALETTE = "nes"
+
+
+def nes_table_names() -> list[str]:
+    """Every built-in NES table: the published ones (in :data:`NES_TABLE_FILES` order), then
+    the generated ones."""
+    names = [n for n, v in BUILTIN.items() if v[1] == "nes"]
+    return [n for n in names if n not in GENERATED] + [n for n in names if n in GENERATED]

@@ -7,27 +7,35 @@ Outputs (in ``out_dir``):
   (for NES palettes index = NES colour number, so ``$0F`` is stored as 15); transparent
   pixels use one extra index (named in ``quantize.json``).
 * ``quantize.json`` — palette name and RGB list, usable indices, per-image statistics
-  (colours per 16×16 tile and isolated-pixel rate before / after clean-up, mean ΔE76),
-  skipped inputs, and with ``nes`` the fitted backdrop + sub-palettes, error and legality.
+  (colours per 16×16 tile and isolated-pixel rate before / after clean-up, mean ΔE76, the
+  recognised palette), skipped inputs, and with ``nes`` the fitted backdrop + sub-palettes,
+  error and legality.
 * ``report/nes_error_map.png`` (only with ``nes``) — per-16×16-area mean ΔE of the NES fit,
   one row of maps per image (black = 0, white ≥ 30 ΔE).
 
+An image whose colours already are an NES palette (an emulator's table, or a consistent
+unknown one) is mapped colour for colour by NES number (``--no-recognise`` turns this off).
 See docs/colour.md.
 """
+# Shape: Params -> quantize_image (one RGBA array -> QuantizeResult, from the steps opaque_mask,
+# recognised_index / nearest_index, clean_up, tile_stats) and fit_nes (one NES palette set
+# across all images) -> run, which loads files (in worker processes for big batches), calls
+# them and writes.  quantize_images is the same core for arrays in memory.
 from __future__ import annotations
 
-import concurrent.futures as cf
+import dataclasses
+import functools
 import logging
-import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from stages._common import (InputError, ParamError, ProgressFn, Skipped, expand_inputs,
-                            load_image, no_progress, param, save_png, write_json)
+from stages._common import (InputError, ParamError, ProgressFn, Skipped, StageParams,
+                            expand_inputs, load_image, map_ordered, no_progress, param,
+                            pool_workers, save_png, write_json)
 
 NAME = "quantize"
 INPUTS = {"images": "sample"}
@@ -52,131 +60,418 @@ class Dither(str, Enum):
 
 
 @dataclass(frozen=True)
-class Params:
-    palette: str = param("nes", help="palette: a built-in name (nes, nes-ntsc, nes-ntsc-vivid, "
-                         "gameboy, pico8, c64) or a .pal/.gpl/.hex/.png file")
+class Params(StageParams):
+    STAGE = "quantize"
+
+    palette: str = param("nes", help="palette: a built-in name (nes, nes-mesen, nes-ntsc, ..., "
+                         "gameboy, pico8, c64; `pipeline palettes` lists them) or a "
+                         ".pal/.gpl/.hex/.png file")
     metric: Metric = param(Metric.lab, help="colour distance: lab (ΔE76, exact), rgb, ciede2000")
     dither: Dither = param(Dither.none, help="dithering: none, bayer2, bayer4, bayer8, floyd")
-    alpha_threshold: int = param(128, help="pixels with alpha below this become transparent (0..255)")
+    alpha_threshold: int = param(128, help="pixels with alpha below this become transparent (0..255)",
+                                 min=0, max=255)
     drop_xd_column: bool = param(False, help="never produce the NES $xD column ($0D $1D $2D $3D)")
     cleanup: int = param(1, help="pixel-art clean-up strength: 0 off; n = colour limit per 16x16 "
-                         "area plus n passes of isolated-pixel removal")
+                         "area plus n passes of isolated-pixel removal", min=0)
     max_colours: int = param(4, help="with cleanup: at most this many colours per 16x16 area "
-                             "(0 = no limit)")
+                             "(0 = no limit)", min=0)
     nes: bool = param(False, help="make NES-legal backgrounds: backdrop + 4 sub-palettes of 3, "
                       "one per 16x16 area, fitted across all images")
     nes_merge_tiles: bool = param(True, help="with nes: when an image has more than 256 unique "
                                   "8x8 tiles, merge the most similar ones until 256 remain "
                                   "(the error bound is reported)")
+    recognise: bool = param(True, help="with an NES palette: an image whose colours already are "
+                            "an NES palette (a known emulator table, or a consistent unknown one) "
+                            "is mapped colour for colour by NES number, so distinct colours stay "
+                            "distinct; other images use nearest colour")
+
+    def check(self) -> None:
+        super().check()
+        target_palette(self)
 
 
-# --------------------------------------------------------------------------- helpers
-def _stats(idx: np.ndarray, mask: np.ndarray) -> dict:
-    from palettes.cleanup import area_colour_counts, isolated_mask
+# --------------------------------------------------------------------------- palette
+@dataclass(frozen=True)
+class TargetPalette:
+    """The palette images are mapped onto, with what every step needs from it.
 
-    counts = area_colour_counts(idx, mask)
-    counts = counts[counts > 0]
-    n = int(mask.sum())
-    iso = int(isolated_mask(idx, mask).sum())
-    return {"colours_per_tile": float(counts.mean()) if len(counts) else 0.0,
-            "max_colours_per_tile": int(counts.max()) if len(counts) else 0,
-            "isolated_rate": iso / n if n else 0.0}
+    Attributes
+    ----------
+    palette : palettes.io.Palette
+    usable : ndarray, shape (n,), int64 — indices the quantiser may produce
+    lab : ndarray, shape (K, 3), float64 — CIELAB of every entry
+    """
+    palette: Any
+    usable: np.ndarray
+    lab: np.ndarray
 
-
-def _check_params(p: Params) -> None:
-    try:
-        Metric(p.metric)
-    except ValueError:
-        raise ParamError(f"quantize: metric must be one of lab, rgb, ciede2000, got {p.metric!r}") from None
-    try:
-        Dither(p.dither)
-    except ValueError:
-        raise ParamError("quantize: dither must be one of none, bayer2, bayer4, bayer8, floyd, "
-                         f"got {p.dither!r}") from None
-    if not 0 <= p.alpha_threshold <= 255:
-        raise ParamError(f"quantize: alpha_threshold must be 0..255, got {p.alpha_threshold}")
-    if p.cleanup < 0:
-        raise ParamError(f"quantize: cleanup strength must be >= 0, got {p.cleanup}")
-    if p.max_colours < 0:
-        raise ParamError(f"quantize: max_colours must be >= 0, got {p.max_colours}")
+    @property
+    def is_nes(self) -> bool:
+        return self.palette.kind == "nes" and len(self.palette) == 64
 
 
-def _palette(p: Params):
+def target_palette(params: Params) -> TargetPalette:
+    """Resolve ``params.palette``; :class:`ParamError` for an unknown palette or ``nes`` with a
+    palette that is not a 64-colour NES one."""
+    from palettes.colour import srgb_to_lab
     from palettes.io import PaletteError, get_palette
 
     try:
-        pal = get_palette(p.palette)
+        pal = get_palette(params.palette)
     except PaletteError as e:
-        raise ParamError(str(e)) from None
-    usable = pal.usable(drop_xd_column=p.drop_xd_column)
-    if p.nes and pal.kind != "nes":
+        raise ParamError(str(e), field="palette") from None
+    if params.nes and pal.kind != "nes":
         raise ParamError(f"quantize: --nes needs a 64-colour NES palette, {pal.name} has "
-                         f"{len(pal)} colours")
-    return pal, usable
+                         f"{len(pal)} colours", field="nes")
+    return TargetPalette(pal, pal.usable(drop_xd_column=params.drop_xd_column),
+                         srgb_to_lab(pal.colours))
 
 
-def _write_indexed(out_dir: Path, src: Path, idx: np.ndarray, mask: np.ndarray, pal,
-                   usable: np.ndarray) -> dict:
-    """Write ``<stem>.png`` (mode "P", whole palette, extra transparent index if needed)."""
+# --------------------------------------------------------------------------- one image
+@dataclass(frozen=True)
+class TileStats:
+    """Colours per 16×16 tile and isolated-pixel rate of an index image (opaque pixels)."""
+    colours_per_tile: float
+    max_colours_per_tile: int
+    isolated_rate: float
+
+    def as_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class QuantizeResult:
+    """One quantised image.
+
+    Attributes
+    ----------
+    index : ndarray, shape (H, W), uint8 — palette indices (NES colour numbers for NES palettes)
+    opaque : ndarray, shape (H, W), bool — pixels that count (alpha >= the threshold)
+    rgb : ndarray, shape (H, W, 3), uint8 — the source colours
+    before, after : TileStats — after mapping, after clean-up
+    mean_delta_e : float — mean ΔE76 between source and output colours (opaque pixels)
+    match : PaletteMatch or None — the recognised NES palette (see :mod:`palettes.recognise`)
+    """
+    index: np.ndarray
+    opaque: np.ndarray
+    rgb: np.ndarray
+    before: TileStats
+    after: TileStats
+    mean_delta_e: float
+    match: Optional[Any] = None
+
+    @property
+    def transparent_pixels(self) -> int:
+        return int((~self.opaque).sum())
+
+
+def opaque_mask(rgba: np.ndarray, alpha_threshold: int) -> np.ndarray:
+    """(H, W) bool: pixels whose alpha is at least ``alpha_threshold``."""
+    return rgba[..., 3] >= alpha_threshold
+
+
+def nearest_index(rgb: np.ndarray, target: TargetPalette, params: Params) -> np.ndarray:
+    """(H, W) uint8: exact nearest usable colour of every pixel, with ``params.dither``."""
+    from palettes.dither import dither_map
+    from palettes.nearest import get_mapper
+
+    mapper = get_mapper(target.palette.colours, target.usable, metric=Metric(params.metric).value)
+    return dither_map(rgb, mapper, Dither(params.dither).value)
+
+
+def usable_numbers(numbers: np.ndarray, target: TargetPalette) -> np.ndarray:
+    """Recognised NES numbers as numbers the target may produce: a usable number stays; one
+    that is not (e.g. ``$20`` where ``$20 = $30``, or ``$2D`` with ``drop_xd_column``) takes the
+    usable entry of the same colour, else the nearest usable one (ΔE76)."""
+    from palettes.colour import delta_e76_sq
+
+    out = np.asarray(numbers, np.int64).copy()
+    usable = target.usable
+    colours = target.palette.colours
+    for i, n in enumerate(out):
+        if n in usable:
+            continue
+        same = usable[(colours[usable] == colours[n]).all(axis=1)]
+        out[i] = same[0] if len(same) else usable[np.argmin(delta_e76_sq(target.lab[usable],
+                                                                           target.lab[n]))]
+    return out
+
+
+def recognised_index(rgb: np.ndarray, opaque: np.ndarray, target: TargetPalette
+                     ) -> Optional[tuple[np.ndarray, Any]]:
+    """Map an image that already is an NES palette by NES number.
+
+    Returns
+    -------
+    (index (H, W) uint8, PaletteMatch), or None when the target is not an NES palette or the
+    image is not recognised (see :func:`palettes.recognise.recognise`).  Transparent pixels
+    get index 0 (they are not used).
+    """
+    from palettes.data import nes_table_names
+    from palettes.recognise import image_colours, recognise
+
+    if not target.is_nes:
+        return None
+    colours = image_colours(rgb, opaque)
+    if colours is None or len(colours.colours) == 0:
+        return None
+    prefer = target.palette.name if target.palette.name in nes_table_names() else None
+    match = recognise(colours.colours, colours.counts, prefer=prefer)
+    if match is None:
+        return None
+    index = np.zeros(opaque.shape, np.uint8)
+    index[opaque] = usable_numbers(match.numbers, target)[colours.inverse].astype(np.uint8)
+    return index, match
+
+
+def clean_up(index: np.ndarray, source_lab: np.ndarray, target: TargetPalette, params: Params,
+             opaque: np.ndarray) -> np.ndarray:
+    """Colour limit per 16×16 area, then isolated-pixel removal (``params.cleanup`` passes);
+    see :mod:`palettes.cleanup`.  Returns ``index`` itself when clean-up is off."""
+    from palettes.cleanup import limit_area_colours, remove_isolated
+
+    if params.cleanup <= 0:
+        return index
+    if params.max_colours > 0:
+        index = limit_area_colours(index, source_lab, target.lab, target.usable,
+                                   max_colours=params.max_colours, mask=opaque)
+    return remove_isolated(index, source_lab, target.lab, strength=params.cleanup, mask=opaque)
+
+
+def tile_stats(index: np.ndarray, opaque: np.ndarray) -> TileStats:
+    """Colours per 16×16 area (mean, max) and the share of isolated pixels, opaque pixels only."""
+    from palettes.cleanup import area_colour_counts, isolated_mask
+
+    counts = area_colour_counts(index, opaque)
+    counts = counts[counts > 0]
+    n = int(opaque.sum())
+    iso = int(isolated_mask(index, opaque).sum())
+    return TileStats(float(counts.mean()) if len(counts) else 0.0,
+                     int(counts.max()) if len(counts) else 0, iso / n if n else 0.0)
+
+
+def quantize_image(rgba: np.ndarray, target: TargetPalette, params: Params) -> QuantizeResult:
+    """Map one image onto the target palette and clean it up.
+
+    Parameters
+    ----------
+    rgba : ndarray, shape (H, W, 4), uint8
+    target : TargetPalette — from :func:`target_palette`
+    params : Params
+
+    Returns
+    -------
+    QuantizeResult
+
+    Raises
+    ------
+    InputError when every pixel is transparent.
+
+    Notes
+    -----
+    A recognised NES screenshot (``params.recognise``, NES target) is mapped by NES number and
+    clean-up sees it as exactly on the palette: areas within the colour limit and deliberate
+    single pixels stay as they are.  Dithering does not apply to it.
+    """
+    from palettes.colour import srgb_to_lab
+
+    opaque = opaque_mask(rgba, params.alpha_threshold)
+    if not opaque.any():
+        raise InputError(f"every pixel is transparent (alpha < {params.alpha_threshold}); "
+                         "nothing to quantise")
+    rgb = np.ascontiguousarray(rgba[..., :3])
+    recognised = recognised_index(rgb, opaque, target) if params.recognise else None
+    source_lab = srgb_to_lab(rgb)
+    if recognised is not None:
+        index, match = recognised
+        cleanup_lab = target.lab[index]        # exactly on the palette: nothing looks like noise
+    else:
+        index, match = nearest_index(rgb, target, params), None
+        cleanup_lab = source_lab
+    before = tile_stats(index, opaque)
+    index = clean_up(index, cleanup_lab, target, params, opaque)
+    delta_e = np.sqrt(((source_lab - target.lab[index]) ** 2).sum(-1))[opaque]
+    return QuantizeResult(index, opaque, rgb, before, tile_stats(index, opaque),
+                          float(delta_e.mean()), match)
+
+
+# --------------------------------------------------------------------------- NES across images
+@dataclass
+class NesReport:
+    """One NES palette set across all images (:func:`fit_nes`).
+
+    Attributes
+    ----------
+    fit : palettes.nesfit.NesFit — backdrop and sub-palettes
+    images : list of ndarray (H, W) uint8 — the NES-legal screens (no transparency)
+    attributes : list of ndarray — sub-palette per 16×16 area, per image
+    area_errors : list of ndarray — mean ΔE76 per area against the cleaned image
+    delta_e : list of float — mean ΔE76 of each final screen against its source
+    merges : list of dict — tile merges (:func:`palettes.nesfit.merge_patterns` info + image)
+    validation : dict — :func:`palettes.nesfit.validate_nes` of the screens
+    """
+    fit: Any
+    images: list
+    attributes: list
+    area_errors: list
+    delta_e: list
+    merges: list
+    validation: dict
+
+    def as_json(self, error_map: str) -> dict:
+        v = self.validation
+        return {**self.fit.as_json(),
+                "mean_area_error": float(np.concatenate([e.ravel() for e in self.area_errors]).mean()),
+                "legal": bool(v["legal"]), "problems": v["problems"],
+                "tiles_per_image": v["tiles_per_image"], "tile_merges": self.merges,
+                "error_map": error_map}
+
+
+def merge_tiles(index: np.ndarray, attr: np.ndarray, fit: Any, name: str) -> tuple[np.ndarray, Optional[dict]]:
+    """Merge near-identical 8×8 tiles of one NES screen when it has more than 256."""
+    from palettes.nesfit import MAX_TILES, merge_patterns, pattern_tiles, patterns_to_image
+
+    h, w = index.shape
+    if h % 8 or w % 8:
+        return index, None
+    pats = pattern_tiles(index, attr, fit.backdrop, fit.subpalettes)
+    if len(np.unique(pats.reshape(len(pats), -1), axis=0)) <= MAX_TILES:
+        return index, None
+    merged, info = merge_patterns(pats, MAX_TILES)
+    info["image"] = name
+    log.info("%s: merged %d near-identical 8x8 tiles (%d -> %d), at most %d of 64 pixels "
+             "changed per tile", name, info["merges"], info["unique_before"], info["unique_after"],
+             info["max_pixels_changed"])
+    return patterns_to_image(merged, attr, fit.backdrop, fit.subpalettes, h, w), info
+
+
+def fit_nes(results: Sequence[QuantizeResult], names: Sequence[str], target: TargetPalette,
+            params: Params) -> NesReport:
+    """Fit one backdrop + 4 sub-palettes across all cleaned images, remap each image onto it
+    (transparent pixels become the backdrop), merge tiles where there are too many, validate."""
+    from palettes.colour import srgb_to_lab
+    from palettes.nesfit import apply_fit, area_histograms, fit_subpalettes, validate_nes
+
+    hist = area_histograms([r.index for r in results], len(target.palette),
+                           [r.opaque for r in results])
+    fit = fit_subpalettes(hist, target.lab, target.usable)
+    images, attrs, errors = [], [], []
+    for r in results:
+        # remap the cleaned colours (not the source): keeps what clean-up removed
+        index, attr, err = apply_fit(target.lab[r.index], fit, target.lab, mask=r.opaque)
+        images.append(index)
+        attrs.append(attr)
+        errors.append(err)
+    merges = []
+    for i, name in enumerate(names):
+        if params.nes_merge_tiles:
+            images[i], info = merge_tiles(images[i], attrs[i], fit, name)
+            if info is not None:
+                merges.append(info)
+    delta_e = [float(np.sqrt(((srgb_to_lab(r.rgb) - target.lab[im]) ** 2).sum(-1))[r.opaque].mean())
+               for r, im in zip(results, images)]
+    v = validate_nes(images, backdrop=fit.backdrop, subpalettes=fit.subpalettes,
+                     allowed=target.usable)
+    if not v["legal"]:
+        hint = "" if params.nes_merge_tiles else " (turn nes_merge_tiles on to merge near-identical tiles)"
+        log.warning("NES legality: %s%s", "; ".join(v["problems"][:3]), hint)
+    return NesReport(fit, images, attrs, errors, delta_e, merges, v)
+
+
+@dataclass
+class QuantizedBatch:
+    """:func:`quantize_images`' result: one :class:`QuantizeResult` per image, and the NES
+    report when ``params.nes`` (its ``images`` are then the final screens)."""
+    results: list
+    nes: Optional[NesReport] = None
+
+
+def quantize_images(images: Sequence[np.ndarray], params: Params, *,
+                    names: Optional[Sequence[str]] = None) -> QuantizedBatch:
+    """The stage's core on arrays: :func:`quantize_image` on each (H, W, 4) uint8 RGBA image,
+    then :func:`fit_nes` across them when ``params.nes``.  Raises :class:`InputError` for an
+    image with no opaque pixel."""
+    target = target_palette(params)
+    results = [quantize_image(np.asarray(im, np.uint8), target, params) for im in images]
+    names = list(names) if names is not None else [f"image_{i:04d}" for i in range(len(results))]
+    nes = fit_nes(results, names, target, params) if params.nes else None
+    return QuantizedBatch(results, nes)
+
+
+# --------------------------------------------------------------------------- files
+def input_files(inputs: dict[str, list[Path]]) -> list[Path]:
+    """The image files to quantise, sorted; their stems must differ (outputs are named by stem)."""
+    items = inputs.get("images") or []
+    if not items:
+        raise InputError("quantize: no input images given")
+    files = [f for f in expand_inputs(items) if f.name != "manifest.json"]
+    if not files:
+        raise InputError(f"quantize: no image files found in {', '.join(map(str, items))}")
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise InputError(f"quantize: two inputs share the name {f.stem!r} ({stems[f.stem]} and "
+                             f"{f}); outputs are named after the input stem")
+        stems[f.stem] = f
+    return files
+
+
+def write_indexed(out_dir: Path, src: Path, index: np.ndarray, opaque: np.ndarray,
+                  target: TargetPalette) -> dict:
+    """Write ``<stem>.png`` (mode "P", whole palette, an extra transparent index if needed);
+    returns its ``quantize.json`` row (name, file, source, size, transparent index)."""
+    pal = target.palette
     transp = None
     pal_rgb = pal.colours
-    if not mask.all():
+    if not opaque.all():
         if len(pal) < 256:
             transp = len(pal)
             pal_rgb = np.concatenate([pal.colours, np.zeros((1, 3), np.uint8)])
         else:
-            free = sorted(set(range(256)) - set(int(u) for u in usable))
+            free = sorted(set(range(256)) - set(int(u) for u in target.usable))
             if not free:
                 raise ParamError(f"{src}: has transparent pixels but the 256-colour palette "
                                  f"{pal.name} leaves no index free for transparency")
             transp = free[0]
-        idx = np.where(mask, idx, transp).astype(np.uint8)
+        index = np.where(opaque, index, transp).astype(np.uint8)
     name = f"{src.stem}.png"
-    save_png(out_dir / name, idx, palette=pal_rgb, transparency=transp)
-    return {"name": src.stem, "file": name, "source": str(src), "width": int(idx.shape[1]),
-            "height": int(idx.shape[0]), "transparent_index": transp}
+    save_png(out_dir / name, index, palette=pal_rgb, transparency=transp)
+    return {"name": src.stem, "file": name, "source": str(src), "width": int(index.shape[1]),
+            "height": int(index.shape[0]), "transparent_index": transp}
 
 
-def _quantize_one(path: str, p: Params, out_dir: Optional[str] = None) -> dict:
-    """Worker: load, map and clean one image.
+def result_row(file_row: dict, result: QuantizeResult) -> dict:
+    """A ``quantize.json`` image row: the file fields plus the image's statistics."""
+    return {**file_row, "transparent_pixels": result.transparent_pixels,
+            "mean_delta_e": result.mean_delta_e, "before": result.before.as_json(),
+            "after": result.after.as_json(),
+            "palette_match": result.match.as_json() if result.match is not None else None}
 
-    With ``out_dir`` (non-NES runs) the indexed PNG is written here and only statistics are
-    returned, so memory stays flat over thousands of files; otherwise the arrays are
-    returned for the NES fit across all images."""
-    from palettes.cleanup import limit_area_colours, remove_isolated
-    from palettes.colour import srgb_to_lab
-    from palettes.dither import dither_map
-    from palettes.nearest import get_mapper
 
-    pal, usable = _palette(p)
+@dataclass
+class FileOutcome:
+    """What became of one input file: an error, or its result (kept for the NES fit) and/or
+    its ``quantize.json`` row (when the PNG is already written)."""
+    path: str
+    error: Optional[str] = None
+    result: Optional[QuantizeResult] = None
+    row: Optional[dict] = None
+
+
+def quantize_file(path: str, target: TargetPalette, params: Params,
+                  out_dir: Optional[str] = None) -> FileOutcome:
+    """Load and quantise one file.  With ``out_dir`` the PNG is written here and only its row
+    is kept (memory stays flat over thousands of files); without, the result is kept for the
+    NES fit across all images.  A bad file is an outcome with an error naming it."""
     try:
-        rgba = load_image(path, mode="RGBA")
+        result = quantize_image(load_image(path, mode="RGBA"), target, params)
     except InputError as e:
-        return {"path": path, "error": str(e)}
-    mask = rgba[..., 3] >= p.alpha_threshold
-    if not mask.any():
-        return {"path": path, "error": f"{path}: every pixel is transparent (alpha < "
-                                       f"{p.alpha_threshold}); nothing to quantise"}
-    rgb = np.ascontiguousarray(rgba[..., :3])
-    mapper = get_mapper(pal.colours, usable, metric=Metric(p.metric).value)
-    idx = dither_map(rgb, mapper, Dither(p.dither).value)
-    before = _stats(idx, mask)
-    pal_lab = srgb_to_lab(pal.colours)
-    src_lab = srgb_to_lab(rgb)
-    if p.cleanup > 0:
-        if p.max_colours > 0:
-            idx = limit_area_colours(idx, src_lab, pal_lab, usable, max_colours=p.max_colours,
-                                     mask=mask)
-        idx = remove_isolated(idx, src_lab, pal_lab, strength=p.cleanup, mask=mask)
-    after = _stats(idx, mask)
-    de = np.sqrt(((src_lab - pal_lab[idx]) ** 2).sum(-1))[mask]
-    res = {"path": path, "before": before, "after": after, "mean_delta_e": float(de.mean()),
-           "transparent_pixels": int((~mask).sum())}
-    if out_dir is not None:
-        res["row"] = _write_indexed(Path(out_dir), Path(path), idx, mask, pal, usable)
-    else:
-        res.update(idx=idx, mask=mask, rgb=rgb)
-    return res
+        msg = str(e)
+        return FileOutcome(path, error=msg if msg.startswith(str(path)) else f"{path}: {msg}")
+    if out_dir is None:
+        return FileOutcome(path, result=result)
+    row = write_indexed(Path(out_dir), Path(path), result.index, result.opaque, target)
+    return FileOutcome(path, row=result_row(row, result))
 
 
 #: use worker processes when the inputs hold at least this many pixels in total (starting a
@@ -184,7 +479,7 @@ def _quantize_one(path: str, p: Params, out_dir: Optional[str] = None) -> dict:
 _POOL_MIN_PIXELS = 8_000_000
 
 
-def _total_pixels(files: list[Path]) -> int:
+def _total_pixels(files: Sequence[Path]) -> int:
     from PIL import Image
 
     total = 0
@@ -208,6 +503,27 @@ def _worker_init() -> None:
         pass
 
 
+def quantize_files(files: Sequence[Path], target: TargetPalette, params: Params,
+                   out_dir: Optional[Path], progress: ProgressFn = no_progress) -> list[FileOutcome]:
+    """:func:`quantize_file` over ``files`` in order: in worker processes (spawned, one per core,
+    at most 8) when there are several files holding >= ``_POOL_MIN_PIXELS`` pixels together."""
+    import multiprocessing as mp
+
+    if Metric(params.metric) != Metric.ciede2000:      # build (or load) the table once, first
+        nearest_index(np.zeros((1, 1, 3), np.uint8), target, params)
+    workers = pool_workers(len(files), min_items=2, cap=8) \
+        if _total_pixels(files) >= _POOL_MIN_PIXELS else 1
+    work = functools.partial(quantize_file, target=target, params=params,
+                             out_dir=None if out_dir is None else str(out_dir))
+    outcomes = []
+    progress("quantize", 0, len(files))
+    for outcome in map_ordered(work, [str(f) for f in files], workers=workers,
+                               mp_context=mp.get_context("spawn"), initializer=_worker_init):
+        outcomes.append(outcome)
+        progress("quantize", len(outcomes), len(files))
+    return outcomes
+
+
 def _error_map_png(out_dir: Path, maps: list[np.ndarray]) -> Path:
     """Per-area mean ΔE maps, 8 px per area, 8 images per row: grey level = ΔE (white >= 30),
     images separated by blue lines."""
@@ -227,147 +543,80 @@ def _error_map_png(out_dir: Path, maps: list[np.ndarray]) -> Path:
     return save_png(out_dir / "report" / "nes_error_map.png", img)
 
 
-# --------------------------------------------------------------------------- run
-def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
-        progress: ProgressFn = no_progress) -> dict:
-    """Quantise every input image; see the module docstring for the artifacts."""
-    from palettes.colour import srgb_to_lab
-    from palettes.nearest import get_mapper
-
-    _check_params(params)
-    pal, usable = _palette(params)
-    out_dir = Path(out_dir)
-    items = inputs.get("images") or []
-    if not items:
-        raise InputError("quantize: no input images given")
-    files = expand_inputs(items)
-    files = [f for f in files if f.name != "manifest.json"]
-    if not files:
-        raise InputError(f"quantize: no image files found in {', '.join(map(str, items))}")
-    stems: dict[str, Path] = {}
-    for f in files:
-        if f.stem in stems:
-            raise InputError(f"quantize: two inputs share the name {f.stem!r} ({stems[f.stem]} and "
-                             f"{f}); outputs are named after the input stem")
-        stems[f.stem] = f
-    # build (or load) the lookup table once, before any worker needs it
-    if Metric(params.metric) != Metric.ciede2000:
-        get_mapper(pal.colours, usable, metric=Metric(params.metric).value)
-
-    n = len(files)
-    direct = None if params.nes else str(out_dir)     # non-NES: workers write their PNG
-    progress("quantize", 0, n)
-    results: list[Optional[dict]] = [None] * n
-    ncpu = os.cpu_count() or 1
-    if ncpu > 1 and n > 1 and _total_pixels(files) >= _POOL_MIN_PIXELS:
-        import multiprocessing as mp
-
-        with cf.ProcessPoolExecutor(max_workers=min(ncpu, 8), mp_context=mp.get_context("spawn"),
-                                    initializer=_worker_init) as ex:
-            futs = {ex.submit(_quantize_one, str(f), params, direct): i for i, f in enumerate(files)}
-            done = 0
-            for fut in cf.as_completed(futs):
-                results[futs[fut]] = fut.result()
-                done += 1
-                progress("quantize", done, n)
-    else:
-        for i, f in enumerate(files):
-            results[i] = _quantize_one(str(f), params, direct)
-            progress("quantize", i + 1, n)
-
-    skipped = Skipped(logger=log)
-    for r in results:
-        if r and "error" in r:
-            skipped.add(r["path"], r["error"])
-    good = [r for r in results if r and "error" not in r]
-    if not good:
-        reasons = "; ".join(s["reason"] for s in skipped.items[:3])
-        raise InputError(f"quantize: no usable image among {n} input(s): {reasons}")
-
-    pal_lab = srgb_to_lab(pal.colours)
-    nes_info: Optional[dict] = None
-    if params.nes:
-        from palettes.nesfit import (MAX_TILES, apply_fit, area_histograms, fit_subpalettes,
-                                     merge_patterns, pattern_tiles, patterns_to_image, validate_nes)
-
-        H = area_histograms([r["idx"] for r in good], len(pal), [r["mask"] for r in good])
-        fit = fit_subpalettes(H, pal_lab, usable)
-        maps = []
-        total_err = []
-        for r in good:
-            # remap the cleaned colours (not the source): keeps what clean-up removed
-            idx, attr, err = apply_fit(pal_lab[r["idx"]], fit, pal_lab, mask=r["mask"])
-            r["idx"] = idx
-            r["opaque"] = r["mask"]
-            r["mask"] = np.ones_like(r["mask"])          # NES backgrounds have no transparency
-            r["nes_attr"] = attr
-            r["nes_error"] = float(err.mean())
-            maps.append(err)
-            total_err.append(err.ravel())
-        merges = []
-        for r in good:
-            h, w = r["idx"].shape
-            if h % 8 or w % 8:
-                continue
-            pats = pattern_tiles(r["idx"], r["nes_attr"], fit.backdrop, fit.subpalettes)
-            if len(np.unique(pats.reshape(len(pats), -1), axis=0)) <= MAX_TILES:
-                continue
-            if not params.nes_merge_tiles:
-                continue
-            merged, minfo = merge_patterns(pats, MAX_TILES)
-            r["idx"] = patterns_to_image(merged, r["nes_attr"], fit.backdrop, fit.subpalettes, h, w)
-            minfo["image"] = Path(r["path"]).stem
-            merges.append(minfo)
-            log.info("%s: merged %d near-identical 8x8 tiles (%d -> %d), at most %d of 64 pixels "
-                     "changed per tile", minfo["image"], minfo["merges"], minfo["unique_before"],
-                     minfo["unique_after"], minfo["max_pixels_changed"])
-        for r in good:
-            final_de = np.sqrt(((srgb_to_lab(r["rgb"]) - pal_lab[r["idx"]]) ** 2).sum(-1))
-            r["nes_delta_e"] = float(final_de[r["opaque"]].mean())
-        v = validate_nes([r["idx"] for r in good], backdrop=fit.backdrop,
-                         subpalettes=fit.subpalettes, allowed=usable)
-        emap = _error_map_png(out_dir, maps)
-        nes_info = {**fit.as_json(), "mean_area_error": float(np.concatenate(total_err).mean()),
-                    "legal": bool(v["legal"]), "problems": v["problems"],
-                    "tiles_per_image": v["tiles_per_image"], "tile_merges": merges,
-                    "error_map": str(emap.relative_to(out_dir))}
-        if not v["legal"]:
-            hint = ("" if params.nes_merge_tiles else
-                    " (turn nes_merge_tiles on to merge near-identical tiles)")
-            log.warning("NES legality: %s%s", "; ".join(v["problems"][:3]), hint)
-
+def write_nes_outputs(good: list[FileOutcome], params: Params, target: TargetPalette,
+                      out_dir: Path) -> tuple[list[dict], dict]:
+    """Fit the NES palette set across the kept images, write their PNGs and the error map;
+    returns the image rows and the ``nes`` block of ``quantize.json``."""
+    results = [o.result for o in good]
+    report = fit_nes(results, [Path(o.path).stem for o in good], target, params)
+    emap = _error_map_png(out_dir, report.area_errors)
     rows = []
-    for r in good:
-        row = r["row"] if "row" in r else _write_indexed(out_dir, Path(r["path"]), r["idx"],
-                                                          r["mask"], pal, usable)
-        row.update(transparent_pixels=r["transparent_pixels"], mean_delta_e=r["mean_delta_e"],
-                   before=r["before"], after=r["after"])
-        if params.nes:
-            row["nes_attributes"] = r["nes_attr"].tolist()
-            row["nes_mean_area_error"] = r["nes_error"]
-            row["nes_mean_delta_e"] = r["nes_delta_e"]
-        rows.append(row)
+    for i, (o, r) in enumerate(zip(good, results)):
+        file_row = write_indexed(out_dir, Path(o.path), report.images[i],
+                                 np.ones_like(r.opaque), target)
+        rows.append({**result_row(file_row, r), "nes_attributes": report.attributes[i].tolist(),
+                     "nes_mean_area_error": float(report.area_errors[i].mean()),
+                     "nes_mean_delta_e": report.delta_e[i]})
+    return rows, report.as_json(str(emap.relative_to(out_dir)))
 
+
+def summarise(rows: list[dict], skipped: Skipped, target: TargetPalette,
+              nes: Optional[dict]) -> dict[str, Any]:
+    """The stage summary: counts, palette, mean statistics, recognised palettes, NES figures."""
     def mean(key: str, sub: str) -> float:
         return float(np.mean([row[key][sub] for row in rows]))
 
+    tables: dict[str, int] = {}
+    for row in rows:
+        if row["palette_match"] is not None:
+            t = row["palette_match"]["table"]
+            tables[t] = tables.get(t, 0) + 1
     summary: dict[str, Any] = {
         "images": len(rows), "skipped_count": len(skipped), "skipped": skipped.items,
-        "palette": pal.name,
+        "palette": target.palette.name,
         "colours_per_tile_before": mean("before", "colours_per_tile"),
         "colours_per_tile_after": mean("after", "colours_per_tile"),
         "isolated_rate_before": mean("before", "isolated_rate"),
         "isolated_rate_after": mean("after", "isolated_rate"),
         "mean_delta_e": float(np.mean([row["mean_delta_e"] for row in rows])),
+        "recognised_images": sum(tables.values()),
+        "fitted_images": sum(1 for row in rows if row["palette_match"] is not None
+                             and row["palette_match"]["kind"] == "fitted"),
+        "recognised_tables": dict(sorted(tables.items())),
     }
-    if nes_info is not None:
-        summary["nes_legal"] = nes_info["legal"]
-        summary["nes_mean_area_error"] = nes_info["mean_area_error"]
+    if nes is not None:
+        summary["nes_legal"] = nes["legal"]
+        summary["nes_mean_area_error"] = nes["mean_area_error"]
         summary["nes_mean_delta_e"] = float(np.mean([row["nes_mean_delta_e"] for row in rows]))
-    doc = {"palette": pal.name, "palette_rgb": pal.colours.tolist(),
-           "palette_kind": pal.kind, "usable_indices": [int(u) for u in usable],
-           "metric": Metric(params.metric).value, "dither": Dither(params.dither).value,
-           "cleanup": params.cleanup, "max_colours": params.max_colours,
-           "images": rows, "skipped": skipped.items, "nes": nes_info, "summary": summary}
-    write_json(out_dir / "quantize.json", doc)
+    return summary
+
+
+# --------------------------------------------------------------------------- run
+def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
+        progress: ProgressFn = no_progress) -> dict:
+    """Quantise every input image; see the module docstring for the artifacts."""
+    target = target_palette(params)
+    out_dir = Path(out_dir)
+    files = input_files(inputs)
+    outcomes = quantize_files(files, target, params, None if params.nes else out_dir, progress)
+    skipped = Skipped(logger=log)
+    for o in outcomes:
+        if o.error is not None:
+            skipped.add(o.path, o.error)
+    good = [o for o in outcomes if o.error is None]
+    if not good:
+        reasons = "; ".join(s["reason"] for s in skipped.items[:3])
+        raise InputError(f"quantize: no usable image among {len(files)} input(s): {reasons}")
+    if params.nes:
+        rows, nes = write_nes_outputs(good, params, target, out_dir)
+    else:
+        rows, nes = [o.row for o in good], None
+    summary = summarise(rows, skipped, target, nes)
+    write_json(out_dir / "quantize.json", {
+        "palette": target.palette.name, "palette_rgb": target.palette.colours.tolist(),
+        "palette_kind": target.palette.kind, "usable_indices": [int(u) for u in target.usable],
+        "metric": Metric(params.metric).value, "dither": Dither(params.dither).value,
+        "cleanup": params.cleanup, "max_colours": params.max_colours,
+        "recognise": params.recognise, "images": rows, "skipped": skipped.items, "nes": nes,
+        "summary": summary})
     return summary
