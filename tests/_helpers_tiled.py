@@ -1,5 +1,6 @@
 """Test helpers for the Tiled export: Tiled's own renderer as an oracle, pytmx cell decoding,
-and a hand-made dedupe artifact.
+and a dedupe artifact made of chosen tiles and maps (written through ``TileSet`` and dedupe's
+record classes, so it follows their format).
 
 ``rasterize`` runs ``QT_QPA_PLATFORM=offscreen tmxrasterizer map.tmx out.png`` (Debian package
 ``tiled``).  When tmxrasterizer is not on PATH, tests that need it are skipped with the reason
@@ -20,7 +21,9 @@ import numpy as np
 import pytest
 
 from stages._common import save_npy, save_npz, save_png, write_json
-from tilesets import tiled
+from stages.dedupe import Dropped, KeptTile, Reason, TrainingRef
+from tilesets.artifacts import TileSet
+from tilesets.cells import Flip
 
 SKIP_REASON = "tmxrasterizer not installed: apt-get install tiled"
 
@@ -86,7 +89,7 @@ def pytmx_cells(tmx_map) -> tuple[np.ndarray, np.ndarray]:
     -------
     gids : ndarray, shape (rows, cols), uint32
     flips : ndarray, shape (rows, cols), uint32
-        ``FLIP_H | FLIP_V | FLIP_D`` bits as in the TMX file.
+        :class:`tilesets.cells.Flip` bits as in the TMX file.
     """
     inv = {internal: (tgid, flags) for tgid, pairs in tmx_map.gidmap.items()
            for internal, flags in pairs}
@@ -101,9 +104,9 @@ def pytmx_cells(tmx_map) -> tuple[np.ndarray, np.ndarray]:
                 continue
             tgid, f = inv[internal]
             gids[y, x] = tgid
-            flips[y, x] = ((tiled.FLIP_H if f.flipped_horizontally else 0)
-                           | (tiled.FLIP_V if f.flipped_vertically else 0)
-                           | (tiled.FLIP_D if f.flipped_diagonally else 0))
+            flips[y, x] = ((Flip.H if f.flipped_horizontally else 0)
+                           | (Flip.V if f.flipped_vertically else 0)
+                           | (Flip.D if f.flipped_diagonally else 0))
     return gids, flips
 
 
@@ -144,9 +147,9 @@ def make_maps(k: int, *, n: int = 6, rows: int = 4, cols: int = 4, seed: int = 0
         m[rows // 2:] = rng.integers(0, k, (rows - rows // 2, cols))
         if flips:
             f = rng.integers(0, 4, (rows, cols)).astype(np.uint32)
-            m |= np.where(f == 1, tiled.FLIP_H, 0).astype(np.uint32)
-            m |= np.where(f == 2, tiled.FLIP_V, 0).astype(np.uint32)
-            m |= np.where(f == 3, tiled.FLIP_H | tiled.FLIP_V, 0).astype(np.uint32)
+            m |= np.where(f == 1, Flip.H, 0).astype(np.uint32)
+            m |= np.where(f == 2, Flip.V, 0).astype(np.uint32)
+            m |= np.where(f == 3, Flip.H | Flip.V, 0).astype(np.uint32)
         maps[f"gen_{i:04d}"] = m
     return maps
 
@@ -154,8 +157,9 @@ def make_maps(k: int, *, n: int = 6, rows: int = 4, cols: int = 4, seed: int = 0
 def make_dedupe_dir(root: Path, *, k: int = 12, tile_size: int = 16, n_maps: int = 6,
                     source_names: Optional[list[str]] = None, seed: int = 0,
                     bank: Optional[np.ndarray] = None,
-                    maps: Optional[dict[str, np.ndarray]] = None) -> Path:
-    """Write a dedupe artifact by hand: bank.npy, maps.npz, tiles.json, dropped.json, evidence.png."""
+                    maps: Optional[dict[str, np.ndarray]] = None, flips: bool = True) -> Path:
+    """A dedupe artifact of chosen tiles and maps: the TileSet, tiles.json, dropped.json and
+    evidence.png.  Tile 0 is flat with no novelty; tiles have novelty 4 + i % 9."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     if bank is None:
@@ -163,27 +167,24 @@ def make_dedupe_dir(root: Path, *, k: int = 12, tile_size: int = 16, n_maps: int
     k = bank.shape[0]
     if maps is None:
         maps = make_maps(k, n=n_maps, seed=seed) if k else {}
-    save_npy(root / "bank.npy", bank)
-    save_npz(root / "maps.npz", **maps)
     stems = sorted(maps) or ["none"]
     names = source_names or stems
-    tiles_json = [{"id": i, "bank_id": i, "novelty": (-1 if i == 0 else 4 + i % 9),
-                   "source_image": names[i % len(names)], "colours": 3 + i % 2,
-                   "isolated": i % 3, "flat": i == 0, "uses": 1 + i % 4,
-                   "score": round(1.0 - i / max(k, 1), 4), "hash": "00ff00ff00ff00ff",
-                   "nearest_training": None if i == 0 else
-                   {"screen": "s.png", "source": "examples/a.png", "x": 16, "y": 32,
-                    "distance": 4 + i % 9}}
-                  for i in range(k)]
-    write_json(root / "tiles.json", tiles_json)
-    # the shape of dedupe's records
-    dropped = [{"tile": 100 + j, "source_image": stems[0], "reason": "training", "distance": j % 3,
-                "flip": 0, "same_colours": True,
-                "training": {"screen": "s", "source": "examples/a.png", "x": 16 * j, "y": 0,
-                             "row": j}} for j in range(5)]
-    dropped.append({"tile": 200, "source_image": stems[0], "reason": "duplicate", "distance": 1,
-                    "flip": 0, "duplicate_of_bank": 3, "duplicate_of": 3})
-    write_json(root / "dropped.json", dropped)
+    TileSet(bank, maps, [(names[i % len(names)], 0, 0) for i in range(k)],
+            flips=flips).save(root, save_npy, save_npz, write_json)
+    near = TrainingRef("s.png", "examples/a.png", 16, 32, 0)
+    kept = [KeptTile(id=i, bank_id=i, novelty=None if i == 0 else 4 + i % 9,
+                     nearest_training=None if i == 0 else near,
+                     nearest_distance=None if i == 0 else 4 + i % 9,
+                     origin=(names[i % len(names)], 0, 0), colours=3 + i % 2, isolated=i % 3,
+                     flat=i == 0, score=round(1.0 - i / max(k, 1), 4), uses=1 + i % 4,
+                     hash="00ff00ff00ff00ff") for i in range(k)]
+    write_json(root / "tiles.json", [t.to_json() for t in kept])
+    dropped = [Dropped(100 + j, Reason.TRAINING, stems[0], distance=j % 3, flip=0,
+                       same_colours=True, training=TrainingRef("s", "examples/a.png", 16 * j, 0, j),
+                       replaced_by=0) for j in range(5)]
+    dropped.append(Dropped(200, Reason.DUPLICATE, stems[0], distance=1, flip=0,
+                           duplicate_of_bank=3, duplicate_of=3, replaced_by=3))
+    write_json(root / "dropped.json", [d.to_json() for d in dropped])
     ev = np.zeros((20, 60, 3), np.uint8)
     ev[:, :30] = [200, 40, 40]
     ev[:, 30:] = [40, 40, 200]

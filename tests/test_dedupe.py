@@ -1,4 +1,5 @@
-"""stages.dedupe: training copies, flat tiles, near-duplicates, ordering, remapping, reports."""
+"""stages.dedupe: the core on arrays (training copies, flat tiles, near-duplicates, ordering,
+remapping, records, evidence), and the stage on files (its artifact, image inputs, skips)."""
 import json
 from pathlib import Path
 
@@ -8,7 +9,8 @@ from PIL import Image
 
 from stages import dedupe as dd
 from stages._common import ParamError, StageError, save_npy, save_npz, write_json
-from tilesets import bank as B
+from tilesets.artifacts import TileSet, TrainingTiles
+from tilesets.cells import FLIP_MASK, ID_MASK, Flip
 
 T = 16
 
@@ -29,163 +31,235 @@ def _flat(rgb):
     return t
 
 
-def _slice_dir(path: Path, tiles, maps, flips=True):
-    path.mkdir(parents=True, exist_ok=True)
-    save_npy(path / "bank.npy", np.stack(tiles).astype(np.uint8))
-    save_npz(path / "maps.npz", **{k: np.asarray(v, np.uint32) for k, v in maps.items()})
-    write_json(path / "slice.json", {"tile_size": T, "flips": flips,
-                                     "origins": [["img", 16 * i, 0] for i in range(len(tiles))]})
-    return path
+def _tileset(tiles, maps, flips=True):
+    t = tiles[0].shape[0]
+    return TileSet(np.stack(tiles).astype(np.uint8),
+                   {k: np.asarray(v, np.uint32) for k, v in maps.items()},
+                   [("img", t * i, 0) for i in range(len(tiles))], flips=flips)
 
 
-def _crop_dir(path: Path, tiles):
-    path.mkdir(parents=True, exist_ok=True)
+def _training(tiles):
     tiles = np.stack(tiles)[..., :3].astype(np.uint8)
-    save_npy(path / "tiles.npy", tiles)
-    save_npy(path / "tiles_origin.npy", np.array([[0, 16 * i, 32] for i in range(len(tiles))],
-                                                 np.int32))
-    write_json(path / "screens.json", [{"id": "scr0", "source": "http://x/<a&b>.png", "scale": 1,
-                                        "width": 320, "height": 240}])
-    return path
+    return TrainingTiles(tiles, np.array([[0, 16 * i, 32] for i in range(len(tiles))], np.int64),
+                         [{"id": "scr0", "source": "http://x/<a&b>.png", "scale": 1,
+                           "width": 320, "height": 240}])
 
 
-def _run(tmp_path, tiles_dir, training_dir=None, **kw):
+def _dedupe(tiles, maps, training=None, flips=True, **kw) -> dd.DedupeResult:
+    return dd.dedupe(_tileset(tiles, maps, flips), _training(training) if training else None,
+                     dd.Params(**kw))
+
+
+def _only(records):
+    (rec,) = records
+    return rec
+
+
+# --------------------------------------------------------------------------- training copies
+def test_exact_training_copy_is_dropped_with_its_source():
+    a, b = _pattern(1), _pattern(2)
+    r = _dedupe([a, b], {"img": [[0, 1]]}, training=[_pattern(9), a[::-1]])   # a flipped
+    assert len(r.kept) == 1 and r.count(dd.Reason.TRAINING_EXACT) == 1
+    rec = _only(r.dropped)
+    assert rec.tile == 0 and rec.reason == dd.Reason.TRAINING_EXACT and rec.distance == 0
+    assert rec.training.source == "http://x/<a&b>.png"
+    assert (rec.training.x, rec.training.y) == (16, 32)
+    assert rec.flip == 2                                   # a ~ flipV(training twin)
+
+
+def test_training_near_copy_is_dropped_within_train_distance():
+    a, b = _pattern(1), _pattern(2)
+    near = a.copy()
+    near[0, 0, :3] = 255 - near[0, 0, :3]                          # one stray pixel
+    r = _dedupe([a, b], {"img": [[0, 1]]}, training=[near], train_distance=10)
+    assert _only(r.dropped).reason == dd.Reason.TRAINING
+
+
+def test_train_distance_minus_one_only_reports_novelty():
+    a = _pattern(1)
+    r = _dedupe([a], {"img": [[0]]}, training=[a], train_distance=-1)
+    kept = _only(r.kept)
+    assert kept.novelty == 0 and kept.nearest_training.screen == "scr0"
+
+
+def test_without_training_novelty_is_null():
+    r = _dedupe([_pattern(1)], {"img": [[0]]})
+    assert _only(r.kept).novelty is None and r.summary()["training_tiles"] == 0
+
+
+def test_flat_tiles_get_no_novelty_but_a_nearest_training_tile():
+    r = _dedupe([_flat((1, 2, 3)), _pattern(1)], {"img": [[0, 1]]}, training=[_pattern(9)])
+    by_flat = {k.flat: k for k in r.kept}
+    assert by_flat[True].novelty is None and isinstance(by_flat[False].novelty, int)
+    assert by_flat[True].to_json()["nearest_training"]["distance"] >= 0
+
+
+def test_hash_match_in_other_colours_is_flagged():
+    a = _pattern(1)
+    swap = _pattern(1, colours=((40, 200, 40), (160, 20, 20), (10, 10, 10)))
+    r = _dedupe([a, _flat((9, 9, 9))], {"img": [[0, 1]]}, training=[swap], train_distance=64)
+    rec = _only(r.dropped)
+    assert rec.reason == dd.Reason.TRAINING and rec.same_colours is False
+
+
+def test_8px_tiles_are_matched_against_split_16px_training_tiles():
+    big = _pattern(1)                                               # 16x16 training tile
+    quarter = np.ascontiguousarray(big[8:, :8])                     # its bottom-left 8x8
+    other = np.ascontiguousarray(_pattern(2)[:8, :8])
+    other[0, :] = (7, 7, 7, 255)
+    r = _dedupe([quarter, other], {"img": [[0, 1]]}, training=[big])
+    rec = _only(r.dropped)
+    assert rec.tile == 0 and rec.reason == dd.Reason.TRAINING_EXACT
+    assert (rec.training.x, rec.training.y) == (0, 32 + 8)
+
+
+def test_training_tiles_the_tile_size_does_not_divide_are_a_param_error():
+    with pytest.raises(ParamError, match="cannot cut"):
+        dd.dedupe(_tileset([_pattern(1)[:12, :12]], {"img": [[0]]}), _training([_pattern(2)]),
+                  dd.Params())
+
+
+def test_all_dropped_names_the_threshold():
+    a = _pattern(1)
+    with pytest.raises(StageError, match="train_distance"):
+        _dedupe([a], {"img": [[0]]}, training=[a])
+
+
+# --------------------------------------------------------------------------- flat, duplicates
+def test_flat_tiles_kept_once_per_colour_the_cleanest():
+    pure = _flat((10, 200, 10))
+    speck = pure.copy()
+    speck[5, 5, :3] = (255, 0, 0)                                   # near-flat, same colour
+    other = _flat((0, 0, 0))
+    r = _dedupe([speck, pure, other], {"img": [[0, 1, 2]]})
+    assert r.count(dd.Reason.FLAT) == 1 and len(r.kept) == 2
+    rec = _only(r.dropped)
+    assert rec.tile == 0 and rec.reason == dd.Reason.FLAT
+    assert np.array_equal(r.tileset.bank[rec.replaced_by], pure)
+
+
+def test_near_duplicates_merge_into_the_cleanest():
+    a = _pattern(3)
+    noisy = a.copy()
+    noisy[7, 7, :3] = (1, 2, 3)                                     # extra colour, isolated
+    r = _dedupe([noisy, a], {"img": [[0, 1]]}, dup_distance=16)
+    rec = _only(r.dropped)
+    assert rec.tile == 0 and rec.reason == dd.Reason.DUPLICATE
+    assert np.array_equal(r.tileset.bank[rec.duplicate_of], a)
+
+
+def test_flipped_near_duplicate_gets_consistent_flip_bits():
+    a = _pattern(4)
+    noisy_flipped = a[:, ::-1].copy()
+    noisy_flipped[3, 3, :3] = (1, 2, 3)
+    r = _dedupe([a, noisy_flipped], {"img": [[0, 1 | Flip.V]]}, dup_distance=16)
+    assert len(r.kept) == 1
+    # cell 1 showed flipV(noisy_flipped) ~ flipHV(a): it must now be tile 0 with both bits
+    assert r.tileset.maps["img"].tolist() == [[0, int(Flip.H | Flip.V)]]
+
+
+def test_palette_swaps_are_not_merged():
+    a = _pattern(5)
+    swap = _pattern(5, colours=((40, 200, 40), (160, 20, 20), (10, 10, 10)))
+    assert len(_dedupe([a, swap], {"img": [[0, 1]]}, dup_distance=64).kept) == 2
+
+
+def test_nes_tile_sets_never_get_flip_bits():
+    a = _pattern(4)
+    noisy_flipped = a[:, ::-1].copy()
+    noisy_flipped[3, 3, :3] = (1, 2, 3)
+    r = _dedupe([a, noisy_flipped], {"img": [[0, 1]]}, flips=False, dup_distance=64,
+                dup_fraction=1.0)
+    assert not (r.tileset.maps["img"] & FLIP_MASK).any() and r.tileset.flips is False
+
+
+# --------------------------------------------------------------------------- order, remap, records
+def test_kept_tiles_are_ordered_by_score():
+    r = _dedupe([_flat((5, 5, 5)), _pattern(6), _pattern(7)], {"img": [[0, 1, 2]]})
+    scores = [k.score for k in r.kept]
+    assert scores == sorted(scores, reverse=True) and r.kept[-1].flat is True
+    assert [k.id for k in r.kept] == [0, 1, 2]
+
+
+def test_training_drop_remaps_cells_to_a_kept_tile():
+    a, b = _pattern(1), _pattern(2)
+    r = _dedupe([a, b], {"img": [[0, 1, 0]]}, training=[a])
+    m = r.tileset.maps["img"]
+    assert m.dtype == np.uint32 and ((m & ID_MASK) == 0).all()
+    assert r.kept[0].uses == 3
+
+
+def test_kept_records_carry_source_image_colours_and_origin():
+    r = _dedupe([_pattern(1)], {"img": [[0]]})
+    rec = _only(r.kept).to_json()
+    assert rec["source_image"] == "img" and rec["colours"] == 3 and rec["origin"] == ["img", 0, 0]
+    assert r.tileset.origins == [("img", 0, 0)]
+
+
+def test_dropped_records_are_written_without_private_fields():
+    a, b = _pattern(1), _pattern(2)
+    rec = _only(_dedupe([a, b], {"img": [[0, 1]]}, training=[a]).dropped).to_json()
+    assert set(rec) == {"tile", "source_image", "reason", "distance", "flip", "same_colours",
+                        "training", "replaced_by"}
+    assert set(rec["training"]) == {"screen", "source", "x", "y", "row"}
+
+
+def test_max_tiles_over_limit_is_a_clear_error():
+    with pytest.raises(ParamError, match="max_tiles=1"):
+        _dedupe([_pattern(1), _pattern(2)], {"img": [[0, 1]]}, max_tiles=1)
+
+
+def test_evidence_sheet_shows_each_training_copy():
+    a, b = _pattern(1), _pattern(2)
+    r = _dedupe([a, b], {"img": [[0, 1]]}, training=[a])
+    im = dd.evidence_sheet(r.evidence, T)
+    assert im.shape[0] >= 2 * 4 * T                                 # header + one row x4
+    row = im[4 + 4 * T + 4:4 + 8 * T + 4, 4:4 + 4 * T]              # generated tile, x4
+    assert np.array_equal(row[::4, ::4], a[..., :3])
+
+
+@pytest.mark.parametrize("field,value", [("hash", "md5"), ("train_distance", 65),
+                                         ("dup_fraction", 1.5), ("flat_fraction", 0.5),
+                                         ("workers", 0)])
+def test_bad_params_are_param_errors(field, value):
+    with pytest.raises(ParamError, match=field):
+        dd.Params(**{field: value})
+
+
+# --------------------------------------------------------------------------- stage on files
+def _run(tmp_path, tileset_items, training_items=None, **kw):
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    inputs = {"tiles": [tiles_dir]}
-    if training_dir is not None:
-        inputs["training"] = [training_dir]
+    inputs = {"tileset": [tileset_items]}
+    if training_items is not None:
+        inputs["training_tiles"] = [training_items]
     summary = dd.run(inputs, dd.Params(**kw), out)
     load = lambda n: json.loads((out / n).read_text())  # noqa: E731
     return summary, out, load
 
 
-def test_exact_training_copy_is_dropped_with_its_source(tmp_path):
+def _slice_dir(path: Path, tiles, maps, flips=True):
+    path.mkdir(parents=True, exist_ok=True)
+    _tileset(tiles, maps, flips).save(path, save_npy, save_npz, write_json)
+    return path
+
+
+def _crop_dir(path: Path, tiles):
+    path.mkdir(parents=True, exist_ok=True)
+    _training(tiles).save(path, save_npy, write_json)
+    return path
+
+
+def test_artifact_is_the_kept_tileset_and_its_records(tmp_path):
     a, b = _pattern(1), _pattern(2)
     s_dir = _slice_dir(tmp_path / "s", [a, b], {"img": [[0, 1]]})
-    c_dir = _crop_dir(tmp_path / "c", [_pattern(9), a[::-1]])      # a flipped, in training
-    summary, out, load = _run(tmp_path, s_dir, c_dir)
-    assert summary["kept"] == 1 and summary["dropped_training_exact"] == 1
-    rec = load("dropped.json")[0]
-    assert rec["tile"] == 0 and rec["reason"] == "training_exact" and rec["distance"] == 0
-    assert rec["training"]["source"] == "http://x/<a&b>.png"
-    assert (rec["training"]["x"], rec["training"]["y"]) == (16, 32)
-
-
-def test_training_near_copy_is_dropped_within_train_distance(tmp_path):
-    a, b = _pattern(1), _pattern(2)
-    near = a.copy()
-    near[0, 0, :3] = 255 - near[0, 0, :3]                         # one stray pixel
-    s_dir = _slice_dir(tmp_path / "s", [a, b], {"img": [[0, 1]]})
-    c_dir = _crop_dir(tmp_path / "c", [near])
-    summary, _, load = _run(tmp_path, s_dir, c_dir, train_distance=10)
-    assert summary["dropped_training"] + summary["dropped_training_exact"] == 1
-    assert load("dropped.json")[0]["reason"] == "training"
-
-
-def test_train_distance_minus_one_only_reports_novelty(tmp_path):
-    a = _pattern(1)
-    s_dir = _slice_dir(tmp_path / "s", [a], {"img": [[0]]})
-    c_dir = _crop_dir(tmp_path / "c", [a])
-    summary, _, load = _run(tmp_path, s_dir, c_dir, train_distance=-1)
-    meta = load("tiles.json")[0]
-    assert summary["kept"] == 1 and meta["novelty"] == 0
-    assert meta["nearest_training"]["screen"] == "scr0"
-
-
-def test_without_training_novelty_is_null(tmp_path):
-    s_dir = _slice_dir(tmp_path / "s", [_pattern(1)], {"img": [[0]]})
-    summary, _, load = _run(tmp_path, s_dir)
-    assert load("tiles.json")[0]["novelty"] is None and summary["training_tiles"] == 0
-
-
-def test_flat_tiles_kept_once_per_colour_the_cleanest(tmp_path):
-    pure = _flat((10, 200, 10))
-    speck = pure.copy()
-    speck[5, 5, :3] = (255, 0, 0)                                   # near-flat, same colour
-    other = _flat((0, 0, 0))
-    s_dir = _slice_dir(tmp_path / "s", [speck, pure, other], {"img": [[0, 1, 2]]})
-    summary, out, load = _run(tmp_path, s_dir)
-    assert summary["dropped_flat"] == 1 and summary["kept"] == 2
-    rec = load("dropped.json")[0]
-    assert rec["tile"] == 0 and rec["reason"] == "flat"
-    bank = np.load(out / "bank.npy")
-    assert np.array_equal(bank[rec["replaced_by"]], pure)
-
-
-def test_near_duplicates_merge_into_the_cleanest(tmp_path):
-    a = _pattern(3)
-    noisy = a.copy()
-    noisy[7, 7, :3] = (1, 2, 3)                                     # extra colour, isolated
-    s_dir = _slice_dir(tmp_path / "s", [noisy, a], {"img": [[0, 1]]})
-    summary, out, load = _run(tmp_path, s_dir, dup_distance=16)
-    assert summary["dropped_duplicate"] == 1
-    rec = load("dropped.json")[0]
-    assert rec["tile"] == 0 and rec["reason"] == "duplicate"
-    assert np.array_equal(np.load(out / "bank.npy")[rec["duplicate_of"]], a)
-
-
-def test_flipped_near_duplicate_gets_consistent_flip_bits(tmp_path):
-    a = _pattern(4)
-    noisy_flipped = a[:, ::-1].copy()
-    noisy_flipped[3, 3, :3] = (1, 2, 3)
-    s_dir = _slice_dir(tmp_path / "s", [a, noisy_flipped], {"img": [[0, int(1 | B.FLIP_V)]]})
-    summary, out, _ = _run(tmp_path, s_dir, dup_distance=16)
-    assert summary["kept"] == 1
-    m = np.load(out / "maps.npz")["img"]
-    # cell 1 showed flipV(noisy_flipped) ~ flipHV(a): it must now be tile 0 with both bits
-    assert m.tolist() == [[0, int(B.FLIP_H | B.FLIP_V)]]
-
-
-def test_palette_swaps_are_not_merged(tmp_path):
-    a = _pattern(5)
-    swap = _pattern(5, colours=((40, 200, 40), (160, 20, 20), (10, 10, 10)))
-    s_dir = _slice_dir(tmp_path / "s", [a, swap], {"img": [[0, 1]]})
-    summary, _, _ = _run(tmp_path, s_dir, dup_distance=64)
-    assert summary["kept"] == 2
-
-
-def test_kept_tiles_are_ordered_by_score(tmp_path):
-    tiles = [_flat((5, 5, 5)), _pattern(6), _pattern(7)]
-    s_dir = _slice_dir(tmp_path / "s", tiles, {"img": [[0, 1, 2]]})
-    _, _, load = _run(tmp_path, s_dir)
-    scores = [t["score"] for t in load("tiles.json")]
-    assert scores == sorted(scores, reverse=True)
-    assert load("tiles.json")[-1]["flat"] is True
-
-
-def test_training_drop_remaps_cells_to_a_kept_tile(tmp_path):
-    a, b = _pattern(1), _pattern(2)
-    s_dir = _slice_dir(tmp_path / "s", [a, b], {"img": [[0, 1, 0]]})
-    c_dir = _crop_dir(tmp_path / "c", [a])
-    _, out, _ = _run(tmp_path, s_dir, c_dir)
-    m = np.load(out / "maps.npz")["img"]
-    assert m.dtype == np.uint32 and ((m & B.ID_MASK) == 0).all()
-
-
-def test_all_dropped_names_the_threshold(tmp_path):
-    a = _pattern(1)
-    s_dir = _slice_dir(tmp_path / "s", [a], {"img": [[0]]})
-    c_dir = _crop_dir(tmp_path / "c", [a])
-    with pytest.raises(StageError, match="train_distance"):
-        _run(tmp_path, s_dir, c_dir)
-
-
-def test_max_tiles_over_limit_is_a_clear_error(tmp_path):
-    s_dir = _slice_dir(tmp_path / "s", [_pattern(1), _pattern(2)], {"img": [[0, 1]]})
-    with pytest.raises(ParamError, match="max_tiles=1"):
-        _run(tmp_path, s_dir, max_tiles=1)
-
-
-def test_evidence_sheet_shows_each_training_copy(tmp_path):
-    a, b = _pattern(1), _pattern(2)
-    s_dir = _slice_dir(tmp_path / "s", [a, b], {"img": [[0, 1]]})
-    c_dir = _crop_dir(tmp_path / "c", [a])
-    _, out, _ = _run(tmp_path, s_dir, c_dir)
-    im = np.asarray(Image.open(out / "evidence.png").convert("RGB"))
-    assert im.shape[0] >= 2 * 4 * T                                 # header + one row x4
-    row = im[4 + 4 * T + 4:4 + 8 * T + 4, 4:4 + 4 * T]              # generated tile, x4
-    assert np.array_equal(row[::4, ::4], a[..., :3])
+    summary, out, load = _run(tmp_path, s_dir, _crop_dir(tmp_path / "c", [a]))
+    ts = TileSet.load(out)
+    assert len(ts) == summary["kept"] == 1 and np.array_equal(ts.bank[0], b)
+    assert ts.origins == [("img", 16, 0)]
+    assert load("tiles.json")[0]["bank_id"] == 1
+    assert load("dropped.json")[0]["training"]["source"] == "http://x/<a&b>.png"
+    assert (out / "evidence.png").is_file() and summary["dropped_training_exact"] == 1
 
 
 def test_training_images_given_as_files_are_cut_to_tiles(tmp_path):
@@ -198,51 +272,10 @@ def test_training_images_given_as_files_are_cut_to_tiles(tmp_path):
     assert load("dropped.json")[0]["training"]["x"] == 16
 
 
-def test_tiles_json_carries_source_image_and_colours(tmp_path):
-    s_dir = _slice_dir(tmp_path / "s", [_pattern(1)], {"img": [[0]]})
-    _, _, load = _run(tmp_path, s_dir)
-    meta = load("tiles.json")[0]
-    assert meta["source_image"] == "img" and meta["colours"] == 3 and meta["id"] == 0
-
-
-def test_unknown_hash_is_a_param_error(tmp_path):
-    s_dir = _slice_dir(tmp_path / "s", [_pattern(1)], {"img": [[0]]})
-    with pytest.raises(ParamError, match="hash"):
-        _run(tmp_path, s_dir, hash="md5")
-
-
-def test_8px_tiles_are_matched_against_split_16px_training_tiles(tmp_path):
-    big = _pattern(1)                                               # 16x16 training tile
-    quarter = np.ascontiguousarray(big[8:, :8])                     # its bottom-left 8x8
-    other = np.ascontiguousarray(_pattern(2)[:8, :8])
-    other[0, :] = (7, 7, 7, 255)
-    s_dir = tmp_path / "s"
-    s_dir.mkdir()
-    save_npy(s_dir / "bank.npy", np.stack([quarter, other]))
-    save_npz(s_dir / "maps.npz", img=np.array([[0, 1]], np.uint32))
-    write_json(s_dir / "slice.json", {"tile_size": 8, "flips": True,
-                                      "origins": [["img", 0, 0], ["img", 8, 0]]})
-    c_dir = _crop_dir(tmp_path / "c", [big])
-    summary, _, load = _run(tmp_path, s_dir, c_dir)
-    rec = load("dropped.json")[0]
-    assert rec["tile"] == 0 and rec["reason"] == "training_exact"
-    assert (rec["training"]["x"], rec["training"]["y"]) == (0, 32 + 8)
-
-
-def test_nes_slices_never_get_flip_bits(tmp_path):
-    a = _pattern(4)
-    noisy_flipped = a[:, ::-1].copy()
-    noisy_flipped[3, 3, :3] = (1, 2, 3)
-    s_dir = _slice_dir(tmp_path / "s", [a, noisy_flipped], {"img": [[0, 1]]}, flips=False)
-    _, out, _ = _run(tmp_path, s_dir, dup_distance=64, dup_fraction=1.0)
-    m = np.load(out / "maps.npz")["img"]
-    assert (m >> np.uint32(30) == 0).all()
-
-
-def test_standalone_images_as_tiles_input(tmp_path):
+def test_standalone_images_as_tileset_input(tmp_path):
     img = np.concatenate([_pattern(1), _pattern(2)], axis=1)
     Image.fromarray(img).save(tmp_path / "gen.png")
-    summary, out, load = _run(tmp_path, tmp_path / "gen.png")
+    summary, _, load = _run(tmp_path, tmp_path / "gen.png")
     assert summary["tiles_in"] == 2 and load("tiles.json")[0]["source_image"] == "gen"
 
 
@@ -256,7 +289,7 @@ def test_corrupt_user_image_is_skipped_counted_and_named(tmp_path):
     assert summary["tiles_in"] == 3 and (out / "bank.npy").exists()
     assert summary["skipped"] == 1
     (item,) = summary["skipped_items"]
-    assert Path(item["path"]).name == "b.png" and item["input"] == "tiles"
+    assert Path(item["path"]).name == "b.png" and item["input"] == "tileset"
     assert "b.png" in item["reason"] and "not a readable image" in item["reason"]
 
 
@@ -271,7 +304,7 @@ def test_corrupt_and_tiny_training_images_are_counted(tmp_path):
     assert summary["training_tiles"] == 1 and summary["skipped"] == 2
     reasons = {Path(i["path"]).name: i["reason"] for i in summary["skipped_items"]}
     assert set(reasons) == {"bad.png", "tiny.png"} and "smaller than one 16x16 tile" in reasons["tiny.png"]
-    assert {i["input"] for i in summary["skipped_items"]} == {"training"}
+    assert {i["input"] for i in summary["skipped_items"]} == {"training_tiles"}
 
 
 def test_slice_artifact_input_skips_nothing(tmp_path):
@@ -286,55 +319,8 @@ def test_only_corrupt_user_images_name_the_first_problem(tmp_path):
         _run(tmp_path, tmp_path / "bad.png")
 
 
-# --------------------------------------------------------------------------- quality score
-def test_quality_counts_colours_and_isolated_pixels():
-    from tilesets.quality import tile_stats
-
-    t = np.zeros((1, 4, 4, 3), np.uint8)
-    t[0, 1, 1] = (255, 0, 0)                                        # one isolated pixel
-    t[0, 3, 2:] = (0, 0, 255)                                       # a 2-pixel run: not isolated
-    s = tile_stats(t)
-    assert s.colours.tolist() == [3] and s.isolated.tolist() == [1]
-    assert s.dominant[0] == pytest.approx(13 / 16)
-
-
-def test_quality_prefers_structure_over_flat_and_clean_over_speckled():
-    from tilesets.quality import quality
-
-    flat = np.zeros((8, 8, 3), np.uint8)
-    stripes = flat.copy()
-    stripes[::2] = 255
-    speckled = stripes.copy()
-    speckled[1, 1] = speckled[3, 5] = speckled[5, 2] = (255, 0, 0)
-    q = quality(np.stack([flat, stripes, speckled]))
-    assert q[1] > q[2] > q[0]
-
-
-def test_quality_weights_change_the_order():
-    from tilesets.quality import quality
-
-    many = np.arange(64 * 3, dtype=np.uint8).reshape(1, 8, 8, 3)   # 64 colours, all edges
-    few = np.zeros((1, 8, 8, 3), np.uint8)
-    few[0, :, 4:] = 255                                               # 2 colours, one edge
-    both = np.concatenate([many, few])
-    assert quality(both)[1] > quality(both)[0]
-    assert quality(both, w_colours=0.0, w_isolated=0.0)[0] >= quality(both, w_colours=0.0,
-                                                                      w_isolated=0.0)[1]
-
-
-def test_flat_tiles_get_no_novelty(tmp_path):
-    s_dir = _slice_dir(tmp_path / "s", [_flat((1, 2, 3)), _pattern(1)], {"img": [[0, 1]]})
-    c_dir = _crop_dir(tmp_path / "c", [_pattern(9)])
-    _, _, load = _run(tmp_path, s_dir, c_dir)
-    meta = {m["flat"]: m for m in load("tiles.json")}
-    assert meta[True]["novelty"] is None and isinstance(meta[False]["novelty"], int)
-
-
-def test_hash_match_in_other_colours_is_flagged(tmp_path):
-    a = _pattern(1)
-    swap = _pattern(1, colours=((40, 200, 40), (160, 20, 20), (10, 10, 10)))
-    s_dir = _slice_dir(tmp_path / "s", [a, _flat((9, 9, 9))], {"img": [[0, 1]]})
-    c_dir = _crop_dir(tmp_path / "c", [swap])
-    _, _, load = _run(tmp_path, s_dir, c_dir, train_distance=64)
-    rec = load("dropped.json")[0]
-    assert rec["reason"] == "training" and rec["same_colours"] is False
+def test_malformed_slice_artifact_is_an_input_error(tmp_path):
+    s_dir = _slice_dir(tmp_path / "s", [_pattern(1)], {"img": [[0]]})
+    save_npz(s_dir / "maps.npz", img=np.array([[5]], np.uint32))
+    with pytest.raises(StageError, match="do not belong together"):
+        _run(tmp_path, s_dir)

@@ -1,4 +1,5 @@
-"""The export stage: Tiled files, previews, level, report; bad inputs."""
+"""The export stage: the core on a TileSet (maps, level, limits), and the files it writes
+(Tiled files, previews, report: the artifact contract) from a dedupe artifact."""
 from __future__ import annotations
 
 import json
@@ -11,11 +12,12 @@ import numpy as np
 import pytest
 
 from stages import export
-from stages._common import InputError, ParamError, StageError, save_npy, write_json
+from stages._common import InputError, ParamError, StageError, save_npy, save_npz, write_json
 from tests._helpers_tiled import (assert_matches_tiled, load_tmx, make_dedupe_dir, make_maps,
                                   make_samples_dir, make_tiles, make_train_dir, pytmx_cells)
 from tests.test_wfc import generated_like_screens
-from tilesets import tiled
+from tilesets.artifacts import TileSet
+from tilesets.cells import FLIP_MASK, ID_MASK
 
 SPECIAL = 'Bob & "Alice" <\'s> set'
 
@@ -23,8 +25,8 @@ SPECIAL = 'Bob & "Alice" <\'s> set'
 def run_export(tmp_path: Path, dd: Path, dirname: str = "out", **params) -> tuple[Path, dict]:
     out = tmp_path / dirname
     out.mkdir()
-    inputs = {"tiles": [dd]}
-    for key in ("train", "samples"):
+    inputs = {"tileset": [dd]}
+    for key in ("training_run", "samples"):
         if key in params:
             inputs[key] = [params.pop(key)]
     p = export.Params(**{"level_width": 16, "level_height": 6, **params})
@@ -37,7 +39,7 @@ def exported(tmp_path_factory):
     dd = make_dedupe_dir(tmp / "dedupe", k=12, source_names=[SPECIAL, "gen_0001"])
     tr = make_train_dir(tmp / "train")
     sm = make_samples_dir(tmp / "samples", [f"gen_{i:04d}" for i in range(6)])
-    out, summary = run_export(tmp, dd, name=SPECIAL, train=tr, samples=sm, columns=5)
+    out, summary = run_export(tmp, dd, name=SPECIAL, training_run=tr, samples=sm, columns=5)
     return dd, out, summary
 
 
@@ -60,8 +62,8 @@ def test_pytmx_loads_every_map_with_the_right_gids_and_flips(exported):
     for i, stem in enumerate(stems):
         m = load_tmx(out / "maps" / f"sample_{i:03d}.tmx")
         gids, flips = pytmx_cells(m)
-        np.testing.assert_array_equal(gids, (maps[stem] & tiled.GID_MASK) + 1)
-        np.testing.assert_array_equal(flips, maps[stem] & tiled.FLIP_MASK)
+        np.testing.assert_array_equal(gids, (maps[stem] & ID_MASK) + 1)
+        np.testing.assert_array_equal(flips, maps[stem] & FLIP_MASK)
         assert m.properties["source_image"] == stem
     assert (flips != 0).any()
 
@@ -103,6 +105,32 @@ def test_base64_zlib_maps_render_in_tiled_and_load_in_pytmx(tmp_path):
         assert_matches_tiled(tmx, out / "previews" / f"{tmx.stem}.png")
 
 
+def _core(bank, maps, **params) -> export.Export:
+    """export_tileset on a TileSet of ``bank`` and ``maps`` (no tiles.json records)."""
+    p = export.Params(**{"level_width": 16, "level_height": 6, **params})
+    return export.export_tileset(TileSet(bank, maps), [], p)
+
+
+def test_core_numbers_sample_maps_in_stem_order_with_flip_counts():
+    maps = make_maps(5, n=3)
+    ex = _core(make_tiles(5), {k: maps[k] for k in reversed(sorted(maps))})
+    names = [m.name for m in ex.maps]
+    assert names == ["sheet", "sample_000", "sample_001", "sample_002", "level"]
+    assert [s["source_image"] for s in ex.sample_maps] == sorted(maps)
+    first = maps[sorted(maps)[0]]
+    assert ex.sample_maps[0]["flipped_cells"] == int(((first & FLIP_MASK) != 0).sum())
+    np.testing.assert_array_equal(ex.gids()["sample_000"], (first & ID_MASK) + 1 | (first & FLIP_MASK))
+
+
+def test_core_warns_when_tiles_json_is_missing():
+    maps = make_maps(4, n=2)
+    ex = export.export_tileset(TileSet(make_tiles(4), maps), None,
+                               export.Params(level_width=8, level_height=4))
+    assert ex.warnings[0].startswith("no tiles.json")
+    with_records = _core(make_tiles(4), maps, level_width=8, level_height=4)
+    assert not any(w.startswith("no tiles.json") for w in with_records.warnings)
+
+
 def test_level_is_solved_from_chunks_without_violations(exported):
     _, out, summary = exported
     lv = summary["level"]
@@ -114,25 +142,30 @@ def test_level_is_solved_from_chunks_without_violations(exported):
     assert gids.shape == (6, 16) and (gids > 0).all()
 
 
-def _generated_like_dedupe_dir(root: Path) -> Path:
+def _generated_like() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     maps, bank = generated_like_screens(tile=16)
-    return make_dedupe_dir(root, bank=bank, maps={f"gen_{i:04d}": m for i, m in enumerate(maps)})
+    return bank, {f"gen_{i:04d}": m for i, m in enumerate(maps)}
 
 
-def test_level_from_generated_like_screens_is_not_one_flooding_tile(tmp_path):
+def test_level_from_generated_like_screens_is_not_one_flooding_tile():
     # 4x4 screens of once-used tiles plus one flat tile: the case whose single-tile level
     # was nearly all that flat tile
-    dd = _generated_like_dedupe_dir(tmp_path / "dd")
-    out, s = run_export(tmp_path, dd, level_width=64, level_height=15)
-    lv = s["level"]
-    assert lv["model"] == "chunks" and lv["violations"] == 0 and not s["warnings"]
+    ex = _core(*_generated_like(), level_width=64, level_height=15)
+    lv = ex.level
+    assert lv["model"] == "chunks" and lv["violations"] == 0 and not ex.warnings
     assert lv["top_share"] <= 0.25 and lv["distinct_tiles"] >= 150
     assert lv["seam_diff"] <= 1.25 * lv["example_seam_diff"]
-    gids, _ = pytmx_cells(load_tmx(out / "maps" / "level.tmx"))
+    gids = ex.gids()["level"] & ID_MASK
     assert np.bincount(gids.ravel()).max() / gids.size == pytest.approx(lv["top_share"], abs=1e-3)
+
+
+def test_report_describes_a_level_made_of_pieces(tmp_path):
+    bank, maps = _generated_like()
+    out, s = run_export(tmp_path, make_dedupe_dir(tmp_path / "dd", bank=bank, maps=maps),
+                        level_width=32, level_height=15)
     html = (out / "report.html").read_text()
     assert "2x2-tile pieces cut from the generated screens" in html
-    assert f"{lv['distinct_tiles']} distinct tiles" in html
+    assert f"{s['level']['distinct_tiles']} distinct tiles" in html
 
 
 def test_level_params_default_to_the_wfc_defaults():
@@ -143,29 +176,25 @@ def test_level_params_default_to_the_wfc_defaults():
         wfc.CHUNK, wfc.SEAMS, wfc.REUSE_PENALTY)
 
 
-def test_level_chunk_1_builds_the_level_from_single_tiles(tmp_path):
-    dd = _generated_like_dedupe_dir(tmp_path / "dd")
-    _, s = run_export(tmp_path, dd, level_width=64, level_height=15, level_chunk=1)
-    assert s["level"]["model"] == "observed" and s["level"]["chunk"] == 1
-    assert s["level"]["top_share"] > 0.8  # why chunks are the default
+def test_level_chunk_1_builds_the_level_from_single_tiles():
+    ex = _core(*_generated_like(), level_width=64, level_height=15, level_chunk=1)
+    assert ex.level["model"] == "observed" and ex.level["chunk"] == 1
+    assert ex.level["top_share"] > 0.8  # why chunks are the default
 
 
-def test_level_fallback_is_reported(tmp_path):
+def test_level_fallback_is_reported():
     # one 1x3 screen: no vertical neighbour pair, so no 6-row level exists in the seen pairs
-    dd = make_dedupe_dir(tmp_path / "dd", bank=make_tiles(3),
-                         maps={"only": np.array([[0, 1, 2]], np.uint32)})
-    out, s = run_export(tmp_path, dd, level_seams=0)
-    assert s["level"]["method"] == "greedy-fallback" and s["level"]["unseen_pairs"] > 0
-    assert any("filled greedily" in w for w in s["warnings"])
-    assert load_tmx(out / "maps" / "level.tmx").properties["method"] == "greedy-fallback"
+    ex = _core(make_tiles(3), {"only": np.array([[0, 1, 2]], np.uint32)}, level_seams=0)
+    assert ex.level["method"] == "greedy-fallback" and ex.level["unseen_pairs"] > 0
+    assert any("filled greedily" in w for w in ex.warnings)
+    level = next(m for m in ex.maps if m.name == "level")
+    assert level.properties["method"] == "greedy-fallback"
 
 
-def test_level_widened_with_seams_when_seen_pairs_cannot_tile(tmp_path):
-    dd = make_dedupe_dir(tmp_path / "dd", bank=make_tiles(3),
-                         maps={"only": np.array([[0, 1, 2]], np.uint32)})
-    _, s = run_export(tmp_path, dd)
-    assert s["level"]["model"] == "observed+seams" and s["level"]["violations"] == 0
-    assert any("could not be assembled from 2x2 pieces" in w for w in s["warnings"])
+def test_level_widened_with_seams_when_seen_pairs_cannot_tile():
+    ex = _core(make_tiles(3), {"only": np.array([[0, 1, 2]], np.uint32)})
+    assert ex.level["model"] == "observed+seams" and ex.level["violations"] == 0
+    assert any("could not be assembled from 2x2 pieces" in w for w in ex.warnings)
 
 
 def test_paths_in_files_are_relative(exported):
@@ -195,7 +224,7 @@ def test_report_shows_upstream_stage_summaries_from_cache_manifests(tmp_path):
     sl.mkdir(parents=True)
     write_json(sl / "manifest.json", {"stage": "slice", "content_digest": "abc",
                                       "summary": {"unique_tiles": 77}, "seconds": 1.5})
-    write_json(dd / "manifest.json", {"stage": "dedupe", "inputs": {"tiles": "abc"},
+    write_json(dd / "manifest.json", {"stage": "dedupe", "inputs": {"tileset": "abc"},
                                       "summary": {"kept": 6}, "seconds": 0.5})
     out, _ = run_export(tmp_path, dd)
     html = (out / "report.html").read_text()
@@ -212,7 +241,7 @@ def test_accepts_the_artifact_files_themselves(tmp_path):
     dd = make_dedupe_dir(tmp_path / "dd", k=5)
     out = tmp_path / "out"
     out.mkdir()
-    s = export.run({"tiles": [dd / "bank.npy", dd / "maps.npz", dd / "tiles.json"]},
+    s = export.run({"tileset": [dd / "bank.npy", dd / "maps.npz", dd / "tiles.json"]},
                    export.Params(level_width=8, level_height=4), out)
     assert s["tiles"] == 5 and (out / "maps" / "level.tmx").is_file()
 
@@ -239,10 +268,9 @@ def test_empty_bank_from_duplicates_names_the_duplicate_threshold(tmp_path):
         run_export(tmp_path, dd)
 
 
-def test_tileset_over_max_tiles_is_refused(tmp_path):
-    dd = make_dedupe_dir(tmp_path / "dd", k=12)
+def test_tileset_over_max_tiles_is_refused():
     with pytest.raises(ParamError, match="12 tiles exceed max_tiles=10"):
-        run_export(tmp_path, dd, max_tiles=10)
+        _core(make_tiles(12), make_maps(12, n=1), max_tiles=10)
 
 
 def test_missing_bank_is_an_input_error(tmp_path):
@@ -266,22 +294,23 @@ def test_wrong_bank_shape_is_an_input_error(tmp_path):
 
 
 def test_map_using_a_missing_tile_is_an_input_error(tmp_path):
-    maps = make_maps(10, n=2)
-    dd = make_dedupe_dir(tmp_path / "dd", bank=make_tiles(4), maps=maps)
+    dd = make_dedupe_dir(tmp_path / "dd", bank=make_tiles(4))
+    save_npz(dd / "maps.npz", **make_maps(10, n=2))               # ids up to 9, 4 tiles
     with pytest.raises(InputError, match="do not belong together"):
         run_export(tmp_path, dd)
 
 
-@pytest.mark.parametrize("field,value,msg", [("level_width", 0, "level size"),
+@pytest.mark.parametrize("field,value,msg", [("level_width", 0, "level_width must be at least 1"),
+                                             ("level_width", 5000, "more than 65536 cells"),
                                              ("max_tiles", -1, "max_tiles"),
                                              ("columns", -2, "columns"),
                                              ("level_chunk", 0, "level_chunk"),
                                              ("level_reuse_penalty", -1.0,
-                                              "level_reuse_penalty")])
-def test_bad_params_are_param_errors(tmp_path, field, value, msg):
-    dd = make_dedupe_dir(tmp_path / "dd", k=4)
+                                              "level_reuse_penalty"),
+                                             ("encoding", "xml", "encoding")])
+def test_bad_params_are_param_errors(field, value, msg):
     with pytest.raises(ParamError, match=msg):
-        run_export(tmp_path, dd, **{field: value})
+        export.Params(**{field: value})
 
 
 def _nes_bank(k: int = 6) -> np.ndarray:
@@ -299,7 +328,8 @@ def test_nes_bundle_holds_every_sample_and_level_screen(tmp_path):
     from tilesets.nes import decode_chr, decode_nametable, decode_palette, render_screen
 
     bank = _nes_bank()
-    dd = make_dedupe_dir(tmp_path / "dd", bank=bank, maps=make_maps(6, n=2, flips=False))
+    dd = make_dedupe_dir(tmp_path / "dd", bank=bank, maps=make_maps(6, n=2, flips=False),
+                         flips=False)
     out, s = run_export(tmp_path, dd, nes=True, level_width=32, level_height=15)
     names = sorted(x["name"] for x in s["nes"]["screens"])
     assert names == ["level_00", "level_01", "sample_000", "sample_001"]

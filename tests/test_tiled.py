@@ -12,10 +12,11 @@ from tests._helpers_tiled import (assert_same_pixels, load_tmx, make_tiles, pytm
                                   rasterize)
 from tilesets import tiled
 from tilesets.atlas import atlas_columns, pack_atlas, unpack_atlas
-from tilesets.render import flip_tile, render_map
+from tilesets.cells import FLIP_MASK, ID_MASK, Flip
+from tilesets.render import render_map
 
-ALL_FLIPS = [0, tiled.FLIP_H, tiled.FLIP_V, tiled.FLIP_D, tiled.FLIP_H | tiled.FLIP_V,
-             tiled.FLIP_H | tiled.FLIP_D, tiled.FLIP_V | tiled.FLIP_D, tiled.FLIP_MASK]
+ALL_FLIPS = [0, Flip.H, Flip.V, Flip.D, Flip.H | Flip.V, Flip.H | Flip.D, Flip.V | Flip.D,
+             FLIP_MASK]
 SPECIAL = 'Tom & Jerry\'s <"best"> tiles'
 
 
@@ -97,14 +98,14 @@ def test_pytmx_reads_gids_and_flip_flags(tmp_path, encoding):
     g = flip_grid(5)
     m = load_tmx(write_map(tmp_path, g, encoding=encoding))
     gids, flips = pytmx_cells(m)
-    np.testing.assert_array_equal(gids, g & tiled.GID_MASK)
-    np.testing.assert_array_equal(flips, g & tiled.FLIP_MASK)
+    np.testing.assert_array_equal(gids, g & ID_MASK)
+    np.testing.assert_array_equal(flips, g & FLIP_MASK)
 
 
 def test_bank_ids_to_gids_keeps_flips_and_offsets_ids():
-    cells = np.array([[0, 3 | tiled.FLIP_H], [5 | tiled.FLIP_V | tiled.FLIP_H, 1]], np.uint32)
+    cells = np.array([[0, 3 | Flip.H], [5 | Flip.V | Flip.H, 1]], np.uint32)
     g = tiled.bank_ids_to_gids(cells)
-    np.testing.assert_array_equal(g, [[1, 4 | tiled.FLIP_H], [6 | tiled.FLIP_V | tiled.FLIP_H, 2]])
+    np.testing.assert_array_equal(g, [[1, 4 | Flip.H], [6 | Flip.V | Flip.H, 2]])
 
 
 def test_map_xml_rejects_negative_gids():
@@ -150,11 +151,6 @@ def test_rgb_tiles_get_opaque_alpha():
 
 
 # --------------------------------------------------------------------------- renderer
-def test_flip_tile_order_is_diagonal_then_horizontal_then_vertical():
-    t = np.arange(4).reshape(2, 2, 1)
-    # D: transpose -> [[0,2],[1,3]]; then H -> [[2,0],[3,1]]
-    np.testing.assert_array_equal(flip_tile(t, tiled.FLIP_D | tiled.FLIP_H)[..., 0], [[2, 0], [3, 1]])
-
 
 def test_render_rejects_gid_outside_tileset():
     with pytest.raises(ValueError, match="GID"):
@@ -182,7 +178,7 @@ def test_tiled_renders_8px_tiles_like_our_preview(tmp_path):
     atomic_write_text(tmp_path / "tileset.tsx", tiled.tileset_xml(
         name="t8", tile_size=8, tile_count=4, columns=2, image_source="tileset.png",
         image_width=16, image_height=16))
-    g = np.array([[1, 2 | tiled.FLIP_H], [3 | tiled.FLIP_V, 4 | tiled.FLIP_D]], np.uint32)
+    g = np.array([[1, 2 | Flip.H], [3 | Flip.V, 4 | Flip.D]], np.uint32)
     tmx = atomic_write_text(tmp_path / "m.tmx", tiled.map_xml(g, tile_size=8, tileset_source="tileset.tsx"))
     assert_same_pixels(rasterize(tmx), render_map(g, tiles), "8px")
 

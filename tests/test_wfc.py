@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests._helpers_tiled import make_maps
-from tilesets import tiled
+from tilesets.cells import ID_MASK, Flip
 from tilesets.wfc import (add_seam_pairs, chunk_pixels, count_violations, expand_chunks,
                          generate, greedy_fill, learn_adjacency, learn_chunks, make_level,
                          seam_difference)
@@ -25,7 +25,7 @@ def test_learn_adjacency_counts_right_and_down_pairs():
 
 
 def test_flip_bits_make_distinct_states():
-    a = learn_adjacency([np.array([[3, 3 | tiled.FLIP_H]], np.uint32)])
+    a = learn_adjacency([np.array([[3, 3 | Flip.H]], np.uint32)])
     assert a.n_states == 2
 
 
@@ -168,7 +168,7 @@ def generated_like_screens(n: int = 24, *, cells: int = 4, tile: int = 8, flat_s
 @pytest.fixture(scope="module")
 def screens():
     maps, bank = generated_like_screens()
-    return maps, (lambda states: bank[np.asarray(states, np.int64) & tiled.GID_MASK])
+    return maps, (lambda states: bank[np.asarray(states, np.int64) & ID_MASK])
 
 
 def test_learn_chunks_cuts_every_window_and_counts_touching_pairs():

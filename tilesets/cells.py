@@ -54,19 +54,28 @@ def flip_tile(tiles: np.ndarray, flips: int) -> np.ndarray:
     Parameters
     ----------
     tiles : ndarray, shape (..., T, T, C)
-    flips : int
-        :class:`Flip` flags, or a whole cell / GID (its low 29 bits are ignored).  The diagonal
-        flip is applied first, then the horizontal, then the vertical one.
+    flips : Flip or int
+        Flip bits only (``cell & FLIP_MASK``).  The diagonal flip is applied first, then the
+        horizontal, then the vertical one.  An orientation 0..3 is not flip bits: pass
+        ``ORIENTATIONS[o]``.
 
     Returns
     -------
     ndarray, shape (..., T, T, C)
         A view of ``tiles``.
 
+    Raises
+    ------
+    ValueError
+        If ``flips`` has bits below bit 29 (a tile id or an orientation number).
+
     >>> t = np.arange(4).reshape(2, 2, 1)
     >>> flip_tile(t, Flip.D | Flip.H)[..., 0].tolist()
     [[2, 0], [3, 1]]
     """
+    if int(flips) & ID_MASK:
+        raise ValueError(f"flips must hold only Flip bits (29-31), got {int(flips):#x}; "
+                         "for an orientation 0..3 pass ORIENTATIONS[o]")
     out = tiles
     if flips & Flip.D:
         out = np.swapaxes(out, -3, -2)
@@ -118,4 +127,5 @@ def cell_tiles(bank: np.ndarray, cells: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (N, T, T, C)
     """
-    return np.stack([flip_tile(bank[int(v) & ID_MASK], int(v)) for v in np.asarray(cells).ravel()])
+    return np.stack([flip_tile(bank[int(v) & ID_MASK], int(v) & FLIP_MASK)
+                     for v in np.asarray(cells).ravel()])
