@@ -26,19 +26,19 @@ import urllib.parse
 import zipfile
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from stages import _fetch
+from stages import _capture, _fetch
 from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, StageParams,
                             atomic_write_bytes, atomic_write_text, no_progress, param)
 
 NAME = "scrape"
 INPUTS = {"source": None}
 OPTIONAL_INPUTS = ()
-LIBS = ("pillow",)
+LIBS = ("pillow", "cynes")   # cynes: the emulator that plays .nes sources
 
 log = logging.getLogger("tilegan.scrape")
 
@@ -95,6 +95,13 @@ class Params(StageParams):
     allow_private: tuple[str, ...] = param((), help="private, loopback or link-local address "
                                                     "ranges to fetch from anyway, as CIDR "
                                                     "(127.0.0.1/32, 192.168.1.0/24) or 'all'")
+    frames: int = param(600, help="NES ROMs: frames to emulate (60 per second of play)",
+                        min=1, max=1_000_000)
+    frame_every: int = param(30, help="NES ROMs: keep one frame in this many", min=1)
+    seed: int = param(0, help="NES ROMs: seed of the random button presses", min=0)
+    buttons: str = param("random", help="NES ROMs: 'random' (seeded) presses, or a script of "
+                                        "frames:buttons steps, repeated, e.g. "
+                                        "'60:none,20:start,200:right+b'")
 
     def check(self) -> None:
         super().check()
@@ -102,6 +109,8 @@ class Params(StageParams):
             if getattr(self, name) <= 0:
                 raise ParamError(f"scrape: {name} must be positive, got {getattr(self, name)!r}",
                                  field=name)
+        if self.buttons.strip().lower() != "random":
+            _capture.parse_script(self.buttons)
         try:
             _fetch.AddressPolicy.from_strings(self.allow_private)
         except ValueError as e:
@@ -348,11 +357,29 @@ def zip_members(zf: zipfile.ZipFile, name: str, max_bytes: int, origin: Provenan
             try:
                 with zf.open(info) as f:
                     data = f.read(max_bytes + 1)   # the declared size may lie (zip bombs)
-            except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError) as e:
+            except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError,
+                    ValueError) as e:      # ValueError: a name that is not UTF-8 (fuzzing, #18)
                 return Payload(reason=Reason.UNREADABLE, message=f"cannot extract from the zip ({e})")
             return too_big if len(data) > max_bytes else Payload(data)
 
         yield Item(f"{name}!{info.filename}", prov, load)
+
+
+# --------------------------------------------------------------------------- NES ROMs
+def rom_items(path: Path, settings: _capture.CaptureSettings, budget: Budget,
+              work: Path) -> Iterator[Item]:
+    """The distinct frames of a ROM played in the emulator (see :mod:`stages._capture`), each
+    with the ROM's sha256 and frame number in its provenance; stops when a cap is full."""
+    sha = hashlib.sha256(_capture.read_rom(path)).hexdigest()
+    origin = Provenance(Kind.ROM, game=_capture.game_title(path), game_from="rom", rom_sha256=sha)
+    last = -1
+    for frame in _capture.capture(path, settings, work=work / f"rom-{sha[:16]}",
+                                  stop=lambda: budget.full(Kind.ROM) is not None):
+        last = frame.index
+        yield Item(f"{path}#frame={frame.index}", replace(origin, frame=frame.index),
+                   _fixed(Payload(frame.png, content_type="image/png")))
+    if budget.full(Kind.ROM) and last < settings.frames - 1:
+        budget.dropped["rom_frames_not_played"] += settings.frames - 1 - last
 
 
 # --------------------------------------------------------------------------- web pages
@@ -851,7 +878,8 @@ def iter_items(sources: list[Source], p: Params, web: WebSession, budget: Budget
         elif s.kind is Kind.ZIP:
             yield from zip_items(path, max_bytes)
         elif s.kind is Kind.ROM:
-            raise InputError(f"{s.location}: NES ROM capture is not available yet")
+            yield from rom_items(path, _capture.CaptureSettings.from_params(p), budget,
+                                 web.out_dir / FETCH_DIR)
         else:
             yield file_item(path, max_bytes)
 
@@ -861,13 +889,17 @@ def warn_caps(budget: Budget, web: WebSession, p: Params) -> dict[str, int]:
     dropped = dict(budget.dropped)
     if web.pages_not_followed:
         dropped["max_pages"] = web.pages_not_followed
-    hints = {"max_images": f"--max-images {p.max_images}; 0 takes everything",
-             "max_web_images": f"--max-web-images {p.max_web_images}; 0 takes everything",
-             "max_pages": f"--max-pages {p.max_pages}",
-             "sources_not_read": "the image cap was full before these sources"}
+    text = {
+        "max_images": f"max_images={p.max_images} reached: {{n}} item(s) not taken "
+                      f"(0 takes everything)",
+        "max_web_images": f"max_web_images={p.max_web_images} reached: {{n}} item(s) not taken "
+                          f"(0 takes everything)",
+        "max_pages": f"max_pages={p.max_pages} reached: {{n}} linked page(s) not fetched",
+        "sources_not_read": "an image cap was full: {n} source(s) not read",
+        "rom_frames_not_played": f"max_images={p.max_images} reached: {{n}} ROM frame(s) not played",
+    }
     for cap, n in sorted(dropped.items()):
-        what = "linked page(s) not fetched" if cap == "max_pages" else "item(s) not taken"
-        log.warning("scrape: %s reached: %d %s (%s)", cap, n, what, hints.get(cap, ""))
+        log.warning("scrape: " + text[cap].format(n=n))
     return dropped
 
 

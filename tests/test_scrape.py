@@ -694,14 +694,14 @@ def test_a_cap_that_drops_local_files_warns_with_the_count(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tilegan.scrape"):
         s = run([_shots(tmp_path, 5)], tmp_path / "out", max_images=2)
     assert s["ok"] == 2 and s["capped"] == {"max_images": 3}
-    assert "max_images reached: 3 item(s) not taken" in caplog.text
+    assert "max_images=2 reached: 3 item(s) not taken" in caplog.text
 
 
 def test_web_cap_drops_with_a_warning_and_fetches_no_more(gallery, fake_dns, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tilegan.scrape"):
         s = run([gallery.url("sub/page.html")], tmp_path / "out", max_web_images=1, workers=1)
     assert s["ok"] == 1 and s["capped"] == {"max_web_images": 2}
-    assert "max_web_images reached: 2" in caplog.text
+    assert "max_web_images=1 reached: 2 item(s)" in caplog.text
     assert "/sub/ok5.png" not in gallery.paths()
 
 
@@ -709,4 +709,4 @@ def test_page_cap_warns_with_the_count(http_site, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tilegan.scrape"):
         s = run([http_site.url], tmp_path / "out", depth=3, max_pages=1)
     assert s["capped"] == {"max_pages": 2}            # page2.html and gone.html
-    assert "max_pages reached: 2 linked page(s)" in caplog.text
+    assert "max_pages=1 reached: 2 linked page(s)" in caplog.text
