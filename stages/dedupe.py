@@ -46,7 +46,7 @@ from tilesets.cells import ID_MASK, ORIENTATIONS, decode_cells, encode_cells, fl
 from tilesets.hashindex import HashIndex, popcount64
 from tilesets.phash import HASHES, hash_tiles
 from tilesets.pixels import pack_colours
-from tilesets.quality import cleanliness_key, quality, tile_stats
+from tilesets.quality import TileStats, cleanliness_key, quality, tile_stats
 
 NAME = "dedupe"
 INPUTS = {"tileset": "slice", "training_tiles": "crop"}
@@ -227,9 +227,9 @@ class DedupeResult:
     """Output of :func:`dedupe`: the kept tile set and the record of every decision."""
 
     tileset: TileSet
-    kept: list
-    dropped: list
-    evidence: list
+    kept: list[KeptTile]
+    dropped: list[Dropped]
+    evidence: list[EvidenceRow]
     hash: str
     tiles_in: int
     training_tiles: int = 0
@@ -573,7 +573,8 @@ def _dropped_records(tileset: TileSet, new_id: np.ndarray,
     return out
 
 
-def _kept_records(tileset: TileSet, out: TileSet, kept: np.ndarray, stats, score: np.ndarray,
+def _kept_records(tileset: TileSet, out: TileSet, kept: np.ndarray, stats: TileStats,
+                  score: np.ndarray,
                   is_flat: np.ndarray, hashes: np.ndarray, nearest: _Nearest,
                   distinct: Optional[DistinctTraining]) -> list[KeptTile]:
     """tiles.json: one record per kept tile, in kept order."""

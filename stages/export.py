@@ -184,13 +184,12 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
     progress("export", 2, 4)
     level, level_info, level_warnings = _level(bank, maps, params)
     progress("export", 3, 4)
+    sample_info = [{"map": f"maps/{m.name}.tmx", "source_image": stem,
+                    "flipped_cells": int(((maps[stem] & np.uint32(FLIP_MASK)) != 0).sum())}
+                   for m, stem in zip(samples, maps)]
     return Export(atlas, cols, _tile_properties(tile_records or [], k),
-                  [_sheet_map(k, cols)] + samples + [level],
-                  [{"map": f"maps/{m.name}.tmx", "source_image": m.properties["source_image"],
-                    "flipped_cells": int(((maps[m.properties["source_image"]].astype(np.uint64)
-                                           & np.uint64(FLIP_MASK)) != 0).sum())}
-                   for m in samples],
-                  level_info, warnings + level_warnings)
+                  [_sheet_map(k, cols)] + samples + [level], sample_info, level_info,
+                  warnings + level_warnings)
 
 
 def _sheet_map(k: int, cols: int) -> TiledMap:
