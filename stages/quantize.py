@@ -150,7 +150,7 @@ class QuantizeResult:
     rgb : ndarray, shape (H, W, 3), uint8 — the source colours
     before, after : TileStats — after mapping, after clean-up
     mean_delta_e : float — mean ΔE76 between source and output colours (opaque pixels)
-    match : PaletteMatch or None — the recognised NES palette (see :mod:`palettes.recognise`)
+    match : PaletteMatch or None — the recognised NES palette (see :mod:`palettes.recognition`)
     """
     index: np.ndarray
     opaque: np.ndarray
@@ -204,11 +204,11 @@ def recognised_index(rgb: np.ndarray, opaque: np.ndarray, target: TargetPalette
     Returns
     -------
     (index (H, W) uint8, PaletteMatch), or None when the target is not an NES palette or the
-    image is not recognised (see :func:`palettes.recognise.recognise`).  Transparent pixels
+    image is not recognised (see :func:`palettes.recognition.recognise`).  Transparent pixels
     get index 0 (they are not used).
     """
     from palettes.data import nes_table_names
-    from palettes.recognise import image_colours, recognise
+    from palettes.recognition import image_colours, recognise
 
     if not target.is_nes:
         return None

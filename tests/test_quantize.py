@@ -151,3 +151,128 @@ def test_progress_reported(tmp_path, rng):
     calls = []
     q.run({"images": [d]}, q.Params(cleanup=0), tmp_path / "o", progress=lambda *a, **k: calls.append(a))
     assert calls[-1] == ("quantize", 2, 2)
+
+
+# ------------------------------------------------------------------ palette recognition (#17)
+def _smb_frame() -> np.ndarray:
+    """64x64 NES numbers like a Super Mario Bros. screen: sky with a cloud and a lone sparkle,
+    bricks with a lone shadow pixel, water, ground, and a 3-colour sprite over two areas."""
+    a = np.full((64, 64), 0x22, np.uint8)                      # sky
+    a[3:11, 2:14] = 0x30                                       # cloud ...
+    a[10, 2:14] = 0x21                                         # ... its blue underside
+    a[2, 2:14] = 0x0F                                          # ... and outline
+    a[7, 55] = 0x21                                            # a sparkle: isolated on purpose
+    a[16:32, :] = 0x17                                         # bricks
+    a[16:32:4, :] = 0x0F                                       # mortar
+    a[17, 5] = 0x36                                            # highlight
+    a[25, 40] = 0x16                                           # a lone shadow pixel
+    a[32:48, :] = 0x21                                         # water
+    a[34:48:5, :] = 0x30                                       # waves
+    a[48:, :] = 0x27                                           # ground
+    a[48:64:4, :] = 0x17
+    a[40:56, 10:22] = 0x16                                     # sprite: red ...
+    a[44:50, 12:20] = 0x27                                     # ... skin
+    a[50:56, 12:16] = 0x18                                     # ... olive
+    a[42, 12:20] = 0x0F                                        # ... dark hat brim
+    return a
+
+
+def _areas(a: np.ndarray):
+    for y in range(0, a.shape[0], 16):
+        for x in range(0, a.shape[1], 16):
+            yield slice(y, y + 16), slice(x, x + 16)
+
+
+def _rgba(rgb: np.ndarray) -> np.ndarray:
+    return np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+
+
+def test_same_index_map_under_every_shipped_palette_gives_the_same_numbers():
+    from palettes.data import nes_table_names
+
+    frame = _smb_frame()
+    for name in nes_table_names():
+        rgb = get_palette(name).colours[frame]
+        out = q.quantize_images([_rgba(rgb)], q.Params(cleanup=0)).results[0]
+        assert out.match is not None and out.match.table == name, name
+        assert np.array_equal(out.index, frame), name
+
+
+def test_smb_frame_keeps_every_colour_where_nearest_colour_merged_them():
+    olc = get_palette("nes-olcnes").colours
+    rgb = olc[_smb_frame()]
+    assert {tuple(olc[0x21]), tuple(olc[0x22]), tuple(olc[0x17]), tuple(olc[0x16])} == \
+        {(76, 154, 236), (120, 124, 236), (120, 60, 0), (152, 34, 32)}       # issue 17's colours
+    n_in = len(np.unique(rgb.reshape(-1, 3), axis=0))
+    out = q.quantize_images([_rgba(rgb)], q.Params(cleanup=0)).results[0]
+    assert len(np.unique(out.index)) == n_in
+    assert np.array_equal(out.index, _smb_frame())
+    old = q.quantize_images([_rgba(rgb)], q.Params(cleanup=0, recognise=False)).results[0]
+    assert len(np.unique(old.index)) < n_in                   # nearest colour merges pairs
+
+
+def test_default_cleanup_changes_no_pixel_of_a_legal_area_of_recognised_art():
+    from palettes.cleanup import isolated_mask
+
+    frame = _smb_frame()
+    rgb = get_palette("nes-olcnes").colours[frame]
+    out = q.quantize_images([_rgba(rgb)], q.Params()).results[0]
+    legal = [(ys, xs) for ys, xs in _areas(frame) if len(np.unique(frame[ys, xs])) <= 4]
+    assert len(legal) < 16                                     # the sprite breaks some areas
+    iso = isolated_mask(frame)
+    assert sum(int(iso[ys, xs].sum()) for ys, xs in legal) >= 2   # lone pixels in legal areas
+    for ys, xs in legal:
+        assert np.array_equal(out.index[ys, xs], frame[ys, xs])
+
+
+def test_shifted_unknown_palette_is_fitted_and_reported(tmp_path):
+    pal = get_palette("nes").colours.astype(np.int64)
+    frame = _smb_frame()
+    Image.fromarray(np.clip(pal[frame] + (10, -8, 6), 0, 255).astype(np.uint8)).save(tmp_path / "cap.png")
+    out = tmp_path / "o"
+    s = q.run({"images": [tmp_path / "cap.png"]}, q.Params(cleanup=0), out)
+    assert np.array_equal(np.asarray(Image.open(out / "cap.png")), frame)
+    doc = json.loads((out / "quantize.json").read_text())
+    m = doc["images"][0]["palette_match"]
+    assert m["kind"] == "fitted" and m["table"] == "nes" and 0 <= m["mean_error"] <= m["max_error"]
+    assert len({r["number"] for r in m["mapping"]}) == len(m["mapping"]) == len(np.unique(frame))
+    assert s["recognised_images"] == 1 and s["fitted_images"] == 1
+    assert s["recognised_tables"] == {"nes": 1}
+
+
+def test_gan_like_noise_is_not_recognised_and_maps_as_nearest_colour(rng):
+    from palettes.nearest import nearest_bruteforce
+
+    nes = get_palette("nes")
+    rgb = _noisy(rng)
+    out = q.quantize_images([_rgba(rgb)], q.Params(cleanup=0)).results[0]
+    assert out.match is None
+    assert np.array_equal(out.index, nearest_bruteforce(rgb, nes.colours, nes.usable()))
+    on = q.quantize_images([_rgba(rgb)], q.Params()).results[0]
+    off = q.quantize_images([_rgba(rgb)], q.Params(recognise=False)).results[0]
+    assert np.array_equal(on.index, off.index)
+
+
+def test_recognised_sprite_keeps_its_transparency():
+    frame = _smb_frame()[40:56, 8:24]
+    rgba = _rgba(get_palette("nes-mesen").colours[frame])
+    rgba[frame == 0x21, 3] = 0                                # the water around it is see-through
+    out = q.quantize_images([rgba], q.Params(cleanup=0)).results[0]
+    assert out.match is not None and out.match.table == "nes-mesen"
+    assert np.array_equal(out.index[out.opaque], frame[frame != 0x21])
+
+
+def test_non_nes_palette_skips_recognition():
+    rgb = get_palette("nes-mesen").colours[_smb_frame()]
+    out = q.quantize_images([_rgba(rgb)], q.Params(palette="pico8", cleanup=0)).results[0]
+    assert out.match is None and int(out.index.max()) < 16
+
+
+@pytest.mark.parametrize("kw, field", [({"alpha_threshold": 300}, "alpha_threshold"),
+                                       ({"cleanup": -1}, "cleanup"), ({"max_colours": -2}, "max_colours"),
+                                       ({"dither": "sparkle"}, "dither"),
+                                       ({"palette": "pico8", "nes": True}, "nes")])
+def test_params_refuse_bad_values_naming_the_field(kw, field):
+    with pytest.raises(ParamError) as e:
+        q.Params(**kw)
+    assert e.value.field == field
