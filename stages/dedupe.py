@@ -672,17 +672,26 @@ def evidence_sheet(rows: list[EvidenceRow], t: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- inputs
-def _load_tileset(items: list, skipped: Skipped) -> TileSet:
-    """Slice's artifact, or user images sliced here; unusable images go to ``skipped``."""
-    bank_path = find_artifact(items, "bank.npy")
-    if bank_path is not None:
+def _artifact_or_files(items: list, marker: str, artifact: Any, upstream: str) -> tuple[Any, list]:
+    """``(artifact.load(folder), [])`` when a folder among ``items`` holds ``marker``, else
+    ``(None, image files)``; a malformed artifact or no file at all is an InputError."""
+    path = find_artifact(items, marker)
+    if path is not None:
         try:
-            return TileSet.load(bank_path.parent)
+            return artifact.load(path.parent), []
         except ArtifactError as e:
-            raise InputError(f"{e}; pass slice's output") from None
+            raise InputError(f"{e}; pass {upstream}'s output") from None
     files = expand_inputs(items)
     if not files:
-        raise InputError(f"dedupe: no images and no bank.npy in {', '.join(map(str, items))}")
+        raise InputError(f"dedupe: no images and no {marker} in {', '.join(map(str, items))}")
+    return None, files
+
+
+def _load_tileset(items: list, skipped: Skipped) -> TileSet:
+    """Slice's artifact, or user images sliced here; unusable images go to ``skipped``."""
+    tileset, files = _artifact_or_files(items, "bank.npy", TileSet, "slice")
+    if tileset is not None:
+        return tileset
     t = IMAGE_TILE_SIZE
     slicer = ImageSlicer(tile_size=t, flips=True, pad_mode="crop")
     for path, rgba in iter_images(files, skipped, mode="RGBA"):
@@ -697,15 +706,9 @@ def _load_training(items: list, tile_size: int, skipped: Skipped) -> Optional[Tr
     """Crop's artifact, or user images cut on the ``tile_size`` grid (unusable: ``skipped``)."""
     if not items:
         return None
-    tiles_path = find_artifact(items, "tiles.npy")
-    if tiles_path is not None:
-        try:
-            return TrainingTiles.load(tiles_path.parent)
-        except ArtifactError as e:
-            raise InputError(f"{e}; pass crop's output") from None
-    files = expand_inputs(items)
-    if not files:
-        raise InputError(f"dedupe: no training images in {', '.join(map(str, items))}")
+    training, files = _artifact_or_files(items, "tiles.npy", TrainingTiles, "crop")
+    if training is not None:
+        return training
     t = tile_size
     parts, origins, screens = [], [], []
     for path, rgb in iter_images(files, skipped, mode="RGB"):
