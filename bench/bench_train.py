@@ -170,7 +170,7 @@ def main() -> None:
     def timed_steps(trainer, key: str, k: int) -> float:
         """img/s of k steps of one of our trainers (flushed denormals, as train runs)."""
         torch.set_flush_denormal(True)
-        bs = trainer.p.batch
+        bs = trainer.params.batch
         t = time.perf_counter()
         for _ in range(k):
             idx = train.batch_indices(1, state[key], n, bs)

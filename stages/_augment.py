@@ -9,12 +9,15 @@ from an explicit :class:`torch.Generator`, so a training step is reproducible fr
 Policies: ``"translation"`` (integer shifts up to 1/8 of the side, zero fill; whole pixels
 keep pixel art crisp), ``"cutout"`` (one zeroed square of half the side), ``"color"``
 (brightness, saturation, contrast; alpha is left alone for RGBA).
+
+torch is imported inside the ops, so :func:`parse_policy` checks a policy without it.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 POLICIES = ("translation", "cutout", "color")
 
@@ -57,11 +60,15 @@ def diff_augment(x: torch.Tensor, ops: tuple[str, ...], *,
 
 
 def _rand(shape: tuple[int, ...], x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    import torch
+
     return torch.rand(shape, generator=generator).to(device=x.device, dtype=x.dtype)
 
 
 def augment_color(x: torch.Tensor, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Random brightness (±0.5), saturation (×0..2) and contrast (×0.5..1.5) per image."""
+    import torch
+
     b = x.shape[0]
     rgb, rest = x[:, :3], x[:, 3:]
     rgb = rgb + (_rand((b, 1, 1, 1), x, generator) - 0.5)
@@ -75,6 +82,8 @@ def augment_color(x: torch.Tensor, *, generator: Optional[torch.Generator] = Non
 def augment_translation(x: torch.Tensor, ratio: float = 0.125, *,
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Shift each image by whole pixels, up to ``ratio`` of its side, filling with zeros."""
+    import torch
+
     b, _, h, w = x.shape
     ry, rx = int(h * ratio + 0.5), int(w * ratio + 0.5)
     if ry == 0 and rx == 0:
@@ -94,6 +103,8 @@ def augment_translation(x: torch.Tensor, ratio: float = 0.125, *,
 def augment_cutout(x: torch.Tensor, ratio: float = 0.5, *,
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Zero one axis-aligned square of ``ratio`` × the side at a random place per image."""
+    import torch
+
     b, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
     cy = torch.randint(0, h + (1 - ch % 2), (b,), generator=generator).to(x.device)

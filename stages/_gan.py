@@ -10,112 +10,21 @@ logit.  Sizes 32, 64 and 128 are square powers of two; more generally any
 the first layer then starts from ``(h/2^k, w/2^k)`` instead of 4×4 (256×224 starts at 8×7),
 which is how whole non-square screens train on a GPU.
 
-Everything here is pure torch; the training loop lives in :mod:`stages.train`.
+Everything here is pure torch; the architecture's configuration (:class:`GANConfig`) lives in
+:mod:`stages._gan_config`, the training loop in :mod:`stages.train`.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-#: How the generator may double its maps (see GANConfig.upsample).
-UPSAMPLE = ("deconv", "nearest")
+from stages._gan_config import UPSAMPLE, GANConfig, max_d_scales  # noqa: F401  (re-exported)
 
 #: Bumped whenever the network layout changes so that old checkpoints are refused clearly.
 ARCH_VERSION = 1
-
-
-@dataclass(frozen=True)
-class GANConfig:
-    """Architecture of a generator/discriminator pair.
-
-    Attributes
-    ----------
-    height, width : int
-        Output image size in pixels; both multiples of 2**n_up where n_up is chosen so the
-        smaller side starts at 4 (32 -> 3 doublings, 64 -> 4, 128 -> 5).
-    channels : int
-        3 for RGB, 4 for RGBA.
-    nz : int
-        Length of the noise vector.
-    ngf, ndf : int
-        Base widths of the generator and discriminator (the widest layer is 8× this).
-    spectral_norm : bool
-        Spectral normalisation on every discriminator conv (and no batch norm in D).
-    upsample : str
-        How the generator doubles its maps: ``deconv`` (DCGAN's 4×4 stride-2 transposed
-        convolution) or ``nearest`` (nearest-neighbour ×2 then a 3×3 convolution, which cannot
-        produce the checkerboard pattern of uneven transposed-conv overlap).
-    d_scales : int
-        Number of image scales the discriminator judges: 1 = the image only (DCGAN); k > 1
-        adds k - 1 smaller discriminators of the same design that see the image average-pooled
-        by 2, 4, … (each scale's smaller side stays at least 16), which judge layout and colour
-        at a coarse scale.  Their logits come out side by side, shape (B, k).
-    mbstd : int
-        Minibatch standard deviation (ProGAN): before its last layer D appends one feature map
-        holding the mean standard deviation of its features over groups of this many images,
-        so a generator that makes too-similar images is caught; 0 = off.
-    """
-
-    height: int = 64
-    width: int = 64
-    channels: int = 3
-    nz: int = 100
-    ngf: int = 32
-    ndf: int = 32
-    spectral_norm: bool = True
-    upsample: str = "deconv"
-    d_scales: int = 1
-    mbstd: int = 0
-
-    @property
-    def n_up(self) -> int:
-        """Number of doubling stages between the first feature map and the image."""
-        k = 0
-        while (self.height % 2 ** (k + 1) == 0 and self.width % 2 ** (k + 1) == 0
-               and min(self.height, self.width) // 2 ** (k + 1) >= 4):
-            k += 1
-        return k
-
-    @property
-    def base(self) -> tuple[int, int]:
-        """Spatial size (h, w) of the first generator feature map / last D feature map."""
-        f = 2 ** self.n_up
-        return self.height // f, self.width // f
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field when the configuration cannot build."""
-        for name in ("height", "width", "nz", "ngf", "ndf"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.upsample not in UPSAMPLE:
-            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {self.upsample!r}")
-        if self.channels not in (3, 4):
-            raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels}")
-        if not 1 <= self.d_scales <= max_d_scales(min(self.height, self.width)):
-            raise ValueError(f"d_scales must be at least 1 and keep every scale at least 16 "
-                             f"pixels: {self.height}x{self.width} allows at most "
-                             f"{max_d_scales(min(self.height, self.width))}, got {self.d_scales}")
-        if self.n_up < 2 or max(self.base) > 4 * min(self.base):
-            raise ValueError(f"image size {self.height}x{self.width} cannot be built by doubling: "
-                             "use sides such as 32, 64, 128 or 256x224")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GANConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def max_d_scales(side: int) -> int:
-    """Most discriminator scales an image whose smaller side is ``side`` allows (each scale
-    halves it; all but the first must keep at least 16 pixels)."""
-    return max(1, (side // 16).bit_length())
 
 
 def _mult(i: int, n: int) -> int:

@@ -6,18 +6,22 @@ with alpha snapped to 0/255 so transparency survives palette quantisation), plus
 ``samples.json``.  With ``interpolate`` > 0 it also writes ``interpolation.png``: one strip of
 that many frames walking the latent space (spherical interpolation) through ``n_keyframes``
 seeded points.
+
+The core works on a generator in memory: :func:`sample_images` and :func:`interpolation_strip`
+return arrays; :func:`run` finds the checkpoint, calls them and writes the files.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-from stages._common import (InputError, ParamError, ProgressFn, find_artifact, no_progress, param,
-                            save_png, write_json)
+from stages._common import (InputError, ParamError, ProgressFn, StageParams, find_artifact,
+                            no_progress, param, save_png, write_json)
+from stages._gan_config import GANConfig
 
 NAME = "sample"
 INPUTS = {"checkpoint": "train"}
@@ -26,29 +30,52 @@ LIBS = ("torch", "numpy")
 
 log = logging.getLogger("tilegan.sample")
 
+CKPT_FILE = "ckpt.pt"
+MANIFEST_FILE = "samples.json"
+STRIP_FILE = "interpolation.png"
+
 
 @dataclass(frozen=True)
-class Params:
-    n: int = param(16, help="Number of images to draw.")
+class Params(StageParams):
+    STAGE = "sample"
+
+    n: int = param(16, help="Number of images to draw.", min=1)
     seed: int = param(0, help="Seed of the noise vectors (same seed, same images).")
     use_ema: bool = param(True, help="Use the generator's EMA weights (else the raw generator).")
-    interpolate: int = param(0, help="Frames in a latent-walk strip interpolation.png (0 = off).")
-    n_keyframes: int = param(2, help="Latent points the interpolation strip passes through.")
+    interpolate: int = param(0, help="Frames in a latent-walk strip interpolation.png (0 = off, "
+                                     "else at least 2).", min=0)
+    n_keyframes: int = param(2, help="Latent points the interpolation strip passes through.", min=2)
     alpha_threshold: int = param(128, help="RGBA: alpha >= this becomes opaque, below it fully "
-                                           "transparent (0 = keep the raw alpha).")
-    batch: int = param(64, help="Images per generator call.")
+                                           "transparent (0 = keep the raw alpha).", min=0, max=255)
+    batch: int = param(64, help="Images per generator call.", min=1)
     device: str = param("cpu", help="auto, cpu or cuda.")
 
+    def check(self) -> None:
+        super().check()
+        if self.interpolate == 1:
+            raise ParamError(f"{self.STAGE}: interpolate must be 0 (off) or at least 2 frames, "
+                             f"got {self.interpolate}", field="interpolate")
 
-def load_generator(path: Path, *, use_ema: bool = True, device: Any = "cpu") -> tuple[Any, dict]:
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    """Where a loaded generator comes from: its checkpoint ``step``, which ``weights``
+    ("G_ema" or "G") and its architecture ``gan``."""
+
+    step: int
+    weights: str
+    gan: GANConfig
+
+
+def load_generator(path: Path, *, use_ema: bool = True, device: Any = "cpu") -> tuple[Any, GeneratorInfo]:
     """Rebuild the generator stored in a train checkpoint.
 
     Returns
     -------
-    (Generator in eval mode on ``device``, checkpoint metadata dict with step/config/weights)
+    (Generator in eval mode on ``device``, :class:`GeneratorInfo`)
     """
-    from stages._gan import GANConfig, Generator
     from stages._checkpoint import load_checkpoint
+    from stages._gan import Generator
 
     ck = load_checkpoint(path, map_location="cpu")
     try:
@@ -64,8 +91,7 @@ def load_generator(path: Path, *, use_ema: bool = True, device: Any = "cpu") -> 
     except RuntimeError as e:
         raise InputError(f"{path}: generator weights do not match its config ({e})") from None
     G = G.to(device).eval().requires_grad_(False)
-    meta = {"step": int(ck.get("step", 0)), "weights": key, "gan": cfg.to_dict()}
-    return G, meta
+    return G, GeneratorInfo(step=int(ck.get("step", 0)), weights=key, gan=cfg)
 
 
 def _slerp(a: "Any", b: "Any", t: float) -> "Any":
@@ -94,7 +120,10 @@ def latent_walk(nz: int, frames: int, keyframes: int, *, seed: int) -> "Any":
 
 
 def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128) -> np.ndarray:
-    """uint8 (N, H, W, C) images for noise z (N, nz)."""
+    """uint8 (N, H, W, C) images for noise z (N, nz), ``batch`` at a time.
+
+    RGBA: alpha >= ``alpha_threshold`` becomes 255, below it 0 with black colour (0 = keep).
+    """
     import torch
 
     from stages._gan import to_uint8
@@ -110,6 +139,85 @@ def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128) -> np.nd
         imgs[..., 3] = np.where(a >= alpha_threshold, 255, 0).astype(np.uint8)
         imgs[..., :3][a < alpha_threshold] = 0
     return imgs
+
+
+def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold: int = 128,
+                  progress: ProgressFn = no_progress) -> np.ndarray:
+    """``n`` images from generator ``G`` for the noise of ``seed``.
+
+    Parameters
+    ----------
+    G : stages._gan.Generator
+        In eval mode (see :func:`load_generator`).
+    n : int
+    seed : int
+        Seeds the (n, nz) standard-normal noise: same seed, same images, whatever ``batch``.
+    batch : int
+        Images per generator call.
+    alpha_threshold : int
+        See :func:`generate`.
+    progress : callable
+        ``progress("sample", done, n)`` before the first batch and after each one.
+
+    Returns
+    -------
+    ndarray, shape (n, H, W, C), uint8
+    """
+    import torch
+
+    z = torch.randn(n, G.cfg.nz, generator=torch.Generator().manual_seed(int(seed)))
+    chunks = []
+    progress("sample", 0, n)
+    for i in range(0, n, batch):
+        chunks.append(generate(G, z[i:i + batch], batch=batch, alpha_threshold=alpha_threshold))
+        progress("sample", i + len(chunks[-1]), n)
+    return np.concatenate(chunks)
+
+
+def interpolation_strip(G: Any, frames: int, *, keyframes: int, seed: int, batch: int = 64,
+                        alpha_threshold: int = 128) -> np.ndarray:
+    """A latent walk (:func:`latent_walk`) through ``G`` as one strip, shape (H, frames*W, C)."""
+    walk = latent_walk(G.cfg.nz, frames, keyframes, seed=seed)
+    images = generate(G, walk, batch=batch, alpha_threshold=alpha_threshold)
+    return np.concatenate(list(images), axis=1)
+
+
+def find_checkpoint(paths: list[Path]) -> Path:
+    """``ckpt.pt`` of a train artifact folder, or the first checkpoint file given."""
+    paths = [Path(x) for x in paths]
+    if not paths:
+        raise InputError("no checkpoint given: pass a train artifact folder or a ckpt.pt file")
+    ck = find_artifact(paths, CKPT_FILE) or next((q for q in paths if q.is_file()), None)
+    if ck is None:
+        raise InputError(f"{paths[0]}: no ckpt.pt there (run `pipeline train` first)")
+    return ck
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What a sample run wrote: ``n`` images of ``seed`` from ``weights`` at checkpoint
+    ``step``, ``size`` [h, w] with ``channels``, the PNG ``files`` and the ``interpolation``
+    strip's file name (None when off)."""
+
+    n: int
+    seed: int
+    weights: str
+    step: int
+    size: list
+    channels: int
+    files: list
+    interpolation: Optional[str]
+
+    def manifest(self) -> dict:
+        """The content of samples.json."""
+        return {"n": self.n, "seed": self.seed, "weights": self.weights, "step": self.step,
+                "size": self.size, "channels": self.channels, "files": self.files,
+                "interpolation": self.interpolation}
+
+    def to_summary(self, checkpoint: Path) -> dict:
+        """The stage summary: the manifest without the file list, plus the checkpoint used."""
+        return {**{k: v for k, v in self.manifest().items() if k != "files"},
+                "checkpoint": str(checkpoint)}
 
 
 def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
@@ -128,56 +236,28 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     Returns
     -------
     dict
-        ``{"n", "seed", "weights", "step", "size": [h, w], "channels", "files", "interpolation"}``.
+        :meth:`SampleResult.to_summary`: ``n``, ``seed``, ``weights``, ``step``, ``size``,
+        ``channels``, ``interpolation`` and ``checkpoint``.
     """
-    import torch
-
     from stages._checkpoint import resolve_device
 
     p = params
-    if p.n < 1:
-        raise ParamError(f"n must be at least 1, got {p.n}")
-    if p.batch < 1:
-        raise ParamError(f"batch must be at least 1, got {p.batch}")
-    if p.interpolate < 0 or p.interpolate == 1:
-        raise ParamError(f"interpolate must be 0 (off) or at least 2 frames, got {p.interpolate}")
-    if p.n_keyframes < 2:
-        raise ParamError(f"n_keyframes must be at least 2, got {p.n_keyframes}")
-    if not 0 <= p.alpha_threshold <= 255:
-        raise ParamError(f"alpha_threshold must be in 0..255, got {p.alpha_threshold}")
-    paths = [Path(x) for x in (inputs.get("checkpoint") or [])]
-    if not paths:
-        raise InputError("no checkpoint given: pass a train artifact folder or a ckpt.pt file")
-    ck = find_artifact(paths, "ckpt.pt") or next((q for q in paths if q.is_file()), None)
-    if ck is None:
-        raise InputError(f"{paths[0]}: no ckpt.pt there (run `pipeline train` first)")
-    G, meta = load_generator(ck, use_ema=p.use_ema, device=resolve_device(p.device))
-    nz = int(meta["gan"]["nz"])
+    ckpt = find_checkpoint(inputs.get("checkpoint") or [])
+    G, info = load_generator(ckpt, use_ema=p.use_ema, device=resolve_device(p.device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    z = torch.randn(p.n, nz, generator=torch.Generator().manual_seed(int(p.seed)))
-    files = []
-    done = 0
-    progress("sample", 0, p.n)
-    for i in range(0, p.n, p.batch):
-        imgs = generate(G, z[i:i + p.batch], batch=p.batch, alpha_threshold=p.alpha_threshold)
-        for j, im in enumerate(imgs):
-            name = f"sample_{i + j:04d}.png"
-            save_png(out_dir / name, im)
-            files.append(name)
-        done += len(imgs)
-        progress("sample", done, p.n)
-    strip = None
+    images = sample_images(G, p.n, seed=p.seed, batch=p.batch, alpha_threshold=p.alpha_threshold,
+                           progress=progress)
+    files = [f"sample_{i:04d}.png" for i in range(len(images))]
+    for name, image in zip(files, images):
+        save_png(out_dir / name, image)
     if p.interpolate:
-        walk = latent_walk(nz, p.interpolate, p.n_keyframes, seed=p.seed)
-        frames = generate(G, walk, batch=p.batch, alpha_threshold=p.alpha_threshold)
-        save_png(out_dir / "interpolation.png", np.concatenate(list(frames), axis=1))
-        strip = "interpolation.png"
-    summary = {"n": int(p.n), "seed": int(p.seed), "weights": meta["weights"],
-               "step": meta["step"],
-               "size": [int(meta["gan"]["height"]), int(meta["gan"]["width"])],
-               "channels": int(meta["gan"]["channels"]), "files": files,
-               "interpolation": strip}
-    write_json(out_dir / "samples.json", summary)
-    return {**{k: v for k, v in summary.items() if k != "files"}, "checkpoint": str(ck)}
+        save_png(out_dir / STRIP_FILE, interpolation_strip(
+            G, p.interpolate, keyframes=p.n_keyframes, seed=p.seed, batch=p.batch,
+            alpha_threshold=p.alpha_threshold))
+    result = SampleResult(n=int(p.n), seed=int(p.seed), weights=info.weights, step=info.step,
+                          size=[int(info.gan.height), int(info.gan.width)],
+                          channels=int(info.gan.channels), files=files,
+                          interpolation=STRIP_FILE if p.interpolate else None)
+    write_json(out_dir / MANIFEST_FILE, result.manifest())
+    return result.to_summary(ckpt)

@@ -8,9 +8,14 @@ translation on everything D sees, a generator EMA for
 sampling, channels_last and flushed denormals on the CPU (bf16 autocast where the hardware
 has native bf16; emulated bf16 measured 2× slower).
 
-Artifacts (``out_dir``): ``ckpt.pt`` (one dict, see :func:`save_checkpoint`), ``config.json``,
-``metrics.jsonl`` (one row per logged step: step, lossD, lossG, ips, swd when computed),
-``grids/step_NNNNNN.png`` (a fixed noise batch through the EMA generator), ``curves.png``.
+Artifacts (``out_dir``): ``ckpt.pt`` (one dict, see :meth:`TrainingRun.checkpoint`),
+``config.json``, ``metrics.jsonl`` (one row per logged step: step, lossD, lossG, ips, swd when
+computed), ``grids/step_NNNNNN.png`` (a fixed noise batch through the EMA generator),
+``curves.png``.
+
+The code: :class:`Trainer` owns the networks, optimisers and EMA and makes one training step
+on a batch of arrays; :class:`TrainingRun` drives it — resume, the loop with its time budget,
+rollbacks, metrics, grids and checkpoints; :func:`run` loads the patches and ties them together.
 
 Resume: ``out_dir`` is stable for a cache key, so a checkpoint left by an interrupted run is
 picked up and training continues from its step.  Every step's batch, noise and augmentation
@@ -25,6 +30,7 @@ batch, and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -36,80 +42,122 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from stages._augment import parse_policy
 from stages._checkpoint import CKPT_VERSION, load_checkpoint, resolve_device, save_checkpoint
 from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, Skipped,
-                            StageError, atomic_write_text, expand_inputs, find_artifact,
-                            load_image, no_progress, param, save_png, write_json)
+                            StageError, StageParams, atomic_write_text, expand_inputs,
+                            find_artifact, load_image, no_progress, param, save_png, write_json)
+from stages._gan_config import UPSAMPLE, GANConfig, max_d_scales
+from tilesets.artifacts import PATCHES_FILE, ArtifactError, Patches, grid_cut, load_npy
 
 NAME = "train"
 INPUTS = {"patches": "crop"}
 OPTIONAL_INPUTS = ()
 LIBS = ("torch", "numpy")
 
-#: Version of the checkpoint dict layout (bump on incompatible changes).
-
 log = logging.getLogger("tilegan.train")
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(StageParams):
+    STAGE = "train"
+
     size: int = param(64, help="Patch side in pixels the GAN is built for: 32, 64 or 128 (larger "
-                               "input patches are cut into size×size squares).")
+                               "input patches are cut into size×size squares).",
+                      choices=(16, 32, 64, 128, 256))
     channels: int = param(0, help="0 = as the input patches, 3 = RGB, 4 = RGBA (transparent "
-                                  "sprites keep their alpha).")
-    steps: int = param(3000, help="Training steps (one D and one G update each).")
+                                  "sprites keep their alpha).", choices=(0, 3, 4))
+    steps: int = param(3000, help="Training steps (one D and one G update each).", min=1)
     max_minutes: float = param(5.5, help="Wall-clock budget in minutes; training stops early at the "
-                                         "budget and still writes the final checkpoint (0 = none).")
-    batch: int = param(16, help="Images per step per process.")
-    lr_g: float = param(2e-4, help="Adam learning rate of the generator.")
-    lr_d: float = param(4e-4, help="Adam learning rate of the discriminator.")
+                                         "budget and still writes the final checkpoint (0 = none).",
+                               min=0)
+    batch: int = param(16, help="Images per step per process.", min=1)
+    lr_g: float = param(2e-4, help="Adam learning rate of the generator (> 0).")
+    lr_d: float = param(4e-4, help="Adam learning rate of the discriminator (> 0).")
     lr_decay: float = param(0.0, help="Share of the run, at its end, over which both learning "
                                       "rates fall linearly to zero (the run ends at --steps or "
-                                      "--max-minutes, whichever comes first); 0 = constant.")
-    betas: tuple = param((0.0, 0.99), help="Adam (beta1, beta2) for both networks.")
-    nz: int = param(100, help="Length of the noise vector.")
-    ngf: int = param(16, help="Generator base width (widest layer = 8×).")
-    ndf: int = param(16, help="Discriminator base width (widest layer = 8×).")
-    loss: str = param("hinge", help="GAN loss: hinge or bce (classic non-saturating DCGAN).")
+                                      "--max-minutes, whichever comes first); 0 = constant.",
+                            min=0, max=1)
+    betas: tuple = param((0.0, 0.99), help="Adam (beta1, beta2) for both networks, each in [0, 1).")
+    nz: int = param(100, help="Length of the noise vector.", min=1)
+    ngf: int = param(16, help="Generator base width (widest layer = 8×).", min=1)
+    ndf: int = param(16, help="Discriminator base width (widest layer = 8×).", min=1)
+    loss: str = param("hinge", help="GAN loss: hinge or bce (classic non-saturating DCGAN).",
+                      choices=("hinge", "bce"))
     spectral_norm: bool = param(True, help="Spectral norm on D's convs (instead of batch norm).")
     upsample: str = param("nearest", help="Generator doubling: deconv (DCGAN transposed conv) or "
-                                         "nearest (nearest ×2 + 3×3 conv, no checkerboard).")
+                                         "nearest (nearest ×2 + 3×3 conv, no checkerboard).",
+                          choices=UPSAMPLE)
     d_scales: int = param(0, help="Image scales D judges: 1 = full size only; 2 or 3 add smaller "
                                   "discriminators on the image average-pooled by 2, 4 (layout and "
-                                  "colour at a coarse scale); 0 = auto: 2 from 32 pixels up, else 1.")
+                                  "colour at a coarse scale); 0 = auto: 2 from 32 pixels up, else 1.",
+                          min=0)
     mbstd: int = param(0, help="Minibatch standard deviation in D over groups of this many "
-                               "images (ProGAN's variety check; 0 = off).")
+                               "images (ProGAN's variety check; 0 = off).", min=0)
     diffaug: str = param("translation",
                          help="DiffAugment ops applied to everything D sees, comma separated "
                               "(translation, cutout, color); empty = off.")
     ema: float = param(0.999, help="Decay of the generator EMA used for grids, SWD and sampling "
-                                   "(0 = off).")
+                                   "(0 = off; below 1).", min=0)
     mode_seeking: float = param(0.0, help="Weight of the mode-seeking term (MSGAN): G is pushed "
                                           "to make images that differ as much as their noise "
-                                          "vectors do, against mode collapse (0 = off).")
-    label_smoothing: float = param(0.0, help="BCE only: real target becomes 1 - this value.")
+                                          "vectors do, against mode collapse (0 = off).", min=0)
+    label_smoothing: float = param(0.0, help="BCE only: real target becomes 1 - this value "
+                                             "(below 0.5).", min=0)
     instance_noise: float = param(0.0, help="Std of Gaussian noise added to D's inputs, annealed "
-                                            "linearly to 0 over the run (0 = off).")
+                                            "linearly to 0 over the run (0 = off).", min=0)
     precision: str = param("auto", help="auto, fp32 or bf16 autocast.  auto = bf16 on CUDA and on "
                                         "CPUs with native bf16 (AVX512-BF16/AMX), else fp32; on "
-                                        "CUDA without bf16, fp16 with a gradient scaler.")
+                                        "CUDA without bf16, fp16 with a gradient scaler.",
+                           choices=("auto", "fp32", "bf16"))
     seed: int = param(0, help="Seed for initialisation, data order, noise and augmentation.")
     device: str = param("auto", help="auto, cpu or cuda (cuda:N).")
-    ckpt_every: int = param(250, help="Write ckpt.pt every this many steps (and at the end).")
-    grid_every: int = param(250, help="Write grids/step_NNNNNN.png every this many steps.")
+    ckpt_every: int = param(250, help="Write ckpt.pt every this many steps (and at the end).", min=1)
+    grid_every: int = param(250, help="Write grids/step_NNNNNN.png every this many steps.", min=1)
     swd_every: int = param(1000, help="Compute SWD against held-back real patches every this "
-                                      "many steps (0 = only at the end; -1 = never).")
-    log_every: int = param(10, help="Append a metrics.jsonl row every this many steps.")
+                                      "many steps (0 = only at the end; -1 = never).", min=-1)
+    log_every: int = param(10, help="Append a metrics.jsonl row every this many steps.", min=1)
     swd_holdout: float = param(0.1, help="Share of the patches (at most 512) held back from "
-                                         "training as the SWD reference.")
+                                         "training as the SWD reference (below 0.9).", min=0)
     max_rollbacks: int = param(3, help="NaN/divergence: roll back with halved learning rates at "
-                                       "most this many times, then stop.")
+                                       "most this many times, then stop.", min=0)
     compile: bool = param(False, help="torch.compile the networks (dynamic=False; ~40 s warm-up).")
 
+    def check(self) -> None:
+        """The declared ranges, then the rules :func:`param` cannot say: open upper bounds,
+        positive learning rates, and the rules that involve several fields."""
+        super().check()
+        for name, limit in _BELOW.items():
+            if not getattr(self, name) < limit:
+                self._fail(name, f"{name} must be below {limit}, got {getattr(self, name)}")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                self._fail(name, f"{name} must be positive, got {getattr(self, name)}")
+        if len(tuple(self.betas)) != 2 or not all(0.0 <= float(b) < 1.0 for b in self.betas):
+            self._fail("betas", f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.d_scales > max_d_scales(self.size):
+            self._fail("d_scales", f"d_scales must be 0 (auto) or 1..{max_d_scales(self.size)} "
+                                   f"for size {self.size} (every scale D judges keeps at least "
+                                   f"16 pixels), got {self.d_scales}")
+        if self.mode_seeking > 0 and self.batch < 2:
+            self._fail("mode_seeking", "mode_seeking needs batch >= 2 (it compares pairs of images)")
+        try:
+            parse_policy(self.diffaug)
+        except ValueError as e:
+            self._fail("diffaug", f"diffaug: {e}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            self._fail("device", f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def _fail(self, name: str, message: str) -> None:
+        raise ParamError(f"{self.STAGE}: {message}", field=name)
+
+
+#: Upper bounds a value must stay strictly below (``param``'s bounds are inclusive).
+_BELOW = {"ema": 1.0, "label_smoothing": 0.5, "swd_holdout": 0.9}
 
 #: Overrides for a smoke run that finishes in about a second (tests, CI).
 TINY = dict(steps=3, batch=4, ngf=8, ndf=8, nz=16, ckpt_every=2, grid_every=2, swd_every=0,
@@ -119,12 +167,12 @@ TINY = dict(steps=3, batch=4, ngf=8, ndf=8, nz=16, ckpt_every=2, grid_every=2, s
 _RESUME_FREE = {"steps", "max_minutes", "ckpt_every", "grid_every", "swd_every", "log_every",
                 "device", "compile", "max_rollbacks"}
 
-#: Test hooks (never set in production).  ``_FAULT_HOOK(step, lossD) -> lossD`` may poison a
-#: loss; ``_STEP_HOOK(step)`` runs after each step (a test slows training down with it).
-_FAULT_HOOK: Optional[Callable[[int, Any], Any]] = None
-_STEP_HOOK: Optional[Callable[[int], None]] = None
-
 _DIVERGED = 1e4          # |loss| above this counts as divergence
+
+#: Streams of the seeded RNGs (``[seed, stream, ...]``), one per kind of random draw: data order,
+#: a step's noise and augmentation, the fixed grid/SWD noise, the SWD floor's pick (the SWD
+#: holdout uses 7, in stages._metrics).
+_SEED_EPOCH, _SEED_STEP, _SEED_FIXED_NOISE, _SEED_FLOOR = 1, 2, 3, 5
 
 
 def resolve_d_scales(p: Params) -> int:
@@ -132,84 +180,11 @@ def resolve_d_scales(p: Params) -> int:
     return p.d_scales or (2 if p.size >= 32 else 1)
 
 
-def gan_config(p: Params, channels: int) -> "Any":
-    """The network architecture (stages._gan.GANConfig) these parameters train."""
-    from stages._gan import GANConfig
-
+def gan_config(p: Params, channels: int) -> GANConfig:
+    """The network architecture these parameters train."""
     return GANConfig(height=p.size, width=p.size, channels=channels, nz=p.nz, ngf=p.ngf,
                      ndf=p.ndf, spectral_norm=p.spectral_norm, upsample=p.upsample,
                      d_scales=resolve_d_scales(p), mbstd=p.mbstd)
-
-
-def mode_seeking_term(fake: "Any", z: "Any") -> "Any":
-    """MSGAN's mode-seeking term: pair the batch's first half with its second half and return
-    1 / (mean |G(z1) - G(z2)| / mean |z1 - z2|), which falls as images spread out as much as
-    their noise vectors do (a generator that maps many z to one image pays for it)."""
-    h = fake.shape[0] // 2
-    ratio = ((fake[:h] - fake[h:2 * h]).abs().mean()
-             / (z[:h] - z[h:2 * h]).abs().mean().clamp_min(1e-8))
-    return 1.0 / (ratio + 1e-5)
-
-
-def lr_factor(decay: float, done: float) -> float:
-    """Learning-rate factor at ``done`` (0..1) of a run whose last ``decay`` share falls
-    linearly to zero: 1 before that share, 0 at the very end."""
-    if decay <= 0:
-        return 1.0
-    return min(1.0, max(0.0, (1.0 - done) / decay))
-
-
-# --------------------------------------------------------------------------- validation
-def _validate(p: Params) -> None:
-    if p.size not in (16, 32, 64, 128, 256):
-        raise ParamError(f"size must be 32, 64 or 128 (got {p.size})")
-    if p.channels not in (0, 3, 4):
-        raise ParamError(f"channels must be 0 (auto), 3 (RGB) or 4 (RGBA), got {p.channels}")
-    for name in ("steps", "batch", "nz", "ngf", "ndf", "ckpt_every", "grid_every", "log_every"):
-        if int(getattr(p, name)) < 1:
-            raise ParamError(f"{name} must be at least 1, got {getattr(p, name)}")
-    from stages._gan import max_d_scales
-
-    if not 0 <= p.d_scales <= max_d_scales(p.size):
-        raise ParamError(f"d_scales must be 0 (auto) or 1..{max_d_scales(p.size)} for size "
-                         f"{p.size} (every scale D judges keeps at least 16 pixels), got {p.d_scales}")
-    if p.mbstd < 0:
-        raise ParamError(f"mbstd must be >= 0 (0 = off), got {p.mbstd}")
-    if p.loss not in ("hinge", "bce"):
-        raise ParamError(f"loss must be 'hinge' or 'bce', got {p.loss!r}")
-    from stages._gan import UPSAMPLE
-
-    if p.upsample not in UPSAMPLE:
-        raise ParamError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {p.upsample!r}")
-    if p.precision not in ("auto", "fp32", "bf16"):
-        raise ParamError(f"precision must be 'auto', 'fp32' or 'bf16', got {p.precision!r}")
-    if not (0.0 <= p.ema < 1.0):
-        raise ParamError(f"ema must be in [0, 1), got {p.ema}")
-    if not (0.0 <= p.label_smoothing < 0.5):
-        raise ParamError(f"label_smoothing must be in [0, 0.5), got {p.label_smoothing}")
-    if p.mode_seeking < 0:
-        raise ParamError(f"mode_seeking must be >= 0 (0 = off), got {p.mode_seeking}")
-    if p.mode_seeking > 0 and p.batch < 2:
-        raise ParamError("mode_seeking needs batch >= 2 (it compares pairs of images)")
-    if p.instance_noise < 0:
-        raise ParamError(f"instance_noise must be >= 0, got {p.instance_noise}")
-    if len(tuple(p.betas)) != 2 or not all(0.0 <= float(b) < 1.0 for b in p.betas):
-        raise ParamError(f"betas must be two numbers in [0, 1), got {p.betas}")
-    if p.lr_g <= 0 or p.lr_d <= 0:
-        raise ParamError("lr_g and lr_d must be positive")
-    if not (0.0 <= p.swd_holdout < 0.9):
-        raise ParamError(f"swd_holdout must be in [0, 0.9), got {p.swd_holdout}")
-    if not (0.0 <= p.lr_decay <= 1.0):
-        raise ParamError(f"lr_decay must be in [0, 1] (a share of the run), got {p.lr_decay}")
-    if p.max_minutes < 0:
-        raise ParamError(f"max_minutes must be >= 0, got {p.max_minutes}")
-    from stages._augment import parse_policy
-    try:
-        parse_policy(p.diffaug)
-    except ValueError as e:
-        raise ParamError(f"diffaug: {e}") from None
-    if not (p.device in ("auto", "cpu", "cuda") or p.device.startswith("cuda:")):
-        raise ParamError(f"device must be auto, cpu or cuda, got {p.device!r}")
 
 
 def _plain_params(p: Params) -> dict[str, Any]:
@@ -229,37 +204,22 @@ def _plain_params(p: Params) -> dict[str, Any]:
 def load_patches(paths: list[Path], *, size: int, channels: int) -> tuple[np.ndarray, list]:
     """Load training patches as uint8 (N, size, size, channels).
 
-    ``paths`` is a crop artifact dir (its ``patches.npy``) or ``.npy`` files / images / folders.
-    Images are cut into non-overlapping ``size`` squares; patches larger than ``size`` are cut
-    into ``size`` squares too.  ``channels`` 0 keeps the channels of the (first) .npy input.  Returns the array and a list of skipped inputs with reasons.
+    ``paths`` is a crop artifact dir (its :class:`~tilesets.artifacts.Patches`) or ``.npy``
+    files / images / folders.  Images are cut into non-overlapping ``size`` squares; patches
+    larger than ``size`` are cut into ``size`` squares too.  ``channels`` 0 keeps the channels
+    of the (first) .npy input.  Returns the array and a list of skipped inputs with reasons.
     """
     skipped = Skipped(logger=log)
+    artifact = find_artifact(paths, PATCHES_FILE)
+    files = [artifact] if artifact is not None else expand_inputs(paths, IMAGE_SUFFIXES + (".npy",))
+    channels = channels or _channels_of_first_npy(files)
     arrays: list[np.ndarray] = []
-    art = find_artifact(paths, "patches.npy")
-    files = [art] if art is not None else expand_inputs(paths, IMAGE_SUFFIXES + (".npy",))
-    mode = "RGBA" if channels == 4 else "RGB"
-    if channels == 0:                    # auto: the first .npy decides; images are RGB
-        first = next((f for f in files if f.suffix.lower() == ".npy"), None)
-        channels = 3
-        if first is not None:
-            try:
-                channels = 4 if np.load(first, mmap_mode="r").shape[-1] == 4 else 3
-            except (OSError, ValueError):
-                pass
     for f in files:
         if f.suffix.lower() == ".npy":
-            try:
-                a = np.load(f, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise InputError(f"{f}: not a readable .npy array ({e})") from None
-            if a.dtype != np.uint8 or a.ndim not in (3, 4) or a.shape[-1] not in (3, 4):
-                raise InputError(f"{f}: expected uint8 patches shaped (N, S, S, 3|4), got "
-                                 f"{a.dtype} {a.shape}")
-            if a.ndim == 3:
-                a = a[None]
+            a = _read_npy(f, is_artifact=f == artifact)
         else:
             try:
-                a = load_image(f, mode=mode)[None]
+                a = load_image(f, mode="RGBA" if channels == 4 else "RGB")[None]
             except InputError as e:
                 skipped.add(f, str(e))
                 continue
@@ -271,14 +231,37 @@ def load_patches(paths: list[Path], *, size: int, channels: int) -> tuple[np.nda
                                  f"train with --size {min(h, w)} or crop bigger patches")
             skipped.add(f, f"{f}: {w}x{h} is smaller than {size}x{size}")
             continue
-        ny, nx = h // size, w // size
-        a = a[:, :ny * size, :nx * size].reshape(len(a), ny, size, nx, size, channels)
-        arrays.append(a.transpose(0, 1, 3, 2, 4, 5).reshape(-1, size, size, channels))
+        arrays.append(grid_cut(a, size))
     if not arrays:
         where = ", ".join(str(p) for p in paths) or "(no input)"
         raise InputError(f"{where}: no usable training patches"
                          + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
     return np.ascontiguousarray(np.concatenate(arrays)), skipped.items
+
+
+def _channels_of_first_npy(files: list[Path]) -> int:
+    """4 when the first .npy input holds RGBA, else 3 (images alone train as RGB)."""
+    first = next((f for f in files if f.suffix.lower() == ".npy"), None)
+    if first is None:
+        return 3
+    try:
+        return 4 if load_npy(first, mmap=True).shape[-1] == 4 else 3
+    except ArtifactError:
+        return 3
+
+
+def _read_npy(path: Path, *, is_artifact: bool) -> np.ndarray:
+    """uint8 (N, H, W, C) from crop's ``patches.npy`` or a user's array (N, H, W, C) / (H, W, C)."""
+    try:
+        if is_artifact:
+            return Patches.load(path.parent).images
+        a = load_npy(path)
+    except ArtifactError as e:
+        raise InputError(str(e)) from None
+    if a.dtype != np.uint8 or a.ndim not in (3, 4) or a.shape[-1] not in (3, 4):
+        raise InputError(f"{path}: expected uint8 patches shaped (N, S, S, 3|4), got "
+                         f"{a.dtype} {a.shape}")
+    return a[None] if a.ndim == 3 else a
 
 
 def _fit_channels(a: np.ndarray, channels: int) -> np.ndarray:
@@ -289,9 +272,44 @@ def _fit_channels(a: np.ndarray, channels: int) -> np.ndarray:
     return np.concatenate([a, np.full(a.shape[:-1] + (1,), 255, np.uint8)], axis=-1)
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The loaded patches split into what trains and what SWD compares against.
+
+    Attributes
+    ----------
+    patches : ndarray, shape (N, S, S, C), uint8
+        Everything loaded.
+    train : ndarray, shape (n_train, S, S, C), uint8
+    holdout : ndarray, shape (n_holdout, S, S, C), uint8, or None
+        Real patches held back from training as the SWD reference (None when the corpus is
+        too small to spare them, see :func:`stages._metrics.sample_swd_reference`).
+    """
+
+    patches: np.ndarray
+    train: np.ndarray
+    holdout: Optional[np.ndarray]
+
+    @classmethod
+    def split(cls, patches: np.ndarray, *, holdout: float, seed: int) -> "TrainingData":
+        from stages._metrics import sample_swd_reference
+
+        train_idx, held = sample_swd_reference(patches, holdout=holdout, seed=seed)
+        return cls(patches, patches[train_idx], held)
+
+    @property
+    def n_holdout(self) -> int:
+        return 0 if self.holdout is None else len(self.holdout)
+
+    def counts(self) -> dict[str, int]:
+        """``n_patches``, ``n_train``, ``n_holdout`` (for config.json and the summary)."""
+        return {"n_patches": int(len(self.patches)), "n_train": int(len(self.train)),
+                "n_holdout": int(self.n_holdout)}
+
+
 @functools.lru_cache(maxsize=4)
 def _epoch_perm(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, 1, epoch]).permutation(n)
+    return np.random.default_rng([seed, _SEED_EPOCH, epoch]).permutation(n)
 
 
 def batch_indices(seed: int, step: int, n: int, global_batch: int) -> np.ndarray:
@@ -341,7 +359,6 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-# --------------------------------------------------------------------------- checkpoint
 def _cpu_copy(obj: Any) -> Any:
     import torch
 
@@ -376,8 +393,6 @@ def resolve_precision(precision: str, device: "Any") -> str:
 
 def _autocast(device: "Any", precision: str) -> tuple[Any, Any]:
     """(autocast context factory, dtype or None) for the device and precision."""
-    import contextlib
-
     import torch
 
     precision = resolve_precision(precision, device)
@@ -392,18 +407,141 @@ def _autocast(device: "Any", precision: str) -> tuple[Any, Any]:
     return contextlib.nullcontext, None
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process trains: ``world`` processes, this one's ``rank`` and ``device``."""
+
+    world: int
+    rank: int
+    device: Any
+
+    @property
+    def main(self) -> bool:
+        """Rank 0, the one that writes files."""
+        return self.rank == 0
+
+
+@contextlib.contextmanager
+def process_group(device_name: str) -> Iterator[Ranks]:
+    """Resolve the device and, under ``torchrun`` (``WORLD_SIZE`` > 1), join the process group
+    (NCCL on CUDA, gloo on CPU) for the block; one process alone needs no group."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    rank, created = 0, False
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            created = True
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)       # a saturating D otherwise slows steps ~2.4×
+    try:
+        yield Ranks(world, rank, device)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _rank0_value(value: int, device: Any) -> int:
+    """Rank 0's ``value``, on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, 0)
+    return int(t.item())
+
+
+def _max_over_ranks(value: float, device: Any) -> float:
+    """The largest ``value`` of all ranks, on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+# --------------------------------------------------------------------------- losses
+def discriminator_loss(real_logits: "Any", fake_logits: "Any", *, kind: str,
+                       label_smoothing: float = 0.0) -> "Any":
+    """D's loss on its logits for real and generated images (any equal shapes, float32).
+
+    ``kind`` "hinge": mean relu(1 - real) + mean relu(1 + fake); "bce": binary cross-entropy
+    with target 1 - ``label_smoothing`` for real and 0 for fake.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if kind == "hinge":
+        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+    return (F.binary_cross_entropy_with_logits(
+                real_logits, torch.full_like(real_logits, 1.0 - label_smoothing))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def generator_loss(fake_logits: "Any", *, kind: str) -> "Any":
+    """G's loss on D's logits for its images: -mean (hinge) or non-saturating BCE."""
+    import torch.nn.functional as F
+
+    return -fake_logits.mean() if kind == "hinge" else F.softplus(-fake_logits).mean()
+
+
+def mode_seeking_term(fake: "Any", z: "Any") -> "Any":
+    """MSGAN's mode-seeking term: pair the batch's first half with its second half and return
+    1 / (mean |G(z1) - G(z2)| / mean |z1 - z2|), which falls as images spread out as much as
+    their noise vectors do (a generator that maps many z to one image pays for it)."""
+    h = fake.shape[0] // 2
+    ratio = ((fake[:h] - fake[h:2 * h]).abs().mean()
+             / (z[:h] - z[h:2 * h]).abs().mean().clamp_min(1e-8))
+    return 1.0 / (ratio + 1e-5)
+
+
+def lr_factor(decay: float, done: float) -> float:
+    """Learning-rate factor at ``done`` (0..1) of a run whose last ``decay`` share falls
+    linearly to zero: 1 before that share, 0 at the very end."""
+    if decay <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (1.0 - done) / decay))
+
+
 # --------------------------------------------------------------------------- the trainer
 class Trainer:
-    """Networks, optimisers, EMA and one training step; no file I/O except checkpoints."""
+    """Networks, optimisers, EMA and one training step on arrays; no file I/O.
 
-    def __init__(self, p: Params, cfg: "Any", device: "Any", *, world: int = 1, rank: int = 0):
+    Attributes
+    ----------
+    G, D, G_ema : torch.nn.Module
+        The generator, the discriminator and the generator's weight average (used to sample).
+    G_forward, D_forward : callable
+        What a training step calls to run G and D: the modules themselves, or their
+        DistributedDataParallel and/or torch.compile wrappers.
+    D_forward_for_G : callable
+        D as the generator's update runs it.  D is frozen there, so under DDP it is the bare
+        module (compiled when asked): nothing of D's must be synchronised across ranks.
+    lr_scale : float
+        Halved by each rollback (:meth:`roll_back`).
+    rollbacks : int
+        Rollbacks so far.
+    """
+
+    def __init__(self, params: Params, cfg: GANConfig, device: "Any", *, world: int = 1,
+                 rank: int = 0):
         import torch
 
-        from stages._augment import parse_policy
         from stages._gan import Discriminator, Generator
 
-        self.p, self.cfg, self.device, self.world, self.rank = p, cfg, device, world, rank
-        torch.manual_seed(p.seed)
+        self.params, self.cfg, self.device, self.world, self.rank = params, cfg, device, world, rank
+        torch.manual_seed(params.seed)
         self.G = Generator(cfg).to(device)
         self.D = Discriminator(cfg).to(device)
         if device.type == "cpu":
@@ -411,29 +549,37 @@ class Trainer:
             self.D = self.D.to(memory_format=torch.channels_last)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self._ema_bn_stale = True
-        self.optG = torch.optim.Adam(self.G.parameters(), lr=p.lr_g, betas=tuple(p.betas))
-        self.optD = torch.optim.Adam(self.D.parameters(), lr=p.lr_d, betas=tuple(p.betas))
-        self.autocast, amp_dtype = _autocast(device, p.precision)
+        betas = tuple(params.betas)
+        self.optG = torch.optim.Adam(self.G.parameters(), lr=params.lr_g, betas=betas)
+        self.optD = torch.optim.Adam(self.D.parameters(), lr=params.lr_d, betas=betas)
+        self.autocast, amp_dtype = _autocast(device, params.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        self.ops = parse_policy(p.diffaug)
+        self.augment_ops = parse_policy(params.diffaug)
         self.lr_scale, self.rollbacks = 1.0, 0
         self.lr_sched = 1.0                      # schedule factor (lr_decay), set per step
         self.d_has_bn = not cfg.spectral_norm
-        self.Gf, self.Df = self.G, self.D        # forward callables (DDP / compiled wrappers)
-        if world > 1:
+        self.G_forward, self.D_forward = self._wrap(self.G), self._wrap(self.D)
+        if world == 1:
+            self.D_forward_for_G = self.D_forward
+        else:
+            self.D_forward_for_G = (torch.compile(self.D, dynamic=False) if params.compile
+                                    else self.D)
+
+    def _wrap(self, module: "Any") -> "Any":
+        """``module`` in DDP across ranks (when world > 1), then compiled (when asked)."""
+        import torch
+
+        forward = module
+        if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            ids = [device.index] if device.type == "cuda" else None
-            self.Gf = DDP(self.G, device_ids=ids)
-            self.Df = DDP(self.D, device_ids=ids)
-        if p.compile:
-            self.Gf = torch.compile(self.Gf, dynamic=False)
-            self.Df = torch.compile(self.Df, dynamic=False)
-        self.Dm = torch.compile(self.D, dynamic=False) if p.compile and world > 1 else (
-            self.Df if world == 1 else self.D)
+            forward = DDP(module, device_ids=[self.device.index] if self.device.type == "cuda"
+                          else None)
+        return torch.compile(forward, dynamic=False) if self.params.compile else forward
 
     # ----------------------------------------------------------------- state
     def state(self) -> dict:
+        """Weights, optimiser states, EMA, ``lr_scale`` and ``rollbacks`` (checkpoint keys)."""
         self._calibrate_ema_bn()
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
                 "optG": self.optG.state_dict(), "optD": self.optD.state_dict(),
@@ -449,15 +595,22 @@ class Trainer:
         self.rollbacks = int(st.get("rollbacks", 0))
         self._apply_lr()
 
+    def roll_back(self, good: dict) -> None:
+        """Return to ``good`` (an earlier :meth:`state`) with both learning rates halved."""
+        rollbacks = self.rollbacks + 1
+        self.load_state(good)
+        self.rollbacks, self.lr_scale = rollbacks, self.lr_scale / 2
+        self._apply_lr()
+
     def _apply_lr(self) -> None:
         for g in self.optG.param_groups:
-            g["lr"] = self.p.lr_g * self.lr_scale * self.lr_sched
+            g["lr"] = self.params.lr_g * self.lr_scale * self.lr_sched
         for g in self.optD.param_groups:
-            g["lr"] = self.p.lr_d * self.lr_scale * self.lr_sched
+            g["lr"] = self.params.lr_d * self.lr_scale * self.lr_sched
 
     def set_progress(self, done: float) -> None:
         """Set the learning rates for a run that is ``done`` (0..1) finished (``lr_decay``)."""
-        f = lr_factor(self.p.lr_decay, done)
+        f = lr_factor(self.params.lr_decay, done)
         if f != self.lr_sched:
             self.lr_sched = f
             self._apply_lr()
@@ -466,87 +619,104 @@ class Trainer:
     def step(self, step: int, real_u8: np.ndarray) -> tuple[float, float, bool]:
         """One D update and one G update on a uint8 (B, S, S, C) batch.
 
+        All randomness (noise, augmentation) comes from ``(seed, step, rank, rollbacks)``.
         Returns (lossD, lossG, ok) averaged over ranks; ok is False when a loss is non-finite
         or exploded on any rank (then nothing should be kept from this step).
         """
         import torch
-        import torch.nn.functional as F
 
-        from stages._augment import diff_augment
         from stages._gan import from_uint8
 
-        p, dev = self.p, self.device
-        gen = torch.Generator().manual_seed(_step_seed(p.seed, 2, step, self.rank, self.rollbacks))
+        p, dev = self.params, self.device
+        gen = torch.Generator().manual_seed(_step_seed(p.seed, _SEED_STEP, step, self.rank,
+                                                       self.rollbacks))
         real = from_uint8(real_u8, device=dev)
         if dev.type == "cpu":
             real = real.contiguous(memory_format=torch.channels_last)
-        b = real.shape[0]
-        z = torch.randn(b, self.cfg.nz, 1, 1, generator=gen).to(dev)
-        sigma = p.instance_noise * max(0.0, 1.0 - step / max(1, p.steps))
-
-        def d_input(x: torch.Tensor) -> torch.Tensor:
-            if self.ops:
-                x = diff_augment(x, self.ops, generator=gen)
-            if sigma > 0:
-                x = x + sigma * torch.randn(x.shape, generator=gen).to(dev, x.dtype)
-            return x
-
+        z = torch.randn(real.shape[0], self.cfg.nz, 1, 1, generator=gen).to(dev)
+        noise_std = p.instance_noise * max(0.0, 1.0 - step / max(1, p.steps))
         with self.autocast():
-            fake = self.Gf(z)
-        # ---- discriminator
+            fake = self.G_forward(z)
+        lossD = self._update_discriminator(real, fake, gen, noise_std)
+        lossG = self._update_generator(fake, z, gen, noise_std)
+        lossD, lossG, ok = self._agree_on_losses(lossD, lossG)
+        if ok:
+            self._update_ema(step)
+        return lossD, lossG, ok
+
+    def _discriminator_input(self, x: "Any", gen: "Any", noise_std: float) -> "Any":
+        """What D sees of images ``x``: DiffAugment, then instance noise of std ``noise_std``."""
+        import torch
+
+        from stages._augment import diff_augment
+
+        if self.augment_ops:
+            x = diff_augment(x, self.augment_ops, generator=gen)
+        if noise_std > 0:
+            x = x + noise_std * torch.randn(x.shape, generator=gen).to(self.device, x.dtype)
+        return x
+
+    def _update_discriminator(self, real: "Any", fake: "Any", gen: "Any",
+                              noise_std: float) -> "Any":
+        """One optimiser step of D on a real and a generated batch; returns its loss."""
+        import torch
+
+        p, b = self.params, real.shape[0]
         self.optD.zero_grad(set_to_none=True)
-        real_in, fake_in = d_input(real), d_input(fake.detach().float())
+        real_in = self._discriminator_input(real, gen, noise_std)
+        fake_in = self._discriminator_input(fake.detach().float(), gen, noise_std)
         with self.autocast():
-            if self.d_has_bn and self.world == 1:
-                lr_, lf_ = self.Df(real_in), self.Df(fake_in)
+            if self.d_has_bn and self.world == 1:        # batch norm: separate batches
+                real_logits, fake_logits = self.D_forward(real_in), self.D_forward(fake_in)
             else:
-                both = self.Df(torch.cat([real_in, fake_in]), parts=2)
-                lr_, lf_ = both[:b], both[b:]
-        if p.loss == "hinge":
-            lossD = F.relu(1.0 - lr_).mean() + F.relu(1.0 + lf_).mean()
-        else:
-            lossD = (F.binary_cross_entropy_with_logits(lr_, torch.full_like(lr_, 1.0 - p.label_smoothing))
-                     + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_)))
-        if _FAULT_HOOK is not None:
-            lossD = _FAULT_HOOK(step, lossD)
-        self.scaler.scale(lossD).backward()
+                both = self.D_forward(torch.cat([real_in, fake_in]), parts=2)
+                real_logits, fake_logits = both[:b], both[b:]
+        loss = discriminator_loss(real_logits, fake_logits, kind=p.loss,
+                                  label_smoothing=p.label_smoothing)
+        self.scaler.scale(loss).backward()
         self.scaler.step(self.optD)
-        # ---- generator
+        return loss
+
+    def _update_generator(self, fake: "Any", z: "Any", gen: "Any", noise_std: float) -> "Any":
+        """One optimiser step of G through the (frozen) D; returns its loss."""
+        p = self.params
         self.optG.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
         with self.autocast():
-            lg = self.Dm(d_input(fake.float()))
-        lossG = -lg.mean() if p.loss == "hinge" else F.softplus(-lg).mean()
+            fake_logits = self.D_forward_for_G(self._discriminator_input(fake.float(), gen, noise_std))
+        loss = generator_loss(fake_logits, kind=p.loss)
         if p.mode_seeking > 0:
-            lossG = lossG + p.mode_seeking * mode_seeking_term(fake.float(), z)
-        self.scaler.scale(lossG).backward()
+            loss = loss + p.mode_seeking * mode_seeking_term(fake.float(), z)
+        self.scaler.scale(loss).backward()
         self.scaler.step(self.optG)
         self.scaler.update()
         self.D.requires_grad_(True)
-        # ---- health and logging, agreed across ranks
+        return loss
+
+    def _agree_on_losses(self, lossD: "Any", lossG: "Any") -> tuple[float, float, bool]:
+        """(lossD, lossG) averaged over ranks and whether every rank's were finite and sane."""
+        import torch
+
         vals = torch.stack([lossD.detach().float(), lossG.detach().float()]).cpu()
         bad = float(not bool(torch.isfinite(vals).all()) or bool((vals.abs() > _DIVERGED).any()))
         if self.world > 1:
             import torch.distributed as dist
 
             t = torch.cat([torch.nan_to_num(vals, nan=0.0, posinf=0.0, neginf=0.0),
-                           torch.tensor([bad])]).to(dev)
+                           torch.tensor([bad])]).to(self.device)
             dist.all_reduce(t)
             t = t.cpu()
             vals, bad = t[:2] / self.world, float(t[2])
-        ok = bad == 0
-        if ok:
-            self._update_ema(step)
-        return float(vals[0]), float(vals[1]), ok
+        return float(vals[0]), float(vals[1]), bad == 0
 
     def _update_ema(self, step: int) -> None:
         import torch
 
-        if self.p.ema <= 0:
+        if self.params.ema <= 0:
             self.G_ema.load_state_dict(self.G.state_dict())
             self._ema_bn_stale = True
             return
-        d = min(self.p.ema, (1.0 + step) / (10.0 + step))
+        d = min(self.params.ema, (1.0 + step) / (10.0 + step))
         with torch.no_grad():
             ep = list(self.G_ema.parameters())
             gp = [q.detach() for q in self.G.parameters()]
@@ -569,7 +739,7 @@ class Trainer:
         bns = [m for m in self.G_ema.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         if not bns:
             return
-        gen = torch.Generator().manual_seed(_step_seed(self.p.seed, 3, 0, 0, 0))
+        gen = torch.Generator().manual_seed(_step_seed(self.params.seed, _SEED_FIXED_NOISE, 0, 0, 0))
         saved = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()
@@ -607,7 +777,7 @@ class Trainer:
         return float(sum(float(t.detach().double().abs().sum()) for t in self.G.parameters()))
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- pictures
 def _tile_grid(images: np.ndarray, cols: int) -> np.ndarray:
     n, h, w, c = images.shape
     rows = math.ceil(n / cols)
@@ -679,24 +849,375 @@ def _plot_pil(steps: list, series: list, sw: list, path: Path) -> None:
     save_png(path, im)
 
 
-def _read_metrics(path: Path, upto: int) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
+# --------------------------------------------------------------------------- the run
+CKPT_FILE = "ckpt.pt"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+CURVES_FILE = "curves.png"
+
+
+@dataclass
+class MetricsLog:
+    """The rows of ``metrics.jsonl`` and the clock behind their img/s figures.
+
+    A row is ``{"step", "lossD", "lossG", "ips"}`` (plus ``"swd"`` when computed), or an event
+    ``{"step", "event": "rollback", "bad_step", "lr_scale"}``.
+    """
+
+    rows: list
+    global_batch: int
+    step_prev: int = 0
+    t_prev: float = 0.0
+
+    def restart_clock(self, step: int) -> None:
+        """img/s counts from now and ``step``."""
+        self.t_prev, self.step_prev = time.perf_counter(), step
+
+    def images_per_s(self, step: int) -> float:
+        return self.global_batch * (step - self.step_prev) / max(time.perf_counter() - self.t_prev, 1e-9)
+
+    def last_losses_at(self, step: int) -> bool:
+        """Whether the last row holds the losses of ``step``."""
+        return bool(self.rows) and self.rows[-1]["step"] == step and "lossD" in self.rows[-1]
+
+    def truncate(self, step: int) -> None:
+        """Forget the rows after ``step`` (a rollback to it)."""
+        self.rows[:] = [r for r in self.rows if r["step"] <= step]
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+
+    @staticmethod
+    def read(path: Path, upto: int) -> list[dict]:
+        """The rows of a metrics file up to step ``upto`` (unreadable lines are skipped)."""
+        rows = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if r.get("step", 0) <= upto:
+                    rows.append(r)
+        return rows
+
+
+@dataclass
+class TrainClock:
+    """Training seconds — the time before a resume plus this run's loop — against the budget."""
+
+    max_minutes: float
+    before: float = 0.0
+    t_loop: float = 0.0
+
+    @property
+    def budget(self) -> float:
+        return self.max_minutes * 60.0 if self.max_minutes > 0 else math.inf
+
+    def start(self) -> None:
+        self.t_loop = time.perf_counter()
+
+    def loop_seconds(self) -> float:
+        return time.perf_counter() - self.t_loop
+
+    def elapsed(self) -> float:
+        return self.before + self.loop_seconds()
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (:meth:`to_summary` is the stage summary).
+
+    Attributes
+    ----------
+    steps, target_steps : int
+        Steps done; steps asked for.
+    stopped : str
+        Why the loop ended: "steps" or "max_minutes".
+    resumed_from : int or None
+        Step of the checkpoint the run continued from.
+    swd, swd_floor : float or None
+        Final SWD of EMA samples against the held-back patches; the same for real training
+        patches (the floor).
+    crispness : dict or None
+        ``{"samples": ..., "real": ...}``, each ``colours_per_tile`` and ``tiles_over_4`` after
+        nearest-NES-colour mapping (:func:`stages._metrics.crispness`).
+    img_per_s, train_seconds, wall_seconds : float
+        Images per second in this run's loop; training time including before a resume; the
+        whole call.
+    n_patches, n_train, n_holdout : int
+    device, precision : str
+    world_size, rollbacks : int
+    skipped : list of dict
+        Inputs that were skipped, with reasons.
+    g_checksum : float
+        Sum of |G's weights| (ranks in sync agree on it).
+    """
+
+    steps: int
+    target_steps: int
+    stopped: str
+    resumed_from: Optional[int]
+    swd: Optional[float]
+    swd_floor: Optional[float]
+    crispness: Optional[dict]
+    img_per_s: float
+    train_seconds: float
+    wall_seconds: float
+    n_patches: int
+    n_train: int
+    n_holdout: int
+    device: str
+    precision: str
+    world_size: int
+    rollbacks: int
+    skipped: list
+    g_checksum: float
+
+    def to_summary(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class TrainingRun:
+    """Drives a :class:`Trainer` over the data and writes the train artifact into ``out_dir``.
+
+    Holds what the loop shares between steps: the step to roll back to, the metrics rows and
+    the clock.  Only the main rank writes files; every rank trains.
+    """
+
+    def __init__(self, params: Params, trainer: Trainer, data: TrainingData, out_dir: Path,
+                 ranks: Ranks, progress: ProgressFn = no_progress):
+        import torch
+
+        from stages._gan import ARCH_VERSION
+
+        self.params, self.trainer, self.data, self.ranks = params, trainer, data, ranks
+        self.out_dir = Path(out_dir)
+        self.progress = progress if ranks.main else no_progress
+        self.config = {"params": _plain_params(params), "gan": trainer.cfg.to_dict(),
+                       "arch_version": ARCH_VERSION, "world_size": ranks.world,
+                       "device": str(ranks.device), **data.counts()}
+        # fixed noise for grids and SWD (independent of training randomness)
+        fixed = torch.Generator().manual_seed(_step_seed(params.seed, _SEED_FIXED_NOISE))
+        self.grid_z = torch.randn(64, params.nz, 1, 1, generator=fixed)
+        self.swd_z = torch.randn(data.n_holdout, params.nz, 1, 1, generator=fixed)
+        self.global_batch = params.batch * ranks.world
+        self.start, self.resumed_from = 0, None
+        self.clock = TrainClock(params.max_minutes)
+        self.log = MetricsLog([], self.global_batch)
+        self.good_state, self.good_step = {}, 0         # what a rollback returns to
+        self.last_losses = (math.nan, math.nan)      # (lossD, lossG) of the latest step
+        self.swd_floor: Optional[float] = None
+        self.last_swd: Optional[float] = None
+
+    # ----------------------------------------------------------------- before the loop
+    def resume(self) -> None:
+        """Continue from ``ckpt.pt`` when the same configuration wrote it; all ranks agree."""
+        ck = self._usable_checkpoint()
+        if ck is not None:
+            self.trainer.load_state(ck)
+            _set_rng_state(ck["rng"])
+            self.start, self.clock.before = int(ck["step"]), float(ck.get("elapsed", 0.0))
+            self.resumed_from = self.start
+            log.info("resuming from %s at step %d", self.out_dir / CKPT_FILE, self.start)
+        if self.ranks.world > 1:
+            self._check_ranks_agree_on_start()
+        if self.resumed_from is not None:
+            self.log.rows = MetricsLog.read(self.out_dir / METRICS_FILE, self.start)
+        self.good_state, self.good_step = _cpu_copy(self.trainer.state()), self.start
+
+    def _check_ranks_agree_on_start(self) -> None:
+        rank0_start = _rank0_value(self.start, self.ranks.device)
+        if rank0_start != self.start:
+            raise StageError(f"rank {self.ranks.rank} found a checkpoint at step {self.start} in "
+                             f"{self.out_dir} but rank 0 starts at step {rank0_start}; all ranks "
+                             "need the same shared output folder")
+
+    def _usable_checkpoint(self) -> Optional[dict]:
+        """The checkpoint in ``out_dir`` if one is there, readable and written by parameters
+        that a resume may follow (only those in ``_RESUME_FREE`` may differ), else None."""
+        path = self.out_dir / CKPT_FILE
+        if not path.exists():
+            return None
+        try:
+            ck = load_checkpoint(path)
+            old = ck["config"]["params"]
+            same = (ck["config"].get("gan") == self.config["gan"] and all(
+                old.get(k) == v for k, v in self.config["params"].items() if k not in _RESUME_FREE))
+        except (InputError, KeyError, TypeError) as e:
+            log.warning("ignoring unusable checkpoint %s: %s", path, e)
+            return None
+        if not same:
+            log.warning("%s was written with other parameters; starting over", path)
+            return None
+        return ck
+
+    def prepare(self) -> None:
+        """Write config.json and measure the SWD floor (real training patches vs held back)."""
+        from stages._metrics import swd
+
+        if not self.ranks.main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.out_dir / CONFIG_FILE, self.config)
+        train, holdout = self.data.train, self.data.holdout
+        if holdout is not None:
+            n = len(train)
+            pick = np.random.default_rng([self.params.seed, _SEED_FLOOR]).choice(
+                n, min(n, len(holdout)), replace=False)
+            self.swd_floor = round(swd(train[pick], holdout, seed=self.params.seed)["swd"], 3)
+
+    # ----------------------------------------------------------------- the loop
+    def train(self) -> tuple[int, str]:
+        """Train from ``start`` to ``steps`` or the budget; returns (last step, stop reason)."""
+        p, step = self.params, self.start
+        self.clock.start()
+        self.log.restart_clock(step)
+        self.progress("train", step, p.steps)
+        while step < p.steps:
+            elapsed = self._agreed_elapsed()
+            if elapsed >= self.clock.budget:
+                return step, "max_minutes"
+            self.trainer.set_progress(max(step / p.steps, elapsed / self.clock.budget))
+            lossD, lossG, ok = self.trainer.step(step, self._batch(step))
+            self.last_losses = (lossD, lossG)
+            if not ok:
+                step = self._roll_back(step, lossD, lossG)
                 continue
-            if r.get("step", 0) <= upto:
-                rows.append(r)
-    return rows
+            step += 1
+            self._after_step(step, lossD, lossG)
+        return step, "steps"
+
+    def _agreed_elapsed(self) -> float:
+        """Training seconds so far; under DDP with a budget, the largest of all ranks, so that
+        every rank stops after the same step."""
+        elapsed = self.clock.elapsed()
+        if self.ranks.world > 1 and self.clock.budget < math.inf:
+            elapsed = _max_over_ranks(elapsed, self.ranks.device)
+        return elapsed
+
+    def _batch(self, step: int) -> np.ndarray:
+        """This rank's slice of the global batch of ``step``, uint8 (batch, S, S, C)."""
+        b, rank = self.params.batch, self.ranks.rank
+        idx = batch_indices(self.params.seed, step, len(self.data.train),
+                            self.global_batch)[rank * b:(rank + 1) * b]
+        return self.data.train[np.sort(idx)]
+
+    def _roll_back(self, step: int, lossD: float, lossG: float) -> int:
+        """Return to the last checkpoint with halved learning rates (or stop when that has
+        been tried ``max_rollbacks`` times); returns the step to continue from."""
+        trainer = self.trainer
+        if trainer.rollbacks >= self.params.max_rollbacks:
+            if self.ranks.main:
+                self.log.save(self.out_dir / METRICS_FILE)
+            raise StageError(
+                f"training diverged at step {step} (lossD={lossD}, lossG={lossG}) and "
+                f"{trainer.rollbacks} rollback(s) with halved learning rates did not help; "
+                f"lower --lr-g/--lr-d, try --loss hinge --spectral-norm, or change --seed")
+        log.warning("step %d: non-finite or exploding loss (D=%s, G=%s); rolling back to "
+                    "step %d with learning rates x%.3g", step, lossD, lossG, self.good_step,
+                    trainer.lr_scale / 2)
+        trainer.roll_back(self.good_state)
+        self.log.truncate(self.good_step)
+        self.log.rows.append({"step": self.good_step, "event": "rollback", "bad_step": step,
+                              "lr_scale": trainer.lr_scale})
+        return self.good_step
+
+    def _after_step(self, step: int, lossD: float, lossG: float) -> None:
+        """Log, draw the grid and checkpoint when ``step`` (just done) is due for them."""
+        p = self.params
+        swd_now = p.swd_every > 0 and step % p.swd_every == 0 and step != p.steps
+        if step % p.log_every == 0 or step == p.steps or swd_now:
+            ips = self.log.images_per_s(step)
+            row = {"step": step, "lossD": round(lossD, 5), "lossG": round(lossG, 5),
+                   "ips": round(ips, 1)}
+            if swd_now:
+                row["swd"] = self.last_swd = self.eval_swd()
+            self.log.restart_clock(step)
+            self.log.rows.append(row)
+            self.progress("train", step, p.steps, lossD=round(lossD, 3), lossG=round(lossG, 3),
+                          ips=round(ips))
+        if step % p.grid_every == 0:
+            self.save_grid(step)
+        if step % p.ckpt_every == 0 and step != p.steps:
+            if not self.trainer.params_finite():
+                raise StageError(f"training produced non-finite weights at step {step}")
+            self.checkpoint(step, self.clock.elapsed())
+
+    # ----------------------------------------------------------------- outputs
+    def checkpoint(self, step: int, elapsed: float) -> None:
+        """Remember the trainer's state as the one to roll back to; the main rank writes the
+        metrics and ``ckpt.pt``: the state plus ``step``, ``elapsed`` (training seconds),
+        ``version``, ``config`` and ``rng`` (the global RNG states)."""
+        self.good_state, self.good_step = _cpu_copy(self.trainer.state()), step
+        if self.ranks.main:
+            self.log.save(self.out_dir / METRICS_FILE)
+            save_checkpoint(self.out_dir / CKPT_FILE,
+                            dict(self.good_state, step=int(step), elapsed=float(elapsed),
+                                 version=CKPT_VERSION, config=self.config, rng=_rng_state()))
+
+    def save_grid(self, step: int) -> None:
+        """grids/step_NNNNNN.png: the fixed grid noise through the EMA generator (main rank)."""
+        if self.ranks.main:
+            cols = int(math.ceil(math.sqrt(len(self.grid_z))))
+            save_png(self.out_dir / "grids" / f"step_{step:06d}.png",
+                     _tile_grid(self.trainer.generate(self.grid_z), cols))
+
+    def eval_swd(self, crisp: Optional[dict] = None) -> Optional[float]:
+        """SWD of EMA samples against the held-back patches (main rank; None without them).
+
+        ``crisp``, when given, is filled with the colours per tile of samples and real patches.
+        """
+        from stages._metrics import crispness, swd
+
+        holdout = self.data.holdout
+        if holdout is None or not self.ranks.main:
+            return None
+        fake = self.trainer.generate(self.swd_z)
+        if crisp is not None:
+            crisp.update(samples=crispness(fake), real=crispness(holdout))
+        return round(swd(fake, holdout, seed=self.params.seed)["swd"], 3)
+
+    def finish(self, step: int, reason: str, *, skipped: list, t_start: float) -> TrainResult:
+        """Final metrics row with SWD, grid, checkpoint and curves; returns the result."""
+        p, ranks = self.params, self.ranks
+        loop_seconds = self.clock.loop_seconds()
+        crisp = self._final_metrics(step)
+        if step % p.grid_every != 0 or step == self.start:
+            self.save_grid(step)
+        self.checkpoint(step, self.clock.before + loop_seconds)
+        if ranks.main:
+            plot_curves(self.log.rows, self.out_dir / CURVES_FILE)
+        return TrainResult(
+            steps=int(step), target_steps=int(p.steps), stopped=reason,
+            resumed_from=self.resumed_from, swd=self.last_swd, swd_floor=self.swd_floor,
+            crispness=crisp or None,
+            img_per_s=round(self.global_batch * (step - self.start) / max(loop_seconds, 1e-9), 1),
+            train_seconds=round(self.clock.before + loop_seconds, 1),
+            wall_seconds=round(time.perf_counter() - t_start, 1), **self.data.counts(),
+            device=str(ranks.device), precision=resolve_precision(p.precision, ranks.device),
+            world_size=int(ranks.world), rollbacks=int(self.trainer.rollbacks), skipped=skipped,
+            g_checksum=self.trainer.checksum())
+
+    def _final_metrics(self, step: int) -> dict:
+        """The last step's losses (if not logged yet) and the final SWD join the metrics rows;
+        returns the crispness of final samples and real patches ({} when not measured)."""
+        rows = self.log.rows
+        if step > self.start and not self.log.last_losses_at(step):
+            lossD, lossG = self.last_losses
+            rows.append({"step": step, "lossD": round(lossD, 5), "lossG": round(lossG, 5),
+                         "ips": round(self.log.images_per_s(step), 1)})
+        crisp: dict = {}
+        if self.params.swd_every >= 0:
+            self.last_swd = self.eval_swd(crisp)
+            if self.last_swd is not None:
+                if self.log.last_losses_at(step):
+                    rows[-1]["swd"] = self.last_swd
+                else:
+                    rows.append({"step": step, "swd": self.last_swd})
+        return crisp
 
 
-def _write_metrics(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-
-
-# --------------------------------------------------------------------------- run
 def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         progress: ProgressFn = no_progress) -> dict:
     """Train the GAN on the patches and write the train artifact into ``out_dir``.
@@ -710,237 +1231,28 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         Existing directory; a ``ckpt.pt`` already there (from an interrupted run of the same
         configuration) is resumed.
     progress : callable
-        ``progress("train", step, total, lossD=, lossG=, ips=)``.
+        ``progress("train", step, total, lossD=, lossG=, ips=)``, on every logged step.
 
     Returns
     -------
     dict
-        Summary: steps done, stop reason, final SWD and the real-vs-real floor, img/s, wall
-        time, patch counts, device, rollbacks, skipped inputs, and ``crispness``: colours
-        per 16×16 tile after nearest-NES-colour mapping for the final samples and the
-        held-back real patches.
+        :meth:`TrainResult.to_summary`: steps done, stop reason, final SWD and the
+        real-vs-real floor, img/s, wall time, patch counts, device, rollbacks, skipped inputs
+        and the colours per tile of samples and real patches.
     """
-    import torch
-
-    _validate(params)
-    p = params
-    out_dir = Path(out_dir)
     t_start = time.perf_counter()
-
-    # ---- distributed setup
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(p.device)
-    rank, created_pg = 0, False
-    if world > 1:
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            device = torch.device("cuda", local)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            created_pg = True
-        rank, world = dist.get_rank(), dist.get_world_size()
-    main = rank == 0
-    if not main:
-        progress = no_progress
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)       # a saturating D otherwise slows steps ~2.4×
-    try:
-        return _run(inputs, p, out_dir, progress, device, world, rank, main, t_start)
-    finally:
-        if created_pg:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _run(inputs: dict, p: Params, out_dir: Path, progress: ProgressFn, device: Any,
-         world: int, rank: int, main: bool, t_start: float) -> dict:
-    import torch
-
-    from stages._gan import ARCH_VERSION
-    from stages._metrics import crispness, sample_swd_reference, swd
-
-    patches, skipped = load_patches(list(inputs.get("patches") or []), size=p.size,
-                                    channels=p.channels)
-    train_idx, holdout = sample_swd_reference(patches, holdout=p.swd_holdout, seed=p.seed)
-    train = patches[train_idx]
-    n = len(train)
-    cfg = gan_config(p, patches.shape[-1])
-    tr = Trainer(p, cfg, device, world=world, rank=rank)
-    plain = _plain_params(p)
-    config = {"params": plain, "gan": cfg.to_dict(), "arch_version": ARCH_VERSION,
-              "world_size": world, "device": str(device), "n_patches": int(len(patches)),
-              "n_train": int(n), "n_holdout": int(0 if holdout is None else len(holdout))}
-
-    # fixed noise for grids and SWD (independent of training randomness)
-    gfix = torch.Generator().manual_seed(_step_seed(p.seed, 3))
-    grid_z = torch.randn(64, p.nz, 1, 1, generator=gfix)
-    swd_z = torch.randn(0 if holdout is None else len(holdout), p.nz, 1, 1, generator=gfix)
-
-    # ---- resume
-    ckpt_path = out_dir / "ckpt.pt"
-    metrics_path = out_dir / "metrics.jsonl"
-    start, elapsed0, resumed_from = 0, 0.0, None
-    if ckpt_path.exists():
-        try:
-            ck = load_checkpoint(ckpt_path)
-            old = ck["config"]["params"]
-            same = (ck["config"].get("gan") == cfg.to_dict() and all(
-                old.get(k) == v for k, v in plain.items() if k not in _RESUME_FREE))
-        except (InputError, KeyError, TypeError) as e:
-            log.warning("ignoring unusable checkpoint %s: %s", ckpt_path, e)
-            ck, same = None, False
-        if ck is not None and same:
-            tr.load_state(ck)
-            _set_rng_state(ck["rng"])
-            start, elapsed0 = int(ck["step"]), float(ck.get("elapsed", 0.0))
-            resumed_from = start
-            log.info("resuming from %s at step %d", ckpt_path, start)
-        elif ck is not None:
-            log.warning("%s was written with other parameters; starting over", ckpt_path)
-    if world > 1:                        # every rank must resume from the same step
-        import torch.distributed as dist
-
-        t = torch.tensor([start], dtype=torch.int64, device=device)
-        dist.broadcast(t, 0)
-        if int(t.item()) != start:
-            raise StageError(f"rank {rank} found a checkpoint at step {start} in {out_dir} but "
-                             f"rank 0 starts at step {int(t.item())}; all ranks need the same "
-                             "shared output folder")
-    rows = _read_metrics(metrics_path, start) if resumed_from is not None else []
-    good = _cpu_copy(tr.state())
-    good_step = start
-
-    def checkpoint(step: int, elapsed: float) -> None:
-        nonlocal good, good_step
-        good, good_step = _cpu_copy(tr.state()), step
-        if main:
-            _write_metrics(metrics_path, rows)
-            st = dict(good, step=int(step), elapsed=float(elapsed), version=CKPT_VERSION,
-                      config=config, rng=_rng_state())
-            save_checkpoint(ckpt_path, st)
-
-    def grid(step: int) -> None:
-        if main:
-            cols = int(math.ceil(math.sqrt(len(grid_z))))
-            save_png(out_dir / "grids" / f"step_{step:06d}.png", _tile_grid(tr.generate(grid_z), cols))
-
-    def eval_swd(step: int, crisp: Optional[dict] = None) -> Optional[float]:
-        if holdout is None or not main:
-            return None
-        fake = tr.generate(swd_z)
-        if crisp is not None:                            # final: colours per tile as well
-            crisp.update(samples=crispness(fake), real=crispness(holdout))
-        return round(swd(fake, holdout, seed=p.seed)["swd"], 3)
-
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", config)
-    swd_floor = None
-    if main and holdout is not None:
-        ref = train[np.random.default_rng([p.seed, 5]).choice(n, min(n, len(holdout)), replace=False)]
-        swd_floor = round(swd(ref, holdout, seed=p.seed)["swd"], 3)
-
-    # ---- loop
-    budget = p.max_minutes * 60.0 if p.max_minutes > 0 else math.inf
-    gb = p.batch * world
-    step, reason = start, "steps"
-    lossD = lossG = float("nan")
-    t_loop, ips, last_swd = time.perf_counter(), 0.0, None
-    t_prev, step_prev = t_loop, start
-    progress("train", step, p.steps)
-    while step < p.steps:
-        elapsed = elapsed0 + time.perf_counter() - t_loop
-        if world > 1 and budget < math.inf:      # ranks must agree on when the budget ends
-            import torch.distributed as dist
-
-            t = torch.tensor([elapsed], dtype=torch.float64, device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            elapsed = float(t.item())
-        if elapsed >= budget:
-            reason = "max_minutes"
-            break
-        tr.set_progress(max(step / p.steps, elapsed / budget))
-        idx = batch_indices(p.seed, step, n, gb)[rank * p.batch:(rank + 1) * p.batch]
-        lossD, lossG, ok = tr.step(step, train[np.sort(idx)])
-        if not ok:
-            if tr.rollbacks >= p.max_rollbacks:
-                if main:
-                    _write_metrics(metrics_path, rows)
-                raise StageError(
-                    f"training diverged at step {step} (lossD={lossD}, lossG={lossG}) and "
-                    f"{tr.rollbacks} rollback(s) with halved learning rates did not help; "
-                    f"lower --lr-g/--lr-d, try --loss hinge --spectral-norm, or change --seed")
-            log.warning("step %d: non-finite or exploding loss (D=%s, G=%s); rolling back to "
-                        "step %d with learning rates x%.3g", step, lossD, lossG, good_step,
-                        tr.lr_scale / 2)
-            rb = tr.rollbacks + 1
-            tr.load_state(good)
-            tr.rollbacks, tr.lr_scale = rb, tr.lr_scale / 2
-            tr._apply_lr()
-            rows[:] = [r for r in rows if r["step"] <= good_step]
-            rows.append({"step": good_step, "event": "rollback", "bad_step": step,
-                         "lr_scale": tr.lr_scale})
-            step = good_step
-            continue
-        step += 1
-        if _STEP_HOOK is not None:
-            _STEP_HOOK(step)
-        swd_now = p.swd_every > 0 and step % p.swd_every == 0 and step != p.steps
-        if step % p.log_every == 0 or step == p.steps or swd_now:
-            now = time.perf_counter()
-            ips = gb * (step - step_prev) / max(now - t_prev, 1e-9)
-            row = {"step": step, "lossD": round(lossD, 5), "lossG": round(lossG, 5),
-                   "ips": round(ips, 1)}
-            if swd_now:
-                row["swd"] = last_swd = eval_swd(step)
-            t_prev, step_prev = time.perf_counter(), step
-            rows.append(row)
-            progress("train", step, p.steps, lossD=round(lossD, 3), lossG=round(lossG, 3),
-                     ips=round(ips))
-        if step % p.grid_every == 0:
-            grid(step)
-        if step % p.ckpt_every == 0 and step != p.steps:
-            if not tr.params_finite():
-                raise StageError(f"training produced non-finite weights at step {step}")
-            checkpoint(step, elapsed0 + time.perf_counter() - t_loop)
-    # ---- final artifacts
-    loop_seconds = time.perf_counter() - t_loop
-    if step > start and not (rows and rows[-1]["step"] == step and "lossD" in rows[-1]):
-        rows.append({"step": step, "lossD": round(lossD, 5), "lossG": round(lossG, 5),
-                     "ips": round(gb * (step - step_prev) / max(time.perf_counter() - t_prev, 1e-9), 1)})
-    wall_train = elapsed0 + loop_seconds
-    crisp: dict = {}
-    if p.swd_every >= 0:
-        last_swd = eval_swd(step, crisp)
-        if last_swd is not None:
-            if rows and rows[-1]["step"] == step and "lossD" in rows[-1]:
-                rows[-1]["swd"] = last_swd
-            else:
-                rows.append({"step": step, "swd": last_swd})
-    if step % p.grid_every != 0 or step == start:
-        grid(step)
-    checkpoint(step, wall_train)
-    if main:
-        plot_curves(rows, out_dir / "curves.png")
-    done_steps = step - start
-    summary = {
-        "steps": int(step), "target_steps": int(p.steps), "stopped": reason,
-        "resumed_from": resumed_from, "swd": last_swd, "swd_floor": swd_floor,
-        "crispness": crisp or None,
-        "img_per_s": round(gb * done_steps / max(loop_seconds, 1e-9), 1),
-        "train_seconds": round(wall_train, 1),
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "n_patches": int(len(patches)), "n_train": int(n),
-        "n_holdout": int(0 if holdout is None else len(holdout)),
-        "device": str(device), "precision": resolve_precision(p.precision, device),
-        "world_size": int(world),
-        "rollbacks": int(tr.rollbacks), "skipped": skipped, "g_checksum": tr.checksum(),
-    }
+    with process_group(params.device) as ranks:
+        patches, skipped = load_patches(list(inputs.get("patches") or []), size=params.size,
+                                        channels=params.channels)
+        data = TrainingData.split(patches, holdout=params.swd_holdout, seed=params.seed)
+        trainer = Trainer(params, gan_config(params, patches.shape[-1]), ranks.device,
+                          world=ranks.world, rank=ranks.rank)
+        training = TrainingRun(params, trainer, data, Path(out_dir), ranks, progress)
+        training.resume()
+        training.prepare()
+        step, reason = training.train()
+        result = training.finish(step, reason, skipped=skipped, t_start=t_start)
     if reason == "max_minutes":
-        log.warning("stopped at step %d of %d: the %.1f-minute budget ran out", step, p.steps,
-                    p.max_minutes)
-    return summary
+        log.warning("stopped at step %d of %d: the %.1f-minute budget ran out", step,
+                    params.steps, params.max_minutes)
+    return result.to_summary()

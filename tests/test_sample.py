@@ -1,4 +1,5 @@
-"""Tests for the sample stage on a tiny checkpoint trained for a few steps."""
+"""Tests for the sample stage: its core on a generator in memory (a tiny checkpoint trained for a
+few steps, or a hand-made module), and its folder contract."""
 from __future__ import annotations
 
 import json
@@ -44,8 +45,8 @@ def trained_rgba(tmp_path_factory) -> Path:
     return _train(tmp_path_factory.mktemp("ck4"), 4)
 
 
-def _bytes(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.glob("sample_*.png"))}
+def _generator(trained: Path, use_ema: bool = True):
+    return sample.load_generator(trained / "ckpt.pt", use_ema=use_ema)
 
 
 def test_writes_n_native_size_pngs_and_a_manifest(trained, tmp_path):
@@ -59,20 +60,20 @@ def test_writes_n_native_size_pngs_and_a_manifest(trained, tmp_path):
     assert meta["files"] == files and s["step"] == 2
 
 
-def test_same_seed_same_bytes_other_seed_other_images(trained, tmp_path):
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    sample.run({"checkpoint": [trained]}, sample.Params(n=4, seed=3, batch=3), a)
-    sample.run({"checkpoint": [trained]}, sample.Params(n=4, seed=3, batch=4), b)
-    sample.run({"checkpoint": [trained]}, sample.Params(n=4, seed=4), c)
-    assert _bytes(a) == _bytes(b)
-    assert _bytes(a) != _bytes(c)
+def test_same_seed_same_images_whatever_the_batch_other_seed_other_images(trained):
+    G, _ = _generator(trained)
+    a = sample.sample_images(G, 4, seed=3, batch=3)
+    assert a.shape == (4, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, sample.sample_images(G, 4, seed=3, batch=4))
+    assert not np.array_equal(a, sample.sample_images(G, 4, seed=4))
 
 
-def test_raw_generator_differs_from_ema(trained, tmp_path):
-    sample.run({"checkpoint": [trained]}, sample.Params(n=2), tmp_path / "e")
-    s = sample.run({"checkpoint": [trained]}, sample.Params(n=2, use_ema=False), tmp_path / "g")
-    assert s["weights"] == "G"
-    assert _bytes(tmp_path / "e") != _bytes(tmp_path / "g")
+def test_raw_generator_differs_from_ema(trained):
+    G_ema, ema = _generator(trained)
+    G_raw, raw = _generator(trained, use_ema=False)
+    assert (ema.weights, raw.weights) == ("G_ema", "G") and raw.step == 2
+    assert not np.array_equal(sample.sample_images(G_ema, 2, seed=0),
+                              sample.sample_images(G_raw, 2, seed=0))
 
 
 def test_accepts_a_checkpoint_file_path(trained, tmp_path):
@@ -80,22 +81,46 @@ def test_accepts_a_checkpoint_file_path(trained, tmp_path):
     assert s["n"] == 1 and (tmp_path / "sample_0000.png").is_file()
 
 
-def test_interpolation_strip_has_one_frame_per_step(trained, tmp_path):
-    s = sample.run({"checkpoint": [trained]}, sample.Params(n=1, interpolate=7), tmp_path)
+def test_interpolation_strip_has_one_frame_per_step(trained):
+    G, _ = _generator(trained)
+    strip = sample.interpolation_strip(G, 7, keyframes=2, seed=0)
+    assert strip.shape == (32, 7 * 32, 3)
+    assert not np.array_equal(strip[:, :32], strip[:, -32:])          # the walk moves
+
+
+def test_run_writes_the_interpolation_strip(trained, tmp_path):
+    s = sample.run({"checkpoint": [trained]}, sample.Params(n=1, interpolate=3), tmp_path)
     assert s["interpolation"] == "interpolation.png"
     with Image.open(tmp_path / "interpolation.png") as im:
-        assert im.size == (7 * 32, 32)
-        strip = np.asarray(im)
-    first, last = strip[:, :32], strip[:, -32:]
-    assert not np.array_equal(first, last)              # the walk moves
+        assert im.size == (3 * 32, 32)
 
 
-def test_rgba_samples_keep_binary_alpha(trained_rgba, tmp_path):
-    sample.run({"checkpoint": [trained_rgba]}, sample.Params(n=3), tmp_path)
-    with Image.open(tmp_path / "sample_0000.png") as im:
-        assert im.mode == "RGBA"
-        alpha = np.asarray(im)[..., 3]
-    assert set(np.unique(alpha).tolist()) <= {0, 255}
+def test_rgba_samples_keep_binary_alpha(trained_rgba):
+    G, _ = _generator(trained_rgba)
+    images = sample.sample_images(G, 3, seed=0)
+    assert images.shape[-1] == 4
+    assert set(np.unique(images[..., 3]).tolist()) <= {0, 255}
+
+
+class _Constant(torch.nn.Module):
+    """A 'generator' that returns the same 1×2 RGBA image for every noise vector."""
+
+    def __init__(self, image):
+        super().__init__()
+        self.image = torch.nn.Parameter(torch.tensor(image).permute(2, 0, 1)[None])
+
+    def forward(self, z):
+        return self.image.expand(len(z), -1, -1, -1)
+
+
+def test_alpha_threshold_snaps_alpha_and_blackens_transparent_pixels():
+    # pixel 0: alpha 0.2 -> 153 (opaque); pixel 1: alpha -0.5 -> 64 (transparent)
+    G = _Constant([[[1.0, 0.0, -1.0, 0.2], [1.0, 1.0, 1.0, -0.5]]])
+    out = sample.generate(G, torch.zeros(2, 3), batch=1, alpha_threshold=128)
+    assert out.shape == (2, 1, 2, 4)
+    assert out[0, 0].tolist() == [[255, 128, 0, 255], [0, 0, 0, 0]]
+    raw = sample.generate(G, torch.zeros(1, 3), batch=1, alpha_threshold=0)
+    assert raw[0, 0, :, 3].tolist() == [153, 64]
 
 
 def test_missing_checkpoint_names_the_folder(tmp_path):
@@ -109,6 +134,15 @@ def test_corrupt_checkpoint_is_an_input_error(tmp_path):
         sample.run({"checkpoint": [tmp_path]}, sample.Params(), tmp_path / "o")
 
 
-def test_one_interpolation_frame_is_refused(trained, tmp_path):
-    with pytest.raises(ParamError, match="interpolate"):
-        sample.run({"checkpoint": [trained]}, sample.Params(interpolate=1), tmp_path)
+@pytest.mark.parametrize("field,value,message", [
+    ("n", 0, "n must be at least 1"),
+    ("batch", 0, "batch must be at least 1"),
+    ("interpolate", -1, "interpolate must be at least 0"),
+    ("interpolate", 1, "interpolate must be 0 \\(off\\) or at least 2"),
+    ("n_keyframes", 1, "n_keyframes must be at least 2"),
+    ("alpha_threshold", 256, "alpha_threshold must be within 0..255"),
+])
+def test_params_out_of_range_are_refused_naming_the_field(field, value, message):
+    with pytest.raises(ParamError, match=f"sample: {message}") as e:
+        sample.Params(**{field: value})
+    assert e.value.field == field

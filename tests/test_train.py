@@ -62,6 +62,49 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+# ------------------------------------------------------------------ parameters
+@pytest.mark.parametrize("field,value,message", [
+    ("size", 48, "size must be one of"),
+    ("channels", 2, "channels must be one of"),
+    ("steps", 0, "steps must be at least 1"),
+    ("batch", 0, "batch must be at least 1"),
+    ("nz", 0, "nz must be at least 1"),
+    ("ckpt_every", 0, "ckpt_every must be at least 1"),
+    ("log_every", 0, "log_every must be at least 1"),
+    ("swd_every", -2, "swd_every must be at least -1"),
+    ("max_minutes", -1.0, "max_minutes must be at least 0"),
+    ("lr_decay", 1.5, "lr_decay must be within 0..1"),
+    ("loss", "wgan", "loss must be one of hinge, bce"),
+    ("upsample", "bilinear", "upsample must be one of deconv, nearest"),
+    ("precision", "fp16", "precision must be one of"),
+    ("mbstd", -1, "mbstd must be at least 0"),
+    ("mode_seeking", -1.0, "mode_seeking must be at least 0"),
+    ("instance_noise", -0.1, "instance_noise must be at least 0"),
+    ("max_rollbacks", -1, "max_rollbacks must be at least 0"),
+    ("ema", 1.0, "ema must be below 1"),
+    ("label_smoothing", 0.5, "label_smoothing must be below 0.5"),
+    ("swd_holdout", 0.9, "swd_holdout must be below 0.9"),
+    ("lr_g", 0.0, "lr_g must be positive"),
+    ("lr_d", -1e-4, "lr_d must be positive"),
+    ("betas", (0.5, 1.0), "betas must be two numbers in"),
+    ("betas", (0.5,), "betas must be two numbers in"),
+    ("diffaug", "translation,blur", "diffaug: unknown DiffAugment op"),
+    ("device", "tpu", "device must be auto, cpu or cuda"),
+    ("d_scales", 3, "d_scales must be 0 \\(auto\\) or 1..2 for size 32"),
+    ("mode_seeking", 1.0, "mode_seeking needs batch >= 2"),
+])
+def test_params_out_of_range_are_refused_naming_the_field(field, value, message):
+    with pytest.raises(ParamError, match=f"train: {message}") as e:
+        tiny(**{field: value, **({"batch": 1} if message.endswith("batch >= 2") else {})})
+    assert e.value.field == field
+
+
+def test_params_are_checked_without_importing_torch():
+    code = ("import sys; from stages import train, sample; train.Params(); sample.Params(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([PY, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
 # ------------------------------------------------------------------ networks
 @pytest.mark.parametrize("size,channels", [(32, 3), (64, 3), (128, 3), (64, 4)])
 def test_networks_map_noise_to_image_and_image_to_one_logit(size, channels):
@@ -150,8 +193,6 @@ def test_minibatch_std_groups_never_mix_real_and_fake():
 def test_minibatch_std_training_runs(patches, tmp_path):
     s = train.run({"patches": [patches]}, tiny(mbstd=2), tmp_path / "ok")
     assert s["steps"] == 3
-    with pytest.raises(ParamError, match="mbstd"):
-        train.run({"patches": [patches]}, tiny(mbstd=-1), tmp_path / "bad")
 
 
 def test_d_scales_auto_is_two_scales_from_32_pixels_up():
@@ -160,17 +201,10 @@ def test_d_scales_auto_is_two_scales_from_32_pixels_up():
     assert train.gan_config(train.Params(size=64, d_scales=1), 3).d_scales == 1
 
 
-def test_multiscale_training_runs_and_bad_scale_count_is_a_param_error(patches, tmp_path):
+def test_multiscale_training_runs(patches, tmp_path):
     s = train.run({"patches": [patches]}, tiny(d_scales=2), tmp_path / "ok")
     assert s["steps"] == 3
     assert all(np.isfinite(r["lossD"]) for r in metrics(tmp_path / "ok") if "lossD" in r)
-    with pytest.raises(ParamError, match="d_scales must be 0 \\(auto\\) or 1..2 for size 32"):
-        train.run({"patches": [patches]}, tiny(d_scales=3), tmp_path / "bad")
-
-
-def test_unknown_upsampling_is_a_param_error(patches, tmp_path):
-    with pytest.raises(ParamError, match="upsample"):
-        train.run({"patches": [patches]}, tiny(upsample="bilinear"), tmp_path)
 
 
 def test_non_square_screen_size_builds():
@@ -211,11 +245,6 @@ def test_diffaug_keeps_shape_and_gradients():
     assert torch.equal(y[:, 3] != 0, y[:, 3] != 0)        # alpha exists and untouched by colour
 
 
-def test_unknown_diffaug_op_is_a_param_error(patches, tmp_path):
-    with pytest.raises(ParamError, match="diffaug"):
-        train.run({"patches": [patches]}, tiny(diffaug="translation,blur"), tmp_path / "o")
-
-
 def test_swd_is_lower_for_same_distribution_than_for_noise(tmp_path):
     base = np.load(make_patches(tmp_path / "a.npy", n=64, seed=1))
     other = np.load(make_patches(tmp_path / "b.npy", n=64, seed=2))
@@ -252,6 +281,21 @@ def test_images_are_cut_into_size_squares(tmp_path):
     arr, skipped = train.load_patches([tmp_path], size=32, channels=4)
     assert arr.shape == (2, 32, 32, 4) and arr.dtype == np.uint8
     assert {Path(s["path"]).name for s in skipped} == {"small.png", "bad.png"}
+
+
+def test_crop_artifact_folder_is_read_through_its_patches_file(tmp_path):
+    a = np.arange(2 * 32 * 32 * 3).astype(np.uint8).reshape(2, 32, 32, 3)
+    np.save(tmp_path / "patches.npy", a)
+    np.save(tmp_path / "other.npy", np.zeros((1, 64, 64, 4), np.uint8))  # not the artifact
+    arr, skipped = train.load_patches([tmp_path], size=16, channels=0)
+    assert arr.shape == (8, 16, 16, 3) and not skipped
+    assert np.array_equal(arr[1], a[0, :16, 16:])                    # row-major squares
+
+
+def test_crop_artifact_with_malformed_patches_names_the_file(tmp_path):
+    np.save(tmp_path / "patches.npy", np.zeros((2, 32, 48, 3), np.uint8))
+    with pytest.raises(InputError, match="patches.npy: expected uint8 patches"):
+        train.load_patches([tmp_path], size=16, channels=0)
 
 
 def test_patches_smaller_than_size_name_the_file(tmp_path):
@@ -312,26 +356,26 @@ def test_rgba_training_keeps_four_channels(tmp_path):
 def test_ema_generator_gets_batch_norm_statistics_of_its_own_weights():
     p = tiny(ema=0.9)
     cfg = GANConfig(height=32, width=32, nz=16, ngf=8, ndf=8)
-    tr = train.Trainer(p, cfg, torch.device("cpu"))
+    trainer = train.Trainer(p, cfg, torch.device("cpu"))
     real = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
     for step in range(3):
-        tr.step(step, real)
-    g_mean = [m.running_mean.clone() for m in tr.G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    tr._calibrate_ema_bn(n=64, batch=64)
-    bn = [m for m in tr.G_ema.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        trainer.step(step, real)
+    g_bn = [m for m in trainer.G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    g_mean = [m.running_mean.clone() for m in g_bn]
+    trainer._calibrate_ema_bn(n=64, batch=64)
+    bn = [m for m in trainer.G_ema.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     # the raw generator keeps its own statistics; the EMA's differ from them
-    assert all(torch.equal(a, m.running_mean) for a, m in
-               zip(g_mean, [m for m in tr.G.modules() if isinstance(m, torch.nn.BatchNorm2d)]))
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(g_mean, g_bn))
     assert not all(torch.allclose(a, m.running_mean) for a, m in zip(g_mean, bn))
     # eval mode with the re-estimated statistics ≈ batch statistics of those same noise vectors
     gen = torch.Generator().manual_seed(train._step_seed(p.seed, 3, 0, 0, 0))
     z = torch.randn(64, 16, 1, 1, generator=gen)
     with torch.no_grad():
-        y_eval = tr.G_ema(z)
-        tr.G_ema.train()
+        y_eval = trainer.G_ema(z)
+        trainer.G_ema.train()
         for m in bn:
             m.momentum = 0.0                                  # batch statistics, buffers untouched
-        y_batch = tr.G_ema(z)
+        y_batch = trainer.G_ema(z)
     assert torch.allclose(y_eval, y_batch, atol=2e-2)
 
 
@@ -383,8 +427,6 @@ def test_lr_decay_lowers_both_learning_rates_by_the_step_count(patches, tmp_path
     # the last step (7 of 8 done) ran at (1 - 7/8) / 0.5 = 1/4 of the base rates
     assert ck["optG"]["param_groups"][0]["lr"] == pytest.approx(p.lr_g / 4)
     assert ck["optD"]["param_groups"][0]["lr"] == pytest.approx(4e-4 / 4)
-    with pytest.raises(ParamError, match="lr_decay"):
-        train.run({"patches": [patches]}, tiny(lr_decay=1.5), tmp_path / "bad")
 
 
 def test_mode_seeking_term_punishes_images_closer_than_their_noise():
@@ -400,7 +442,35 @@ def test_mode_seeking_term_punishes_images_closer_than_their_noise():
     assert g[0] > 0 and g[2] < 0
 
 
-def test_mode_seeking_trains_and_bad_weight_is_a_param_error(patches, tmp_path):
+def test_hinge_and_bce_losses_on_hand_made_logits():
+    F = torch.nn.functional
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.5])
+    # hinge: mean relu(1 - real) = 0.5, mean relu(1 + fake) = 0.75; G: -mean(fake) = 0.75
+    assert float(train.discriminator_loss(real, fake, kind="hinge")) == pytest.approx(1.25)
+    assert float(train.generator_loss(fake, kind="hinge")) == pytest.approx(0.75)
+    smoothed = (F.binary_cross_entropy_with_logits(real, torch.full((2,), 0.9))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros(2)))
+    assert float(train.discriminator_loss(real, fake, kind="bce", label_smoothing=0.1)) == \
+        pytest.approx(float(smoothed))
+    assert float(train.generator_loss(fake, kind="bce")) == pytest.approx(
+        float(F.softplus(-fake).mean()))
+
+
+def test_roll_back_restores_the_state_and_halves_both_learning_rates():
+    p = tiny()
+    trainer = train.Trainer(p, train.gan_config(p, 3), torch.device("cpu"))
+    good = train._cpu_copy(trainer.state())
+    real = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    trainer.step(0, real)
+    changed = lambda: [k for k, v in trainer.G.state_dict().items() if not torch.equal(v, good["G"][k])]
+    assert changed()
+    trainer.roll_back(good)
+    assert not changed() and trainer.rollbacks == 1 and trainer.lr_scale == 0.5
+    assert trainer.optG.param_groups[0]["lr"] == pytest.approx(p.lr_g / 2)
+    assert trainer.optD.param_groups[0]["lr"] == pytest.approx(p.lr_d / 2)
+
+
+def test_mode_seeking_term_reaches_the_generator_loss(patches, tmp_path):
     plain, seeking = tmp_path / "plain", tmp_path / "seeking"
     plain.mkdir()
     seeking.mkdir()
@@ -409,8 +479,6 @@ def test_mode_seeking_trains_and_bad_weight_is_a_param_error(patches, tmp_path):
     assert s["steps"] == 3 and np.isfinite(metrics(seeking)[-1]["lossG"])
     # same seed, same first D update: G's first loss differs by the (positive) term alone
     assert metrics(seeking)[0]["lossG"] > metrics(plain)[0]["lossG"] + 0.5
-    with pytest.raises(ParamError, match="mode_seeking"):
-        train.run({"patches": [patches]}, tiny(mode_seeking=-1.0), tmp_path / "bad")
 
 
 def test_rerun_with_finished_checkpoint_resumes_without_training(patches, tmp_path):
@@ -430,20 +498,27 @@ def test_checkpoint_with_other_params_is_not_resumed(patches, tmp_path):
 
 
 # ------------------------------------------------------------------ faults
+def _poison_d_loss(monkeypatch, poisoned_calls) -> list[int]:
+    """Make D's loss NaN on the given calls (0-based; call k is step k until a rollback)."""
+    calls = []
+    d_loss = train.discriminator_loss
+
+    def poisoned(*args, **kw):
+        loss = d_loss(*args, **kw)
+        calls.append(len(calls))
+        return loss * float("nan") if poisoned_calls(calls[-1]) else loss
+
+    monkeypatch.setattr(train, "discriminator_loss", poisoned)
+    return calls
+
+
 def test_nan_rolls_back_to_last_checkpoint_with_halved_lr(patches, tmp_path, monkeypatch):
-    fired = []
-
-    def poison(step, loss):
-        if step == 4 and not fired:
-            fired.append(step)
-            return loss * float("nan")
-        return loss
-
-    monkeypatch.setattr(train, "_FAULT_HOOK", poison)
+    calls = _poison_d_loss(monkeypatch, lambda call: call == 4)
     out = tmp_path / "out"
     out.mkdir()
     s = train.run({"patches": [patches]}, tiny(steps=6, ckpt_every=3), out)
-    assert fired == [4] and s["rollbacks"] == 1 and s["steps"] == 6
+    # steps 0-3, step 4 poisoned, back to step 3: steps 3, 4, 5 again
+    assert len(calls) == 8 and s["rollbacks"] == 1 and s["steps"] == 6
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     assert ck["optG"]["param_groups"][0]["lr"] == pytest.approx(tiny().lr_g / 2)
     events = [r for r in metrics(out) if r.get("event") == "rollback"]
@@ -452,7 +527,7 @@ def test_nan_rolls_back_to_last_checkpoint_with_halved_lr(patches, tmp_path, mon
 
 
 def test_persistent_nan_stops_with_a_clear_error(patches, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "_FAULT_HOOK", lambda step, loss: loss * float("nan"))
+    _poison_d_loss(monkeypatch, lambda call: True)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(StageError, match="diverged at step 0.*2 rollback"):
@@ -467,10 +542,9 @@ sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads(1)
 from stages import train
-if {slow}:
-    train._STEP_HOOK = lambda step: time.sleep(0.3)
+slowly = lambda *args, **kw: time.sleep(0.3)        # progress comes after every step here
 p = train.Params(**{params!r})
-train.run({{"patches": [Path({patches!r})]}}, p, Path({out!r}))
+train.run({{"patches": [Path({patches!r})]}}, p, Path({out!r}), **({{"progress": slowly}} if {slow} else {{}}))
 """
 
 
