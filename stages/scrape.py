@@ -313,10 +313,10 @@ def folder_items(folder: Path, max_bytes: int) -> Iterator[Item]:
         if f.suffix.lower() == ".zip":
             yield from zip_items(f, max_bytes)
         else:
-            yield file_item(f, max_bytes, game=f.parent.name or None)
+            yield file_item(f, max_bytes, game=f.parent.name or None, kind=Kind.FOLDER)
 
 
-def file_item(f: Path, max_bytes: int, *, game: Optional[str] = None) -> Item:
+def file_item(f: Path, max_bytes: int, *, game: Optional[str] = None, kind: Kind = Kind.FILE) -> Item:
     def load() -> Payload:
         try:
             size = f.stat().st_size
@@ -327,7 +327,7 @@ def file_item(f: Path, max_bytes: int, *, game: Optional[str] = None) -> Item:
         except OSError as e:
             return Payload(reason=Reason.UNREADABLE, message=f"cannot read ({e.strerror or e})")
 
-    return Item(str(f), Provenance(Kind.FILE, game=game, game_from="folder" if game else None), load)
+    return Item(str(f), Provenance(kind, game=game, game_from="folder" if game else None), load)
 
 
 def zip_items(path: Path, max_bytes: int) -> Iterator[Item]:

@@ -459,6 +459,7 @@ def test_local_files_take_their_folder_name_as_game(tmp_path):
     run([d], out)
     r = by_name(out)
     assert r["1.png"]["provenance"]["game"] == "Super Mario Bros"
+    assert r["1.png"]["provenance"]["kind"] == "folder" and r["a.png"]["provenance"]["kind"] == "zip"
     assert r["a.png"]["provenance"]["game"] == "Contra"
     assert r["b.png"]["provenance"]["game"] == "Stage 2"
 
