@@ -13,6 +13,7 @@ PIL run one after the other, so a change of machine load hits all three alike). 
 core**.  The single-threaded figure, comparable core for core with PIL, is printed beside
 it.  Ours is exact (every pixel equals the float64 brute force, checked here on a sample);
 PIL's answer is approximate (its 512 KB colour cache holds one answer per 4x4x4 cell).
+It also prints what palette recognition costs per image (a GAN-like image and palette art).
 """
 from __future__ import annotations
 
@@ -79,6 +80,28 @@ def median_rates(fns: dict, mp: float) -> dict:
     return {k: mp / float(np.median(v)) for k, v in ts.items()}
 
 
+def recognition_cost(rng: np.random.Generator, pal) -> str:
+    """What palette recognition adds per image (quantize runs it on every image with an NES
+    palette): a GAN-like image is refused after a 32 K-pixel sample; palette art (here drawn in
+    Mesen's table) is counted whole and matched against every shipped table."""
+    from palettes.io import get_palette as gp
+    from palettes.recognition import recognise_image
+
+    gan = gan_like(rng, pal.colours[pal.usable()])
+    art = pixel_art(rng, gp("nes-mesen").colours[gp("nes-mesen").usable()])
+    recognise_image(art)                                           # warm-up (scipy import)
+    out = []
+    for kind, img in (("gan-like", gan), ("palette art", art)):
+        ts = []
+        for _ in range(5):
+            t = time.perf_counter()
+            m = recognise_image(img)
+            ts.append(time.perf_counter() - t)
+        what = f"recognised as {m.table} ({len(m.numbers)} colours)" if m else "not a palette image"
+        out.append(f"{kind} {img.shape[1]}x{img.shape[0]}: {np.median(ts) * 1000:.1f} ms, {what}")
+    return "palette recognition: " + "; ".join(out)
+
+
 def main() -> None:
     pal = get_palette("nes")
     usable = pal.usable()
@@ -129,6 +152,7 @@ def main() -> None:
         results[kind] = (ours, base)
     print(f"lookup state: build {t_build:.2f} s (cold, no cache), "
           f"load from disk cache {t_load * 1000:.0f} ms")
+    print(recognition_cost(rng, pal))
     ours, base = results["gan-like"]
     print(f"quantize: ours={ours:.1f} MP/s baseline={base:.1f} MP/s ratio={ours / base:.2f}")
 
