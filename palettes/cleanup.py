@@ -3,6 +3,12 @@
 Both steps only ever choose among allowed palette colours, never create a colour that
 was not already chosen for the area, and leave already-clean pixel art (≤ ``max_colours``
 colours per area, pixels exactly on the palette) unchanged.
+
+"Exactly on the palette" is judged from ``src_lab``.  For a screenshot recognised as an NES
+palette (:mod:`palettes.recognition`) the source colours are another table's rendering of the
+same NES colours, a few ΔE away from ours, so the quantize stage passes the palette's own
+colours of the recognised numbers as ``src_lab``: every legal area and every deliberate lone
+pixel then stays as it is; only areas over the colour limit change.
 """
 from __future__ import annotations
 

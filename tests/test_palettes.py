@@ -115,6 +115,47 @@ def test_swatch_png(tmp_path):
     assert a[0, 0].tolist() == [0, 0, 0] and a[5, 1].tolist() == get_palette("pico8").colours[8].tolist()
 
 
+# ------------------------------------------------------------------ shipped NES tables
+def test_every_shipped_nes_table_has_64_colours_a_name_and_a_source():
+    from palettes.data import DATA_DIR, NES_TABLE_FILES, read_table_file
+
+    names = set()
+    for stem in NES_TABLE_FILES:
+        meta, colours = read_table_file(DATA_DIR / f"{stem}.hex")
+        assert colours.shape == (64, 3) and meta["source"] and meta["description"]
+        assert get_palette(meta["name"]).kind == "nes"
+        names.add(meta["name"])
+    assert len(names) == len(NES_TABLE_FILES)
+    assert (DATA_DIR / "README.md").read_text().count(".hex`") >= len(NES_TABLE_FILES)
+
+
+def test_default_nes_table_is_fceux_six_bit_levels():
+    # FCEUX palettes.h stores 6-bit levels shifted left by 2: $01 = (0x09, 0x06, 0x23) << 2
+    c = get_palette("nes").colours
+    assert c[0x01].tolist() == [0x09 << 2, 0x06 << 2, 0x23 << 2]
+    assert c[0x23].tolist() == [0x33 << 2, 0x22 << 2, 0x3F << 2]
+    assert c[0x3D].tolist() == [0x31 << 2] * 3
+
+
+def test_nes_tables_differ_from_each_other():
+    from palettes.data import nes_table_names
+
+    tables = {n: get_palette(n).colours.tobytes() for n in nes_table_names()}
+    assert len(set(tables.values())) == len(tables)
+
+
+def test_table_file_with_a_bad_line_names_file_and_line(tmp_path):
+    from palettes.data import read_table_file
+
+    f = tmp_path / "t.hex"
+    f.write_text("; name: t\n" + "000000\n" * 10 + "12345g\n")
+    with pytest.raises(ValueError, match=r"t\.hex:12"):
+        read_table_file(f)
+    f.write_text("000000\n" * 63)
+    with pytest.raises(ValueError, match="63"):
+        read_table_file(f)
+
+
 # ------------------------------------------------------------------ colour maths
 def test_lab_reference_values():
     lab = srgb_to_lab(np.array([[255, 255, 255], [255, 0, 0]]))
