@@ -17,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tilesets import pixels
+from tilesets.artifacts import grid_cut
+
 _GAUSS = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 
@@ -134,18 +137,11 @@ def colours_per_tile(images: np.ndarray, *, tile: int = 16) -> np.ndarray:
     Returns
     -------
     ndarray, shape (N * H//tile * W//tile,), int64
+        Tiles in row-major order per image (:func:`tilesets.artifacts.grid_cut`).
     """
-    n, h, w, c = images.shape
-    th, tw = h // tile, w // tile
-    x = images[:, :th * tile, :tw * tile].astype(np.uint32)
-    if c == 4:
-        x = np.where(x[..., 3:4] == 0, 0, x)
-    key = np.zeros(x.shape[:3], np.uint32)
-    for i in range(c):
-        key = (key << 8) | x[..., i] if i < 3 else key ^ (x[..., i] << 24)
-    t = key.reshape(n, th, tile, tw, tile).transpose(0, 1, 3, 2, 4).reshape(-1, tile * tile)
-    t = np.sort(t, axis=1)
-    return (np.diff(t, axis=1) != 0).sum(axis=1) + 1
+    if images.shape[-1] == 4:
+        images = np.where(images[..., 3:4] == 0, 0, images).astype(np.uint8, copy=False)
+    return pixels.colours_per_tile(grid_cut(images, tile))
 
 
 def share_over(counts: np.ndarray, limit: int = 4) -> float:
