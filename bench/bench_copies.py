@@ -222,7 +222,8 @@ def build(seed: int = 0):
                 out[y, x] = others[rng.integers(len(others))] if others else 255 - out[y, x]
             add(out, cls, True, i)
     # shifted copies: the art off the grid, cut from the screen itself (real revealed pixels)
-    for step, cls, count in ((1, "1-px shifted copy", n), (2, "2-px shifted copy (x and y)", n // 2)):
+    for step, cls, count in ((1, "1-px shifted copy", n),
+                             (2, "2-px shifted copy (x and y)", n // 2)):
         done = 0
         for i in rng.permutation(structured):
             game, si, y, x = src[i]

@@ -205,7 +205,8 @@ def _orient(tiles: np.ndarray, code: int) -> np.ndarray:
 
 def _as_tiles(tiles: np.ndarray, name: str, channels: tuple = (3, 4)) -> np.ndarray:
     a = np.asarray(tiles)
-    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[1] != a.shape[2] or a.shape[-1] not in channels:
+    if (a.dtype != np.uint8 or a.ndim != 4 or a.shape[1] != a.shape[2]
+            or a.shape[-1] not in channels):
         raise ValueError(f"{name} must be uint8 (N, T, T, {'|'.join(map(str, channels))}), "
                          f"got {a.dtype} {a.shape}")
     return a
@@ -221,7 +222,8 @@ def _split_alpha(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _pack(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 -> (...) uint32 colour codes."""
-    return (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    r, g = rgb[..., 0].astype(np.uint32), rgb[..., 1].astype(np.uint32)
+    return (r << 16) | (g << 8) | rgb[..., 2]
 
 
 def _delta_e(a: np.ndarray, b: np.ndarray) -> np.ndarray:

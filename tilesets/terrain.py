@@ -22,8 +22,9 @@ tiles themselves and from how the tiles sit together in the rebuilt screens:
    material without a fill tile (ground under a strip of grass) join the nearest terrain when
    it is close (``reassign_distance``); otherwise their tiles stay out of the set.  Tiles whose four
    corners are all terrains are the Wang tiles; tiles with two or more terrains are the
-   transitions.  Each terrain is named from a small colour table over Lab ("sky blue", "dark
-   green", "brown") and its texture ("flat", "striped", "textured": "dark green foliage",
+   transitions.  Each terrain is named from its most distinctive colour (frequent in it,
+   rarer in the others), looked up in a small colour table over Lab ("sky blue", "dark
+   green", "brown"), and its texture ("flat", "striped", "textured": "dark green foliage",
    "brown brick", "black void"), and its representative tile is its most used fill tile.
 
 Why a corner set: terrains are areas (sky, ground, foliage) and a tile between two areas is
@@ -38,11 +39,11 @@ odd (corner) entries with 1-based Wang colour indices.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 
-from palettes.colour import lab_to_srgb, srgb_to_lab
+from palettes.colour import srgb_to_lab
 from tilesets.tiled import xml_escape
 
 __all__ = ["Terrain", "TerrainSet", "TerrainRules", "infer_terrains", "wangsets_xml",
@@ -61,19 +62,21 @@ _ID_MASK = (1 << 29) - 1
 _COLOUR_TABLE = (
     ("black", (0, 0, 0)), ("dark grey", (70, 70, 70)), ("grey", (128, 128, 128)),
     ("light grey", (190, 190, 190)), ("white", (250, 250, 250)),
-    ("red", (200, 30, 30)), ("dark red", (110, 20, 25)), ("orange", (235, 130, 30)),
+    ("red", (200, 30, 30)), ("dark red", (110, 20, 25)), ("rust", (185, 80, 25)),
+    ("orange", (235, 130, 30)),
     ("brown", (125, 75, 35)), ("dark brown", (70, 40, 20)), ("tan", (200, 160, 110)),
     ("yellow", (235, 215, 50)), ("olive", (120, 120, 30)), ("green", (50, 170, 50)),
     ("dark green", (20, 80, 30)), ("light green", (150, 220, 120)), ("teal", (20, 140, 140)),
     ("dark teal", (15, 60, 70)), ("cyan", (80, 220, 230)), ("sky blue", (100, 160, 250)),
-    ("blue", (40, 70, 210)), ("navy", (20, 25, 90)), ("slate", (75, 85, 115)), ("purple", (120, 50, 170)),
+    ("blue", (40, 70, 210)), ("dark blue", (30, 40, 110)), ("navy", (20, 25, 70)),
+    ("slate", (75, 85, 115)), ("purple", (120, 50, 170)),
     ("dark purple", (55, 25, 75)), ("lavender", (170, 140, 230)), ("magenta", (210, 50, 180)),
     ("pink", (240, 150, 190)),
 )
 _TABLE_LAB = srgb_to_lab(np.array([c for _, c in _COLOUR_TABLE], np.uint8))
 _FAMILY = {"green": "foliage", "dark green": "foliage", "light green": "foliage",
            "olive": "foliage", "brown": "brick", "dark brown": "brick", "red": "brick",
-           "dark red": "brick", "orange": "brick", "tan": "brick", "grey": "stone",
+           "dark red": "brick", "rust": "brick", "orange": "brick", "tan": "brick", "grey": "stone",
            "dark grey": "stone", "light grey": "stone"}
 
 
@@ -142,7 +145,9 @@ class Terrain:
     name : str
         Readable name, e.g. "sky blue" or "dark green foliage" (unique in the set).
     colour : tuple of int
-        Mean sRGB colour of its quadrants (the swatch Tiled shows).
+        The sRGB colour that marks its quadrants out from the other terrains' (frequent there,
+        rarer elsewhere; weighted by use): the swatch Tiled shows and the colour it is named
+        after.
     texture : str
         "flat", "striped" or "textured".
     tile : int
@@ -458,6 +463,39 @@ def colour_name(rgb: Sequence[int]) -> str:
     return _COLOUR_TABLE[int(((_TABLE_LAB - lab) ** 2).sum(1).argmin())][0]
 
 
+def _distinctive_colours(quads: np.ndarray, w: np.ndarray, groups: Sequence[np.ndarray]
+                         ) -> list[tuple]:
+    """For each group of quadrants, the colour that most marks it out from the others.
+
+    ``quads`` (N, P, C) are weighted by ``w`` (N,).  The colour of a group maximises
+    ``p(c | group) * log(p(c | group) / p(c))`` (its share of the group's pixels, weighted by
+    how much more often it occurs there than overall), so black outlines shared by every
+    material do not name them all "black".  A single group gets its most frequent colour.
+    """
+    px = quads.reshape(-1, quads.shape[-1])
+    wt = np.repeat(w, quads.shape[1])
+    owner = np.repeat(np.arange(len(quads)), quads.shape[1])
+    keep = px[:, 3] >= 128 if quads.shape[-1] == 4 else np.ones(len(px), bool)
+    codes = (px[:, 0].astype(np.int64) << 16) | (px[:, 1].astype(np.int64) << 8) | px[:, 2]
+    uniq, inv = np.unique(codes[keep], return_inverse=True)
+    inv = inv.ravel()
+    total = np.bincount(inv, weights=wt[keep], minlength=len(uniq))
+    p_all = total / max(total.sum(), 1e-12)
+    out = []
+    for members in groups:
+        sel = np.isin(owner[keep], members)
+        hist = np.bincount(inv[sel], weights=wt[keep][sel], minlength=len(uniq))
+        p = hist / max(hist.sum(), 1e-12)
+        if len(groups) > 1:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                score = np.where(p > 0, p * np.log(p / np.maximum(p_all, 1e-12)), -np.inf)
+        else:
+            score = p
+        c = int(uniq[int(np.argmax(score))])
+        out.append(((c >> 16) & 255, (c >> 8) & 255, c & 255))
+    return out
+
+
 def _texture(feats: np.ndarray, w: np.ndarray) -> str:
     """'flat', 'striped' or 'textured' from the weighted mean edge statistics (N, 7)."""
     ww = w / max(w.sum(), 1e-12)
@@ -507,6 +545,7 @@ def infer_terrains(tiles: np.ndarray,
     map_list = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
     k = len(tiles)
     feats, opaque = quadrant_features(tiles, pixel_tolerance=rules.pixel_tolerance)
+    quads = _quadrants(tiles).reshape((k * 4, -1, tiles.shape[-1]))     # (K*4, P, C)
     if k == 0 or not opaque.any():
         return TerrainSet(name, (), np.zeros((k, 4), np.int64), np.full((k, 4), -1, np.int64),
                           (), -1, 1.0, ())
@@ -549,15 +588,14 @@ def infer_terrains(tiles: np.ndarray,
         lut[mj + 1] = ti
     corners = lut[mat + 1]
     terrains, used_names = [], set()
-    for mj in order:
+    swatches = _distinctive_colours(quads, node_w, [np.flatnonzero(labels == mj) for mj in order])
+    for mj, rgb in zip(order, swatches):
         members = labels == mj
         fills = np.flatnonzero(full & (mat[:, 0] == mj))
         # representative: most used fill tile, then the one closest to the centre
         closeness = dist.reshape(k, 4, m)[fills, :, mj].mean(1)
         rep = int(fills[np.lexsort((fills, closeness, -uses[fills]))[0]])
         wm = node_w[members]
-        mean_lab = (feats.reshape(k * 4, -1)[members, :3] * wm[:, None]).sum(0) / wm.sum()
-        rgb = tuple(int(v) for v in lab_to_srgb(mean_lab[None])[0])
         texture = _texture(feats.reshape(k * 4, -1)[members], wm)
         nm = _terrain_name(rgb, texture)
         base, j = nm, 2
