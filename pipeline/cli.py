@@ -373,6 +373,13 @@ def _is_user_error(e: BaseException) -> bool:
     return mod in USER_ERROR_PACKAGES and isinstance(e, Exception)
 
 
+def error_line(e: BaseException) -> str:
+    """An error's message as exactly one line: control characters (a newline in a zip member's
+    name, say) are shown escaped, as Python writes them in a string."""
+    text = str(e).strip() or type(e).__name__
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: user errors become one red line on stderr and exit code 1."""
     from stages._common import DISK_ERRNOS, StageError, storage_error
@@ -397,9 +404,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(e, OSError) and not isinstance(e, StageError) and e.errno in DISK_ERRNOS:
             e = storage_error(e.filename or "(a file)", e)   # any write path: one line
         if _is_user_error(e) or isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            typer.secho(f"error: {e}", fg="red", err=True)
+            typer.secho(f"error: {error_line(e)}", fg="red", err=True)
         else:
-            typer.secho(f"internal error: {type(e).__name__}: {e} (set {DEBUG_ENV}=1 for the traceback)",
-                        fg="red", err=True)
+            typer.secho(f"internal error: {type(e).__name__}: {error_line(e)} (set {DEBUG_ENV}=1 "
+                        "for the traceback)", fg="red", err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -270,8 +270,10 @@ def load_image(path: os.PathLike | str, *, mode: str = "RGB",
 
     path = Path(path)
     limit = pixel_limit() if max_pixels is None else max_pixels
+    caught: list = []
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
@@ -297,6 +299,11 @@ def load_image(path: os.PathLike | str, *, mode: str = "RGB",
         if isinstance(e, (UnidentifiedImageError, OSError, SyntaxError, ValueError)):
             raise InputError(f"{path}: not a readable image ({msg})") from None
         raise InputError(f"{path}: not a usable image ({type(e).__name__}: {msg})") from None
+    finally:
+        # Pillow's own warnings on a damaged file ("Corrupt EXIF data", "Truncated File Read"):
+        # one log line each, naming the file, instead of Python's two-line warning output
+        for msg in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+            log.warning("%s: %s", path, msg)
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"{path}: the image has no pixels")
     return arr
