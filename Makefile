@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install tileset test test-fast bench status clean clean-cache corpus
+.PHONY: help install tileset test test-fast bench status clean clean-cache corpus drill
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: install ## Run the test suite (slow tests included)
 
 test-fast: install ## Run the tests except the ones marked slow
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+drill: install ## kill -9 a tiny pipeline run at 33 points over every stage; check every rerun recovers
+	$(BIN)/python tests/drill.py $(DRILL_ARGS)
 
 bench: install ## Run the benchmarks (each prints `NAME: ours=.. baseline=.. ratio=..`)
 	$(BIN)/pip install --quiet -e ".[bench]"
