@@ -165,6 +165,84 @@ def generated_like_screens(n: int = 24, *, cells: int = 4, tile: int = 8, flat_s
     return maps, np.stack(tiles)
 
 
+#: Colours of :func:`recurring_world` (NES-like): sky, white, green, dark green, brown,
+#: dark brown, black.
+SKY, WHITE, GREEN, DARK_GREEN = (92, 148, 252), (252, 252, 252), (0, 168, 0), (0, 88, 0)
+BROWN, DARK_BROWN, BLACK = (200, 76, 12), (124, 40, 0), (0, 0, 0)
+#: Tile ids of :func:`recurring_world`.
+W_SKY, W_CLOUD, W_GRASS, W_DIRT, W_BRICK, W_BUSH, W_LEAVES = range(7)
+
+
+def world_tiles(tile: int = 16) -> np.ndarray:
+    """The seven tiles of :func:`recurring_world`, RGBA (7, tile, tile, 4): flat sky, a cloud
+    on sky, grass over dirt, dirt, brick, a bush on sky, leaves."""
+    t = tile
+    yy, xx = np.mgrid[0:t, 0:t]
+    out = np.zeros((7, t, t, 4), np.uint8)
+    out[..., 3] = 255
+
+    def paint(i, mask, colour):
+        out[i, mask, :3] = colour
+
+    everywhere = np.ones((t, t), bool)
+    paint(W_SKY, everywhere, SKY)
+    paint(W_CLOUD, everywhere, SKY)
+    paint(W_CLOUD, ((xx - 0.6 * t) / (0.45 * t)) ** 2 + ((yy - 0.55 * t) / (0.3 * t)) ** 2 <= 1,
+          WHITE)                                             # off-centre: flips show
+    dots = (xx * 7 + yy * 3) % 11 == 0
+    paint(W_DIRT, everywhere, BROWN)
+    paint(W_DIRT, dots, DARK_BROWN)
+    paint(W_GRASS, everywhere, BROWN)
+    paint(W_GRASS, dots, DARK_BROWN)
+    paint(W_GRASS, yy < 5 * t // 16, GREEN)
+    paint(W_BRICK, everywhere, BROWN)
+    paint(W_BRICK, (yy % (t // 2) == 0) | ((xx + (yy // (t // 2)) * (t // 2)) % t == 0), BLACK)
+    paint(W_BUSH, everywhere, SKY)
+    paint(W_BUSH, ((xx - t / 2) / (0.5 * t)) ** 2 + ((yy - t) / (0.6 * t)) ** 2 <= 1, GREEN)
+    paint(W_LEAVES, everywhere, GREEN)
+    paint(W_LEAVES, (xx * 5 + yy * 9) % 7 < 2, DARK_GREEN)
+    return out
+
+
+def recurring_world(n: int = 24, *, rows: int = 10, cols: int = 12, tile: int = 16,
+                    seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Screens rebuilt from a small dictionary: seven tiles used many times each.
+
+    Ground (grass over dirt) fills the bottom 2-3 rows, stepping up and down between column
+    runs; sky above, clouds (some flipped) in the top rows, brick platforms, bushes on the
+    grass, leaf clusters.  Every screen reads bottom (ground) to top (sky), so tiles recur and
+    rows have structure.
+
+    Returns
+    -------
+    maps : list of ndarray, shape (rows, cols), uint32 (tile id | flip bits)
+    bank : ndarray, shape (7, tile, tile, 4), uint8 (:func:`world_tiles`)
+    """
+    rng = np.random.default_rng(seed)
+    maps = []
+    for _ in range(n):
+        m = np.full((rows, cols), W_SKY, np.uint32)
+        x = 0
+        while x < cols:
+            run = int(rng.integers(3, 7))
+            top = rows - int(rng.integers(2, 4))
+            m[top, x:x + run] = W_GRASS
+            m[top + 1:, x:x + run] = W_DIRT
+            for c in range(x, min(cols, x + run)):
+                if rng.random() < 0.2:
+                    m[top - 1, c] = W_BUSH
+            x += run
+        for c in np.flatnonzero(rng.random(cols) < 0.25):
+            m[int(rng.integers(0, 2)), c] = W_CLOUD | (int(Flip.H) if rng.random() < 0.5 else 0)
+        y, c0 = int(rng.integers(2, rows - 5)), int(rng.integers(0, cols - 4))
+        m[y, c0:c0 + int(rng.integers(2, 5))] = W_BRICK
+        if rng.random() < 0.5:
+            c0 = int(rng.integers(0, cols - 1))
+            m[rows - 6:rows - 4, c0:c0 + 2] = W_LEAVES
+        maps.append(m)
+    return maps, world_tiles(tile)
+
+
 @pytest.fixture(scope="module")
 def screens():
     maps, bank = generated_like_screens()
@@ -279,7 +357,7 @@ def test_chunk_level_is_deterministic_by_seed(screens):
 def test_chunk_model_that_cannot_tile_falls_back_to_tiles():
     # no two chunks ever touch (maps 3 wide) and no seams: the tile model takes over
     r = make_level([np.ones((3, 3), np.uint32)], _tiles_by_value, width=8, height=6, seed=0,
-                   seams=0)
+                   seams=0, model="chunks")
     assert r.stats["tried"] == ["chunks", "observed"] and r.stats["model"] == "observed"
     assert r.method == "wfc" and r.violations == 0 and r.attempts >= 1
 

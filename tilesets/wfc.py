@@ -5,22 +5,32 @@ Two models share one solver:
 - **tiles** ("simple tiled" WFC with adjacencies read off example maps, equivalent to the
   overlapping model with 2-cell patterns on a tile grid): every distinct cell value of the
   examples, flip bits included, is a state; state ``b`` may sit right of / below state ``a``
-  only if that pair occurs somewhere in the examples (:func:`learn_adjacency`);
+  only if that pair occurs somewhere in the examples (:func:`learn_adjacency`).  Draws are
+  weighted by how often: a state's chance given its decided neighbours is its frequency times,
+  per neighbour, how much more often than chance the two sit that way in the examples
+  (:func:`pair_weights`), and, when the examples are tall enough, times how often it occurs at
+  that height of a screen (:func:`row_prior`: sky on top, ground at the bottom);
 - **chunks**: every distinct ``c`` x ``c`` window of cells cut from the examples is a state
   (:func:`learn_chunks`); chunk ``b`` may sit right of / below chunk ``a`` if the two windows
   touch that way in an example.  Small generated screens give few such pairs, so the model is
   widened with the best-matching *pixel seams* of every state and side (:func:`add_seam_pairs`).
   Inside a chunk every tile pair is one the examples show; between chunks the pixels meet at a
-  seam chosen for continuity.  The level is made of coherent generated pieces, not of the few
-  tiles that can follow each other in a sparse tile graph (which, with 4x4 screens and
-  deduplicated tiles, is a cycle through the one flat tile).
+  seam chosen for continuity.
+
+Which one :func:`make_level` uses depends on whether the examples' tiles *recur*
+(:func:`measure_recurrence`): screens rebuilt from a small tile dictionary reuse each tile many
+times, so the seen tile pairs form a rich graph and the tile model makes a level whose every
+neighbour pair occurs in a screen.  Screens whose tiles are each used about once give a sparse
+tile graph whose only cycles run through the one flat tile (a level of single tiles is then
+nearly all that tile); for them the level is made of coherent generated pieces (chunks).
 
 Generation (:func:`generate`) is seeded and deterministic:
 
 1. observe the undecided cell of lowest Shannon entropy (ties broken by the seeded RNG), draw a
-   state by weight (times :data:`SEAM_WEIGHT` per decided neighbour it meets only through a
-   seam pair, divided by ``(1 + uses) ** reuse_penalty`` where ``uses`` counts the cells that
-   already hold it), propagate the constraints (arc consistency) over the whole grid;
+   state by weight (times the pair factors of its decided neighbours, times the row factor,
+   divided by ``(1 + uses) ** reuse_penalty`` where ``uses`` counts the cells that already hold
+   it, or only those beyond its share in the examples), propagate the constraints (arc
+   consistency) over the whole grid;
 2. on a contradiction, backtrack: restore the grid before the latest decision and forbid that
    choice; after ``max_backtracks`` backtracks, restart with the same RNG stream (``attempts``);
 3. if every attempt fails (or the time limit passes), fall back to a greedy fill: cells in
@@ -28,15 +38,19 @@ Generation (:func:`generate`) is seeded and deterministic:
    upper neighbour, weighted by how often; where no state fits both, one fitting either is
    used and the pair is counted as a violation.  The result says which path was taken.
 
-:func:`make_level` chains these: WFC over chunks (seen chunk pairs widened with seams), then
-(if that falls back, or no example holds a whole chunk) WFC over the seen tile pairs, then over
-the seen tile pairs widened with seams, then the greedy fill.
+:func:`make_level` chains these: for recurring tiles, WFC over the seen tile pairs; otherwise
+WFC over chunks (seen chunk pairs widened with seams), then (if that falls back, or no example
+holds a whole chunk) WFC over the seen tile pairs; then over the seen tile pairs widened with
+seams, then the greedy fill.
 
 A WFC success has no violation at all: every horizontal and vertical pair of the output is
 allowed by the model it was made with (:func:`count_violations` is 0 on that model's grid, the
 chunk grid for the chunk model).  ``stats["unseen_pairs"]`` counts the *tile* pairs of the level
-that no example shows, and ``stats["seam_diff"]`` / ``stats["example_seam_diff"]`` measure how
-well pixels meet across tile borders in the level and in the examples (:func:`seam_difference`).
+that no example shows, ``stats["seam_diff"]`` / ``stats["example_seam_diff"]`` measure how
+well pixels meet across tile borders in the level and in the examples (:func:`seam_difference`),
+and ``stats["seam_ratio"]`` / ``stats["example_seam_ratio"]`` divide the colour difference
+across tile borders by the one inside tiles (:func:`border_interior`; 1 = tile borders do not
+show).
 """
 from __future__ import annotations
 
@@ -47,7 +61,8 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from tilesets.pixels import join_grid
+from palettes.colour import srgb_to_lab
+from tilesets.pixels import join_grid, pack_colours
 
 #: Default cap on distinct states in :func:`make_level` (the most frequent are kept).
 MAX_STATES = 2048
@@ -59,6 +74,18 @@ CHUNK = 2
 SEAMS = 12
 #: Default reuse penalty of :func:`make_level` (see :func:`generate`).
 REUSE_PENALTY = 1.0
+#: Tiles *recur* when the examples hold at most this many distinct cell values (tile + flips)
+#: per cell, i.e. every state is used at least twice on average (:func:`measure_recurrence`).
+RECUR_PER_CELL = 0.5
+#: Examples shorter than this many rows carry no row prior (a crop of 4 rows says little about
+#: where a tile sits on a screen).
+ROW_PRIOR_MIN_ROWS = 6
+#: Most row bands of the row prior.
+ROW_PRIOR_BANDS = 16
+#: Pseudo-counts that pull each band's state distribution towards the overall one.
+ROW_PRIOR_SMOOTHING = 4.0
+#: Models :func:`make_level` knows: ``auto`` picks ``tiles`` when tiles recur, else ``chunks``.
+MODELS = ("auto", "tiles", "chunks")
 
 
 @dataclass(frozen=True)
@@ -180,6 +207,154 @@ def learn_adjacency(maps: Iterable[np.ndarray], *, max_states: Optional[int] = N
                    for n in ("right", "down"))
     return Adjacency(states=states.astype(np.uint32), weights=weights,
                      right=right.reshape(s, s), down=down.reshape(s, s))
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """How much the example maps reuse their tiles (:func:`measure_recurrence`).
+
+    Attributes
+    ----------
+    cells : int
+        Cells over all maps.
+    tiles : int
+        Distinct tile ids (flip bits ignored).
+    states : int
+        Distinct cell values (tile id and flip bits).
+    tiles_per_cell, states_per_cell : float
+        ``tiles / cells`` and ``states / cells`` (real NES screens: about 0.2 tiles per cell;
+        screens whose tiles are each used once: near 1).
+    recurring_share : float
+        Share of cells whose tile id is used by at least one other cell.
+    """
+
+    cells: int
+    tiles: int
+    states: int
+    tiles_per_cell: float
+    states_per_cell: float
+    recurring_share: float
+
+    @property
+    def recurring(self) -> bool:
+        """At most :data:`RECUR_PER_CELL` states per cell: each state is seen twice on average."""
+        return self.states_per_cell <= RECUR_PER_CELL
+
+    def to_json(self) -> dict:
+        return {"cells": self.cells, "tiles": self.tiles, "states": self.states,
+                "tiles_per_cell": round(self.tiles_per_cell, 4),
+                "states_per_cell": round(self.states_per_cell, 4),
+                "recurring_share": round(self.recurring_share, 4), "recurring": self.recurring}
+
+
+def measure_recurrence(maps: Iterable[np.ndarray]) -> Recurrence:
+    """Count cells, distinct tiles and distinct states of example maps.
+
+    Parameters
+    ----------
+    maps : iterable of ndarray, shape (rows, cols), integer
+        Cell values (bank id | flip bits).
+
+    Returns
+    -------
+    Recurrence
+
+    Examples
+    --------
+    >>> r = measure_recurrence([np.array([[1, 1, 2, 1 | (1 << 31)]])])
+    >>> (r.tiles, r.states, r.recurring_share)
+    (2, 3, 0.75)
+    """
+    cells = np.concatenate([np.asarray(m).astype(np.uint64).ravel() for m in maps]
+                           or [np.zeros(0, np.uint64)])
+    n = int(cells.size)
+    if n == 0:
+        return Recurrence(0, 0, 0, 0.0, 0.0, 0.0)
+    ids, counts = np.unique(cells & np.uint64((1 << 29) - 1), return_counts=True)
+    states = int(np.unique(cells).size)
+    return Recurrence(cells=n, tiles=int(ids.size), states=states,
+                      tiles_per_cell=ids.size / n, states_per_cell=states / n,
+                      recurring_share=float(counts[counts >= 2].sum()) / n)
+
+
+def row_prior(maps: Iterable[np.ndarray], states: np.ndarray, height: int, *,
+              min_rows: int = ROW_PRIOR_MIN_ROWS, bands: int = ROW_PRIOR_BANDS,
+              smoothing: float = ROW_PRIOR_SMOOTHING) -> Optional[np.ndarray]:
+    """How much more (or less) often each state occurs at each height of a screen.
+
+    The rows of every example map at least ``min_rows`` tall, and the rows of the level, are
+    cut into ``b = min(bands, height, tallest example)`` bands by relative height (band of row
+    ``y`` of ``h`` rows = ``y * b // h``).  For band ``k`` and state ``s`` the factor is
+    ``P(s | k) / P(s)`` over those examples, with ``P(s | k)`` pulled towards ``P(s)`` by
+    ``smoothing`` pseudo-cells: above 1 where a state is common at that height (sky at the
+    top, ground at the bottom), below 1 where it is rare.
+
+    Parameters
+    ----------
+    maps : iterable of ndarray, shape (rows, cols), integer
+    states : ndarray, shape (S,)
+        Sorted states of the model (cell values); cells with other values are left out.
+    height : int
+        Rows of the level.
+    min_rows, bands, smoothing
+        As above.
+
+    Returns
+    -------
+    ndarray, shape (height, S), float64, or None
+        Factor of each state on each level row; None when no example is ``min_rows`` tall.
+    """
+    tall = [np.asarray(m).astype(np.uint64) for m in maps]
+    tall = [m for m in tall if m.ndim == 2 and m.shape[0] >= min_rows]
+    st = np.asarray(states).astype(np.uint64)
+    s = st.size
+    if not tall or s == 0 or height < 1:
+        return None
+    b = max(1, min(bands, height, max(m.shape[0] for m in tall)))
+    counts = np.zeros((b, s), np.float64)
+    for m in tall:
+        h = m.shape[0]
+        pos = np.minimum(np.searchsorted(st, m), s - 1)
+        known = st[pos] == m
+        band = np.repeat((np.arange(h) * b // h)[:, None], m.shape[1], axis=1)
+        np.add.at(counts, (band[known], pos[known]), 1.0)
+    total = counts.sum()
+    if total == 0:
+        return None
+    p = counts.sum(0) / total                               # P(s)
+    cond = (counts + smoothing * p) / (counts.sum(1, keepdims=True) + smoothing)  # P(s | band)
+    factor = np.where(p > 0, cond / np.maximum(p, 1e-300), 1.0)
+    return factor[np.arange(height) * b // height]
+
+
+def pair_weights(adj: Adjacency, *, frequency: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Factor each neighbour pair gives a draw: ``(right, down)``, each (S, S) float64.
+
+    With ``frequency``, a seen pair ``(a, b)`` gets ``n(a, b) * N / (n(a, ·) * n(·, b))``: how
+    many times more often ``b`` follows ``a`` than it would by chance (so the state's own
+    frequency times these factors is its chance given its neighbours, as in a Markov chain);
+    without, 1.  Pairs added by :func:`add_seam_pairs` get :data:`SEAM_WEIGHT` times the
+    smallest factor of a seen pair, pairs not allowed 0.
+    """
+    out = []
+    for counts, seam in ((adj.right, adj.seam_right), (adj.down, adj.seam_down)):
+        c = counts.astype(np.float64)
+        seen = c > 0
+        if seam is not None:
+            c = np.where(seam, 0.0, c)
+            seen &= ~seam
+        if frequency and c.sum() > 0:
+            n = c.sum()
+            rows = c.sum(1, keepdims=True)
+            cols = c.sum(0, keepdims=True)
+            w = np.where(seen, c * n / np.maximum(rows * cols, 1e-300), 0.0)
+        else:
+            w = seen.astype(np.float64)
+        if seam is not None:
+            low = float(w[seen].min()) if seen.any() else 1.0
+            w[seam] = SEAM_WEIGHT * low
+        out.append(w)
+    return out[0], out[1]
 
 
 def learn_chunks(maps: Iterable[np.ndarray], size: int, *,
@@ -324,6 +499,54 @@ def seam_difference(grids: Iterable[np.ndarray],
             total += float(d.sum())
             count += d.size
     return total / count if count else float("nan")
+
+
+def border_interior(grids: Iterable[np.ndarray],
+                    state_tiles: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """Mean colour difference (ΔE76) of 4-neighbour pixels across tile borders and inside tiles.
+
+    Every pair of horizontally or vertically adjacent pixels of the drawn grids counts once:
+    pairs that straddle a tile border go to ``border``, the others to ``interior``.  Colours
+    are compared in CIELAB (alpha ignored; transparent pixels are black).  Real screens have a
+    ratio near 1 or below (tile borders often follow the shapes); a speckled rebuild or a level
+    whose pieces do not join has borders far rougher than the tiles' insides.
+
+    Parameters
+    ----------
+    grids : iterable of ndarray, shape (rows, cols), integer
+        Cell values.
+    state_tiles : callable
+        ``state_tiles(values) -> ndarray (V, T, T, C)``, pixels of each value.
+
+    Returns
+    -------
+    dict
+        ``border``, ``interior`` (mean ΔE76, None where nothing was measured) and ``ratio``
+        (``border / interior``; None when the interior is uniform or nothing was measured).
+    """
+    sums = np.zeros(2)
+    counts = np.zeros(2, np.int64)
+    for g in grids:
+        g = np.asarray(g)
+        if g.size == 0:
+            continue
+        img = join_grid(_cell_pixels(g, state_tiles))[..., :3]       # (rows*T, cols*T, 3)
+        t = img.shape[0] // g.shape[0]
+        uniq, inv = np.unique(pack_colours(np.ascontiguousarray(img, np.uint8)).ravel(),
+                              return_inverse=True)
+        rgb = np.stack([uniq & 255, (uniq >> 8) & 255, (uniq >> 16) & 255], -1).astype(np.uint8)
+        lab = srgb_to_lab(rgb)[inv.ravel()].reshape(img.shape)
+        for axis in (0, 1):
+            d = np.sqrt((np.diff(lab, axis=axis) ** 2).sum(-1))
+            crosses = np.arange(1, img.shape[axis]) % t == 0  # pair (i-1, i) straddles a border
+            sel = np.broadcast_to(crosses[:, None] if axis == 0 else crosses[None, :], d.shape)
+            sums += (float(d[sel].sum()), float(d[~sel].sum()))
+            counts += (int(sel.sum()), int((~sel).sum()))
+    border = sums[0] / counts[0] if counts[0] else None
+    interior = sums[1] / counts[1] if counts[1] else None
+    ratio = border / interior if border is not None and interior else None
+    return {"border": _round(border), "interior": _round(interior),
+            "ratio": None if ratio is None else round(float(ratio), 3)}
 
 
 def add_seam_pairs(adj: Adjacency, state_tiles: np.ndarray, *, per_side: int = 2) -> Adjacency:
@@ -531,7 +754,9 @@ class _Solver:
 
 def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts: int = 5,
              max_backtracks: int = 200, history: Optional[int] = None,
-             time_limit: Optional[float] = None, reuse_penalty: float = 0.0) -> WfcResult:
+             time_limit: Optional[float] = None, reuse_penalty: float = 0.0,
+             frequency: bool = False, row_factors: Optional[np.ndarray] = None,
+             reuse_share: Optional[np.ndarray] = None) -> WfcResult:
     """Generate a ``height`` x ``width`` grid of states by Wave Function Collapse.
 
     Parameters
@@ -555,6 +780,15 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
         Each draw divides a state's weight by ``(1 + uses) ** reuse_penalty``, ``uses`` being
         the cells that already hold it, so no state floods the grid (0: classic WFC).  It only
         changes which allowed state is drawn, never what is allowed.
+    frequency : bool, optional
+        Weigh each decided neighbour's pair by how often it occurs (:func:`pair_weights`);
+        default: 1 for every seen pair.
+    row_factors : ndarray, shape (height, S), optional
+        Multiplies a state's weight on each row (:func:`row_prior`).
+    reuse_share : ndarray, shape (S,), optional
+        Each state's share of the examples' cells: ``uses`` then counts only the cells beyond
+        that share of the cells decided so far, so recurring states may recur as often as in
+        the examples and only a flood is held back.
 
     Returns
     -------
@@ -570,8 +804,13 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
         raise ValueError("the adjacency model has no state")
     if not reuse_penalty >= 0:
         raise ValueError(f"reuse_penalty must be >= 0, got {reuse_penalty}")
+    if row_factors is not None and np.shape(row_factors) != (height, adj.n_states):
+        raise ValueError(f"row_factors must have shape ({height}, {adj.n_states}), "
+                         f"got {np.shape(row_factors)}")
+    if reuse_share is not None and np.shape(reuse_share) != (adj.n_states,):
+        raise ValueError(f"reuse_share must have shape ({adj.n_states},)")
     rng = np.random.default_rng(seed)
-    pair_r, pair_d = _pair_weights(adj)
+    pair_r, pair_d = pair_weights(adj, frequency=frequency)
     deadline = None if time_limit is None else time.perf_counter() + float(time_limit)
     backtracks_total = contradictions = 0
     timed_out = False
@@ -596,8 +835,10 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
             y, x = cell
             options = np.flatnonzero(solver.dom[y, x])
             p = adj.weights[options] * _context(solver, pair_r, pair_d, y, x, options)
+            if row_factors is not None:
+                p = p * row_factors[y, options]
             if reuse_penalty:
-                p = p / (1.0 + solver.uses[options]) ** reuse_penalty
+                p = p / (1.0 + _excess_uses(solver, options, reuse_share)) ** reuse_penalty
             if not p.sum() > 0:
                 p = adj.weights[options].copy()
             choice = int(rng.choice(options, p=p / p.sum()))
@@ -651,18 +892,21 @@ def generate(adj: Adjacency, *, width: int, height: int, seed: int = 0, attempts
 def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.ndarray], np.ndarray]]
                = None, *, width: int, height: int, seed: int = 0, attempts: int = 5,
                seams: int = SEAMS, chunk: int = CHUNK, reuse_penalty: float = REUSE_PENALTY,
-               time_limit: Optional[float] = None,
-               max_states: Optional[int] = MAX_STATES) -> WfcResult:
-    """Learn from ``maps`` and generate a level, from chunks if possible, else from tiles.
+               time_limit: Optional[float] = None, max_states: Optional[int] = MAX_STATES,
+               model: str = "auto", row_priors: bool = True) -> WfcResult:
+    """Learn from ``maps`` and generate a level: from tiles when they recur, else from chunks.
 
-    1. WFC over ``chunk`` x ``chunk`` chunks cut from ``maps`` (:func:`learn_chunks`), allowed
-       next to each other where an example shows them so or where their pixels are among the
-       ``seams`` best-matching seams of either (:func:`add_seam_pairs`); the chunk grid covers
-       the level and is cropped to it.  Skipped when ``chunk`` is 1, ``state_tiles`` is not
-       given or no map holds a whole chunk;
-    2. otherwise, or if that falls back: WFC over the tile pairs seen in ``maps``;
-    3. if that falls back and ``seams > 0``: WFC over the seen tile pairs plus ``seams``
-       best-matching seams per tile and side;
+    1. ``model="tiles"``, or ``"auto"`` and the tiles of ``maps`` recur
+       (:func:`measure_recurrence`), or ``chunk`` is 1: WFC over the tile pairs seen in
+       ``maps`` (flip bits part of the state), draws weighted by pair frequency and, for
+       examples at least :data:`ROW_PRIOR_MIN_ROWS` tall, by row (:func:`row_prior`);
+    2. otherwise WFC over ``chunk`` x ``chunk`` chunks cut from ``maps`` (:func:`learn_chunks`),
+       allowed next to each other where an example shows them so or where their pixels are
+       among the ``seams`` best-matching seams of either (:func:`add_seam_pairs`); the chunk
+       grid covers the level and is cropped to it.  Skipped when ``state_tiles`` is not given
+       or no map holds a whole chunk; if it falls back, step 1's tile model is tried;
+    3. if the tile model falls back and ``seams > 0``: WFC over the seen tile pairs plus
+       ``seams`` best-matching seams per tile and side;
     4. otherwise the greedy fallback of the last model tried.
 
     Parameters
@@ -671,40 +915,57 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
         Example grids.
     state_tiles : callable, optional
         ``state_tiles(states) -> ndarray (S, T, T, C)``: pixels of each cell value (flips
-        applied); required for steps 1 and 3 and for the seam figures.
-    width, height, seed, attempts, time_limit, reuse_penalty
+        applied); required for steps 2 and 3 and for the seam figures.
+    width, height, seed, attempts, time_limit
         As in :func:`generate` (``time_limit`` applies to each model).
     seams : int, optional
         Best-matching seam partners per state (chunk or tile) and side (0: seen pairs only).
     chunk : int, optional
-        Chunk side in tiles for step 1 (1: tiles only).
+        Chunk side in tiles for step 2 (1: tiles only).
+    reuse_penalty : float, optional
+        As in :func:`generate`; for the tile models only the uses beyond a state's share of the
+        examples count (recurring tiles may recur, a flood may not).
     max_states : int, optional
         As in :func:`learn_adjacency`, for tiles and for chunks (default :data:`MAX_STATES`).
+    model : {"auto", "tiles", "chunks"}
+        Which model to try first (``"chunks"`` with ``chunk == 1`` means tiles).
+    row_priors : bool, optional
+        Use :func:`row_prior` in the tile models (when the examples are tall enough).
 
     Returns
     -------
     WfcResult
         ``grid`` holds cell values of ``maps``; ``violations`` counts pairs the model used does
-        not allow (for chunks: pairs of neighbouring chunks).  ``attempts``, ``backtracks`` and
-        ``contradictions`` add up every model tried.  ``stats``: ``model`` (``"chunks"``,
-        ``"observed"`` or ``"observed+seams"``), ``tried`` (models in the order tried),
+        not allow (for chunks: pairs of neighbouring chunks; for the ``observed`` tile model
+        this is every tile pair no example shows).  ``attempts``, ``backtracks`` and
+        ``contradictions`` add up every model tried.  ``stats``: ``model`` (``"observed"``,
+        ``"chunks"`` or ``"observed+seams"``), ``tried`` (models in the order tried),
+        ``because`` (why the first model was chosen), ``recurrence``
+        (:meth:`Recurrence.to_json` of ``maps``), ``row_prior`` (whether it was used),
         ``chunk`` (1 for tile models), ``states``, ``distinct_states`` (of the model used),
-        ``distinct_tiles`` and ``top_share`` (share of the commonest cell value) of the level,
-        ``unseen_pairs`` (tile pairs no example shows) and, with ``state_tiles``,
-        ``seam_diff`` / ``example_seam_diff`` (:func:`seam_difference` of the level / of
-        ``maps``).
+        ``distinct_tiles`` and ``top_share`` (share of the commonest cell value) of the level
+        with ``example_top_share`` beside it, ``unseen_pairs`` (tile pairs no example shows)
+        and, with ``state_tiles``, ``seam_diff`` / ``example_seam_diff``
+        (:func:`seam_difference` of the level / of ``maps``) and ``seam_ratio`` /
+        ``example_seam_ratio`` (border / interior of :func:`border_interior`).
     """
     maps = [np.asarray(m) for m in maps]
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if seams < 0:
         raise ValueError(f"seams must be >= 0, got {seams}")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     tile_adj = learn_adjacency(maps, max_states=max_states)
+    rec = measure_recurrence(maps)
+    first, because = _first_model(rec, model, chunk, state_tiles is not None, maps)
     opts = dict(seed=seed, attempts=attempts, time_limit=time_limit, reuse_penalty=reuse_penalty)
+    prior = row_prior(maps, tile_adj.states, height) if row_priors else None
+    tile_opts = dict(opts, frequency=True, row_factors=prior,
+                     reuse_share=tile_adj.weights / tile_adj.weights.sum())
     tried: list[WfcResult] = []
     result: Optional[WfcResult] = None
-    if chunk > 1 and state_tiles is not None and any(
-            m.shape[0] >= chunk and m.shape[1] >= chunk for m in maps):
+    if first == "chunks":
         blocks, adj = learn_chunks(maps, chunk, max_states=max_states)
         if seams:
             adj = add_seam_pairs(adj, chunk_pixels(blocks[adj.states], state_tiles),
@@ -716,12 +977,12 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
             r.grid = expand_chunks(r.grid, blocks, width=width, height=height)
             result = r
     if result is None:
-        r = generate(tile_adj, width=width, height=height, **opts)
+        r = generate(tile_adj, width=width, height=height, **tile_opts)
         r.stats.update(model="observed", chunk=1, states=tile_adj.n_states)
         tried.append(r)
         if r.method == "greedy-fallback" and seams and state_tiles is not None:
             wide = add_seam_pairs(tile_adj, state_tiles(tile_adj.states), per_side=seams)
-            r = generate(wide, width=width, height=height, **opts)
+            r = generate(wide, width=width, height=height, **tile_opts)
             r.stats.update(model="observed+seams", chunk=1, states=wide.n_states)
             tried.append(r)
         result = r
@@ -729,19 +990,44 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
     result.backtracks = sum(t.backtracks for t in tried)
     result.contradictions = sum(t.contradictions for t in tried)
     _, counts = np.unique(result.grid, return_counts=True)
-    result.stats.update(tried=[t.stats["model"] for t in tried],
+    result.stats.update(tried=[t.stats["model"] for t in tried], because=because,
+                        recurrence=rec.to_json(),
+                        row_prior=prior is not None and result.stats["model"] != "chunks",
                         unseen_pairs=count_violations(result.grid, tile_adj),
                         distinct_tiles=int(counts.size),
-                        top_share=round(float(counts.max()) / result.grid.size, 4))
+                        top_share=round(float(counts.max()) / result.grid.size, 4),
+                        example_top_share=round(float(tile_adj.weights.max())
+                                                / float(tile_adj.weights.sum()), 4))
     if state_tiles is not None:
+        level_seams = border_interior([result.grid], state_tiles)
+        example_seams = border_interior(maps, state_tiles)
         result.stats.update(seam_diff=_round(seam_difference([result.grid], state_tiles)),
-                            example_seam_diff=_round(seam_difference(maps, state_tiles)))
+                            example_seam_diff=_round(seam_difference(maps, state_tiles)),
+                            seam_ratio=level_seams["ratio"],
+                            example_seam_ratio=example_seams["ratio"])
     return result
 
 
-def _round(x: float) -> Optional[float]:
-    """``x`` to 2 decimals; NaN (nothing measured) becomes None, which JSON can hold."""
-    return None if x != x else round(x, 2)
+def _first_model(rec: Recurrence, model: str, chunk: int, has_pixels: bool,
+                 maps: list[np.ndarray]) -> tuple[str, str]:
+    """``("observed" | "chunks", why)``: the model :func:`make_level` tries first."""
+    per_cell = f"{rec.states_per_cell:.3g} distinct tiles per cell, flips apart"
+    if model == "tiles" or chunk == 1:
+        return "observed", "single tiles asked for"
+    can_chunk = has_pixels and any(m.shape[0] >= chunk and m.shape[1] >= chunk for m in maps)
+    if model == "auto" and rec.recurring:
+        return "observed", f"tiles recur ({per_cell} <= {RECUR_PER_CELL})"
+    if not can_chunk:
+        why = "no tile pixels" if not has_pixels else f"no screen holds a {chunk}x{chunk} piece"
+        return "observed", f"pieces impossible ({why})"
+    if model == "chunks":
+        return "chunks", "pieces asked for"
+    return "chunks", f"tiles do not recur ({per_cell} > {RECUR_PER_CELL})"
+
+
+def _round(x: Optional[float]) -> Optional[float]:
+    """``x`` to 2 decimals; None or NaN (nothing measured) becomes None, which JSON can hold."""
+    return None if x is None or x != x else round(float(x), 2)
 
 
 def _stats(grid: np.ndarray, adj: Adjacency) -> dict:
@@ -753,19 +1039,13 @@ def _stats(grid: np.ndarray, adj: Adjacency) -> dict:
 SEAM_WEIGHT = 0.1
 
 
-def _pair_weights(adj: Adjacency) -> tuple[np.ndarray, np.ndarray]:
-    """1 for a seen pair, :data:`SEAM_WEIGHT` for a seam pair, 0 otherwise.
-
-    Seen pairs are not weighted by their counts: the state weights already carry frequency,
-    and count products feed back until one tile (the sky) fills the level.
-    """
-    r = (adj.right > 0).astype(np.float64)
-    d = (adj.down > 0).astype(np.float64)
-    if adj.seam_right is not None:
-        r[adj.seam_right] = SEAM_WEIGHT
-    if adj.seam_down is not None:
-        d[adj.seam_down] = SEAM_WEIGHT
-    return r, d
+def _excess_uses(solver: "_Solver", options: np.ndarray,
+                 share: Optional[np.ndarray]) -> np.ndarray:
+    """Cells holding each option, or (with ``share``) only those beyond its expected share."""
+    uses = solver.uses[options].astype(np.float64)
+    if share is None:
+        return uses
+    return np.maximum(0.0, uses - share[options] * float(solver.uses.sum()))
 
 
 def _context(solver: "_Solver", pair_r: np.ndarray, pair_d: np.ndarray, y: int, x: int,
