@@ -105,6 +105,13 @@ def test_automatic_k_stays_small_for_a_few_tiles():
     assert _as_set(base) <= _as_set(dic.tiles)
 
 
+def test_automatic_k_keeps_every_entry_for_several_cells_on_a_small_corpus():
+    rng = np.random.default_rng(0)
+    tiles = PAL[rng.integers(0, len(PAL), (40, 8, 8))]              # 40 unrelated tiles
+    dic = D.learn_dictionary(tiles)
+    assert len(dic) <= 40 // D.AUTO_MIN_USES
+
+
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("k", [0, -3])
 def test_non_positive_max_tiles_is_a_clear_error(k):

@@ -38,6 +38,10 @@ K
     few tiles each (a split cluster votes to the same clean tile), so the gain drops from
     more than 30 % to under 8 % per doubling on a 40-tile corpus with 1.5 % speckle, while a
     varied corpus (the example screens) keeps gaining 12-20 % per doubling up to the cap.
+    The stop needs two small gains in a row (one noisy k-means run cannot end the search).
+    Automatic K also stays at or below a quarter of the input tiles (:data:`AUTO_MIN_USES`):
+    on a small corpus the error keeps falling until the dictionary copies every tile, which
+    is no budget; real NES screens use each distinct tile 4.7 times.
 Assignment (:func:`assign`)
     Unary cost = mean ΔE76² per pixel between the cell and a dictionary tile (in some
     orientation); pairwise cost = ``seam_weight`` × mean ΔE76² between the pixels that touch
@@ -60,7 +64,7 @@ import numpy as np
 from palettes.colour import srgb_to_lab
 from tilesets.cells import ORIENTATIONS, encode_cells, flip_tile as _flip_bits
 
-__all__ = ["ALPHA_DE", "AUTO_GAIN", "K_CAP", "NES_MAX_DISTINCT", "SEAM_WEIGHTS",
+__all__ = ["ALPHA_DE", "AUTO_GAIN", "AUTO_MIN_USES", "K_CAP", "NES_MAX_DISTINCT", "SEAM_WEIGHTS",
            "Dictionary", "learn_dictionary", "assign", "calibrate_seam_weight", "rebuild",
            "render", "grid_tiles", "distinct_tiles",
            "tile_distance", "mean_delta_e", "isolated_rate", "seam_ratio"]
@@ -73,6 +77,9 @@ ALPHA_DE = 100.0
 AUTO_GAIN = 0.10
 #: automatic K never exceeds this (Tiled mode); :data:`NES_MAX_DISTINCT` bounds NES screens
 K_CAP = 256
+#: automatic K is at most the input tiles / this: every entry stands for 4 cells on average
+#: (real NES screens: 974 distinct tiles in 4,560 cells, one per 4.7)
+AUTO_MIN_USES = 4
 #: 16×16 tiles one NES screen may use: 64 × four 8×8 patterns = the 256 of a pattern table
 NES_MAX_DISTINCT = 64
 
@@ -652,7 +659,7 @@ def learn_dictionary(tiles: np.ndarray, *, max_tiles: Optional[int] = None, flip
         fit = _fit(corpus, min(int(max_tiles), u), **kw)
     else:
         fits: list[_Fit] = []
-        for k in _k_ladder(min(k_cap, u)):
+        for k in _k_ladder(max(1, min(k_cap, u, len(tiles) // AUTO_MIN_USES))):
             fits.append(_fit(corpus, k, init=fits[-1].centres if fits else None, **kw))
             curve.append((k, fits[-1].distortion))
             if len(fits) >= 3 and _small_gain(fits[-3], fits[-2], gain) \
