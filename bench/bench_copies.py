@@ -314,11 +314,45 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
     return p, r, f1
 
 
+def scale(m: int, seed: int = 0) -> None:
+    """Time the index and the judge with ``m`` training tiles: 16x16 windows at any pixel
+    offset of every example screen (real art, mostly distinct), 1,000 queries of which half
+    are copies (a third edited by a pixel, a third shifted by one)."""
+    rng = np.random.default_rng(seed)
+    screens = [s for g in load_screens().values() for s in g]
+    per = -(-m // len(screens))
+    parts = []
+    for scr in screens:
+        ys = rng.integers(0, scr.shape[0] - T + 1, per)
+        xs = rng.integers(0, scr.shape[1] - T + 1, per)
+        parts.append(np.stack([scr[y:y + T, x:x + T] for y, x in zip(ys, xs)]))
+    training = np.concatenate(parts)[:m]
+    q = rng.choice(m, 500, replace=False)
+    gen = training[q].copy()
+    gen[::3, 5, 5] = 255 - gen[::3, 5, 5]
+    gen[1::3] = np.concatenate([gen[1::3, :, 1:], gen[1::3, :, -1:]], axis=2)
+    novel = np.concatenate([grid_tiles(s)[0] for s in screens])[:500].copy()
+    novel[:, ::2, ::2] = novel[:, 1::2, 1::2]            # altered art: rarely a copy
+    t0 = time.perf_counter()
+    index = TrainingIndex(training, flips=True)
+    t1 = time.perf_counter()
+    calls = judge_copies(np.concatenate([gen, novel]), flips=True, index=index)
+    t2 = time.perf_counter()
+    found = sum(c.is_copy for c in calls[:500])
+    print(f"scale: {m} training tiles: index {t1 - t0:.1f} s, judge 1,000 tiles {t2 - t1:.1f} s; "
+          f"{found}/500 planted copies found, {sum(c.is_copy for c in calls[500:])}/500 of the "
+          f"altered tiles called copies")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sheet", type=Path, help="write our evidence sheet (copy calls) here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=int, default=0,
+                    help="also time the index and the judge with this many training tiles")
     args = ap.parse_args()
+    if args.scale:
+        scale(args.scale, args.seed)
     training, items = build(args.seed)
     gen = np.stack([it[0] for it in items])
     cls = [it[1] for it in items]

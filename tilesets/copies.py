@@ -27,8 +27,8 @@ Every verdict is decided pixel-wise in colour (CIELAB), after flips and shifts. 
 *candidates* come from key tables built once over the training tiles (:class:`TrainingIndex`):
 
 * an **exact key** (a 64-bit digest of the pixels) finds exact copies;
-* a **pattern key** (digest of :func:`tilesets.bank.pattern_keys`, the colour-blind pattern,
-  minimised over flips) finds palette swaps;
+* a **pattern key** (digest of :func:`tilesets.bank.pattern_keys`, the colour-blind pattern;
+  the generated tile is looked up in every orientation) finds palette swaps;
 * **block keys** find near and shifted copies by the pigeonhole principle, the idea behind
   multi-index hashing (:mod:`tilesets.hashindex`) applied to pixels: the tile is cut into
   4 x 4 blocks of side T/4 and each block's content (with its position) is a key.  A copy with a
@@ -159,9 +159,13 @@ class CopyRules:
         ``PALETTE_SWAP`` needs this share of differing neighbour pairs in the pattern (a plain
         split into two colour areas is not a recognisable pattern).
     probe_blocks : int
-        Block keys looked up per probe (the rarest ones present in the training set).
+        Block keys looked up per probe (the rarest ones present in the training set; blocks of
+        one colour are never probed).
     max_bucket : int
         Block keys held by more training tiles than this are skipped as uninformative.
+    probe_budget : int
+        Per generated tile and probe, no more blocks are looked up once the buckets already
+        looked up hold this many training tiles (bounds the work on common textures).
     max_candidates : int
         Candidates verified per generated tile and path (most shared blocks first).
     """
@@ -173,7 +177,8 @@ class CopyRules:
     minor_pixels: int = 3
     swap_min_structure: float = 0.08
     probe_blocks: int = 8
-    max_bucket: int = 4096
+    max_bucket: int = 1024
+    probe_budget: int = 2048
     max_candidates: int = 48
 
     def __post_init__(self) -> None:
@@ -185,6 +190,7 @@ class CopyRules:
                   ("swap_min_structure", 0 <= self.swap_min_structure <= 1),
                   ("probe_blocks", 1 <= self.probe_blocks <= 64),
                   ("max_bucket", self.max_bucket >= 1),
+                  ("probe_budget", self.probe_budget >= 1),
                   ("max_candidates", self.max_candidates >= 1)]
         for name, ok in checks:
             if not ok:
@@ -336,11 +342,11 @@ def _block_seeds(pos: np.ndarray) -> np.ndarray:
     return np.asarray(pos, np.uint64) * _P3
 
 
-def _pattern_digests(rgb: np.ndarray, flips: bool, chunk: int = 8192) -> np.ndarray:
-    """Digest of each tile's colour-blind pattern key (minimised over flips): (N,) uint64."""
+def _pattern_digests(rgb: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Digest of each tile's colour-blind pattern key (as it stands, no flips): (N,) uint64."""
     out = np.zeros(len(rgb), np.uint64)
     for s in range(0, len(rgb), chunk):
-        keys, _ = pattern_keys(rgb[s:s + chunk], flips=flips)
+        keys, _ = pattern_keys(rgb[s:s + chunk], flips=False)
         b = np.ascontiguousarray(keys).view(np.uint8).reshape(len(keys), -1)
         out[s:s + chunk] = _digest(b, 0x5A17)
     return out
@@ -461,7 +467,7 @@ class TrainingIndex:
         m = len(self.tiles)
         exact = _exact_digests(self.tiles, chunk)
         self.exact = _KeyTable(exact)
-        self.pattern = _KeyTable(_pattern_digests(self.tiles, self.flips))
+        self.pattern = _KeyTable(_pattern_digests(self.tiles))
         blocks = [_block_keys(self.tiles[s:s + chunk]) for s in range(0, m, chunk)]
         nb = (self.tile_size // _block_side(self.tile_size)) ** 2
         self.block_keys = np.concatenate(blocks) if blocks else np.zeros((0, nb), np.uint64)
@@ -534,34 +540,27 @@ def _same_pattern(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _pattern_candidates(rgb: np.ndarray, opaque: np.ndarray, rows: np.ndarray,
                         index: TrainingIndex, rules: CopyRules) -> _Cands:
-    """Training rows with the same colour-blind pattern as generated ``rows``, and the flip."""
+    """Training rows with the same colour-blind pattern as generated ``rows``, in some
+    orientation (checked pattern-wise, so a digest collision costs nothing)."""
     if len(rows) == 0:
         return _Cands.empty()
     t = rgb.shape[1]
-    keys = _pattern_digests(rgb[rows], index.flips)
-    qpos, tr = index.pattern.lookup(keys, cap=rules.max_bucket)
-    g = rows[qpos]
-    # keep at most max_candidates per generated tile (lowest training rows first)
-    order = np.lexsort((tr, g))
-    g, tr = g[order], tr[order]
-    first = np.searchsorted(g, g, side="left")
-    keep = (np.arange(len(g)) - first) < rules.max_candidates
-    g, tr = g[keep], tr[keep]
     gcode = np.where(opaque, _pack(rgb), np.uint32(0xFF000000))
-    tcode = _pack(index.tiles[tr]).reshape(len(tr), t * t)
-    flip = np.full(len(g), -1, np.int64)
+    parts = []
     for f in _codes_for(index.flips):
-        todo = flip < 0
-        if not todo.any():
-            break
-        a = np.ascontiguousarray(_orient(gcode[g[todo]][..., None], f)[..., 0]).reshape(
-            int(todo.sum()), t * t)
-        ok = _same_pattern(a, tcode[todo])
-        idx = np.flatnonzero(todo)[ok]
-        flip[idx] = f
-    m = flip >= 0
-    z = np.zeros(int(m.sum()), np.int64)
-    return _Cands(g[m], tr[m], flip[m], z, z, z + 1, np.ones(int(m.sum()), bool))
+        oriented = np.ascontiguousarray(_orient(rgb[rows], f))
+        keys = _pattern_digests(oriented)
+        qpos, tr = index.pattern.lookup(keys, cap=rules.max_bucket)
+        g = rows[qpos]
+        keep = _top_per_group(g, np.zeros(len(g), np.int64), tr, rules.max_candidates)
+        g, tr = g[keep], tr[keep]
+        if not len(g):
+            continue
+        a = np.ascontiguousarray(_orient(gcode[g][..., None], f)[..., 0]).reshape(len(g), t * t)
+        ok = _same_pattern(a, _pack(index.tiles[tr]).reshape(len(tr), t * t))
+        z = np.zeros(int(ok.sum()), np.int64)
+        parts.append(_Cands(g[ok], tr[ok], z + f, z, z, z + 1, np.ones(len(z), bool)))
+    return _Cands.concat(parts)
 
 
 def _probe_blocks(rgb: np.ndarray, f: int, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
@@ -576,6 +575,8 @@ def _probe_blocks(rgb: np.ndarray, f: int, dx: int, dy: int) -> tuple[np.ndarray
     -------
     keys : ndarray, shape (N, V), uint64
     positions : ndarray, shape (V,), int64 (training-frame block index)
+    flat : ndarray, shape (N, V), bool
+        Blocks of a single colour (they match every plain area: never probed).
     """
     n, t = rgb.shape[:2]
     b = _block_side(t)
@@ -591,13 +592,14 @@ def _probe_blocks(rgb: np.ndarray, f: int, dx: int, dy: int) -> tuple[np.ndarray
                 tbx = k - 1 - bx if f & 1 else bx
                 pos.append(tby * k + tbx)
     if not pos:
-        return np.zeros((n, 0), np.uint64), np.zeros(0, np.int64)
+        return np.zeros((n, 0), np.uint64), np.zeros(0, np.int64), np.zeros((n, 0), bool)
     yy, xx = np.array(ys), np.array(xs)                              # (V, b)
     blocks = rgb[:, yy[:, :, None], xx[:, None, :]]                  # (N, V, b, b, 3)
     blocks = np.ascontiguousarray(_orient(blocks, f))
     v = len(pos)
+    flat = (blocks == blocks[:, :, :1, :1]).all((2, 3, 4))
     keys = _digest(blocks.reshape(n * v, -1), _block_seeds(np.tile(pos, n)))
-    return keys.reshape(n, v), np.asarray(pos, np.int64)
+    return keys.reshape(n, v), np.asarray(pos, np.int64), flat
 
 
 def _top_per_group(group: np.ndarray, score: np.ndarray, tie: np.ndarray, k: int) -> np.ndarray:
@@ -630,16 +632,19 @@ def _block_candidates(rgb: np.ndarray, rows: np.ndarray, index: TrainingIndex,
     parts = []
     for f in _codes_for(index.flips):
         for dx, dy in shifts:
-            keys, pos = _probe_blocks(sub, f, dx, dy)
+            keys, pos, flat = _probe_blocks(sub, f, dx, dy)
             if keys.shape[1] == 0:
                 continue
             _, size = index.blocks.sizes(keys.ravel())
             size = size.reshape(keys.shape)
-            usable = (size > 0) & (size <= rules.max_bucket)
-            # the probe_blocks rarest usable blocks of each generated tile
+            usable = (size > 0) & (size <= rules.max_bucket) & ~flat
+            # the probe_blocks rarest usable blocks of each generated tile, within the budget
             rank_key = np.where(usable, size, np.iinfo(np.int64).max)
             pick = np.argsort(rank_key, axis=1, kind="stable")[:, :rules.probe_blocks]
             ok = np.take_along_axis(usable, pick, 1)
+            picked = np.where(ok, np.take_along_axis(size, pick, 1), 0)
+            before = np.cumsum(picked, axis=1) - picked
+            ok &= (before < rules.probe_budget)
             q = np.take_along_axis(keys, pick, 1)[ok]
             qpos, tr = index.blocks.lookup(q, cap=rules.max_bucket)
             if len(tr) == 0:
