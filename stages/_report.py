@@ -1,9 +1,12 @@
 """report.html for the export stage: one self-contained page (every image inlined as base64).
 
-Sections: the generated level, the kept tiles (hover for their properties), the novelty
-histogram, dropped tiles beside their nearest training tiles, generated screens beside their
-rebuilt maps, training curves and sample grid, and the summary of every stage that led here
-(read from the ``manifest.json`` the artifact cache keeps beside each artifact).
+Sections: the generated level (its model and figures), the tileset at 1x and 3x with its
+groups, the kept tiles group by group (hover for their properties), the tiles' reuse (uses per
+tile, distinct tiles per cell), the seams (colour difference across tile borders against inside
+tiles, in the rebuilt screens and in the level), the novelty histogram, dropped tiles beside
+their nearest training tiles, generated screens beside their rebuilt maps, training curves and
+sample grid, and the summary of every stage that led here (read from the ``manifest.json`` the
+artifact cache keeps beside each artifact).
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 img.px{image-rendering:pixelated;image-rendering:crisp-edges}
 img.px,.tiles img,.pair img{background:repeating-conic-gradient(#ddd 0 25%,#fff 0 50%) 0 0/16px 16px}
 .tiles img{width:48px;height:48px;margin:1px;image-rendering:pixelated}
+.sheet{display:inline-block;vertical-align:top;margin:0 1.5em .5em 0;font-size:.85em}
+h3 .muted{font-weight:normal;font-size:.85em}
 .pair{display:inline-block;margin:.5em;text-align:center;font-size:.8em;vertical-align:top}
 .pair img{image-rendering:pixelated;margin:2px;border:1px solid #ccc}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
@@ -278,24 +283,133 @@ def _section_level(out_dir: Path, summary: dict) -> str:
                    "borders match best"),
         "observed+seams": ("single tiles, with the neighbours seen in the generated screens "
                            "widened by best-matching pixel seams"),
-    }.get(lv.get("model"), "single tiles, with the neighbours seen in the generated screens")
+    }.get(lv.get("model"), "single tiles, each next to tiles it sits beside in the generated "
+                           "screens, drawn as often as the screens show the pair"
+          + (", and at the height of the screen where it usually sits" if lv.get("row_prior")
+             else ""))
+    because = f" Why: {_esc(lv['because'])}." if lv.get("because") else ""
     return (f"<h2>Level (maps/level.tmx)</h2><p>Made by Wave Function Collapse over "
-            f"{model}. {note}.</p>"
+            f"{model}.{because} {note}.</p>" + _level_table(lv) +
             f'<div class="scroll">{_img_tag(data, alt="level preview", scale=2, width=w)}</div>')
 
 
-def _section_tiles(bank: np.ndarray, props: list[dict]) -> str:
-    k = bank.shape[0]
-    imgs = []
-    for i in range(min(k, MAX_TILES_SHOWN)):
-        p = props[i] if i < len(props) else {}
-        tip = f"tile {i} (GID {i + 1})" + "".join(
-            f"\n{name}: {v}" for name, v in p.items() if v is not None)
-        imgs.append(_img_tag(png_bytes(bank[i]), alt=f"tile {i}", title=tip, cls=""))
+def _level_table(lv: dict) -> str:
+    """The level's figures beside the generated screens' (a designer's check that the level
+    looks like the screens)."""
+    rec = lv.get("recurrence") or {}
+    seams = lv.get("seams") or {}
+    if not rec and not seams:
+        return ""
+
+    def pct(v: Any) -> str:
+        return "" if v is None else f"{100 * float(v):.1f} %"
+
+    rows = [("model", lv.get("model"), f"tried: {', '.join(lv.get('tried') or [])}"),
+            ("distinct tiles", lv.get("distinct_tiles"), rec.get("states")),
+            ("commonest tile's share", pct(lv.get("top_share")), pct(lv.get("example_top_share"))),
+            ("neighbour pairs no screen shows", lv.get("unseen_pairs"), 0),
+            ("pairs the model does not allow (violations)", lv.get("violations"), ""),
+            ("colour difference across tile borders (ΔE)",
+             (seams.get("level") or {}).get("border"), (seams.get("screens") or {}).get("border")),
+            ("... inside tiles (ΔE)", (seams.get("level") or {}).get("interior"),
+             (seams.get("screens") or {}).get("interior")),
+            ("border / inside", (seams.get("level") or {}).get("ratio"),
+             (seams.get("screens") or {}).get("ratio"))]
+    body = "".join(f"<tr><th>{_esc(a)}</th><td>{_esc('' if b is None else b)}</td>"
+                   f"<td>{_esc('' if c is None else c)}</td></tr>" for a, b, c in rows)
+    return ("<table><tr><th></th><th>level</th><th>generated screens (rebuilt)</th></tr>"
+            f"{body}</table>")
+
+
+def _groups(summary: dict, count: int) -> list[dict]:
+    """The sheet's groups from the summary (one group of every tile when there is none)."""
+    groups = [g for g in (summary.get("sheet") or {}).get("groups", []) if isinstance(g, dict)]
+    return groups or [{"name": "all tiles", "kind": "", "tiles": count, "first_tile": 0,
+                       "uses": None}]
+
+
+def _section_tileset(out_dir: Path, summary: dict) -> str:
+    """tileset.png at 1x and 3x (nearest neighbour) and the table of its groups."""
+    data, w = _png_of_file(out_dir / "tileset.png")
+    sheet = summary.get("sheet") or {}
+    cols = int(sheet.get("columns") or summary.get("columns") or 1)
+    views = "".join(
+        f'<div class="sheet">{_img_tag(data, alt=f"tileset at {z}x", scale=z, width=w)}'
+        f"<br>{z}×</div>" for z in (1, 3))
+    rows = "".join(
+        f"<tr><td>{_esc(g['name'])}</td><td>{_esc(g.get('kind', ''))}</td>"
+        f"<td>{_esc(g.get('tiles'))}</td><td>{_esc(g.get('first_tile'))}"
+        f"{'–' + str(int(g['first_tile']) + int(g['tiles']) - 1) if int(g.get('tiles') or 0) > 1 else ''}"
+        f"</td><td>{int(g.get('first_tile') or 0) // cols + 1}</td>"
+        f"<td>{_esc('' if g.get('uses') is None else g['uses'])}</td></tr>"
+        for g in _groups(summary, int(summary.get("tiles") or 0)))
+    blank = sheet.get("blank")
+    note = (f" {blank} sheet cells are left blank so that each group starts a row."
+            if blank else "")
+    return ("<h2>Tileset (tileset.png)</h2><p>Laid out by kind: each group of related tiles "
+            "together, sky first and ground last, transitions (edges) beside the terrains they "
+            f"join, the most used tiles of a group first.{note} A tile's id is its place on the "
+            f'sheet. Shown at 1× and 3× (nearest neighbour).</p><div class="scroll">{views}</div>'
+            "<table><tr><th>group</th><th>kind</th><th>tiles</th><th>tile ids</th>"
+            f"<th>first row</th><th>cells using it</th></tr>{rows}</table>")
+
+
+def _section_tiles(bank: np.ndarray, props: list[dict], summary: Optional[dict] = None) -> str:
+    k = int(summary.get("tiles") or 0) if summary else bank.shape[0]
+    parts, shown = [], 0
+    for g in _groups(summary or {}, bank.shape[0]):
+        first, n = int(g.get("first_tile") or 0), int(g.get("tiles") or 0)
+        imgs = []
+        for i in range(first, min(first + n, bank.shape[0])):
+            if shown >= MAX_TILES_SHOWN:
+                break
+            p = props[i] if i < len(props) else {}
+            tip = f"tile {i} (GID {i + 1})" + "".join(
+                f"\n{name}: {v}" for name, v in p.items() if v is not None)
+            imgs.append(_img_tag(png_bytes(bank[i]), alt=f"tile {i}", title=tip, cls=""))
+            shown += 1
+        uses = f", {g['uses']} cells" if g.get("uses") is not None else ""
+        parts.append(f"<h3>{_esc(g['name'])} <span class=muted>({n} tiles{uses})</span></h3>"
+                     f'<div class="tiles">{"".join(imgs)}</div>')
     more = (f'<p class="muted">first {MAX_TILES_SHOWN} of {k} shown; all are in tileset.png</p>'
             if k > MAX_TILES_SHOWN else "")
-    return (f"<h2>Kept tiles ({k})</h2><p>Best first, as in tileset.png. Hover a tile for its "
-            f'properties (the same as in Tiled).</p><div class="tiles">{"".join(imgs)}</div>{more}')
+    return (f"<h2>Kept tiles ({k})</h2><p>Group by group, as in tileset.png. Hover a tile for "
+            f"its properties (the same as in Tiled).</p>{''.join(parts)}{more}")
+
+
+def _section_reuse(summary: dict, uses: Sequence[int]) -> str:
+    """How often the tiles recur in the rebuilt screens."""
+    r = summary.get("reuse") or {}
+    if not r:
+        return ""
+    once = sum(1 for u in uses if u <= 1)
+    text = (f"The {r.get('cells')} cells of the rebuilt screens use {r.get('tiles')} distinct "
+            f"tiles: {r.get('tiles_per_cell')} per cell ({r.get('states_per_cell')} counting each "
+            f"flip apart; real NES screens: about 0.2, screens whose every tile is new: 1). "
+            f"{100 * float(r.get('recurring_share') or 0):.0f} % of the cells show a tile that "
+            f"another cell shows too; the commonest tile covers "
+            f"{100 * float(r.get('top_share') or 0):.1f} %; {once} of {len(uses)} tiles are used "
+            "once or never.")
+    return ("<h2>Reuse</h2><p>" + _esc(text) + "</p>"
+            + svg_histogram([("tiles", list(uses), "#2c7fb8")],
+                            xlabel="cells of the rebuilt screens using the tile"))
+
+
+def _section_seams(summary: dict) -> str:
+    """Colour difference across tile borders against inside tiles."""
+    seams = (summary.get("level") or {}).get("seams") or {}
+    if not seams:
+        return ""
+    rows = "".join(
+        f"<tr><th>{_esc(label)}</th><td>{_esc(v.get('border'))}</td>"
+        f"<td>{_esc(v.get('interior'))}</td><td>{_esc(v.get('ratio'))}</td></tr>"
+        for label, v in (("generated screens, rebuilt from the tiles", seams.get("screens") or {}),
+                         ("level", seams.get("level") or {})))
+    return ("<h2>Seams</h2><p>Mean colour difference (ΔE76) between neighbouring pixels across "
+            "tile borders and inside tiles. A ratio near 1 means the tiles join as smoothly as "
+            "their insides (real screens: about 1 or below); far above 1, the grid shows.</p>"
+            "<table><tr><th></th><th>across borders</th><th>inside tiles</th>"
+            f"<th>border / inside</th></tr>{rows}</table>")
 
 
 def _dropped_distance(rec: dict) -> Optional[float]:
@@ -434,7 +548,8 @@ def write_report(out_dir: Path, *, title: str, summary: dict, bank: np.ndarray,
                  tile_meta: list, tile_props: list[dict], dropped: list,
                  evidence: Optional[Path], train_dirs: Sequence[Path],
                  sample_paths: Sequence[Path], sample_maps: list[dict],
-                 upstream_dirs: Sequence[Path], report_samples: int = 16) -> Path:
+                 upstream_dirs: Sequence[Path], report_samples: int = 16,
+                 uses: Sequence[int] = ()) -> Path:
     """Write ``out_dir/report.html`` (expects previews/ already written) and return its path.
 
     Parameters
@@ -444,9 +559,10 @@ def write_report(out_dir: Path, *, title: str, summary: dict, bank: np.ndarray,
     title : str
         Tileset name (escaped).
     summary : dict
-        Export's summary (shown in the "Stages" section).
+        Export's summary (shown in the "Stages" section); ``sheet`` (groups), ``reuse`` and
+        ``level`` (model, figures, ``seams``) feed their sections.
     bank : ndarray, shape (K, T, T, 4), uint8
-        Kept tiles.
+        The sheet's tiles by tile id (blank cells included).
     tile_meta, dropped : list
         Contents of dedupe's tiles.json and dropped.json.
     tile_props : list of dict
@@ -461,6 +577,8 @@ def write_report(out_dir: Path, *, title: str, summary: dict, bank: np.ndarray,
         Artifact folders whose cache manifests give the per-stage summaries.
     report_samples : int
         Generated screens to show.
+    uses : sequence of int
+        Cells using each tile (the reuse histogram).
     """
     out_dir = Path(out_dir)
     stage_info = collect_stage_summaries(list(upstream_dirs) + list(train_dirs) + list(sample_paths))
@@ -473,7 +591,10 @@ def write_report(out_dir: Path, *, title: str, summary: dict, bank: np.ndarray,
     body = [
         f"<h1>{_esc(title)}</h1>", head,
         _section_level(out_dir, summary),
-        _section_tiles(bank, tile_props),
+        _section_tileset(out_dir, summary),
+        _section_tiles(bank, tile_props, summary),
+        _section_reuse(summary, uses),
+        _section_seams(summary),
         _section_novelty(tile_meta, dropped),
         _section_dropped(dropped, evidence),
         _section_samples(out_dir, sample_paths, sample_maps, report_samples),

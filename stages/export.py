@@ -4,14 +4,19 @@ Reads dedupe's artifact (the :class:`tilesets.artifacts.TileSet` plus ``tiles.js
 ``dropped.json``, ``evidence.png``) and, for the report only, train's and sample's artifacts
 (inputs ``training_run`` and ``samples``).  Writes::
 
-    tileset.png               every kept tile, row-major, ``columns`` per row
-    tileset.tsx               external tileset; per-tile properties novelty, source_image, score,
-                              colours (shown in Tiled's Properties panel)
+    tileset.png               every kept tile, laid out by kind (tilesets/atlas.py): groups of
+                              rows, sky first, ground last, most used first; ``columns`` per row
+    tileset.tsx               external tileset; per-tile properties group, uses, novelty,
+                              source_image, score, colours (shown in Tiled's Properties panel)
     maps/sheet.tmx            all tiles, laid out as in tileset.png
     maps/sample_NNN.tmx       each generated screen rebuilt from kept tiles (flips as GID bits)
     maps/level.tmx            a new level made by Wave Function Collapse (tilesets/wfc.py)
+
+A tile's id is its place on the sheet, so the core renumbers the bank: every map, property and
+report entry uses the sheet ids (``Export.layout.position[bank_id]``).
     previews/<map>.png        each map rendered by tilesets/render.py (= Tiled's tmxrasterizer)
-    report.html               one self-contained page: level, tiles, novelty, evidence, training
+    report.html               one self-contained page: level, tileset at 1x / 3x, groups, reuse,
+                              seams, novelty, evidence, training
     tilegan.tiled-project     open this in Tiled (File > Open Project) to browse the maps
     nes/                      (``nes`` on) the NES bundle of tilesets/nes.py
 
@@ -28,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -85,7 +90,15 @@ class Params(StageParams):
                                       "tile) and side (0: seen neighbours only)", min=0)
     level_reuse_penalty: float = param(1.0, help="divide a piece's chance by (1 + times already "
                                                  "used) to this power, so no piece floods the "
-                                                 "level (0: by frequency only)", min=0.0)
+                                                 "level (0: by frequency only); single tiles "
+                                                 "count only the uses beyond their share of the "
+                                                 "generated screens", min=0.0)
+    level_model: str = param("auto", help="what the level is made of: auto (single tiles and "
+                                          "their seen neighbours when tiles recur, else pieces), "
+                                          "tiles, or chunks", choices=wfc_mod.MODELS)
+    sheet_layout: str = param("kind", help="tileset.png layout: kind (groups of related tiles: "
+                                           "sky first, ground last) or bank (dedupe's order, "
+                                           "best first)", choices=("kind", "bank"))
     report_samples: int = param(16, help="generated screens shown in report.html", min=0)
     nes: bool = param(False, help="also write the NES bundle (CHR, nametables, palette) of every "
                                   "sample and of the level into nes/")
@@ -120,40 +133,65 @@ class Export:
     atlas : ndarray, shape (rows * T, columns * T, 4), uint8
         tileset.png.
     columns : int
+    tiles : ndarray, shape (tile_count, T, T, 4), uint8
+        The sheet's tiles in tile-id order (blank cells fully transparent): what every map's
+        GIDs point into.
+    layout : tilesets.atlas.SheetLayout
+        Where each bank tile sits (its tile id) and the groups.
     tile_properties : list of dict
-        Per-tile Tiled properties (tileset.tsx, and the report's tile tooltips).
+        Per-tile Tiled properties by tile id (tileset.tsx, and the report's tile tooltips);
+        ``{}`` for blank cells.
     maps : list of TiledMap
         ``sheet``, ``sample_NNN`` (one per map of the tile set, in stem order), ``level``.
     sample_maps : list of dict
         ``{map, source_image, flipped_cells}`` per sample map.
     level : dict
         The level's :meth:`tilesets.wfc.WfcResult.summary` plus ``seconds``.
+    reuse : dict
+        How the rebuilt screens reuse the tiles: :meth:`tilesets.wfc.Recurrence.to_json` plus
+        ``top_share`` (the commonest tile's share of the cells) and ``uses`` (cells per tile id,
+        blank cells left out).
     warnings : list of str
     """
 
     atlas: np.ndarray
     columns: int
+    tiles: np.ndarray
+    layout: atlas_mod.SheetLayout
     tile_properties: list
     maps: list
     sample_maps: list
     level: dict
+    reuse: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
     def gids(self) -> dict[str, np.ndarray]:
         return {m.name: m.gids for m in self.maps}
 
+    def sheet_summary(self) -> dict:
+        """JSON-able: layout, columns, tile_count, blank cells and the groups in sheet order."""
+        lay = self.layout
+        return {"columns": lay.columns, "rows": lay.rows, "tile_count": lay.tile_count,
+                "blank": lay.tile_count - len(lay.position),
+                "groups": [g.to_json() for g in lay.groups]}
+
 
 # --------------------------------------------------------------------------- core
 def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Params, *,
                    progress: ProgressFn = no_progress) -> Export:
-    """Lay out the tile set for Tiled: atlas, tile properties, the maps and a new level.
+    """Lay out the tile set for Tiled: sheet, tile properties, the maps and a new level.
+
+    Steps: :func:`_sheet_layout` (tiles grouped by kind; a tile's sheet position becomes its
+    id) → every map renumbered to sheet ids → :func:`_sample_maps` → :func:`_level` →
+    :func:`_tile_properties` by sheet id → :func:`_reuse`.
 
     Parameters
     ----------
     tileset : TileSet
         Dedupe's kept tiles (at least one) and maps (at least one).
     tile_records : list of dict or None
-        dedupe's tiles.json records, the source of the tile properties (None: no tiles.json).
+        dedupe's tiles.json records (by bank id), the source of the tile properties (None: no
+        tiles.json).
     params : Params
 
     Returns
@@ -176,28 +214,41 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
     if semi:
         warnings.append(f"{semi} semi-transparent pixels: Tiled may draw them one colour level off")
     progress("export", 0, 4)
-    cols = atlas_mod.atlas_columns(k, params.columns)
-    atlas = atlas_mod.pack_atlas(bank, columns=cols)
+    uses = tileset.uses()
+    layout = _sheet_layout(tileset, uses, params)
+    tiles = layout.sheet_tiles(bank)
+    atlas = atlas_mod.pack_atlas(tiles, columns=layout.columns)
+    maps = {stem: layout.remap(tileset.maps[stem]) for stem in sorted(tileset.maps)}
     progress("export", 1, 4)
-    maps = {stem: tileset.maps[stem] for stem in sorted(tileset.maps)}
     samples = _sample_maps(maps)
     progress("export", 2, 4)
-    level, level_info, level_warnings = _level(bank, maps, params)
+    level, level_info, level_warnings = _level(tiles, maps, params)
     progress("export", 3, 4)
     sample_info = [{"map": f"maps/{m.name}.tmx", "source_image": stem,
                     "flipped_cells": int(((maps[stem] & np.uint32(FLIP_MASK)) != 0).sum())}
                    for m, stem in zip(samples, maps)]
-    return Export(atlas, cols, _tile_properties(tile_records or [], k),
-                  [_sheet_map(k, cols)] + samples + [level], sample_info, level_info,
-                  warnings + level_warnings)
+    props = _tile_properties(tile_records or [], layout, uses)
+    return Export(atlas, layout.columns, tiles, layout, props,
+                  [_sheet_map(layout)] + samples + [level], sample_info, level_info,
+                  _reuse(maps.values(), layout, uses), warnings + level_warnings)
 
 
-def _sheet_map(k: int, cols: int) -> TiledMap:
-    """Every tile once, in atlas order."""
-    rows = max(1, math.ceil(k / cols))
-    gids = np.zeros(rows * cols, np.uint32)
-    gids[:k] = np.arange(1, k + 1, dtype=np.uint32)
-    return TiledMap("sheet", gids.reshape(rows, cols), {"tiles": k})
+def _sheet_layout(tileset: TileSet, uses: np.ndarray, params: Params) -> atlas_mod.SheetLayout:
+    """Where each bank tile goes on tileset.png (:func:`tilesets.atlas.layout_sheet`)."""
+    k = len(tileset)
+    cols = atlas_mod.atlas_columns(k, params.columns)
+    maps = list(tileset.maps.values())
+    return atlas_mod.layout_sheet(tileset.bank, uses, columns=cols,
+                                  by=params.sheet_layout,
+                                  heights=atlas_mod.tile_heights(maps, k))
+
+
+def _sheet_map(layout: atlas_mod.SheetLayout) -> TiledMap:
+    """Every tile once, where it sits on tileset.png (blank sheet cells stay empty)."""
+    bank_of = layout.bank_of()
+    gids = np.where(bank_of >= 0, np.arange(1, layout.tile_count + 1), 0).astype(np.uint32)
+    return TiledMap("sheet", gids.reshape(layout.rows, layout.columns),
+                    {"tiles": int(len(layout.position)), "groups": len(layout.groups)})
 
 
 def _sample_maps(maps: dict[str, np.ndarray]) -> list[TiledMap]:
@@ -207,39 +258,55 @@ def _sample_maps(maps: dict[str, np.ndarray]) -> list[TiledMap]:
             for i, (stem, m) in enumerate(maps.items())]
 
 
-def _level(bank: np.ndarray, maps: dict[str, np.ndarray],
+def _level(tiles: np.ndarray, maps: dict[str, np.ndarray],
            params: Params) -> tuple[TiledMap, dict, list[str]]:
-    """A new level by Wave Function Collapse over the generated screens, its summary (with
-    ``seconds``) and the warnings it deserves."""
+    """A new level by Wave Function Collapse over the generated screens (cells in sheet ids,
+    ``tiles`` in sheet order), its summary (with ``seconds``) and the warnings it deserves."""
     t0 = time.perf_counter()
-    result = wfc_mod.make_level(maps.values(), partial(cell_tiles, bank),
+    result = wfc_mod.make_level(maps.values(), partial(cell_tiles, tiles),
                                 width=params.level_width, height=params.level_height,
                                 seed=params.seed, attempts=params.wfc_attempts,
                                 seams=params.level_seams, chunk=params.level_chunk,
                                 reuse_penalty=params.level_reuse_penalty,
-                                time_limit=WFC_TIME_LIMIT)
+                                model=params.level_model, time_limit=WFC_TIME_LIMIT)
     info = dict(result.summary(), seconds=round(time.perf_counter() - t0, 3))
     warnings = []
+    model = result.stats.get("model")
     if result.method == "greedy-fallback":
         warnings.append(f"level: Wave Function Collapse did not finish ({result.attempts} "
                         f"attempts); filled greedily, leaving {result.stats.get('unseen_pairs')} "
                         "neighbour pairs that no generated screen shows")
-    elif params.level_chunk > 1 and result.stats.get("model") != "chunks":
+    elif result.stats.get("tried", [model])[0] == "chunks" and model != "chunks":
         c = params.level_chunk
         warnings.append(f"level: could not be assembled from {c}x{c} pieces of the generated "
-                        f"screens; made from single tiles ({result.stats.get('model')} model)")
+                        f"screens; made from single tiles ({model} model)")
+    elif model == "observed+seams":
+        warnings.append("level: the neighbours seen in the generated screens could not fill it; "
+                        "widened with best-matching pixel seams")
     level = TiledMap("level", tiled.bank_ids_to_gids(result.grid),
-                     {"method": result.method, "model": result.stats.get("model"),
+                     {"method": result.method, "model": model,
                       "seed": params.seed, "violations": result.violations})
     return level, info, warnings
 
 
-#: tiles.json fields written as Tiled tile properties (absent or null fields are left out)
-TILE_PROPERTIES = ("novelty", "source_image", "score", "colours", "isolated", "flat", "uses")
+def _reuse(maps: Iterable[np.ndarray], layout: atlas_mod.SheetLayout, uses: np.ndarray) -> dict:
+    """How the rebuilt screens reuse the tiles (see :attr:`Export.reuse`)."""
+    rec = wfc_mod.measure_recurrence(maps).to_json()
+    total = max(1, int(uses.sum()))
+    return dict(rec, top_share=round(float(uses.max(initial=0)) / total, 4),
+                uses=[int(uses[b]) for b in layout.bank_of() if b >= 0])
 
 
-def _tile_properties(meta: list, k: int) -> list[dict[str, Any]]:
-    """Tiled properties of each kept tile from dedupe's tiles.json records.
+#: tiles.json fields written as Tiled tile properties (absent or null fields are left out);
+#: ``group`` and ``uses`` come from the sheet layout and the maps.
+TILE_PROPERTIES = ("group", "uses", "novelty", "source_image", "score", "colours", "isolated",
+                   "flat")
+
+
+def _tile_properties(meta: list, layout: atlas_mod.SheetLayout,
+                     uses: np.ndarray) -> list[dict[str, Any]]:
+    """Tiled properties of each sheet cell (by tile id; ``{}`` where the sheet is blank) from
+    dedupe's tiles.json records (by bank id), the tile's group and its uses in the maps.
 
     A negative or null novelty (not measured: flat tile, or no training tiles) is left out.
     """
@@ -247,9 +314,13 @@ def _tile_properties(meta: list, k: int) -> list[dict[str, Any]]:
     for i, m in enumerate(meta):
         if isinstance(m, dict):
             by_id[int(m.get("id", i))] = m
+    group_of = layout.group_of()
     props = []
-    for i in range(k):
-        m = by_id.get(i, {})
+    for tile_id, b in enumerate(layout.bank_of().tolist()):
+        if b < 0:
+            props.append({})
+            continue
+        m = dict(by_id.get(b, {}), group=group_of[tile_id], uses=int(uses[b]))
         p: dict[str, Any] = {}
         for name in TILE_PROPERTIES:
             v = m.get(name)
@@ -328,12 +399,12 @@ def _empty_bank_error(bank_path: Path, dropped: list) -> StageError:
 
 
 # --------------------------------------------------------------------------- writing
-def _write(out_dir: Path, ex: Export, bank: np.ndarray, params: Params) -> None:
+def _write(out_dir: Path, ex: Export, params: Params) -> None:
     """tileset.png, tileset.tsx, every map with its preview, and the Tiled project file."""
-    ts = int(bank.shape[1])
+    ts = int(ex.tiles.shape[1])
     save_png(out_dir / "tileset.png", ex.atlas)
     atomic_write_text(out_dir / "tileset.tsx", tiled.tileset_xml(
-        name=params.name, tile_size=ts, tile_count=len(bank), columns=ex.columns,
+        name=params.name, tile_size=ts, tile_count=ex.layout.tile_count, columns=ex.columns,
         image_source="tileset.png", image_width=int(ex.atlas.shape[1]),
         image_height=int(ex.atlas.shape[0]), tile_properties=ex.tile_properties,
         properties={"generator": "tilegan"}))
@@ -341,7 +412,7 @@ def _write(out_dir: Path, ex: Export, bank: np.ndarray, params: Params) -> None:
         atomic_write_text(out_dir / "maps" / f"{m.name}.tmx", tiled.map_xml(
             m.gids, tile_size=ts, tileset_source="../tileset.tsx",
             encoding=Encoding(params.encoding).value, layer_name=m.name, properties=m.properties))
-        save_png(out_dir / "previews" / f"{m.name}.png", render_mod.render_map(m.gids, bank))
+        save_png(out_dir / "previews" / f"{m.name}.png", render_mod.render_map(m.gids, ex.tiles))
     atomic_write_text(out_dir / "tilegan.tiled-project", tiled.project_json(folders=(".",)))
 
 
@@ -354,24 +425,27 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     items = [Path(p) for p in inputs.get("tileset", [])]
     tileset, meta, dropped, evidence = _load_inputs(items)
     ex = export_tileset(tileset, meta, params, progress=progress)
-    _write(out_dir, ex, tileset.bank, params)
+    _write(out_dir, ex, params)
     summary: dict[str, Any] = {
         "name": params.name, "tiles": len(tileset), "tile_size": tileset.tile_size,
         "columns": ex.columns, "encoding": Encoding(params.encoding).value,
         "maps": sorted(f"maps/{m.name}.tmx" for m in ex.maps), "samples": len(tileset.maps),
         "flipped_cells": sum(s["flipped_cells"] for s in ex.sample_maps),
-        "dropped": len(dropped), "level": ex.level, "warnings": ex.warnings}
+        "dropped": len(dropped), "sheet": ex.sheet_summary(),
+        "reuse": {k: v for k, v in ex.reuse.items() if k != "uses"}, "level": ex.level,
+        "warnings": ex.warnings}
     if params.nes:
-        summary["nes"] = _write_nes(tileset.bank, _nes_screens(ex.gids(), tileset.tile_size),
+        summary["nes"] = _write_nes(ex.tiles, _nes_screens(ex.gids(), tileset.tile_size),
                                     out_dir / "nes", params.nes_palette)
     # The report leaves out timings so that the same inputs give the same bytes.
     _report.write_report(
         out_dir, title=params.name, summary=dict(summary, level={
             k: v for k, v in ex.level.items() if k != "seconds"}),
-        bank=tileset.bank, tile_meta=meta or [], tile_props=ex.tile_properties, dropped=dropped,
+        bank=ex.tiles, tile_meta=meta or [], tile_props=ex.tile_properties, dropped=dropped,
         evidence=evidence, train_dirs=[Path(p) for p in inputs.get("training_run") or []],
         sample_paths=[Path(p) for p in inputs.get("samples") or []],
-        sample_maps=ex.sample_maps, upstream_dirs=items, report_samples=params.report_samples)
+        sample_maps=ex.sample_maps, upstream_dirs=items, report_samples=params.report_samples,
+        uses=ex.reuse.get("uses", []))
     progress("export", 4, 4)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary

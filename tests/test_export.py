@@ -15,9 +15,12 @@ from stages import export
 from stages._common import InputError, ParamError, StageError, save_npy, save_npz, write_json
 from tests._helpers_tiled import (assert_matches_tiled, load_tmx, make_dedupe_dir, make_maps,
                                   make_samples_dir, make_tiles, make_train_dir, pytmx_cells)
-from tests.test_wfc import generated_like_screens
+from tests.test_wfc import W_DIRT, W_SKY, generated_like_screens, recurring_world
+from tilesets import atlas
 from tilesets.artifacts import TileSet
 from tilesets.cells import FLIP_MASK, ID_MASK
+from tilesets.render import render_map
+from tilesets.tiled import bank_ids_to_gids
 
 SPECIAL = 'Bob & "Alice" <\'s> set'
 
@@ -54,39 +57,63 @@ def test_writes_every_artifact(exported):
     assert len(summary["maps"]) == 8
 
 
-def test_pytmx_loads_every_map_with_the_right_gids_and_flips(exported):
+def _sheet_position(dd: Path) -> np.ndarray:
+    """Tile id (sheet position) of each bank tile of a dedupe artifact, from the core."""
+    ts = TileSet.load(dd)
+    return export.export_tileset(ts, None, export.Params(level_width=4, level_height=2,
+                                                         columns=5)).layout.position
+
+
+def _sheet_tiles(out: Path, ts: int = 16) -> np.ndarray:
+    """tileset.png cut into its tiles, by tile id."""
+    from PIL import Image
+
+    with Image.open(out / "tileset.png") as im:
+        a = np.asarray(im.convert("RGBA"))
+    return atlas.unpack_atlas(a, tile_size=ts, count=(a.shape[0] // ts) * (a.shape[1] // ts))
+
+
+def test_pytmx_loads_every_map_with_the_right_tiles_and_flips(exported):
+    # a map's GIDs point, through tileset.png, at the very tiles its bank ids named
     dd, out, _ = exported
-    with np.load(dd / "maps.npz") as z:
-        stems = sorted(z.files)
-        maps = {k: z[k] for k in stems}
-    for i, stem in enumerate(stems):
+    ts = TileSet.load(dd)
+    sheet = _sheet_tiles(out)
+    for i, stem in enumerate(sorted(ts.maps)):
         m = load_tmx(out / "maps" / f"sample_{i:03d}.tmx")
         gids, flips = pytmx_cells(m)
-        np.testing.assert_array_equal(gids, (maps[stem] & ID_MASK) + 1)
-        np.testing.assert_array_equal(flips, maps[stem] & FLIP_MASK)
+        np.testing.assert_array_equal(sheet[gids.astype(np.int64) - 1],
+                                      ts.bank[ts.maps[stem] & ID_MASK])
+        np.testing.assert_array_equal(gids, _sheet_position(dd)[ts.maps[stem] & ID_MASK] + 1)
+        np.testing.assert_array_equal(flips, ts.maps[stem] & FLIP_MASK)
         assert m.properties["source_image"] == stem
     assert (flips != 0).any()
 
 
-def test_sheet_holds_every_tile_once_in_atlas_order(exported):
-    _, out, _ = exported
+def test_sheet_holds_every_tile_once_where_it_sits_on_tileset_png(exported):
+    dd, out, _ = exported
     gids, flips = pytmx_cells(load_tmx(out / "maps" / "sheet.tmx"))
-    assert gids.shape == (3, 5)  # 12 tiles, 5 columns
-    np.testing.assert_array_equal(gids.ravel()[:12], np.arange(1, 13))
-    assert not gids.ravel()[12:].any() and not flips.any()
+    assert gids.shape[1] == 5 and not flips.any()
+    used = gids.ravel() != 0
+    assert used.sum() == 12  # every tile once; blank sheet cells stay empty
+    np.testing.assert_array_equal(gids.ravel()[used], np.flatnonzero(used) + 1)
+    np.testing.assert_array_equal(np.sort(gids.ravel()[used] - 1), np.sort(_sheet_position(dd)))
 
 
 def test_tileset_carries_tile_properties_and_escaped_name(exported):
-    _, out, _ = exported
+    dd, out, _ = exported
     text = (out / "tileset.tsx").read_text()
     assert "Bob &amp; &quot;Alice&quot; &lt;&apos;s&gt; set" in text
     m = load_tmx(out / "maps" / "sheet.tmx")
     assert m.tilesets[0].name == SPECIAL
-    props = m.get_tile_properties_by_gid(m.layers[0].data[0][1])  # tile id 1
+    pos = _sheet_position(dd)
+    props = m.get_tile_properties_by_gid(m.gidmap[int(pos[1]) + 1][0][0])  # bank tile 1
     assert props["novelty"] == 5 and props["source_image"] == "gen_0001"
     assert isinstance(props["score"], float) and props["colours"] == 4
-    p0 = m.get_tile_properties_by_gid(m.layers[0].data[0][0])
+    p0 = m.get_tile_properties_by_gid(m.gidmap[int(pos[0]) + 1][0][0])
     assert p0["source_image"] == SPECIAL and "novelty" not in p0
+    uses = TileSet.load(dd).uses()
+    assert props["uses"] == uses[1] and p0["uses"] == uses[0]
+    assert isinstance(props["group"], str) and props["group"]
 
 
 def test_every_map_renders_in_tiled_exactly_as_our_preview(exported):
@@ -119,7 +146,9 @@ def test_core_numbers_sample_maps_in_stem_order_with_flip_counts():
     assert [s["source_image"] for s in ex.sample_maps] == sorted(maps)
     first = maps[sorted(maps)[0]]
     assert ex.sample_maps[0]["flipped_cells"] == int(((first & FLIP_MASK) != 0).sum())
-    np.testing.assert_array_equal(ex.gids()["sample_000"], (first & ID_MASK) + 1 | (first & FLIP_MASK))
+    pos = ex.layout.position
+    np.testing.assert_array_equal(ex.gids()["sample_000"],
+                                  (pos[first & ID_MASK] + 1).astype(np.uint32) | (first & FLIP_MASK))
 
 
 def test_core_warns_when_tiles_json_is_missing():
@@ -131,13 +160,15 @@ def test_core_warns_when_tiles_json_is_missing():
     assert not any(w.startswith("no tiles.json") for w in with_records.warnings)
 
 
-def test_level_is_solved_from_chunks_without_violations(exported):
+def test_level_of_recurring_tiles_is_solved_from_seen_pairs_without_violations(exported):
+    # the fixture's 6 maps of 4x4 cells reuse 12 tiles: tiles recur, so single tiles are used
     _, out, summary = exported
     lv = summary["level"]
+    assert summary["reuse"]["recurring"] and lv["because"].startswith("tiles recur")
     assert lv["method"] in ("wfc", "wfc-backtracking") and lv["violations"] == 0
-    assert lv["model"] == "chunks" and lv["chunk"] == 2
+    assert lv["model"] == "observed" and lv["chunk"] == 1 and lv["unseen_pairs"] == 0
     m = load_tmx(out / "maps" / "level.tmx")
-    assert m.properties["model"] == "chunks" and m.properties["violations"] == 0
+    assert m.properties["model"] == "observed" and m.properties["violations"] == 0
     gids, _ = pytmx_cells(m)
     assert gids.shape == (6, 16) and (gids > 0).all()
 
@@ -168,6 +199,85 @@ def test_report_describes_a_level_made_of_pieces(tmp_path):
     assert f"{s['level']['distinct_tiles']} distinct tiles" in html
 
 
+# --------------------------------------------------------------------------- recurring tiles, sheet
+def _world() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    maps, bank = recurring_world()
+    return bank, {f"gen_{i:04d}": m for i, m in enumerate(maps)}
+
+
+@pytest.fixture(scope="module")
+def world_export():
+    bank, maps = _world()
+    return bank, maps, _core(bank, maps, level_width=40, level_height=10)
+
+
+def test_every_map_shows_the_same_pixels_as_before_the_sheet_layout(world_export):
+    # tile ids follow the sheet, so the maps are renumbered: their pictures must not change
+    bank, maps, ex = world_export
+    assert not np.array_equal(ex.layout.position, np.arange(len(bank)))  # ids did move
+    for i, stem in enumerate(sorted(maps)):
+        np.testing.assert_array_equal(render_map(ex.gids()[f"sample_{i:03d}"], ex.tiles),
+                                      render_map(bank_ids_to_gids(maps[stem]), bank))
+    level = ex.gids()["level"]
+    as_bank = ex.layout.bank_of()[(level & ID_MASK).astype(np.int64) - 1].astype(np.uint32)
+    np.testing.assert_array_equal(render_map(level, ex.tiles),
+                                  render_map(bank_ids_to_gids(as_bank | (level & FLIP_MASK)), bank))
+
+
+def test_tile_properties_name_each_tiles_group_and_uses(world_export):
+    bank, maps, ex = world_export
+    uses = TileSet(bank, maps).uses()
+    for g in ex.layout.groups:
+        for b in g.tiles:
+            p = ex.tile_properties[int(ex.layout.position[b])]
+            assert p["group"] == g.name and p["uses"] == uses[b]
+    blank = ex.layout.bank_of() < 0
+    assert all(p == {} for p, b in zip(ex.tile_properties, blank) if b)
+
+
+def test_sheet_layout_bank_keeps_dedupes_order():
+    bank, maps = _world()
+    ex = _core(bank, maps, sheet_layout="bank")
+    np.testing.assert_array_equal(ex.layout.position, np.arange(len(bank)))
+    assert ex.layout.tile_count == len(bank) and len(ex.layout.groups) == 1
+
+
+def test_level_from_recurring_tiles_keeps_to_seen_pairs_with_ground_at_the_bottom(world_export):
+    bank, maps, ex = world_export
+    lv = ex.level
+    assert lv["model"] == "observed" and lv["because"].startswith("tiles recur")
+    assert lv["violations"] == 0 and lv["unseen_pairs"] == 0 and lv["row_prior"]
+    cells = ex.layout.bank_of()[(ex.gids()["level"] & ID_MASK).astype(np.int64) - 1]
+    assert (cells[-1] == W_DIRT).mean() >= 0.9 and (cells[0] == W_SKY).mean() >= 0.5
+    assert set(lv["seams"]) == {"level", "screens"}
+    assert lv["seams"]["level"]["ratio"] <= 1.25 * lv["seams"]["screens"]["ratio"]
+
+
+def test_level_model_chunks_can_be_asked_for():
+    bank, maps = _world()
+    ex = _core(bank, maps, level_model="chunks")
+    assert ex.level["model"] == "chunks" and ex.level["because"] == "pieces asked for"
+
+
+def test_report_shows_the_sheet_at_1x_and_3x_its_groups_reuse_and_seams(tmp_path):
+    bank, maps = _world()
+    out, s = run_export(tmp_path, make_dedupe_dir(tmp_path / "dd", bank=bank, maps=maps),
+                        level_width=24, level_height=10)
+    html = (out / "report.html").read_text()
+    for heading in ("Tileset (tileset.png)", "Reuse", "Seams"):
+        assert f"<h2>{heading}" in html, heading
+    width = s["sheet"]["columns"] * 16
+    assert f'alt="tileset at 1x" style="width:{width}px"' in html
+    assert f'alt="tileset at 3x" style="width:{3 * width}px"' in html
+    assert "image-rendering:pixelated" in html
+    for g in s["sheet"]["groups"]:
+        assert f"<h3>{g['name']}" in html  # the kept tiles, group by group
+    assert f"{s['reuse']['tiles']} distinct tiles" in html
+    assert "single tiles, each next to tiles it sits beside" in html and "tiles recur" in html
+    ratio = s["level"]["seams"]["screens"]["ratio"]
+    assert f"<td>{ratio}</td>" in html
+
+
 def test_level_params_default_to_the_wfc_defaults():
     from tilesets import wfc
 
@@ -194,7 +304,8 @@ def test_level_fallback_is_reported():
 def test_level_widened_with_seams_when_seen_pairs_cannot_tile():
     ex = _core(make_tiles(3), {"only": np.array([[0, 1, 2]], np.uint32)})
     assert ex.level["model"] == "observed+seams" and ex.level["violations"] == 0
-    assert any("could not be assembled from 2x2 pieces" in w for w in ex.warnings)
+    assert ex.level["because"].startswith("pieces impossible")
+    assert any("widened with best-matching pixel seams" in w for w in ex.warnings)
 
 
 def test_paths_in_files_are_relative(exported):
@@ -210,8 +321,8 @@ def test_report_is_self_contained_and_has_every_section(exported):
     html = (out / "report.html").read_text()
     srcs = re.findall(r'src="([^"]*)"', html)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
-    for heading in ("Level", "Kept tiles", "Novelty", "Dropped tiles", "Generated screens",
-                    "Training", "Stages"):
+    for heading in ("Level", "Tileset", "Kept tiles", "Reuse", "Seams", "Novelty",
+                    "Dropped tiles", "Generated screens", "Training", "Stages"):
         assert f"<h2>{heading}" in html, heading
     assert "<svg" in html  # novelty histogram
     assert "Bob &amp; &quot;Alice&quot;" in html and SPECIAL not in html

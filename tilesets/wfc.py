@@ -48,9 +48,9 @@ allowed by the model it was made with (:func:`count_violations` is 0 on that mod
 chunk grid for the chunk model).  ``stats["unseen_pairs"]`` counts the *tile* pairs of the level
 that no example shows, ``stats["seam_diff"]`` / ``stats["example_seam_diff"]`` measure how
 well pixels meet across tile borders in the level and in the examples (:func:`seam_difference`),
-and ``stats["seam_ratio"]`` / ``stats["example_seam_ratio"]`` divide the colour difference
-across tile borders by the one inside tiles (:func:`border_interior`; 1 = tile borders do not
-show).
+and ``stats["seams"]`` compares the colour difference across tile borders with the one inside
+tiles, in the level and in the examples (:func:`border_interior`; ratio 1 = tile borders do
+not show).
 """
 from __future__ import annotations
 
@@ -946,8 +946,9 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
         ``distinct_tiles`` and ``top_share`` (share of the commonest cell value) of the level
         with ``example_top_share`` beside it, ``unseen_pairs`` (tile pairs no example shows)
         and, with ``state_tiles``, ``seam_diff`` / ``example_seam_diff``
-        (:func:`seam_difference` of the level / of ``maps``) and ``seam_ratio`` /
-        ``example_seam_ratio`` (border / interior of :func:`border_interior`).
+        (:func:`seam_difference` of the level / of ``maps``) and ``seams``
+        (``{"level": ..., "screens": ...}``, each a :func:`border_interior`: ΔE across tile
+        borders, inside tiles, and their ratio).
     """
     maps = [np.asarray(m) for m in maps]
     if chunk < 1:
@@ -999,12 +1000,10 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
                         example_top_share=round(float(tile_adj.weights.max())
                                                 / float(tile_adj.weights.sum()), 4))
     if state_tiles is not None:
-        level_seams = border_interior([result.grid], state_tiles)
-        example_seams = border_interior(maps, state_tiles)
         result.stats.update(seam_diff=_round(seam_difference([result.grid], state_tiles)),
                             example_seam_diff=_round(seam_difference(maps, state_tiles)),
-                            seam_ratio=level_seams["ratio"],
-                            example_seam_ratio=example_seams["ratio"])
+                            seams={"level": border_interior([result.grid], state_tiles),
+                                   "screens": border_interior(maps, state_tiles)})
     return result
 
 
