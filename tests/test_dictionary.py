@@ -83,6 +83,14 @@ def test_lone_tile_loses_its_isolated_pixel():
     assert np.array_equal(dic.tiles[0], tile)
 
 
+def test_an_entry_standing_for_one_tile_only_is_dropped():
+    base = _base_tiles()
+    odd = np.broadcast_to(PAL[2], (1, 8, 8, 4))
+    tiles = np.concatenate([np.repeat(base, 5, axis=0), odd])
+    assert len(D.learn_dictionary(tiles, max_tiles=4, min_uses=1)) == 4
+    assert _as_set(D.learn_dictionary(tiles, max_tiles=4).tiles) == _as_set(base)
+
+
 def test_same_seed_same_dictionary():
     tiles, _ = _noisy_corpus(speckle=5)
     a = D.learn_dictionary(tiles, max_tiles=5, seed=3)

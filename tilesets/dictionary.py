@@ -566,7 +566,7 @@ def _prepare(tiles: np.ndarray, flips: bool) -> _Corpus:
 
 
 def _fit(c: _Corpus, k: int, *, rng: np.random.Generator, max_colours: int, representative: str,
-         iters: int, polish: int, init: Optional[np.ndarray] = None) -> _Fit:
+         iters: int, polish: int, min_uses: int, init: Optional[np.ndarray] = None) -> _Fit:
     """k-means at ``k`` (seeded from ``init`` centres plus k-means++), representatives, final
     memberships; see the module notes."""
     feat = c.feat
@@ -593,6 +593,11 @@ def _fit(c: _Corpus, k: int, *, rng: np.random.Generator, max_colours: int, repr
     reps = _unique_reps(reps[reps[:, 0, 0] >= 0], c.nflip == 4)
     lab, code, _ = _nearest(x, xx, _variants(c.table[reps], c.nflip), c.nflip)
     counts = np.bincount(lab[c.inverse], minlength=len(reps)).astype(np.int64)
+    lone = counts < min_uses
+    if lone.any() and not lone.all():              # entries that copy one input tile go
+        reps = reps[~lone]
+        lab, code, _ = _nearest(x, xx, _variants(c.table[reps], c.nflip), c.nflip)
+        counts = np.bincount(lab[c.inverse], minlength=len(reps)).astype(np.int64)
     order = np.lexsort((np.arange(len(reps)), -counts))
     order = order[counts[order] > 0]
     rank = np.full(len(reps), -1)
@@ -619,7 +624,7 @@ def _k_ladder(kmax: int, k_min: int = 8) -> list[int]:
 def learn_dictionary(tiles: np.ndarray, *, max_tiles: Optional[int] = None, flips: bool = True,
                      seed: int = 0, max_colours: int = 4, k_cap: int = K_CAP,
                      representative: str = "mode", iters: int = 6, polish: int = 2,
-                     gain: float = AUTO_GAIN) -> Dictionary:
+                     min_uses: int = 2, gain: float = AUTO_GAIN) -> Dictionary:
     """Learn at most K palette-legal tiles that best rebuild ``tiles``.
 
     Parameters
@@ -643,6 +648,10 @@ def learn_dictionary(tiles: np.ndarray, *, max_tiles: Optional[int] = None, flip
         Most Lloyd iterations.
     polish : int
         Rounds of re-assigning to the representatives and voting again ("mode" only).
+    min_uses : int
+        An entry nearest to fewer input tiles is dropped (its tiles go to their next nearest
+        entry) unless every entry is that rare: it copies one generated tile, speckle and
+        all, and recurs nowhere.  1 keeps every entry.
     gain : float
         Automatic K: stop doubling K when it lowers the mean ΔE by less than this share.
 
@@ -678,7 +687,7 @@ def learn_dictionary(tiles: np.ndarray, *, max_tiles: Optional[int] = None, flip
                      + "; the dictionary has one tile")
     rng = np.random.default_rng(seed)
     kw = dict(rng=rng, max_colours=max_colours, representative=representative, iters=iters,
-              polish=polish)
+              polish=polish, min_uses=min_uses)
     curve: list = []
     if max_tiles is not None:
         fit = _fit(corpus, min(int(max_tiles), u), **kw)
