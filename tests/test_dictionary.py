@@ -218,6 +218,11 @@ def test_max_distinct_caps_the_tiles_of_one_screen():
     assert len(np.unique(ids)) == 2
 
 
+def test_nes_screen_limit_follows_the_pattern_table():
+    assert D.nes_max_distinct(16) == D.NES_MAX_DISTINCT == 64
+    assert D.nes_max_distinct(8) == 256
+
+
 def test_rebuild_gives_tiled_cells_that_render_the_screen():
     tiles, base = _noisy_corpus()
     dic = D.learn_dictionary(tiles, max_tiles=3)

@@ -66,8 +66,8 @@ from tilesets.cells import ORIENTATIONS, encode_cells, flip_tile as _flip_bits
 
 __all__ = ["ALPHA_DE", "AUTO_GAIN", "AUTO_MIN_USES", "K_CAP", "NES_MAX_DISTINCT", "SEAM_WEIGHTS",
            "Dictionary", "learn_dictionary", "assign", "calibrate_seam_weight", "rebuild",
-           "render", "grid_tiles", "distinct_tiles",
-           "tile_distance", "mean_delta_e", "isolated_rate", "seam_ratio"]
+           "render", "grid_tiles", "distinct_tiles", "tile_distance", "flip_tile",
+           "nes_max_distinct", "mean_delta_e", "isolated_rate", "seam_ratio"]
 
 log = logging.getLogger("tilegan.tilesets.dictionary")
 
@@ -82,6 +82,14 @@ K_CAP = 256
 AUTO_MIN_USES = 4
 #: 16×16 tiles one NES screen may use: 64 × four 8×8 patterns = the 256 of a pattern table
 NES_MAX_DISTINCT = 64
+
+
+def nes_max_distinct(tile_size: int) -> int:
+    """Distinct tiles of ``tile_size`` one NES screen may use so that its 8×8 patterns fit
+    one 256-pattern table whatever they share: 256 for 8 px, 64 for 16 px."""
+    if tile_size < 8 or tile_size % 8:
+        raise ValueError(f"NES tiles are multiples of 8 px, got {tile_size}")
+    return max(1, 256 // (tile_size // 8) ** 2)
 
 _TRANSPARENT_LAB = (50.0, 0.0, 0.0)
 _FLIPS = (0, 1, 2, 3)
