@@ -292,9 +292,11 @@ def test_map_painted_with_the_brush_renders_without_holes(sky_ground, tmp_path):
     (wset,) = doc["wangsets"]
     colours = {i + 1: hex_rgb(c["color"]) for i, c in enumerate(wset["colors"])}
     # what a designer paints: ground hills, a floating island and a cave, on a corner grid
-    painted = hills(cols=21, rows=13, seed=7)
-    painted[2:5, 3:8] = 2
-    painted[8:10, 12:16] = 1
+    names = by_name(ts)
+    sky, ground = names["sky blue"].index, names["brick"].index
+    painted = np.where(hills(cols=21, rows=13, seed=7) == 1, sky, ground)
+    painted[2:5, 3:8] = ground
+    painted[8:10, 12:16] = sky
     cells = brush(painted, wset["wangtiles"])
     assert (cells >= 0).all()
     assert (cells == corner_fill(painted, {w["tileid"]: w["wangid"]
