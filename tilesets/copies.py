@@ -101,7 +101,7 @@ class CopyCall:
         pixels always differ); -1 without a candidate.
     colour_distance : float
         Mean ΔE76 over the compared pixels (0 for an exact copy; large for a palette swap);
-        NaN without a candidate.
+        -1.0 without a candidate.
     flip : int
         Flip code applied to the training tile (bit 0 horizontal, bit 1 vertical).
     shift : tuple of int
@@ -825,7 +825,7 @@ def judge_copies(generated: np.ndarray, training: Optional[np.ndarray] = None, *
     calls = []
     for g in range(n):
         if best[g] is None:
-            calls.append(CopyCall(g, -1, CopyKind.NOT_COPY, -1, float("nan"), 0, (0, 0), 0,
+            calls.append(CopyCall(g, -1, CopyKind.NOT_COPY, -1, -1.0, 0, (0, 0), 0,
                                   bool(low_g[g])))
         else:
             calls.append(best[g][1])
