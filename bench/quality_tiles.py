@@ -153,9 +153,9 @@ def main() -> None:
     for w in dic.warnings:
         print(f"  warning: {w}")
     if cal is not None:
-        tried = ", ".join(f"{lam:g}: {b:.2f}" for lam, b in cal["tried"])
-        print(f"seam weight: {cal['seam_weight']:g} (samples' border ΔE {cal['source_border']:.2f};"
-              f" rebuilt border ΔE by weight: {tried})")
+        tried = ", ".join(f"{lam:g}: {r:.3f}" for lam, r in cal["tried"])
+        print(f"seam weight: {cal['seam_weight']:g} (samples' border/interior ratio "
+              f"{cal['source_ratio']:.3f}; rebuilt ratio by weight: {tried})")
 
     real_cells = cells(held)
     n = min(sum(len(c) for c in sample_cells), sum(len(c) for c in real_cells))

@@ -204,11 +204,11 @@ def test_seam_term_changes_the_choice_when_the_edge_disagrees():
     assert ids1.tolist() == [[0, 2]]
 
 
-def test_calibrated_seam_weight_keeps_borders_no_rougher_than_the_cells():
+def test_calibrated_seam_weight_keeps_seams_no_stronger_than_the_cells():
     cells, dictionary = _seam_case()
     cal = D.calibrate_seam_weight(cells, dictionary, flips=False)
-    assert cal["seam_weight"] > 0
-    assert cal["tried"][-1][1] <= cal["source_border"]
+    assert cal["tried"][0][0] == 0 and cal["tried"][0][1] > cal["source_ratio"]
+    assert cal["seam_weight"] > 0 and cal["tried"][-1][1] <= cal["source_ratio"]
 
 
 def test_max_distinct_caps_the_tiles_of_one_screen():

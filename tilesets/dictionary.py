@@ -55,6 +55,7 @@ line naming the argument.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -791,13 +792,14 @@ SEAM_WEIGHTS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 def calibrate_seam_weight(cells: np.ndarray, dictionary: Union[Dictionary, np.ndarray], *,
                           flips: Optional[bool] = None, candidates: int = 8, sweeps: int = 8,
                           weights: Sequence[float] = SEAM_WEIGHTS) -> dict:
-    """The smallest seam weight whose rebuilt borders are no rougher than the cells' own.
+    """The smallest seam weight whose rebuilt screens' seams are no stronger than the cells'.
 
-    Rebuilding each cell independently makes borders rougher than the screen's (the errors
-    of neighbouring cells do not agree), while a large weight smooths the art away.  The
-    screens being rebuilt say how strong their borders are: the mean ΔE76 between the pixels
-    that touch across tile borders.  This tries ``weights`` in order and keeps the first whose
-    rebuilt screens' border difference is at most the cells' own (the largest if none is).
+    Rebuilding each cell on its own makes borders rougher than the screen's (the errors of
+    neighbouring cells do not agree), while a large weight smooths the art away.  The screens
+    being rebuilt say how strong their seams should be: the ratio of the mean ΔE76 between
+    pixels that touch across tile borders to that between neighbouring pixels inside tiles
+    (the generator learned it from real screens).  This tries ``weights`` in order and keeps
+    the first whose rebuilt screens' ratio is at most the cells' own (the largest if none is).
 
     Parameters
     ----------
@@ -808,8 +810,8 @@ def calibrate_seam_weight(cells: np.ndarray, dictionary: Union[Dictionary, np.nd
 
     Returns
     -------
-    dict: ``seam_weight``, ``source_border`` (mean ΔE76 across borders in ``cells``), and
-    ``tried``: list of (weight, rebuilt border ΔE76).
+    dict: ``seam_weight``, ``source_ratio`` (border / interior ΔE76 of ``cells``; inf when
+    their tiles are flat inside), and ``tried``: list of (weight, rebuilt ratio).
     """
     prob = _Problem.build(cells, dictionary, flips=flips, candidates=candidates)
     return prob.calibrate(weights, sweeps)
@@ -839,6 +841,7 @@ class _Problem:
         self.cand = cand.reshape(s, r, c, m)
         self.unary = unary.reshape(s, r, c, m)
         self.h = self.v = None
+        self._var_inner: Optional[np.ndarray] = None
         if r * c > 1 and m > 1:
             self.h, self.v = _pair_tables(var, self.cand)
 
@@ -878,27 +881,41 @@ class _Problem:
             cur = _icm(self.unary, self.h, self.v, lam, sweeps)
         return np.take_along_axis(self.cand, cur[..., None], 3)[..., 0]
 
-    def border(self, chosen: Optional[np.ndarray] = None) -> float:
-        """Mean ΔE76 across tile borders of the source cells, or of a solution's tiles."""
-        tiles = self.src if chosen is None else None
-
-        def strip(side: str) -> np.ndarray:
-            return _side(tiles, side) if tiles is not None else _side(self.var, side)[chosen]
-
+    def seams(self, chosen: Optional[np.ndarray] = None) -> tuple[float, float]:
+        """(border, interior): mean ΔE76 between 4-neighbour pixels across tile borders and
+        inside tiles, of the source cells or of a solution's tiles (variant ids (S, R, C))."""
+        if chosen is None:
+            strip = functools.partial(_side, self.src)
+            inner = _inner_de(self.src).ravel()
+        else:
+            def strip(side: str) -> np.ndarray:
+                return _side(self.var, side)[chosen]
+            if self._var_inner is None:
+                self._var_inner = _inner_de(self.var)
+            inner = self._var_inner[chosen].ravel()
         d = [strip("right")[:, :, :-1] - strip("left")[:, :, 1:],
              strip("bottom")[:, :-1] - strip("top")[:, 1:]]
         de = np.concatenate([np.sqrt((x * x).sum(-1)).ravel() for x in d])
-        return float(de.mean()) if de.size else 0.0
+        return (float(de.mean()) if de.size else 0.0), float(inner.mean())
 
     def calibrate(self, weights: Sequence[float], sweeps: int) -> dict:
-        target = self.border()
+        border, inner = self.seams()
+        target = border / inner if inner > 0 else np.inf
         tried = []
         for lam in weights:
-            b = self.border(self.solve(lam, sweeps))
-            tried.append((float(lam), b))
-            if b <= target or self.h is None:
+            b, i = self.seams(self.solve(lam, sweeps))
+            tried.append((float(lam), b / i if i > 0 else np.inf))
+            if b <= target * i or self.h is None:
                 break
-        return {"seam_weight": tried[-1][0], "source_border": target, "tried": tried}
+        return {"seam_weight": tried[-1][0], "source_ratio": float(target), "tried": tried}
+
+
+def _inner_de(a: np.ndarray) -> np.ndarray:
+    """Mean ΔE76 between 4-neighbour pixels inside each tile: (..., T, T, ch) -> (...)."""
+    t = a.shape[-2]
+    dx = np.sqrt(((a[..., :, 1:, :] - a[..., :, :-1, :]) ** 2).sum(-1)).sum((-1, -2))
+    dy = np.sqrt(((a[..., 1:, :, :] - a[..., :-1, :, :]) ** 2).sum(-1)).sum((-1, -2))
+    return (dx + dy) / max(2 * t * (t - 1), 1)
 
 
 def _redundant_variants(it: np.ndarray, nflip: int) -> np.ndarray:
@@ -1017,13 +1034,11 @@ def _limit_distinct(ids: np.ndarray, src: np.ndarray, var: np.ndarray, allowed: 
     keep = list(int(u) for u in used)
     while len(keep) > limit:
         sub = per_tile[:, keep]                                           # (cells, |keep|)
+        rows = np.arange(len(cur))
         pos = np.searchsorted(keep, cur)
-        own = sub[np.arange(len(cur)), pos]
-        loss = np.zeros(len(keep))
-        for j in range(len(keep)):
-            cells = pos == j
-            if cells.any():
-                loss[j] = (np.delete(sub[cells], j, axis=1).min(1) - own[cells]).sum()
+        own = sub[rows, pos]
+        sub[rows, pos] = np.inf                                           # best other tile
+        loss = np.bincount(pos, weights=sub.min(1) - own, minlength=len(keep))
         drop = keep.pop(int(np.argmin(loss)))
         moved = cur == drop
         cur[moved] = np.array(keep)[per_tile[moved][:, keep].argmin(1)]
