@@ -11,16 +11,15 @@ Reads dedupe's artifact (the :class:`tilesets.artifacts.TileSet` plus ``tiles.js
     maps/sheet.tmx            all tiles, laid out as in tileset.png
     maps/sample_NNN.tmx       each generated screen rebuilt from kept tiles (flips as GID bits)
     maps/level.tmx            a new level made by Wave Function Collapse (tilesets/wfc.py)
-
-A tile's id is its place on the sheet, so the core renumbers the bank: every map, property and
-report entry uses the sheet ids (``Export.layout.position[bank_id]``).
     previews/<map>.png        each map rendered by tilesets/render.py (= Tiled's tmxrasterizer)
     report.html               one self-contained page: level, tileset at 1x / 3x, groups, reuse,
                               seams, novelty, evidence, training
     tilegan.tiled-project     open this in Tiled (File > Open Project) to browse the maps
     nes/                      (``nes`` on) the NES bundle of tilesets/nes.py
 
-All paths inside the files are relative, so the folder can be moved as a whole.
+All paths inside the files are relative, so the folder can be moved as a whole.  A tile's id is
+its place on the sheet, so the core renumbers the bank: every map, property and report entry
+uses the sheet ids (``Export.layout.position[bank_id]``).
 """
 from __future__ import annotations
 
@@ -82,9 +81,9 @@ class Params(StageParams):
                                   "(0: near-square)", min=0)
     wfc_attempts: int = param(5, help="Wave Function Collapse restarts before the greedy fallback",
                               min=0)
-    level_chunk: int = param(2, help="the level is assembled from square pieces of this many "
-                                     "tiles a side, cut from the generated screens (1: from "
-                                     "single tiles)", min=1)
+    level_chunk: int = param(2, help="when tiles do not recur, the level is assembled from "
+                                     "square pieces of this many tiles a side, cut from the "
+                                     "generated screens (1: from single tiles)", min=1)
     level_seams: int = param(12, help="besides the neighbours seen in the generated screens, "
                                       "allow this many best-matching pixel seams per piece (or "
                                       "tile) and side (0: seen neighbours only)", min=0)

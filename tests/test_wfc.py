@@ -6,8 +6,9 @@ import pytest
 
 from tests._helpers_tiled import make_maps
 from tilesets.cells import ID_MASK, Flip
-from tilesets.wfc import (add_seam_pairs, chunk_pixels, count_violations, expand_chunks,
-                         generate, greedy_fill, learn_adjacency, learn_chunks, make_level,
+from tilesets.wfc import (add_seam_pairs, border_interior, chunk_pixels, count_violations,
+                         expand_chunks, generate, greedy_fill, learn_adjacency, learn_chunks,
+                         make_level, measure_recurrence, pair_weights, row_prior,
                          seam_difference)
 
 
@@ -379,3 +380,124 @@ def test_make_level_rejects_bad_chunk_and_seams():
 
 def _tiles_by_value(states):
     return _flat_tiles([(int(v) * 40) % 256 for v in states])
+
+
+# --------------------------------------------------------------------------- recurring tiles
+@pytest.fixture(scope="module")
+def world():
+    maps, bank = recurring_world()
+    return maps, (lambda states: bank[np.asarray(states, np.int64) & ID_MASK])
+
+
+def test_measure_recurrence_counts_tiles_states_and_reused_cells():
+    r = measure_recurrence([np.array([[1, 1, 2]], np.uint32),
+                            np.array([[1 | Flip.H, 3]], np.uint32)])
+    assert (r.cells, r.tiles, r.states) == (5, 3, 4)
+    assert r.tiles_per_cell == pytest.approx(0.6) and r.states_per_cell == pytest.approx(0.8)
+    assert r.recurring_share == pytest.approx(0.6)  # the three cells of tile 1
+    assert not r.recurring
+    assert measure_recurrence(recurring_world(4)[0]).recurring
+
+
+def test_recurring_tiles_make_a_level_of_seen_tile_pairs_only(world):
+    maps, st = world
+    for seed in range(3):
+        r = make_level(maps, st, width=40, height=10, seed=seed)
+        assert r.stats["model"] == "observed" and r.stats["tried"] == ["observed"]
+        assert r.stats["because"].startswith("tiles recur")
+        assert r.method in ("wfc", "wfc-backtracking")
+        assert r.violations == 0 == count_violations(r.grid, learn_adjacency(maps))
+        assert r.stats["unseen_pairs"] == 0
+        # the level reuses tiles about as the screens do
+        assert r.stats["top_share"] == pytest.approx(r.stats["example_top_share"], abs=0.1)
+
+
+def test_screens_whose_tiles_do_not_recur_get_a_level_of_pieces(screens):
+    maps, st = screens
+    r = make_level(maps, st, width=32, height=12, seed=0)
+    assert r.stats["model"] == "chunks" and r.stats["because"].startswith("tiles do not recur")
+    assert not r.stats["recurrence"]["recurring"]
+
+
+def test_recurring_tiles_whose_pairs_only_tile_one_way_fall_back_to_pieces():
+    # eleven 2x2 screens, each three times: tiles recur, but the only pair that repeats in both
+    # directions is the flat tile 0 beside itself, so the seen pairs fill a level with tile 0
+    pictures = [np.arange(4 * i + 1, 4 * i + 5, dtype=np.uint32).reshape(2, 2) for i in range(10)]
+    maps = (pictures + [np.zeros((2, 2), np.uint32)]) * 3
+    r = make_level(maps, _tiles_by_value, width=16, height=8, seed=0)
+    assert r.stats["recurrence"]["recurring"]
+    assert r.stats["tried"] == ["observed", "chunks"] and r.stats["model"] == "chunks"
+    assert "fill the level with one tile" in r.stats["because"]
+    assert r.stats["top_share"] < 0.5
+    forced = make_level(maps, _tiles_by_value, width=16, height=8, seed=0, model="tiles")
+    assert forced.stats["model"] == "observed" and forced.stats["top_share"] == 1.0
+
+
+def test_row_prior_favours_each_state_where_the_screens_have_it():
+    top, bottom = 1, 2
+    maps = [np.array([[top] * 3] * 3 + [[bottom] * 3] * 3, np.uint32)] * 2
+    f = row_prior(maps, np.array([top, bottom], np.uint32), 12)
+    assert f.shape == (12, 2)
+    assert f[0, 0] > 1.5 and f[0, 1] < 0.5       # sky-like state on top
+    assert f[-1, 1] > 1.5 and f[-1, 0] < 0.5     # ground-like state at the bottom
+    assert row_prior([m[:4] for m in maps], np.array([top, bottom], np.uint32), 12) is None
+
+
+def test_row_prior_puts_ground_at_the_bottom_and_sky_on_top(world):
+    maps, st = world
+    for seed in range(3):
+        g = make_level(maps, st, width=40, height=10, seed=seed).grid & ID_MASK
+        assert (g[-1] == W_DIRT).mean() >= 0.95 and np.isin(g[0], [W_SKY, W_CLOUD]).mean() >= 0.95
+    flat = [make_level(maps, st, width=40, height=10, seed=s, row_priors=False).grid & ID_MASK
+            for s in range(3)]
+    assert np.mean([(g[-1] == W_DIRT).mean() for g in flat]) < 0.9  # the prior does it
+
+
+def test_pair_weights_say_how_much_more_often_than_chance_a_pair_occurs():
+    a = learn_adjacency([np.array([[1, 2, 1, 2, 1, 3]], np.uint32)])
+    right, down = pair_weights(a)
+    # 5 right pairs: 1->2 twice, 2->1 twice, 1->3 once; rows: 1 has 3, columns: 2 has 2
+    assert right[0, 1] == pytest.approx(2 * 5 / (3 * 2))
+    assert right[0, 2] == pytest.approx(1 * 5 / (3 * 1))
+    assert right[1, 2] == 0 and not down.any()
+    plain, _ = pair_weights(a, frequency=False)
+    assert plain[0, 1] == plain[0, 2] == 1.0
+
+
+def test_frequency_weighting_follows_the_screens_pairs():
+    # after tile 1 comes tile 2 eleven times out of twelve; tile 3 is common elsewhere
+    row = [1, 2] * 9 + [1, 3, 1, 2, 3, 3, 3, 1, 2]
+    maps = [np.array([row], np.uint32)] + [np.array([[3] * 20], np.uint32)] * 6
+    adj = learn_adjacency(maps)
+
+    def after_one(frequency):
+        g = generate(adj, width=400, height=1, seed=0, frequency=frequency).grid[0]
+        nxt = g[1:][g[:-1] == 1]
+        return (nxt == 2).mean()
+
+    assert after_one(True) > 0.7 and after_one(False) < 0.5
+
+
+def test_reuse_share_lets_recurring_tiles_recur(world):
+    maps, _ = world
+    adj = learn_adjacency(maps)
+    share = adj.weights / adj.weights.sum()
+
+    def top(**kw):
+        return np.mean([np.unique(generate(adj, width=40, height=10, seed=s, frequency=True,
+                                           reuse_penalty=1.0, **kw).grid,
+                                  return_counts=True)[1].max() / 400 for s in range(3)])
+
+    assert top(reuse_share=share) > top() + 0.1
+
+
+def test_border_interior_compares_pixels_across_borders_with_pixels_inside():
+    tiles = _flat_tiles([0, 255])
+    st = lambda v: tiles[np.asarray(v)]  # noqa: E731
+    flat = border_interior([np.array([[0, 1]])], st)
+    assert flat["border"] == pytest.approx(100.0, abs=0.01)  # black against white
+    assert flat["interior"] == 0.0 and flat["ratio"] is None
+    tiles[1, :, :2, :3] = 0  # the white tile's left columns black: the border now agrees
+    smooth = border_interior([np.array([[0, 1]])], st)
+    assert smooth["border"] < 40.0 and smooth["interior"] > 0 and smooth["ratio"] is not None
+    assert border_interior([], st) == {"border": None, "interior": None, "ratio": None}

@@ -22,7 +22,9 @@ Which one :func:`make_level` uses depends on whether the examples' tiles *recur*
 times, so the seen tile pairs form a rich graph and the tile model makes a level whose every
 neighbour pair occurs in a screen.  Screens whose tiles are each used about once give a sparse
 tile graph whose only cycles run through the one flat tile (a level of single tiles is then
-nearly all that tile); for them the level is made of coherent generated pieces (chunks).
+nearly all that tile); for them the level is made of coherent generated pieces (chunks).  The
+same happens when tiles recur but too few screens were seen to give their pairs room: a level
+that one tile floods is made again from chunks.
 
 Generation (:func:`generate`) is seeded and deterministic:
 
@@ -899,7 +901,10 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
     1. ``model="tiles"``, or ``"auto"`` and the tiles of ``maps`` recur
        (:func:`measure_recurrence`), or ``chunk`` is 1: WFC over the tile pairs seen in
        ``maps`` (flip bits part of the state), draws weighted by pair frequency and, for
-       examples at least :data:`ROW_PRIOR_MIN_ROWS` tall, by row (:func:`row_prior`);
+       examples at least :data:`ROW_PRIOR_MIN_ROWS` tall, by row (:func:`row_prior`).  With
+       ``"auto"``, a level whose commonest tile *floods* it (more than :data:`FLOOD_SHARE` of
+       the cells and :data:`FLOOD_RATIO` times its share of the examples: too few pairs seen
+       for anything else to tile a large grid) is made again from chunks, if they succeed;
     2. otherwise WFC over ``chunk`` x ``chunk`` chunks cut from ``maps`` (:func:`learn_chunks`),
        allowed next to each other where an example shows them so or where their pixels are
        among the ``seams`` best-matching seams of either (:func:`add_seam_pairs`); the chunk
@@ -966,27 +971,26 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
                      reuse_share=tile_adj.weights / tile_adj.weights.sum())
     tried: list[WfcResult] = []
     result: Optional[WfcResult] = None
+    chunk_args = (maps, chunk, seams, state_tiles, max_states, width, height, opts)
     if first == "chunks":
-        blocks, adj = learn_chunks(maps, chunk, max_states=max_states)
-        if seams:
-            adj = add_seam_pairs(adj, chunk_pixels(blocks[adj.states], state_tiles),
-                                 per_side=seams)
-        r = generate(adj, width=-(-width // chunk), height=-(-height // chunk), **opts)
-        r.stats.update(model="chunks", chunk=chunk, states=adj.n_states)
+        r = _chunk_level(*chunk_args)
         tried.append(r)
         if r.method != "greedy-fallback":
-            r.grid = expand_chunks(r.grid, blocks, width=width, height=height)
             result = r
     if result is None:
-        r = generate(tile_adj, width=width, height=height, **tile_opts)
-        r.stats.update(model="observed", chunk=1, states=tile_adj.n_states)
-        tried.append(r)
-        if r.method == "greedy-fallback" and seams and state_tiles is not None:
-            wide = add_seam_pairs(tile_adj, state_tiles(tile_adj.states), per_side=seams)
-            r = generate(wide, width=width, height=height, **tile_opts)
-            r.stats.update(model="observed+seams", chunk=1, states=wide.n_states)
+        tried += _tile_level(tile_adj, seams, state_tiles, width, height, tile_opts)
+        result = tried[-1]
+        share = _top_share(result.grid)
+        ex_share = float(tile_adj.weights.max() / tile_adj.weights.sum())
+        if (model == "auto" and first == "observed" and rec.recurring
+                and _can_chunk(maps, chunk, state_tiles is not None)
+                and share > max(FLOOD_SHARE, FLOOD_RATIO * ex_share)):
+            r = _chunk_level(*chunk_args)
             tried.append(r)
-        result = r
+            if r.method != "greedy-fallback":
+                because += (f", but their seen pairs fill the level with one tile ({share:.0%} of "
+                            f"the cells, {ex_share:.0%} in the screens): pieces")
+                result = r
     result.attempts = sum(t.attempts for t in tried)
     result.backtracks = sum(t.backtracks for t in tried)
     result.contradictions = sum(t.contradictions for t in tried)
@@ -1007,13 +1011,59 @@ def make_level(maps: Iterable[np.ndarray], state_tiles: Optional[Callable[[np.nd
     return result
 
 
+#: A level of recurring tiles *floods* (and :func:`make_level` tries chunks instead) when its
+#: commonest tile covers more than this share of the cells ...
+FLOOD_SHARE = 0.5
+#: ... and more than this many times its share of the examples' cells.
+FLOOD_RATIO = 2.0
+
+
+def _top_share(grid: np.ndarray) -> float:
+    _, counts = np.unique(grid, return_counts=True)
+    return float(counts.max()) / grid.size
+
+
+def _can_chunk(maps: list[np.ndarray], chunk: int, has_pixels: bool) -> bool:
+    return chunk > 1 and has_pixels and any(m.shape[0] >= chunk and m.shape[1] >= chunk
+                                            for m in maps)
+
+
+def _chunk_level(maps: list[np.ndarray], chunk: int, seams: int,
+                 state_tiles: Callable[[np.ndarray], np.ndarray], max_states: Optional[int],
+                 width: int, height: int, opts: dict) -> WfcResult:
+    """WFC over chunks widened with seams; on success ``grid`` is expanded to cells."""
+    blocks, adj = learn_chunks(maps, chunk, max_states=max_states)
+    if seams:
+        adj = add_seam_pairs(adj, chunk_pixels(blocks[adj.states], state_tiles), per_side=seams)
+    r = generate(adj, width=-(-width // chunk), height=-(-height // chunk), **opts)
+    r.stats.update(model="chunks", chunk=chunk, states=adj.n_states)
+    if r.method != "greedy-fallback":
+        r.grid = expand_chunks(r.grid, blocks, width=width, height=height)
+    return r
+
+
+def _tile_level(tile_adj: Adjacency, seams: int,
+                state_tiles: Optional[Callable[[np.ndarray], np.ndarray]], width: int,
+                height: int, opts: dict) -> list[WfcResult]:
+    """WFC over the seen tile pairs, then (if that falls back) widened with seams."""
+    r = generate(tile_adj, width=width, height=height, **opts)
+    r.stats.update(model="observed", chunk=1, states=tile_adj.n_states)
+    out = [r]
+    if r.method == "greedy-fallback" and seams and state_tiles is not None:
+        wide = add_seam_pairs(tile_adj, state_tiles(tile_adj.states), per_side=seams)
+        r = generate(wide, width=width, height=height, **opts)
+        r.stats.update(model="observed+seams", chunk=1, states=wide.n_states)
+        out.append(r)
+    return out
+
+
 def _first_model(rec: Recurrence, model: str, chunk: int, has_pixels: bool,
                  maps: list[np.ndarray]) -> tuple[str, str]:
     """``("observed" | "chunks", why)``: the model :func:`make_level` tries first."""
     per_cell = f"{rec.states_per_cell:.3g} distinct tiles per cell, flips apart"
     if model == "tiles" or chunk == 1:
         return "observed", "single tiles asked for"
-    can_chunk = has_pixels and any(m.shape[0] >= chunk and m.shape[1] >= chunk for m in maps)
+    can_chunk = _can_chunk(maps, chunk, has_pixels)
     if model == "auto" and rec.recurring:
         return "observed", f"tiles recur ({per_cell} <= {RECUR_PER_CELL})"
     if not can_chunk:
