@@ -149,7 +149,8 @@ def main() -> None:
           f"({len(D.distinct_tiles(tiles, flips=flips)[0])} distinct), "
           f"K {'automatic' if args.max_tiles is None else args.max_tiles}"
           + (f" (mean ΔE per K: {curve})" if curve else "")
-          + f", distortion {dic.distortion:.2f} ΔE, learn {t_learn:.2f} s, rebuild {t_rebuild:.2f} s")
+          + f", distortion {dic.distortion:.2f} ΔE, learn {t_learn:.2f} s, "
+          f"rebuild {t_rebuild:.2f} s")
     for w in dic.warnings:
         print(f"  warning: {w}")
     if cal is not None:

@@ -47,8 +47,13 @@ Assignment (:func:`assign`)
     orientation); pairwise cost = ``seam_weight`` × mean ΔE76² between the pixels that touch
     across a shared border.  Minimised by iterated conditional modes over each cell's
     ``candidates`` best tiles, updating a checkerboard half of the cells at a time, for at
-    most ``sweeps`` sweeps (each sweep only lowers the energy).  ``max_distinct`` caps the
-    distinct tiles of one screen (NES: 64 tiles of 16×16 = 256 patterns of 8×8).
+    most ``sweeps`` sweeps (each sweep only lowers the energy).  ``seam_weight="auto"``
+    (:func:`calibrate_seam_weight`) takes the smallest weight of :data:`SEAM_WEIGHTS` whose
+    rebuilt screens have a border/interior ΔE ratio no higher than the screens being rebuilt:
+    cells chosen one by one give rough borders (ratio +56 to +73 % over real screens,
+    measured), and the generator learned its ratio from real screens.  ``max_distinct`` caps
+    the distinct tiles of one screen (NES: 64 tiles of 16×16 = 256 patterns of 8×8): the
+    tile whose cells lose least by moving is dropped until the screen fits, then ICM reruns.
 
 Every output colour is a colour of the input tiles.  Errors are :class:`ValueError` with one
 line naming the argument.
@@ -1093,7 +1098,8 @@ def rebuild(images: Sequence[np.ndarray], dictionary: Dictionary, *,
 
     Returns
     -------
-    list of ndarray, shape (H/T, W/T), uint32 — :func:`tilesets.bank.apply_cells` draws them.
+    list of ndarray, shape (H/T, W/T), uint32 — Tiled cells (:mod:`tilesets.cells`);
+    ``render(tiles, *decode_cells(map))`` draws one.
     """
     t = dictionary.tiles.shape[1]
     grids = [grid_tiles(im, t) for im in images]
