@@ -36,7 +36,7 @@ K
     :data:`AUTO_GAIN` (10 %) of it.  Measured on the representatives, not on the k-means
     error: once K covers the corpus's real tiles, further entries only copy the speckle of a
     few tiles each (a split cluster votes to the same clean tile), so the gain drops from
-    more than 30 % to under 8 % per doubling on a 40-tile corpus with 1.5 % speckle, while a
+    more than 30 % to 5-11 % per doubling on a 40-tile corpus with 1.5 % speckle, while a
     varied corpus (the example screens) keeps gaining 12-20 % per doubling up to the cap.
     The stop needs two small gains in a row (one noisy k-means run cannot end the search).
     Automatic K also stays at or below a quarter of the input tiles (:data:`AUTO_MIN_USES`):
@@ -50,8 +50,8 @@ Assignment (:func:`assign`)
     most ``sweeps`` sweeps (each sweep only lowers the energy).  ``seam_weight="auto"``
     (:func:`calibrate_seam_weight`) takes the smallest weight of :data:`SEAM_WEIGHTS` whose
     rebuilt screens have a border/interior ΔE ratio no higher than the screens being rebuilt:
-    cells chosen one by one give rough borders (ratio +56 to +73 % over real screens,
-    measured), and the generator learned its ratio from real screens.  ``max_distinct`` caps
+    cells chosen one by one give rough borders (ratio +7 to +78 % over real screens,
+    measured on three corpora), and the generator learned its ratio from real screens.  ``max_distinct`` caps
     the distinct tiles of one screen (NES: 64 tiles of 16×16 = 256 patterns of 8×8): the
     tile whose cells lose least by moving is dropped until the screen fits, then ICM reruns.
 
