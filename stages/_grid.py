@@ -12,6 +12,8 @@ figures measured on them.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -25,6 +27,22 @@ LOSSY_RATIO = 0.6
 LOSSY_RECON = 0.7
 #: smallest non-integer stretch undone (closer to 1, a few identical neighbour lines could fake it)
 STRETCH_MIN_RATIO = 1.1
+#: a stretch is undone only with at least this evidence (nats, see :func:`line_evidence`).
+#: Measured (tests/_helpers_crop.py frames): 300 axes of native NES-like frames and the example
+#: screens score 0, 80 of 64x64 sprites at most 6.8; NES frames stretched 8:7 at least 28.9,
+#: 4:3 (256 -> 320, every repeat an exact tie) at least 18.1
+STRETCH_EVIDENCE = 12.0
+#: an integer upscale needs this much evidence (both axes together): few hypotheses are tried
+SCALE_EVIDENCE = 8.0
+#: lines on each side whose change rate weighs a forced repeat
+EVIDENCE_WINDOW = 8
+#: highest change rate used (one repeat weighs at most -log(0.05) = 3 nats)
+EVIDENCE_CAP = 0.95
+#: fits within this many nats of the best count as equal (the simplest ratio wins)
+EVIDENCE_TIE = 5.0
+#: a second native size (more than 2 % away) whose repeats that the best fit leaves unexplained
+#: carry this much evidence makes a stretch ambiguous: it is left alone
+AMBIGUOUS_EVIDENCE = 6.0
 #: the tile grid is searched in the top-left GRID_WINDOW² pixels (same phase as the whole)
 GRID_WINDOW = 768
 
@@ -140,9 +158,18 @@ def detect_scale(a: np.ndarray, *, max_scale: int = 8, tolerance: int = 0) -> tu
         return 1, 0, 0
     for k in range(top, 1, -1):
         ox, oy = _fits(px, k), _fits(py, k)
-        if ox is not None and oy is not None and (w - ox) // k >= 1 and (h - oy) // k >= 1:
+        if (ox is not None and oy is not None and (w - ox) // k >= 1 and (h - oy) // k >= 1
+                and _grid_evidence(px, w, k, ox) + _grid_evidence(py, h, k, oy) >= SCALE_EVIDENCE):
             return k, ox, oy
     return 1, 0, 0
+
+
+def _grid_evidence(pos: np.ndarray, m: int, k: int, offset: int) -> float:
+    """:func:`line_evidence` of a k-upscale along one axis: every line off the block grid
+    (``j % k != offset``) repeats the one before."""
+    forced = np.arange(m) % k != offset
+    forced[0] = False
+    return line_evidence(changed_lines(pos, m), forced)
 
 
 def downscale(a: np.ndarray, k: int, ox: int = 0, oy: int = 0, *, mean: bool = False) -> np.ndarray:
@@ -172,50 +199,159 @@ def downscale(a: np.ndarray, k: int, ox: int = 0, oy: int = 0, *, mean: bool = F
     return body[k // 2::k, k // 2::k].copy()
 
 
+def block_confidence(a: np.ndarray, native: np.ndarray, k: int, ox: int = 0, oy: int = 0, *,
+                     tolerance: int = 0) -> float:
+    """Share of ``a``'s whole k×k blocks (from (ox, oy)) that enlarging ``native`` by k
+    reproduces within ``tolerance`` levels in every channel, pixel by pixel: 1.0 for an exact
+    nearest upscale; less for a lossy (JPEG) one, whose blocks were averaged."""
+    h, w = native.shape[:2]
+    body = a[oy:oy + h * k, ox:ox + w * k].astype(np.int16)
+    again = np.repeat(np.repeat(native, k, 0), k, 1).astype(np.int16)
+    return float((np.abs(body - again) <= tolerance).all(axis=-1).mean())
+
+
 _PHASES = np.arange(32) / 32.0
 _TIE = 1e-3  # resamplers differ at exact ties (and compute in float32): accept either side
 
 
+# --------------------------------------------------------------------------- evidence
+def changed_lines(pos: np.ndarray, m: int) -> np.ndarray:
+    """Bool (m,): True at every position j (1..m-1) where line j differs from line j-1."""
+    c = np.zeros(m, bool)
+    c[pos] = True
+    return c
+
+
+def line_evidence(changed: np.ndarray, forced: np.ndarray,
+                  pairs: Optional[np.ndarray] = None) -> float:
+    """How strongly repeated lines back a resampling hypothesis (log-likelihood ratio, nats).
+
+    A nearest-neighbour enlargement repeats lines at the positions it forces (``forced``: line
+    j must equal line j-1); ``pairs`` marks positions j where an exact tie lets the repeat fall
+    on j or j+1 (one of the two).  Native art repeats lines too (sky, ground, the inside of a
+    tile), but in runs, where little changes; a real enlargement repeats lines evenly, also
+    where the picture is busy.  So each forced repeat weighs ``-log(1 - p)`` and each tie pair
+    ``-log(1 - p**2)``, where p is how often the lines around it (within ``EVIDENCE_WINDOW``,
+    forced positions left out) change: a repeat amid changes is strong evidence, a repeat in
+    a sky is none.  Native frames score about 0; an 8:7 stretch of an NES frame 30 to 90.
+
+    Parameters
+    ----------
+    changed, forced : ndarray, shape (m,), bool
+    pairs : ndarray, shape (m,), bool, optional
+
+    Returns
+    -------
+    float
+    """
+    m = changed.size
+    free = ~forced
+    cc = np.concatenate([[0], np.cumsum(changed & free)])
+    cf = np.concatenate([[0], np.cumsum(free)])
+    i = np.arange(m)
+    lo, hi = np.clip(i - EVIDENCE_WINDOW, 0, m), np.clip(i + EVIDENCE_WINDOW + 1, 0, m)
+    p = np.minimum((cc[hi] - cc[lo] + 0.5) / (cf[hi] - cf[lo] + 1.0), EVIDENCE_CAP)
+    ev = float(-np.log1p(-p[forced]).sum())
+    if pairs is not None and pairs.any():
+        ev += float(-np.log1p(-p[pairs] ** 2).sum())
+    return ev
+
+
+def stretch_pattern(n: int, m: int, phase: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where a nearest resample from n to m lines (``floor((j + phase) * n / m)``) must repeat.
+
+    Returns ``(may, forced, pairs)``, bool arrays of shape (m,) over positions j (index 0
+    unused): ``may`` — line j may start a new source line; ``forced`` — line j must repeat
+    line j-1; ``pairs`` — an exact tie at j: one of lines j and j+1 repeats, not both.
+    """
+    x = (np.arange(m, dtype=np.float64) + phase) * (n / m)
+    lo, hi = np.floor(x - _TIE), np.floor(x + _TIE)
+    may = np.zeros(m, bool)
+    may[1:] = hi[1:] > lo[:-1]
+    forced = ~may
+    forced[0] = False
+    pairs = np.zeros(m, bool)
+    pairs[1:-1] = (lo[1:-1] != hi[1:-1]) & may[1:-1] & may[2:] & (lo[2:] == hi[:-2] + 1)
+    return may, forced, pairs
+
+
+@dataclass(frozen=True)
+class LineFit:
+    """A nearest resample along one axis: ``n`` native lines drawn with ``phase``; ``evidence``
+    from :func:`line_evidence`."""
+
+    n: int
+    phase: float
+    evidence: float
+
+
+def _stretch_candidates(pos: np.ndarray, m: int, lo: int,
+                        hi: int) -> list[tuple[LineFit, np.ndarray, np.ndarray]]:
+    """Every (n, phase) with n in [lo, hi] under which the change positions ``pos`` are all
+    possible steps (and no tie pair changes twice): its fit, forced repeats and tie pairs."""
+    changed = changed_lines(pos, m)
+    p = pos.astype(np.float64)[:, None]
+    out = []
+    for n in range(lo, hi + 1):
+        r = n / m
+        ok = (np.floor((p + _PHASES) * r + _TIE) > np.floor((p - 1 + _PHASES) * r - _TIE)).all(0)
+        seen: set[bytes] = set()
+        for phase in sorted(_PHASES[ok], key=lambda ph: abs(ph - 0.5)):   # equal fits: centre
+            may, forced, pairs = stretch_pattern(n, m, float(phase))
+            key = forced.tobytes() + pairs.tobytes()
+            if key in seen or (pairs[:-1] & changed[:-1] & changed[1:]).any():
+                continue
+            seen.add(key)
+            out.append((LineFit(n, float(phase), line_evidence(changed, forced, pairs)),
+                        forced, pairs))
+    return out
+
+
+def _fraction_distance(ratio: float, max_den: int = 8) -> float:
+    """How far ``ratio`` is from the nearest fraction p/q with q <= ``max_den`` (2, 8/7, 4/3,
+    16/7, ...): scalers enlarge by such ratios, so among equally good fits the nearest wins."""
+    return min(abs(ratio - round(ratio * q) / q) for q in range(1, max_den + 1))
+
+
 def fit_stretch(pos: np.ndarray, m: int, *, max_scale: int = 8,
-                min_ratio: float = STRETCH_MIN_RATIO) -> Optional[tuple[int, float]]:
-    """Find a non-integer nearest-neighbour stretch along one axis.
+                min_ratio: float = STRETCH_MIN_RATIO) -> Optional[LineFit]:
+    """Find a non-integer nearest-neighbour stretch along one axis, or None.
 
     A nearest resample from n to m > n lines maps output line j to source
-    ``floor((j + phi) * n / m)``; the image can only change where that source index steps.
-    Returns the smallest native length n (``m / n`` in [min_ratio, max_scale]) and a phase phi
-    under which every change position in ``pos`` (as from ``change_positions``) is such a step,
-    or None: also when a second size below 1.15 n fits too (ambiguous), and unless the image
-    changes at no fewer than half the native lines (evidence).
+    ``floor((j + phi) * n / m)``; the image can only change where that source index steps, and
+    must repeat the line everywhere else.  Every (n, phi) with ``m / n`` in [min_ratio,
+    max_scale] under which all change positions ``pos`` (from :func:`change_positions`) are
+    steps is weighed by :func:`line_evidence`.  The best is returned when its evidence reaches
+    ``STRETCH_EVIDENCE`` (fits within ``EVIDENCE_TIE`` of it count as equal: the one whose
+    ratio m / n is nearest a simple fraction wins, so 480 -> 240 beats 480 -> 239), unless
+    another size more than 2 % away explains repeats that the best leaves unexplained with
+    ``AMBIGUOUS_EVIDENCE`` or more: then the picture is ambiguous and left alone.  No stretch is the default: native art's repeated lines sit in runs, where
+    they are no evidence.
     """
     if pos.size == 0:
         return None
     lo = max(pos.size + 1, int(np.ceil(m / max_scale)))    # n lines have n-1 steps at most
-    hi = min(int(np.floor(m / min_ratio)), 2 * pos.size)
-    p = pos.astype(np.float64)[:, None]
-    found: Optional[tuple[int, np.ndarray]] = None
-    for n in range(lo, hi + 1):
-        if found is not None and n >= 1.15 * found[0]:
-            break
-        r = n / m
-        step = np.floor((p + _PHASES) * r + _TIE) > np.floor((p - 1 + _PHASES) * r - _TIE)
-        ok = step.all(axis=0)
-        if ok.any():
-            if found is not None:
-                # two native sizes within 15 % of each other both explain the image: a screen
-                # with many repeated lines; refuse to guess rather than drop real lines
-                return None
-            found = (n, ok)
-    if found is None:
+    hi = int(np.floor(m / min_ratio))
+    cands = _stretch_candidates(pos, m, lo, hi)
+    if not cands:
         return None
-    n, ok = found
-    # several phases may fit; the tightest one (fewest possible steps) is the real one, then
-    # the pixel-centre convention (phi = 0.5) that most scalers use
-    r = n / m
-    j = np.arange(1, m, dtype=np.float64)[:, None]
-    phases = _PHASES[ok]
-    steps = (np.floor((j + phases) * r + _TIE) > np.floor((j - 1 + phases) * r - _TIE)).sum(0)
-    best = np.lexsort((np.abs(phases - 0.5), steps))[0]
-    return n, float(phases[best])
+    top = max(f.evidence for f, _, _ in cands)
+    if top < STRETCH_EVIDENCE:
+        return None
+    best, forced, pairs = max(
+        (c for c in cands if c[0].evidence >= top - EVIDENCE_TIE),
+        key=lambda c: (-_fraction_distance(m / c[0].n), c[0].evidence, -abs(c[0].phase - 0.5)))
+    covered = forced | pairs | np.roll(pairs, 1)
+    changed = changed_lines(pos, m)
+    for f, other_forced, other_pairs in cands:
+        if abs(f.n - best.n) <= 0.02 * best.n:
+            continue
+        # a tie pair of the other fit is explained when the best one covers either line
+        extra = line_evidence(changed, other_forced & ~covered,
+                              other_pairs & ~covered & ~np.roll(covered, -1))
+        if extra >= AMBIGUOUS_EVIDENCE:
+            return None
+    return best
 
 
 def unstretch(a: np.ndarray, axis: int, n: int, phi: float) -> np.ndarray:
@@ -232,34 +368,249 @@ def unstretch(a: np.ndarray, axis: int, n: int, phi: float) -> np.ndarray:
     return np.take(a, mid, axis=axis)
 
 
-def trim_borders(a: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Remove a uniform letterbox: lines of one colour on two opposite sides.
+# --------------------------------------------------------------------------- smoothed upscales
+#: largest factor tried for smoothed (bilinear-like) upscales
+SMOOTH_MAX_SCALE = 4
+#: a smoothed k-upscale leaves lines that k-times-fewer samples explain: the residual RMS of
+#: that fit over the RMS step between neighbour pixels is at most 0.0045 for bilinear 2x of
+#: NES-like frames and at least 0.42 for native ones
+SMOOTH_RESIDUAL = 0.05
+#: lines sampled per axis to test a smoothed upscale
+SMOOTH_LINES = 32
+#: recovered colours within this many levels (each channel) of a frequent colour snap to it
+PALETTE_RADIUS = 4
 
-    Returns the trimmed array and (top, left, bottom, right) lines removed.  One side alone
-    (a sky, a floor) is never trimmed; a side is trimmed only when its opposite side has a
-    border of the same colour.  At least one 16-px line of content is always kept.
+
+@dataclass(frozen=True)
+class SmoothFit:
+    """A smoothed (bilinear-like) upscale: factor and grid offset per axis, and the fit's
+    residual (see ``SMOOTH_RESIDUAL``)."""
+
+    kx: int
+    ox: int
+    ky: int
+    oy: int
+    residual: float
+
+
+@functools.lru_cache(maxsize=64)
+def linear_upscale_matrix(m: int, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The linear-interpolation k-upscale of ``n = ceil((m + offset) / k)`` samples to m.
+
+    Output j samples the source at ``(j + offset + 0.5) / k - 0.5`` (pixel centres, edges
+    clamped), as Pillow's BILINEAR and most GPU scalers do.  Returns ``(A, Q)``: A has shape
+    (m, n); Q (m, n) is an orthonormal basis of its columns (``x - (x @ Q) @ Q.T`` is what A
+    cannot explain of lines x).
+    """
+    n = -(-(m + offset) // k)
+    x = (np.arange(m) + offset + 0.5) / k - 0.5
+    i0 = np.floor(x).astype(np.int64)
+    f = x - i0
+    a = np.zeros((m, n))
+    rows = np.arange(m)
+    np.add.at(a, (rows, np.clip(i0, 0, n - 1)), 1 - f)
+    np.add.at(a, (rows, np.clip(i0 + 1, 0, n - 1)), f)
+    return a, np.linalg.qr(a)[0]
+
+
+def _busy_lines(a: np.ndarray, axis: int, count: int = SMOOTH_LINES) -> np.ndarray:
+    """The ``count`` lines along ``axis`` with the most pixel-to-pixel change, channels summed:
+    (L, m) float (the test needs detail; a line across a sky tells nothing)."""
+    lines = np.moveaxis(a, axis, 1).astype(np.int32).sum(axis=2)          # (lines, m)
+    busy = np.abs(np.diff(lines, axis=1)).sum(axis=1)
+    idx = np.sort(np.argsort(-busy, kind="stable")[:count])
+    return lines[idx].astype(np.float64)
+
+
+def _unexplained(x: np.ndarray, k: int, o: int) -> float:
+    """RMS of what a linear k-upscale (offset o) cannot explain of lines ``x`` (L, m)."""
+    q = linear_upscale_matrix(x.shape[1], k, o)[1]
+    return float(np.sqrt(((x - (x @ q) @ q.T) ** 2).mean()))
+
+
+def _smooth_axis(a: np.ndarray, axis: int, max_scale: int) -> Optional[tuple[float, int, int]]:
+    """(residual, k, offset) of the best smoothed-upscale fit along ``axis``, or None.
+
+    Every factor and offset is tried on a few lines; the best is confirmed on more.
+    """
+    m = a.shape[axis]
+    x = _busy_lines(a, axis)
+    detail = float(np.sqrt((np.diff(x, axis=1) ** 2).mean()))
+    if detail == 0:
+        return None
+    few = x[::4]
+    tries = [(_unexplained(few, k, o), k, o)
+             for k in range(2, min(max_scale, m // 2) + 1) for o in range(k)]
+    if not tries:
+        return None
+    r, k, o = min(tries)
+    if r >= 2 * SMOOTH_RESIDUAL * detail:
+        return None
+    return _unexplained(x, k, o) / detail, k, o
+
+
+def detect_smooth_scale(a: np.ndarray, *, max_scale: int = SMOOTH_MAX_SCALE) -> Optional[SmoothFit]:
+    """Detect a smoothed (bilinear-like) integer upscale, or None.
+
+    Such an image has no blocks of one colour, but each line is a linear interpolation of k
+    times fewer samples: for every factor k and grid offset, lines sampled across the image are
+    fitted by least squares through :func:`linear_upscale_matrix`; the upscale is accepted on
+    both axes when the residual is below ``SMOOTH_RESIDUAL`` of the image's pixel-to-pixel
+    steps (pixel art, with its sharp edges, cannot be explained so).
+
+    Parameters
+    ----------
+    a : ndarray, shape (H, W, C), uint8
+    """
+    fx, fy = _smooth_axis(a, 1, max_scale), _smooth_axis(a, 0, max_scale)
+    if fx is None or fy is None or max(fx[0], fy[0]) >= SMOOTH_RESIDUAL:
+        return None
+    return SmoothFit(kx=fx[1], ox=fx[2], ky=fy[1], oy=fy[2], residual=max(fx[0], fy[0]))
+
+
+def snap_colours(values: np.ndarray, *, radius: int = PALETTE_RADIUS) -> np.ndarray:
+    """Round estimated pixels and snap each to a frequent colour within ``radius`` levels.
+
+    The palette is built greedily from the most frequent rounded colours (seen twice or more,
+    none within ``radius`` of one already taken), so estimation noise of a level or two goes
+    back to the art's own colours.
+
+    Parameters
+    ----------
+    values : ndarray, shape (H, W, C), float
+
+    Returns
+    -------
+    ndarray, shape (H, W, C), uint8
+    """
+    r = np.clip(np.rint(values), 0, 255).astype(np.int64)
+    c = r.shape[-1]
+    packed = (r << (8 * np.arange(c))).sum(axis=-1).ravel()
+    keys, inv, cnt = np.unique(packed, return_inverse=True, return_counts=True)
+    cols = (keys[:, None] >> (8 * np.arange(c))) & 255
+    palette: list[np.ndarray] = []
+    for i in np.argsort(-cnt, kind="stable"):
+        if cnt[i] < 2:
+            break
+        if all(np.abs(cols[i] - p).max() > radius for p in palette):
+            palette.append(cols[i])
+    if not palette:
+        return r.astype(np.uint8)
+    pal = np.array(palette)
+    dist = np.abs(cols[:, None, :] - pal[None]).max(axis=-1)
+    near = dist.argmin(axis=1)
+    snapped = np.where((dist[np.arange(len(cols)), near] <= radius)[:, None], pal[near], cols)
+    return snapped[inv.ravel()].reshape(r.shape).astype(np.uint8)
+
+
+def unsmooth(a: np.ndarray, fit: SmoothFit) -> tuple[np.ndarray, float]:
+    """Undo a smoothed upscale: least-squares native samples, snapped to the art's colours.
+
+    Returns
+    -------
+    native : ndarray, shape (ceil((H + oy) / ky), ceil((W + ox) / kx), C), uint8
+    confidence : float
+        Share of ``a``'s pixels that enlarging ``native`` the same way reproduces within 2
+        levels in every channel (1.0: the estimate explains the whole image).
     """
     h, w = a.shape[:2]
+    up_x, px = linear_upscale_matrix(w, fit.kx, fit.ox)[0], _least_squares(w, fit.kx, fit.ox)
+    up_y, py = linear_upscale_matrix(h, fit.ky, fit.oy)[0], _least_squares(h, fit.ky, fit.oy)
+    native = snap_colours(_apply_separable(a.astype(np.float64), py, px))
+    again = _apply_separable(native.astype(np.float64), up_y, up_x)
+    confidence = float((np.abs(again - a) <= 2.5).all(axis=-1).mean())
+    return native, confidence
 
-    def run(lines: np.ndarray) -> tuple[int, Optional[bytes]]:
-        """How many leading lines (axis 0 of ``lines``, shape (L, N, C)) are one uniform colour."""
-        c = lines[0, 0]
-        same = (lines == c).all(axis=(1, 2))
-        n = int(np.argmin(same)) if not same.all() else len(same)
-        return n, (c.tobytes() if n else None)
 
-    top, ct = run(a)
-    bottom, cb = run(a[::-1])
-    left, cl = run(a.transpose(1, 0, 2))
-    right, cr = run(a.transpose(1, 0, 2)[::-1])
-    t = b = l_ = r = 0
-    if top and bottom and ct == cb and top + bottom <= h - TILE:
-        t, b = top, bottom
-    if left and right and cl == cr and left + right <= w - TILE:
-        l_, r = left, right
-    if not (t or b or l_ or r):
+@functools.lru_cache(maxsize=16)
+def _least_squares(m: int, k: int, offset: int) -> np.ndarray:
+    """The (n, m) matrix giving the samples s whose linear k-upscale ``A @ s`` is nearest to a
+    line (least squares): ``R^-1 Q^T`` from ``A = Q R``."""
+    a, q = linear_upscale_matrix(m, k, offset)
+    return np.linalg.solve(q.T @ a, q.T)
+
+
+def _apply_separable(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``rows @ a @ cols.T`` on every channel of ``a`` (H, W, C): shape (R, Cc, C)."""
+    h, w, c = a.shape
+    t = (rows @ a.reshape(h, w * c)).reshape(-1, w, c)                  # (R, W, C)
+    t = cols @ t.transpose(1, 0, 2).reshape(w, -1)                       # (Cc, R*C)
+    return t.reshape(cols.shape[0], -1, c).transpose(1, 0, 2)
+
+
+#: full output sizes (width, height) of consoles and old PCs: a screen of exactly such a size
+#: in native pixels has nothing around it to trim (its black edges are the picture)
+CONSOLE_SIZES = frozenset({(256, 240), (256, 224), (256, 239), (256, 192), (160, 144),
+                           (240, 160), (320, 224), (320, 200)})
+#: a letterbox is wide (this share of the lines on each side, or more) or the picture starts
+#: sharply after it (this share of its first line, on one side at least, differs from the bar)
+WIDE_BAR = 0.08
+SHARP_EDGE = 0.5
+
+
+def _uniform_run(lines: np.ndarray) -> tuple[int, Optional[np.ndarray]]:
+    """How many leading lines (axis 0 of ``lines``, shape (L, N, C)) are one colour, and it."""
+    c = lines[0, 0]
+    same = (lines == c).all(axis=(1, 2))
+    n = int(np.argmin(same)) if not same.all() else len(same)
+    return n, (c if n else None)
+
+
+def _bar_pair(lines: np.ndarray, keep: int) -> tuple[int, int]:
+    """Letterbox lines to remove at the start and end of axis 0 of ``lines`` (L, N, C)."""
+    a, ca = _uniform_run(lines)
+    b, cb = _uniform_run(lines[::-1])
+    if not (a and b) or not np.array_equal(ca, cb):
+        return 0, 0
+    if lines.shape[2] == 4 and ca[3] != 255:
+        return 0, 0                       # a transparent background is no letterbox
+    if abs(a - b) > 1:                    # one side is the bar plus picture of the bar's colour
+        a = b = min(a, b)
+
+    def starts_sharply(inner: np.ndarray) -> bool:
+        return bool((inner != ca).any(axis=-1).mean() >= SHARP_EDGE)
+
+    if min(a, b) < WIDE_BAR * len(lines) and not (
+            starts_sharply(lines[a]) or starts_sharply(lines[len(lines) - 1 - b])):
+        return 0, 0
+    if a + b > len(lines) - keep:
+        return 0, 0
+    return a, b
+
+
+def find_letterbox(a: np.ndarray, *, keep: int = TILE) -> tuple[int, int, int, int]:
+    """Find a letterbox: opaque lines of one colour on two opposite sides.
+
+    One side alone (a sky, a floor) is never a letterbox, nor a transparent background, nor
+    anything around a screen whose size is in ``CONSOLE_SIZES``.  A bar is centred, so when the
+    two sides' uniform runs differ by more than one line, only the narrower run is taken (from
+    both).  The bars must be wide (``WIDE_BAR``) or the picture must start sharply after them
+    (``SHARP_EDGE``): a thin band of sky on both sides of a frame is picture.  At least
+    ``keep`` lines are left on each axis.
+
+    Returns
+    -------
+    (top, left, bottom, right) : tuple of int
+        Lines to remove.
+    """
+    h, w = a.shape[:2]
+    if (w, h) in CONSOLE_SIZES:
+        return 0, 0, 0, 0
+    t, b = _bar_pair(a, keep)
+    left, r = _bar_pair(a.transpose(1, 0, 2), keep)
+    return t, left, b, r
+
+
+def trim_borders(a: np.ndarray, *, keep: int = TILE) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Remove a letterbox (:func:`find_letterbox`).
+
+    Returns the trimmed array and (top, left, bottom, right) lines removed.
+    """
+    t, left, b, r = find_letterbox(a, keep=keep)
+    if not (t or b or left or r):
         return a, (0, 0, 0, 0)
-    return a[t:h - b, l_:w - r], (t, l_, b, r)
+    h, w = a.shape[:2]
+    return a[t:h - b, left:w - r], (t, left, b, r)
 
 
 def window_hashes(a: np.ndarray, size: int = TILE) -> tuple[np.ndarray, np.ndarray]:

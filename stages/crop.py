@@ -16,6 +16,7 @@ See docs/data.md.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -23,7 +24,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
@@ -32,8 +33,9 @@ import numpy as np
 from stages._common import (InputError, ProgressFn, Skipped, StageParams, expand_inputs,
                             load_image, map_ordered, no_progress, param, pool_workers, save_npy,
                             save_png, write_json)
-from stages._grid import (TILE, change_positions, detect_grid, detect_scale, downscale,
-                          fit_stretch, trim_borders, unstretch)
+from stages._grid import (SMOOTH_MAX_SCALE, TILE, block_confidence, change_positions,
+                          detect_grid, detect_scale, detect_smooth_scale, downscale,
+                          find_letterbox, fit_stretch, unsmooth, unstretch)
 from tilesets.artifacts import Patches, TrainingTiles, grid_cut
 
 NAME = "crop"
@@ -47,6 +49,9 @@ log = logging.getLogger("tilegan.crop")
 MANY_COLOURS = 256
 #: tolerance used for JPEG files when --tolerance is 0
 JPEG_TOLERANCE = 8
+#: images with more colours than this (native pixel art has far fewer) are tested for a
+#: smoothed (bilinear-like) upscale when no block upscale is found
+SMOOTH_MIN_COLOURS = 32
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ class NativeScreen:
     trim : (top, left, bottom, right) — letterbox lines removed, in native pixels
     original_size : (int, int) — (width, height) of the original image
     grid : (int, int) — tile-grid phase (gx, gy) in [0, 16)
+    confidence : float — share of the original that the native screen, enlarged the detected
+        way, reproduces (1.0 when exact; less where the grid was estimated: JPEG, smoothing)
+    steps : list of str — what was undone, in order ("2x upscale", "8:7 stretch", ...)
+    warnings : list of str — estimated grids, a letterbox left in place, ...
     """
 
     pixels: np.ndarray
@@ -99,6 +108,9 @@ class NativeScreen:
     trim: tuple[int, int, int, int]
     original_size: tuple[int, int]
     grid: tuple[int, int]
+    confidence: float = 1.0
+    steps: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
 
 
 @dataclass
@@ -108,20 +120,49 @@ class Unusable:
     reason: str
 
 
+@dataclass
+class Upscale:
+    """What step 1 found: factors and grid offset, how (exact blocks, lossy blocks, smoothed)."""
+
+    kx: int
+    ky: int
+    ox: int = 0
+    oy: int = 0
+    method: str = "exact"
+    confidence: float = 1.0
+
+
 def undo_upscale(a: np.ndarray, *, scale: int, max_scale: int,
-                 tolerance: int) -> tuple[np.ndarray, int, int, int]:
+                 tolerance: int) -> tuple[np.ndarray, Upscale]:
     """Step 1: the image at one pixel per upscaled block.
 
-    ``scale`` > 0 is taken as given (grid at the corner); 0 detects it (:func:`detect_scale`).
-    Returns ``(native, k, ox, oy)``; raises ValueError when the image is smaller than ``scale``.
+    ``scale`` > 0 is taken as given (grid at the corner); 0 detects it: k×k blocks, exact
+    (:func:`detect_scale`) or, with a ``tolerance``, lossy (blocks averaged); failing that, in
+    an image with more than ``SMOOTH_MIN_COLOURS`` colours, a smoothed (bilinear-like) upscale
+    (:func:`detect_smooth_scale`), estimated by least squares and kept only when the estimate
+    looks like pixel art (at most ``MANY_COLOURS`` colours, each used ten times on average: a
+    smooth gradient is also a linear upscale, of a smaller gradient).  Raises ValueError when
+    the image is smaller than ``scale``.
     """
     if scale:
         if a.shape[0] < scale or a.shape[1] < scale:
             raise ValueError(f"smaller than the given scale {scale}")
-        k, ox, oy = scale, 0, 0
-    else:
-        k, ox, oy = detect_scale(a, max_scale=max_scale, tolerance=tolerance)
-    return downscale(a, k, ox, oy, mean=tolerance > 0 and k > 1), k, ox, oy
+        return downscale(a, scale, mean=tolerance > 0), Upscale(scale, scale)
+    k, ox, oy = detect_scale(a, max_scale=max_scale, tolerance=tolerance)
+    if k > 1:
+        native = downscale(a, k, ox, oy, mean=tolerance > 0)
+        if not tolerance:
+            return native, Upscale(k, k, ox, oy)
+        conf = block_confidence(a, native, k, ox, oy, tolerance=2 * tolerance)
+        return native, Upscale(k, k, ox, oy, "lossy", conf)
+    if count_colours(a) > SMOOTH_MIN_COLOURS:
+        fit = detect_smooth_scale(a, max_scale=min(max_scale, SMOOTH_MAX_SCALE))
+        if fit is not None:
+            native, conf = unsmooth(a, fit)
+            n = count_colours(native)
+            if n <= MANY_COLOURS and n * 10 <= native.shape[0] * native.shape[1]:
+                return native, Upscale(fit.kx, fit.ky, fit.ox, fit.oy, "smoothed", conf)
+    return a, Upscale(1, 1)
 
 
 def undo_stretch(a: np.ndarray, *, max_scale: int) -> tuple[np.ndarray, tuple[float, float]]:
@@ -134,9 +175,28 @@ def undo_stretch(a: np.ndarray, *, max_scale: int) -> tuple[np.ndarray, tuple[fl
         m = a.shape[axis]
         fit = fit_stretch(change_positions(a, axis), m, max_scale=max_scale)
         if fit is not None:
-            a = unstretch(a, axis, *fit)
+            a = unstretch(a, axis, fit.n, fit.phase)
             factor[1 - axis] = m / a.shape[axis]
     return a, (factor[0], factor[1])
+
+
+def trim_letterbox(a: np.ndarray, *, min_side: int) -> tuple[np.ndarray, tuple[int, int, int, int],
+                                                             Optional[str]]:
+    """Step 3: remove a letterbox (:func:`find_letterbox`) unless that leaves a side shorter
+    than ``min_side``; returns the image, the lines removed and a warning when it was not."""
+    t, left, b, r = find_letterbox(a)
+    if not (t or left or b or r):
+        return a, (0, 0, 0, 0), None
+    h, w = a.shape[:2]
+    if h - t - b < min_side or w - left - r < min_side:
+        return a, (0, 0, 0, 0), (f"letterbox (top {t}, left {left}, bottom {b}, right {r}) left "
+                                 f"in place: trimming it would leave {w - left - r}x{h - t - b}, "
+                                 f"less than the {min_side}x{min_side} patch")
+    return a[t:h - b, left:w - r], (t, left, b, r), None
+
+
+def _factor_text(fx: float, fy: float) -> str:
+    return f"{fx:g}x" if fx == fy else f"{fx:g}x{fy:g}"
 
 
 def prepare_screen(image: np.ndarray, params: Params, *, lossy: bool = False) -> NativeScreen:
@@ -156,22 +216,36 @@ def prepare_screen(image: np.ndarray, params: Params, *, lossy: bool = False) ->
         The image is smaller than the given ``params.scale``.
     """
     tol = params.tolerance or (JPEG_TOLERANCE if lossy else 0)
-    native, k, ox, oy = undo_upscale(image, scale=params.scale, max_scale=params.max_scale,
-                                     tolerance=tol)
-    sx = sy = float(k)
-    if params.stretch and not tol and not params.scale:
+    native, up = undo_upscale(image, scale=params.scale, max_scale=params.max_scale, tolerance=tol)
+    steps, warnings = [], []
+    if up.kx > 1 or up.ky > 1:
+        steps.append(f"{_factor_text(up.kx, up.ky)} upscale")
+    if up.method != "exact":
+        what = "JPEG blocks averaged" if up.method == "lossy" else "smoothed pixels estimated"
+        warnings.append(f"{_factor_text(up.kx, up.ky)} upscale grid estimated, {what} "
+                        f"(confidence {up.confidence:.3f})")
+    sx, sy = float(up.kx), float(up.ky)
+    if params.stretch and not tol and not params.scale and up.method == "exact":
         native, (fx, fy) = undo_stretch(native, max_scale=params.max_scale)
-        sx, sy = k * fx, k * fy
+        if (fx, fy) != (1.0, 1.0):
+            steps.append(f"{_factor_text(round(fx, 4), round(fy, 4))} stretch")
+        sx, sy = up.kx * fx, up.ky * fy
     trim = (0, 0, 0, 0)
     if params.trim:
-        native, trim = trim_borders(native)
+        native, trim, why = trim_letterbox(native, min_side=params.patch_size)
+        if why:
+            warnings.append(why)
+        elif any(trim):
+            steps.append("letterbox (top {}, left {}, bottom {}, right {})".format(*trim))
     if not params.rgba:
         native = np.ascontiguousarray(native[..., :3])
     grid = detect_grid(native[..., :3]) if params.align else (0, 0)
-    return NativeScreen(pixels=native, scale=k, scale_xy=(round(sx, 4), round(sy, 4)),
-                        offset=(ox + int(round(trim[1] * sx)), oy + int(round(trim[0] * sy))),
+    return NativeScreen(pixels=native, scale=up.kx if up.kx == up.ky else 1,
+                        scale_xy=(round(sx, 4), round(sy, 4)),
+                        offset=(up.ox + int(round(trim[1] * sx)), up.oy + int(round(trim[0] * sy))),
                         trim=trim, original_size=(int(image.shape[1]), int(image.shape[0])),
-                        grid=grid)
+                        grid=grid, confidence=round(up.confidence, 4), steps=steps,
+                        warnings=warnings)
 
 
 def _is_jpeg(path: str) -> bool:
@@ -211,6 +285,8 @@ class ScreenRecord:
     colours: int
     scale_xy: list
     original_size: list
+    confidence: float = 1.0
+    warnings: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -244,6 +320,7 @@ class ScreenSelector:
         self.many_colours: list[str] = []
         self.scales: dict[str, int] = {}
         self.stretched = 0
+        self.estimated = 0
         self._seen: dict[str, str] = {}
 
     def add(self, source: str, sid: str,
@@ -254,9 +331,12 @@ class ScreenSelector:
             return None
         scr, S = prepared.pixels, self.params.patch_size
         h, w = scr.shape[:2]
+        for why in prepared.warnings:
+            log.warning("%s: %s", source, why)
         if h < S or w < S:
-            self.too_small.add(source, f"{source}: {w}x{h} native pixels (scale {prepared.scale}) "
-                                       f"is smaller than the {S}x{S} patch", width=w, height=h)
+            after = f" after undoing {' and '.join(prepared.steps)}" if prepared.steps else ""
+            self.too_small.add(source, f"{source}: {w}x{h} native pixels{after} is smaller than "
+                                       f"the {S}x{S} patch", width=w, height=h)
             return None
         if (scr == scr[:1, :1]).all():
             self.skipped.add(source, f"{source}: the screen is a single colour")
@@ -282,7 +362,10 @@ class ScreenSelector:
         rec = ScreenRecord(index=len(self.records), id=sid, source=source, scale=k, width=w,
                            height=h, offset=list(prepared.offset), trim=list(prepared.trim),
                            grid=[gx, gy], colours=n_colours, scale_xy=list(prepared.scale_xy),
-                           original_size=list(prepared.original_size))
+                           original_size=list(prepared.original_size),
+                           confidence=prepared.confidence, warnings=list(prepared.warnings))
+        if prepared.confidence < 1.0:
+            self.estimated += 1
         self.records.append(rec)
         return rec
 
@@ -473,6 +556,17 @@ def screen_ids(files: Sequence[Path]) -> list[str]:
     return ids
 
 
+def _one_blas_thread() -> Any:
+    """Keep BLAS to one thread (a context manager; also in effect when merely called): the
+    least-squares products here are small, crop runs screens in parallel instead, and BLAS
+    threads spinning on a busy machine made them 10x slower.  No-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _prepare_all(files: Sequence[Path], params: Params,
                  progress: ProgressFn) -> Iterator[Union[NativeScreen, Unusable]]:
     """:func:`prepare_file` over ``files``, in order; in a process pool when there are many."""
@@ -480,9 +574,11 @@ def _prepare_all(files: Sequence[Path], params: Params,
     progress("crop: decode", 0, n)
     work = functools.partial(prepare_file, params=params)
     workers = pool_workers(n, params.workers)
-    for i, r in enumerate(map_ordered(work, [str(f) for f in files], workers=workers)):
-        yield r
-        progress("crop: decode", i + 1, n)
+    with _one_blas_thread():
+        for i, r in enumerate(map_ordered(work, [str(f) for f in files], workers=workers,
+                                          initializer=_one_blas_thread)):
+            yield r
+            progress("crop: decode", i + 1, n)
 
 
 # --------------------------------------------------------------------------- streaming output
@@ -598,6 +694,7 @@ def _summary(sel: ScreenSelector, plan: PatchPlan, patches: Patches, tiles: Trai
         "duplicates": len(sel.duplicates),
         "many_colours": len(sel.many_colours),
         "stretched": sel.stretched,
+        "estimated": sel.estimated,
         "skipped_items": sel.skipped.items + [{"source": t["source"], "reason": t["reason"]}
                                               for t in sel.too_small.items],
     }

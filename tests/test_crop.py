@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import _helpers_crop as H
 from stages import _grid, crop, scrape
 from stages._common import InputError, ParamError
 
@@ -51,46 +52,46 @@ def core(arrays, **kw) -> "crop.CropResult":
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_detect_scale_finds_the_factor(k):
     a = native(12, 10, seed=k)
-    assert crop.detect_scale(up(a, k)) == (k, 0, 0)
+    assert _grid.detect_scale(up(a, k)) == (k, 0, 0)
 
 
 @pytest.mark.parametrize("k,cut", [(2, 1), (3, 1), (3, 2), (4, 3)])
 def test_detect_scale_with_a_cut_border_and_exact_undo(k, cut):
     a = native(12, 10, seed=10 + k)
     u = up(a, k)[cut:, cut:]                       # first block row/column is partial
-    got = crop.detect_scale(u)
+    got = _grid.detect_scale(u)
     assert got == (k, k - cut, k - cut)
-    assert np.array_equal(crop.downscale(u, *got), a[1:, 1:])
+    assert np.array_equal(_grid.downscale(u, *got), a[1:, 1:])
 
 
 def test_detect_scale_native_image_is_one():
-    assert crop.detect_scale(native(40, 40, seed=3))[0] == 1
+    assert _grid.detect_scale(native(40, 40, seed=3))[0] == 1
 
 
 def test_detect_scale_uniform_image_is_one():
-    assert crop.detect_scale(np.zeros((32, 32, 3), np.uint8)) == (1, 0, 0)
+    assert _grid.detect_scale(np.zeros((32, 32, 3), np.uint8)) == (1, 0, 0)
 
 
 def test_detect_scale_respects_max_scale():
     a = up(native(8, 8, seed=4), 6)
-    assert crop.detect_scale(a, max_scale=4)[0] == 3   # 6x blocks are also 3x blocks
-    assert crop.detect_scale(a, max_scale=8)[0] == 6
+    assert _grid.detect_scale(a, max_scale=4)[0] == 3   # 6x blocks are also 3x blocks
+    assert _grid.detect_scale(a, max_scale=8)[0] == 6
 
 
 def test_detect_scale_lossy_needs_tolerance():
     a = up(native(16, 16, seed=5), 3)
     noise = np.random.default_rng(0).integers(-3, 4, a.shape)
     noisy = np.clip(a.astype(int) + noise, 0, 255).astype(np.uint8)
-    assert crop.detect_scale(noisy)[0] == 1
-    k, ox, oy = crop.detect_scale(noisy, tolerance=8)
+    assert _grid.detect_scale(noisy)[0] == 1
+    k, ox, oy = _grid.detect_scale(noisy, tolerance=8)
     assert k == 3
-    back = crop.downscale(noisy, k, ox, oy, mean=True)
+    back = _grid.downscale(noisy, k, ox, oy, mean=True)
     assert np.abs(back.astype(int) - native(16, 16, seed=5)).max() <= 3
 
 
 def test_downscale_takes_one_pixel_per_block():
     a = native(5, 7, seed=6)
-    assert np.array_equal(crop.downscale(up(a, 4), 4), a)
+    assert np.array_equal(_grid.downscale(up(a, 4), 4), a)
 
 
 # --------------------------------------------------------------------------- letterbox
@@ -98,14 +99,14 @@ def test_trim_removes_letterbox_on_opposite_sides():
     a = native(48, 64, seed=7)
     boxed = np.zeros((48 + 16, 64 + 6, 3), np.uint8)
     boxed[8:56, 3:67] = a
-    out, t = crop.trim_borders(boxed)
+    out, t = _grid.trim_borders(boxed)
     assert t == (8, 3, 8, 3) and out.shape == (48, 64, 3)
 
 
 def test_trim_keeps_a_one_sided_uniform_sky():
     a = native(48, 64, seed=8)
     a[:10] = (90, 150, 250)                        # sky at the top only
-    out, t = crop.trim_borders(a)
+    out, t = _grid.trim_borders(a)
     assert t == (0, 0, 0, 0) and out.shape == a.shape
 
 
@@ -258,17 +259,17 @@ def tiled(rows: int, cols: int, seed: int = 0, n_tiles: int = 5) -> np.ndarray:
 
 def test_detect_grid_finds_a_shifted_tile_grid():
     a = tiled(8, 10, seed=1)[3:, 5:]                 # cut 3 rows and 5 columns off
-    assert crop.detect_grid(a) == (11, 13)
+    assert _grid.detect_grid(a) == (11, 13)
 
 
 def test_detect_grid_on_a_big_map_where_every_phase_repeats():
     a = tiled(60, 60, seed=5)[5:, 9:]                # 5 tiles: shifted cells repeat too
-    assert crop.detect_grid(a) == (7, 11)
+    assert _grid.detect_grid(a) == (7, 11)
 
 
 def test_detect_grid_keeps_the_corner_for_unaligned_screens():
-    assert crop.detect_grid(tiled(8, 10, seed=2)) == (0, 0)
-    assert crop.detect_grid(native(80, 96, seed=3)) == (0, 0)   # no repeated tiles at all
+    assert _grid.detect_grid(tiled(8, 10, seed=2)) == (0, 0)
+    assert _grid.detect_grid(native(80, 96, seed=3)) == (0, 0)   # no repeated tiles at all
 
 
 def test_tiles_follow_the_detected_grid():
@@ -318,7 +319,7 @@ def test_example_corpus_upscales_are_detected():
 
     for f in sorted((EXAMPLES / "screens").glob("*.png")):
         want = 3 if "_x3" in f.stem else 2 if "_x2" in f.stem else 1
-        assert crop.detect_scale(load_image(f))[0] == want, f.name
+        assert _grid.detect_scale(load_image(f))[0] == want, f.name
 
 
 def jpeg(a: np.ndarray, q: int = 90) -> np.ndarray:
@@ -332,12 +333,12 @@ def jpeg(a: np.ndarray, q: int = 90) -> np.ndarray:
 def test_detect_scale_on_jpeg_with_tolerance():
     a = up(tiled(6, 6, seed=40), 3)
     j = jpeg(a)
-    assert crop.detect_scale(j)[0] == 1             # exact mode: JPEG noise breaks the blocks
-    assert crop.detect_scale(j, tolerance=8)[0] == 3
+    assert _grid.detect_scale(j)[0] == 1             # exact mode: JPEG noise breaks the blocks
+    assert _grid.detect_scale(j, tolerance=8)[0] == 3
 
 
 def test_lossy_mode_does_not_invent_a_factor_for_native_jpeg():
-    assert crop.detect_scale(jpeg(tiled(8, 8, seed=41), q=50), tolerance=8)[0] == 1
+    assert _grid.detect_scale(jpeg(tiled(8, 8, seed=41), q=50), tolerance=8)[0] == 1
 
 
 def test_jpeg_files_use_lossy_detection_automatically(tmp_path):
@@ -367,8 +368,8 @@ def test_stretch_off_keeps_the_stretched_width():
 def test_fit_stretch_finds_nothing_in_native_images():
     for seed in range(5):
         a = native(64, 96, seed=60 + seed)
-        assert crop.fit_stretch(_grid.change_positions(a, 1), 96) is None
-        assert crop.fit_stretch(_grid.change_positions(a, 0), 64) is None
+        assert _grid.fit_stretch(_grid.change_positions(a, 1), 96) is None
+        assert _grid.fit_stretch(_grid.change_positions(a, 0), 64) is None
 
 
 def steps_of(n: int, m: int) -> set[int]:
@@ -378,12 +379,135 @@ def steps_of(n: int, m: int) -> set[int]:
 
 
 def test_fit_stretch_finds_the_native_size():
-    assert crop.fit_stretch(np.array(sorted(steps_of(112, 128))), 128)[0] == 112
+    assert _grid.fit_stretch(np.array(sorted(steps_of(112, 128))), 128).n == 112
 
 
 def test_fit_stretch_refuses_an_ambiguous_fit():
     both = np.array(sorted(steps_of(100, 125) & steps_of(110, 125)))   # fits 100 and 110
-    assert len(both) > 60 and crop.fit_stretch(both, 125) is None
+    assert len(both) > 60 and _grid.fit_stretch(both, 125) is None
+
+
+# --------------------------------------------------------------------------- native pixels (#17)
+# Synthetic NES-like frames and sprites (tests/_helpers_crop.py), native and saved the ways
+# users' screenshots come.  bench/bench_crop.py measures the same on 140 frames and 40 sprites.
+FRAMES = [H.nes_frame(i) for i in range(14)]          # two of each kind
+
+
+def prepare(a: np.ndarray, *, lossy: bool = False, **kw) -> "crop.NativeScreen":
+    return crop.prepare_screen(rgba(a), crop.Params(**kw), lossy=lossy)
+
+
+def test_native_nes_frames_are_left_alone():
+    for a in FRAMES:
+        r = prepare(a)
+        assert np.array_equal(r.pixels, a) and r.steps == [] and r.warnings == []
+
+
+def test_native_sprites_on_transparent_backgrounds_are_left_alone():
+    for seed in range(20):
+        s = H.sprite(seed)
+        r = prepare(s, rgba=True)
+        assert np.array_equal(r.pixels, s) and r.steps == [], seed
+
+
+@pytest.mark.parametrize("variant", [
+    lambda a: H.as_nearest(a, 2),
+    lambda a: H.as_nearest(a, 3),
+    lambda a: H.as_aspect_8_7(a, 2, 585),
+    lambda a: H.as_aspect_8_7(a, 2, 584),
+    lambda a: H.as_aspect_8_7(a, 1, 292),
+    lambda a: H.as_resized(a, 320, 240),                    # 4:3
+    lambda a: H.as_letterboxed(a, 0, 32),                   # in a 320x240 window
+    lambda a: H.as_letterboxed(H.as_nearest(a, 2), 0, 64),  # 2x in 640x480
+], ids=["2x", "3x", "8:7 585", "8:7 584", "8:7 292", "4:3", "pillarbox", "2x pillarbox"])
+def test_lossless_variants_come_back_pixel_exact(variant):
+    for a in FRAMES[::2]:
+        r = prepare(variant(a))
+        assert np.array_equal(r.pixels, a) and r.confidence == 1.0 and r.warnings == []
+
+
+def test_letterboxed_224_line_screen_in_a_4_3_window_comes_back():
+    a = FRAMES[0][8:232]                                    # 256x224, overscan cropped
+    r = prepare(H.as_letterboxed(H.as_nearest(a, 2), 16, 64))
+    assert np.array_equal(r.pixels, a) and r.trim == (8, 32, 8, 32)
+
+
+def test_bilinear_2x_is_estimated_with_a_warning_and_a_confidence():
+    for a in FRAMES[:3]:
+        r = prepare(H.as_bilinear(a, 2))
+        assert r.pixels.shape == a.shape and (r.pixels != a).any(axis=-1).mean() < 1e-3
+        assert r.scale == 2 and 0.99 <= r.confidence <= 1.0
+        assert "grid estimated" in r.warnings[0] and "confidence" in r.warnings[0]
+
+
+def test_jpeg_2x_comes_back_to_native_size_with_a_warning():
+    a = FRAMES[1]
+    r = prepare(H.as_jpeg(a, 2, quality=90), lossy=True)
+    assert r.pixels.shape == a.shape and r.scale == 2
+    assert 0.5 < r.confidence < 1.0 and "JPEG" in r.warnings[0]
+
+
+def test_a_smooth_gradient_is_not_taken_for_a_smoothed_upscale():
+    yy, xx = np.mgrid[0:64, 0:64]
+    ramp = np.stack([yy * 4, xx * 4, (yy + xx) * 2], axis=-1).astype(np.uint8)
+    assert _grid.detect_smooth_scale(ramp) is not None          # a ramp is a linear upscale...
+    assert prepare(ramp, patch_size=32).pixels.shape == ramp.shape  # ...but not of pixel art
+
+
+def test_line_evidence_weighs_repeats_amid_changes_not_in_runs():
+    m = 64
+    busy = np.ones(m, bool)
+    busy[0] = False
+    forced = np.zeros(m, bool)
+    forced[8:56:8] = True
+    changed = busy & ~forced                      # every line changes except the forced ones
+    sky = np.zeros(m, bool)                       # nothing changes: repeats everywhere
+    assert _grid.line_evidence(changed, forced) > 10 * _grid.line_evidence(sky, forced)
+
+
+def test_tile_art_with_long_runs_is_not_a_stretch():
+    a = FRAMES[5]                                 # big sky: long runs of identical rows
+    for axis in (0, 1):
+        assert _grid.fit_stretch(_grid.change_positions(a, axis), a.shape[axis]) is None
+
+
+def test_a_console_sized_screen_is_not_trimmed():
+    a = np.zeros((240, 256, 3), np.uint8)
+    a[:, 32:224] = native(240, 192, seed=80)      # black columns on both sides: picture
+    assert _grid.find_letterbox(a) == (0, 0, 0, 0)
+    assert _grid.find_letterbox(a[:, 3:253]) == (0, 29, 0, 29)   # any other size: a bar
+
+
+def test_a_thin_uniform_band_on_both_sides_is_picture():
+    a = native(64, 80, seed=81, colours=3)
+    a[:, :3] = a[:, -3:] = (90, 150, 250)         # sky at both edges, picture starts softly
+    a[40:, 3] = a[40:, -4] = (0, 0, 0)
+    a[:40, 3] = a[:40, -4] = (90, 150, 250)
+    a[:40, 4] = a[:40, -5] = (90, 150, 250)
+    assert _grid.find_letterbox(a) == (0, 0, 0, 0)
+
+
+def test_a_transparent_background_is_not_a_letterbox():
+    s = H.sprite(3)
+    assert _grid.find_letterbox(s) == (0, 0, 0, 0)
+    opaque = s.copy()
+    opaque[..., 3] = 255
+    opaque[opaque[..., :3].sum(-1) == 0] = (0, 0, 0, 255)
+    assert any(_grid.find_letterbox(H.as_letterboxed(opaque, 12, 12)))
+
+
+def test_a_letterbox_is_left_in_place_with_a_warning_when_trimming_goes_below_the_patch():
+    a = H.as_letterboxed(native(48, 80, seed=82), 20, 0)       # 88 lines: 48 after trimming
+    r = prepare(a, patch_size=64)
+    assert r.pixels.shape[:2] == (88, 80) and r.trim == (0, 0, 0, 0)
+    assert "letterbox (top 20" in r.warnings[0] and "64x64 patch" in r.warnings[0]
+    assert prepare(a, patch_size=32).trim == (20, 0, 20, 0)
+
+
+def test_a_screen_too_small_after_undoing_says_which_step():
+    r = core([up(native(48, 48, seed=83), 2), native(64, 64, seed=84)], patch_size=64)
+    reason = r.selector.too_small.first_reason()
+    assert "48x48 native pixels after undoing 2x upscale" in reason
 
 
 def test_several_unusable_images_are_summed_up_in_one_line(tmp_path):
