@@ -3,8 +3,8 @@ tiny run, each followed by a plain rerun that must finish with nothing lost and 
 
 For every kill point the drill
 
-1. prepares the cache so that the chosen stage has work to do: either its artifact and those
-   after it are deleted (a first build, where train's kill leaves a checkpoint to resume), or
+1. prepares the cache so that the chosen stage has work to do: either its artifacts are
+   deleted (a first build, where train's kill leaves a checkpoint to resume), or
    the run is ``--force <stage>`` over a complete cache (a forced rerun: the old artifact must
    survive the kill as a hit), or out/<name>/ is marked stale (a kill during publish);
 2. starts ``pipeline run`` and sends SIGKILL a random moment after that stage's work folder
@@ -40,7 +40,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 STAGES = ("scrape", "crop", "train", "sample", "quantize", "slice", "dedupe", "export")
 #: kills per target; "publish" is the copy to out/<name>/ after export
 PLAN = {"scrape": 3, "crop": 4, "train": 8, "sample": 3, "quantize": 3, "slice": 3,
@@ -57,7 +56,7 @@ stride = 16
 max_patches = 400
 [train]
 size = 32
-steps = 24
+steps = 16
 batch = 8
 ngf = 8
 ndf = 8
@@ -185,8 +184,23 @@ def leftovers(proj: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- runs
+#: the code the drill runs: a snapshot of the working tree taken at the start (see ``snapshot``)
+CODE = ROOT
+
+
+def snapshot(dest: Path) -> Path:
+    """Copy the project's packages to ``dest``, so that edits made to the working tree while the
+    drill runs cannot change its results half-way (the reference and every rerun use one code)."""
+    global CODE
+    for pkg in ("pipeline", "stages", "palettes", "tilesets"):
+        shutil.copytree(ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    CODE = dest
+    sys.path.insert(0, str(dest))
+    return dest
+
+
 def env() -> dict[str, str]:
-    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    e = dict(os.environ, PYTHONPATH=str(CODE), OMP_NUM_THREADS="2")
     e.pop("TILEGAN_DEBUG", None)
     return e
 
@@ -206,23 +220,37 @@ def make_project(where: Path) -> Path:
 
 
 def stage_seconds(cache: Path) -> dict[str, float]:
+    """How long each stage's latest run took (``train-loop``: train's steps alone)."""
     out = {}
     for s in STAGES:
-        (art,) = [p for p in committed(cache) if p.parent.name == s][-1:] or [None]
-        if art is not None:
-            out[s] = float(json.loads((art / "manifest.json").read_text()).get("seconds", 0.1))
+        try:
+            key = (cache / s / "LATEST").read_text().strip()
+            m = json.loads((cache / s / key / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        out[s] = float(m.get("seconds") or 0.1)
+        if s == "train":
+            out["train-loop"] = float(m.get("summary", {}).get("train_seconds") or 0.5)
     return out
 
 
-def kill_during(proj: Path, target: str, delay: float, force: bool) -> tuple[bool, str]:
-    """Start `pipeline run` and SIGKILL it ``delay`` s after ``target`` begins.  Returns
-    (killed while running, where the kill landed)."""
+def kill_during(proj: Path, target: str, delay: float, force: bool,
+                after_ckpt: bool = False) -> tuple[bool, str]:
+    """Start `pipeline run` and SIGKILL it ``delay`` s after ``target`` begins (with
+    ``after_ckpt``: after train wrote its first checkpoint).  Returns (killed while running,
+    where the kill landed)."""
     cache, out = proj / "out" / "cache", proj / "out"
     args = ["--force", target] if force else []
     p = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args], cwd=proj, env=env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pattern = (lambda: any(out.glob(".tileset.tmp-*"))) if target == "publish" else \
-        (lambda: any((cache / target).glob("*.partial")) if (cache / target).is_dir() else False)
+    if target == "publish":
+        def pattern() -> bool:
+            return any(out.glob(".tileset.tmp-*"))
+    else:
+        marker = "*.partial/ckpt.pt" if after_ckpt else "*.partial"
+
+        def pattern() -> bool:
+            return (cache / target).is_dir() and any((cache / target).glob(marker))
     t0 = time.monotonic()
     while p.poll() is None and not pattern():
         if time.monotonic() - t0 > 600:
@@ -244,9 +272,8 @@ def kill_during(proj: Path, target: str, delay: float, force: bool) -> tuple[boo
 
 def prepare(proj: Path, target: str, mode: str) -> None:
     cache = proj / "out" / "cache"
-    if mode == "fresh":
-        for s in STAGES[STAGES.index(target):]:
-            shutil.rmtree(cache / s, ignore_errors=True)
+    if mode == "fresh":     # the stage alone: a deterministic stage rebuilds the same bytes,
+        shutil.rmtree(cache / target, ignore_errors=True)   # so the stages after it stay hits
     elif mode == "publish":
         (proj / "out" / "tileset" / ".tilegan-manifest.json").unlink(missing_ok=True)
 
@@ -256,32 +283,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, default=sum(PLAN.values()))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    ap.add_argument("--targets", help="comma-separated stages (and 'publish') to kill in, in "
+                                      "this order, instead of the plan")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
     base = a.keep or Path(tempfile.mkdtemp(prefix="tilegan-drill-"))
     try:
+        snapshot(base / "src")
         ref = make_project(base / "reference")
         r = run(ref)
         if r.returncode:
             print(f"drill: the uninterrupted reference run failed:\n{r.stderr}", file=sys.stderr)
             return 1
         want = published(ref / "out" / "tileset")
-        secs = stage_seconds(ref / "out" / "cache")
         proj = make_project(base / "drill")
         if run(proj).returncode:
             print("drill: the first run of the drill project failed", file=sys.stderr)
             return 1
-        targets = [t for t, n in PLAN.items() for _ in range(n)]
-        while len(targets) < a.kills:
+        secs = stage_seconds(proj / "out" / "cache")   # warm: JIT caches filled by the reference
+        targets = ([t.strip() for t in a.targets.split(",")] if a.targets else
+                   [t for t, n in PLAN.items() for _ in range(n)])
+        while not a.targets and len(targets) < a.kills:
             targets.append(rng.choice(list(PLAN)))
-        targets = targets[: a.kills]
+        targets = targets if a.targets else targets[: a.kills]
         kills = survived = corrupt = resumed = 0
         for i, target in enumerate(targets, 1):
             mode = "publish" if target == "publish" else ("force" if i % 3 == 0 else "fresh")
             prepare(proj, target, mode)
             dur = secs.get(target, 0.2) if target != "publish" else 0.05
+            if target == "train" and mode == "fresh" and i % 2 == 0:
+                dur = secs.get("train-loop", 0.5)
             delay = rng.uniform(0.0, max(dur, 0.02) * 1.1)
-            killed, where = kill_during(proj, target, delay, force=(mode == "force"))
+            # half of train's first-build kills come after its first checkpoint, to resume from
+            after_ckpt = target == "train" and mode == "fresh" and i % 2 == 0
+            killed, where = kill_during(proj, target, delay, force=(mode == "force"),
+                                        after_ckpt=after_ckpt)
             if not killed:
                 print(f"[{i:2d}] {target:<8} {mode:<7} delay={delay:.3f}s: finished before the kill")
                 continue
@@ -304,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                     problems.append(f"leftovers {left}")
                 if mode == "force" and f"{target:<9} ran" in r.stderr:
                     problems.append(f"the old {target} artifact was lost (the rerun ran it again)")
+            if not r.returncode:      # durations drift with the machine's load: follow them
+                secs.update(stage_seconds(proj / "out" / "cache"))
             corrupt += len(bad)
             res = "resuming" in r.stderr
             resumed += res
