@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.test_wfc import BROWN, DARK_BROWN, DARK_GREEN, GREEN, SKY, WHITE, world_tiles
-from tilesets.atlas import (MAX_GROUPS, OTHER_GROUP, Kind, describe_tile, layout_sheet,
+from tilesets.atlas import (OTHER_GROUP, Kind, describe_tile, layout_sheet,
                             pack_atlas, tile_heights, unpack_atlas)
 from tilesets.cells import FLIP_MASK, ID_MASK, Flip
 
@@ -144,14 +144,28 @@ def test_small_groups_share_a_row():
     assert len(lay.groups) == 7 and lay.rows == 1 and lay.tile_count == 8
 
 
-def test_many_small_groups_are_pooled_into_other_tiles():
+def _speckled(a, b) -> np.ndarray:
+    t = _tile(a)
+    t[::2, ::2, :3] = b
+    return t
+
+
+def test_many_small_rarely_used_textured_groups_are_pooled_into_other_tiles():
     colours = [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(40)]
-    bank = np.stack([_tile(c) for c in colours] + [_sky(i) for i in range(4)])
-    lay = layout_sheet(bank, np.ones(len(bank), np.int64), columns=8)
+    odd = [_speckled(c, colours[(i + 7) % 40]) for i, c in enumerate(colours)]
+    flat = [_tile(c) for c in colours[:20]]
+    bank = np.stack(odd + flat + [_speckled((235, 215, 50), (0, 0, 0))])
+    uses = np.ones(len(bank), np.int64)
+    uses[-1] = 100                                       # one much-used odd tile
+    lay = layout_sheet(bank, uses, columns=8)
     names = [g.name for g in lay.groups]
-    assert len(names) <= MAX_GROUPS + 1 and OTHER_GROUP in names
-    assert "sky blue flat" in names
+    assert OTHER_GROUP in names and names[-1] == OTHER_GROUP
+    pooled = set(next(g for g in lay.groups if g.name == OTHER_GROUP).tiles)
+    assert pooled and pooled <= set(range(40))           # only rarely used textured tiles
+    assert len(bank) - 1 not in pooled                   # the much-used one keeps its group
     assert sum(len(g.tiles) for g in lay.groups) == len(bank)
+    few = layout_sheet(bank[:3], uses[:3], columns=8)    # few groups: nothing pooled
+    assert OTHER_GROUP not in [g.name for g in few.groups]
 
 
 def test_bank_layout_keeps_the_bank_order_without_gaps(kinds):

@@ -386,7 +386,7 @@ def layout_sheet(tiles: np.ndarray, uses: np.ndarray, *, columns: int, by: str =
         return SheetLayout(columns, rows, np.arange(k, dtype=np.int64), g)
     cache: dict = {}
     looks = [describe_tile(tile, names=cache) for tile in t]
-    members = _merge_small(_group_members(looks, u), looks)
+    members = _merge_small(_group_members(looks, u), looks, u)
     order = _group_order(members, looks, u, heights)
     position = np.zeros(k, np.int64)
     groups = []
@@ -405,10 +405,13 @@ def layout_sheet(tiles: np.ndarray, uses: np.ndarray, *, columns: int, by: str =
     return SheetLayout(columns, max(1, math.ceil(cursor / columns)), position, tuple(groups))
 
 
-#: More groups than this, and the groups of fewer than :data:`MIN_GROUP` tiles are pooled
-#: into one :data:`OTHER_GROUP` (a noisy tile set would otherwise give dozens of one-tile rows).
+#: More groups than this, and the groups of fewer than :data:`MIN_GROUP` tiles that are not
+#: flat and cover less than :data:`POOL_USES` of the cells are pooled into one
+#: :data:`OTHER_GROUP` (a noisy tile set would otherwise give dozens of one-tile rows; flat
+#: tiles and much-used ones are what a designer paints with, so they keep their group).
 MAX_GROUPS = 12
 MIN_GROUP = 3
+POOL_USES = 0.03
 OTHER_GROUP = "other tiles"
 
 
@@ -427,19 +430,24 @@ def _group_members(looks: list, uses: np.ndarray) -> dict[str, list[int]]:
     return out
 
 
-def _merge_small(members: dict[str, list[int]], looks: list) -> dict[str, list[int]]:
-    """Pool the small groups into :data:`OTHER_GROUP` when there are too many groups."""
+def _merge_small(members: dict[str, list[int]], looks: list,
+                 uses: np.ndarray) -> dict[str, list[int]]:
+    """Pool the small, rarely used, textured groups into :data:`OTHER_GROUP` when there are
+    too many groups."""
     if len(members) <= MAX_GROUPS:
         return members
     out: dict[str, list[int]] = {}
     other: list[int] = []
+    total = max(1.0, float(uses.sum()))
     for name, ids in members.items():
-        if len(ids) < MIN_GROUP and looks[ids[0]].kind is not Kind.TRANSPARENT:
+        look = looks[ids[0]]
+        if (len(ids) < MIN_GROUP and look.texture not in ("flat", "transparent")
+                and float(uses[ids].sum()) < POOL_USES * total):
             other += ids
         else:
             out[name] = ids
     if other:
-        out[OTHER_GROUP] = sorted(other)
+        out[OTHER_GROUP] = sorted(other, key=lambda i: (-int(uses[i]), i))
     return out
 
 
