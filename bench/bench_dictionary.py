@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tilesets import dictionary as D  # noqa: E402
+from tilesets.cells import flip_variants  # noqa: E402
 
 SPECKLE = 0.015
 
@@ -110,7 +111,7 @@ def ours_rebuilt(tiles: np.ndarray, dic: D.Dictionary) -> np.ndarray:
         dist, code = D.tile_distance(tiles[s:s + 2000], dic.tiles, flips=dic.flips)
         j = dist.argmin(1)
         o = code[np.arange(len(j)), j]
-        var = np.stack([D.flip_tile(dic.tiles, f) for f in range(4)], 1)
+        var = flip_variants(dic.tiles)
         out[s:s + 2000] = var[j, o]
     return out
 

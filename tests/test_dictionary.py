@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tilesets import dictionary as D
+from tilesets.cells import ORIENTATIONS, Flip, flip_tile
 
 PAL = np.array([[0, 0, 0, 255], [252, 252, 252, 255], [168, 16, 0, 255], [0, 120, 248, 255],
                 [0, 168, 0, 255]], np.uint8)
@@ -38,12 +39,12 @@ def _noisy_corpus(n=90, seed=0, speckle=2):
 
 def _as_set(tiles):
     """Tiles as a set, each up to orientation (Tiled mode may store any of the four)."""
-    return {min(np.ascontiguousarray(D.flip_tile(t, o)).tobytes() for o in range(4))
+    return {min(np.ascontiguousarray(flip_tile(t, ORIENTATIONS[o])).tobytes() for o in range(4))
             for t in tiles}
 
 
 def _orientations(tile):
-    return [D.flip_tile(tile, o) for o in range(4)]
+    return [flip_tile(tile, ORIENTATIONS[o]) for o in range(4)]
 
 
 # --------------------------------------------------------------------------- learning
@@ -169,14 +170,14 @@ def test_image_sides_must_be_tile_multiples():
 # --------------------------------------------------------------------------- assignment
 def test_assignment_finds_the_flipped_tile_and_records_the_flip():
     base = _base_tiles()
-    cells = np.stack([D.flip_tile(base[0], 1), D.flip_tile(base[2], 3)])[None]   # (1, 2, ...)
+    cells = np.stack([flip_tile(base[0], Flip.H), flip_tile(base[2], Flip.H | Flip.V)])[None]
     ids, o = D.assign(cells, base, flips=True, seam_weight=0)
     assert ids.tolist() == [[0, 2]] and o.tolist() == [[1, 3]]
 
 
 def test_nes_mode_assignment_never_flips():
     base = _base_tiles()
-    cells = np.stack([D.flip_tile(base[0], 1), base[1]])[None]
+    cells = np.stack([flip_tile(base[0], Flip.H), base[1]])[None]
     ids, o = D.assign(cells, base, flips=False, seam_weight=0)
     assert not o.any() and ids[0, 1] == 1
 
@@ -226,7 +227,7 @@ def test_nes_screen_limit_follows_the_pattern_table():
 def test_rebuild_gives_tiled_cells_that_render_the_screen():
     tiles, base = _noisy_corpus()
     dic = D.learn_dictionary(tiles, max_tiles=3)
-    screen = np.concatenate([np.concatenate([base[0], D.flip_tile(base[1], 2)], 1),
+    screen = np.concatenate([np.concatenate([base[0], flip_tile(base[1], Flip.V)], 1),
                              np.concatenate([base[2], base[0]], 1)], 0)     # 16 x 16
     (cells,) = D.rebuild([screen], dic, seam_weight=0)
     assert cells.dtype == np.uint32 and cells.shape == (2, 2)

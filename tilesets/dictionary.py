@@ -68,12 +68,12 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from palettes.colour import srgb_to_lab
-from tilesets.cells import ORIENTATIONS, encode_cells, flip_tile as _flip_bits
+from tilesets.cells import ORIENTATIONS, encode_cells, flip_tile, flip_variants
+from tilesets.pixels import pack_colours
 
 __all__ = ["ALPHA_DE", "AUTO_GAIN", "AUTO_MIN_USES", "K_CAP", "NES_MAX_DISTINCT", "SEAM_WEIGHTS",
            "Dictionary", "learn_dictionary", "assign", "calibrate_seam_weight", "rebuild",
-           "render", "grid_tiles", "distinct_tiles", "tile_distance", "flip_tile",
-           "nes_max_distinct", "mean_delta_e", "isolated_rate", "seam_ratio"]
+           "render", "grid_tiles", "distinct_tiles", "tile_distance", "nes_max_distinct", "mean_delta_e", "isolated_rate", "seam_ratio"]
 
 log = logging.getLogger("tilegan.tilesets.dictionary")
 
@@ -98,13 +98,6 @@ def nes_max_distinct(tile_size: int) -> int:
     return max(1, 256 // (tile_size // 8) ** 2)
 
 _TRANSPARENT_LAB = (50.0, 0.0, 0.0)
-_FLIPS = (0, 1, 2, 3)
-
-
-def flip_tile(a: np.ndarray, orientation: int) -> np.ndarray:
-    """``a`` (..., T, T, C) in orientation 0..3 (bit 0 H, bit 1 V), as
-    :data:`tilesets.cells.ORIENTATIONS` numbers them."""
-    return _flip_bits(a, ORIENTATIONS[int(orientation)])
 
 
 # --------------------------------------------------------------------------- result
@@ -166,18 +159,13 @@ def _clear_transparent(tiles: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- colours
-def _pack(tiles: np.ndarray) -> np.ndarray:
-    t = tiles.astype(np.uint32)
-    return t[..., 0] | (t[..., 1] << 8) | (t[..., 2] << 16) | (t[..., 3] << 24)
-
-
 def _colour_table(*arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Index every pixel into one table of the distinct colours of ``arrays``.
 
     Returns (indices per array (..., T, T) int32, rgba table (P, 4) uint8, features (P, C)
     float32 with C = 3, or 4 when some pixel is transparent).
     """
-    packed = [_pack(a) for a in arrays]
+    packed = [pack_colours(a) for a in arrays]
     sizes = [p.size for p in packed]
     allp = np.concatenate([p.ravel() for p in packed])
     table, inv = np.unique(allp, return_inverse=True)
@@ -219,11 +207,11 @@ def distinct_tiles(tiles: np.ndarray, *, flips: bool = True
     inverse : ndarray, shape (N,), int64
         Distinct index of every input tile.
     codes : ndarray, shape (N,), uint8
-        Flip code with ``tiles[i] == flip_tile(distinct[inverse[i]], codes[i])``.
+        Orientation with ``tiles[i] == flip_tile(distinct[inverse[i]], ORIENTATIONS[codes[i]])``.
     """
     n = len(tiles)
     f = 4 if flips else 1
-    var = np.stack([flip_tile(tiles, c) for c in _FLIPS[:f]], axis=1)     # (N, F, T, T, C)
+    var = np.stack([flip_tile(tiles, o) for o in ORIENTATIONS[:f]], axis=1)   # (N, F, T, T, C)
     _, rank = np.unique(_void_rows(var.reshape(n * f, -1)), return_inverse=True)
     rank = rank.reshape(n, f)
     codes = rank.argmin(axis=1).astype(np.uint8)
@@ -238,7 +226,7 @@ def distinct_tiles(tiles: np.ndarray, *, flips: bool = True
 def _variants(feat: np.ndarray, nflip: int) -> np.ndarray:
     """(K, T, T, C) -> (K * nflip, T*T*C) float32, row k*nflip + f = flip(feat[k], f)."""
     k = len(feat)
-    v = np.stack([flip_tile(feat, c) for c in _FLIPS[:nflip]], axis=1)
+    v = np.stack([flip_tile(feat, o) for o in ORIENTATIONS[:nflip]], axis=1)
     return np.ascontiguousarray(v.reshape(k * nflip, -1), dtype=np.float32)
 
 
@@ -291,7 +279,7 @@ def tile_distance(a: np.ndarray, b: np.ndarray, *, flips: bool = True
     dist : ndarray, shape (N, M), float32
         Mean ΔE76² per pixel (alpha as in the module notes).
     code : ndarray, shape (N, M), uint8
-        Flip with ``a[i] ≈ flip_tile(b[j], code[i, j])``.
+        Orientation with ``a[i] ≈ flip_tile(b[j], ORIENTATIONS[code[i, j]])``.
     """
     a, b = _check_tiles(a, "a"), _check_tiles(b, "b")
     (ia, ib), _, feat = _colour_table(a, b)
@@ -321,8 +309,8 @@ def _seed(x: np.ndarray, w: np.ndarray, k: int, feat: np.ndarray, nflip: int,
     """
     n = len(x)
     proj = rng.standard_normal((x.shape[1], _SEED_DIMS)).astype(np.float32)
-    pv = np.stack([np.ascontiguousarray(flip_tile(feat, f)).reshape(n, -1) @ proj
-                   for f in _FLIPS[:nflip]], axis=1)                      # (n, nflip, d)
+    pv = np.stack([np.ascontiguousarray(flip_tile(feat, o)).reshape(n, -1) @ proj
+                   for o in ORIENTATIONS[:nflip]], axis=1)                # (n, nflip, d)
 
     def dist(c: np.ndarray) -> np.ndarray:
         diff = pv - (c.reshape(1, -1) @ proj)[None]
@@ -352,7 +340,7 @@ def _aligned(feat: np.ndarray, code: np.ndarray) -> np.ndarray:
     for c in (1, 2, 3):
         m = code == c
         if m.any():
-            out[m] = flip_tile(feat[m], c)
+            out[m] = flip_tile(feat[m], ORIENTATIONS[c])
     return out
 
 
@@ -771,7 +759,7 @@ def assign(cells: np.ndarray, dictionary: Union[Dictionary, np.ndarray], *,
     -------
     ids : ndarray, shape (R, C) or (S, R, C), int64
     orientations : ndarray, same shape, uint8 — bit 0 H, bit 1 V (0 when flips are off);
-        the cell shows ``flip_tile(tiles[id], orientation)``.
+        the cell shows ``flip_tile(tiles[id], ORIENTATIONS[orientation])``.
     """
     prob = _Problem.build(cells, dictionary, flips=flips, candidates=candidates)
     if max_distinct is not None and max_distinct < 1:
@@ -927,7 +915,7 @@ def _redundant_variants(it: np.ndarray, nflip: int) -> np.ndarray:
     """(K*nflip,) bool: a flipped form equal to an earlier form of the same tile."""
     k = len(it)
     red = np.zeros((k, nflip), bool)
-    forms = [flip_tile(it[..., None], f)[..., 0].reshape(k, -1) for f in _FLIPS[:nflip]]
+    forms = [flip_tile(it[..., None], o)[..., 0].reshape(k, -1) for o in ORIENTATIONS[:nflip]]
     for f in range(1, nflip):
         for g in range(f):
             red[:, f] |= (forms[f] == forms[g]).all(1)
@@ -1079,7 +1067,7 @@ def render(tiles: np.ndarray, ids: np.ndarray, orientations: np.ndarray) -> np.n
                          f"and {o.shape}")
     if ids.size and (ids.min() < 0 or ids.max() >= len(tiles)):
         raise ValueError(f"ids must lie in 0..{len(tiles) - 1}")
-    var = np.stack([flip_tile(tiles, f) for f in _FLIPS], axis=1)         # (K, 4, T, T, ch)
+    var = flip_variants(tiles)                                            # (K, 4, T, T, ch)
     r, c = ids.shape
     t, ch = tiles.shape[1], tiles.shape[-1]
     return var[ids, o].transpose(0, 2, 1, 3, 4).reshape(r * t, c * t, ch)
@@ -1132,8 +1120,7 @@ def isolated_rate(tiles: np.ndarray) -> float:
     tiles = np.asarray(tiles)
     if len(tiles) == 0:
         return 0.0
-    code = _pack(tiles if tiles.shape[-1] == 4 else np.concatenate(
-        [tiles, np.full(tiles.shape[:-1] + (1,), 255, np.uint8)], -1)).astype(np.int64)
+    code = pack_colours(tiles).astype(np.int64)
     return float(_isolated(code).mean())
 
 
