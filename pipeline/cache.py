@@ -2,11 +2,17 @@
 
 Layout::
 
-    <root>/<stage>/<key>/            a committed artifact (has manifest.json)
+    <root>/<stage>/<key>/            a committed artifact (manifest.json, written last, lists
+                                     every file's size and sha256; see check_artifact)
     <root>/<stage>/<key>.partial/    a run in progress or interrupted (resumable state)
+    <root>/<stage>/.<key>.old/       the artifact a forced rerun replaced, until it is deleted
     <root>/<stage>/LATEST            key of the most recently committed artifact
     <root>/.lock                     one writer at a time
     <root>/.input-hashes.json        memo of user input files' sha256, keyed by stat (see HashMemo)
+
+Crash consistency (docs/architecture.md, "Guarantees"): a hit is only a complete artifact, a
+commit or a publish never deletes the old folder before the new one is in place, and
+``Store.recover`` finishes or undoes whatever a kill interrupted.
 
 The key of a stage run hashes the stage name, the source of the stage module and of every project
 module it imports (transitively), the versions of the libraries that change its results, the
@@ -425,6 +431,16 @@ def check_artifact(path: Path, *, key: Optional[str] = None, full: bool = False)
     return None
 
 
+def stray_temp_files(folder: Path) -> list[Path]:
+    """Hidden ``*.tmp`` files an interrupted atomic write left in ``folder`` (e.g. LATEST's);
+    only stray when no writer holds the lock."""
+    try:
+        return sorted(p for p in folder.iterdir()
+                      if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file())
+    except OSError:
+        return []
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -550,6 +566,9 @@ class Store:
             if final.exists() and work.exists():
                 remove_tree(work)
                 did = did or f"removed {work}, left by a forced rerun that was cut short"
+            for p in stray_temp_files(final.parent):
+                p.unlink()
+                did = did or f"removed {p}, left by an interrupted write"
         except OSError as e:
             raise storage_error(final, e) from None
         return did

@@ -105,3 +105,36 @@ def test_standalone_dedupe_counts_a_corrupt_user_image(tmp_path, tilegan_logger,
     assert summary["skipped_items"][0]["path"] == str(src / "b.png")
     assert "not a readable image" in summary["skipped_items"][0]["reason"]
     assert (tmp_path / "cache" / ".input-hashes.json").is_file()
+
+
+def test_verify_lists_damage_and_repair_removes_it(tmp_path):
+    from pipeline import cache as C
+
+    cache = tmp_path / "cache"
+    store = C.Store(cache)
+    for key in ("good", "bad"):
+        work = store.partial("crop", key)
+        (work / "patches.npy").write_bytes(b"12345678")
+        store.commit("crop", key, work, {})
+    (cache / "crop" / "bad" / "patches.npy").write_bytes(b"XXXXXXXX")   # same size, other bytes
+    (cache / "crop" / "nokey").mkdir()                                   # a commit that never finished
+    (cache / "crop" / "dead.partial").mkdir()
+    cfg = tmp_path / "pipeline.toml"
+    cfg.write_text(f'[pipeline]\ncache = "{cache}"\nout = "{tmp_path / "out"}"\n')
+    res = runner.invoke(app, ["verify", "--config", str(cfg)])
+    assert res.exit_code == 1
+    assert "corrupt" in res.output and "does not match its checksum" in res.output
+    assert "incomplete" in res.output and "stale-partial" in res.output
+    assert "verify: ok=1 corrupt=1 incomplete=1 stale-partial=1" in res.output
+    res = runner.invoke(app, ["verify", "--repair", "--config", str(cfg)])
+    assert res.exit_code == 0 and res.output.count("-> removed") == 3
+    assert sorted(p.name for p in (cache / "crop").iterdir()) == ["LATEST", "good"]
+    res = runner.invoke(app, ["verify", "--config", str(cfg)])
+    assert res.exit_code == 0 and "verify: ok=1 corrupt=0" in res.output
+
+
+def test_error_line_escapes_control_characters():
+    from pipeline.cli import error_line
+
+    assert error_line(ValueError("a.zip!evil\nname: not an image")) == \
+        "a.zip!evil\\nname: not an image"

@@ -420,3 +420,16 @@ def test_published_files_follow_the_umask(tmp_path):
             mode = stat.S_IMODE(p.stat().st_mode)
             assert mode & stat.S_IROTH, f"{p} is {oct(mode)}"
             assert not mode & stat.S_IWOTH
+
+
+@pytest.mark.parametrize("data", [b"", b"garbage" * 50, b"PK\x03\x04" + b"\0" * 40])
+def test_a_garbage_checkpoint_is_one_clear_line(tmp_path, data, recwarn):
+    pytest.importorskip("torch")
+    from stages._checkpoint import load_checkpoint
+
+    (tmp_path / "ckpt.pt").write_bytes(data)
+    with pytest.raises(S.InputError) as ei:
+        load_checkpoint(tmp_path / "ckpt.pt")
+    msg = str(ei.value)
+    assert "\n" not in msg and "ckpt.pt" in msg and "weights_only" not in msg
+    assert len(recwarn) == 0
