@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -385,6 +386,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     from stages._common import DISK_ERRNOS, StageError, storage_error
 
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    # Pillow's own bomb warning is redundant: our pixel limit (TILEGAN_MAX_PIXELS) is lower and
+    # refuses such images with a one-line reason
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         rv = app(args=argv, standalone_mode=False)
     except SystemExit:
