@@ -4,36 +4,41 @@ Inputs: ``tileset``, slice's artifact (or image files, sliced here with 16-px ti
 and, optionally, ``training_tiles``, crop's artifact (:class:`tilesets.artifacts.TrainingTiles`)
 or training image files cut on the tile grid.  Steps of :func:`dedupe`, in order:
 
-1. **Flat tiles** (one colour covers at least ``flat_fraction`` of the pixels) are kept at most
-   once per dominant colour: the cleanest one (fewest colours, fewest stray pixels).  Flat tiles
-   are never treated as copies of training tiles (every game has a plain sky), and their
-   perceptual hash is meaningless (a flat image's DCT is pure rounding noise).
-2. **Training copies**: a tile whose perceptual hash, in any of its four orientations, lies
-   within ``train_distance`` bits of a training tile's is dropped.  Greyscale hashes cannot see
-   colour, so each hash match is paired with an exact colour-aware check: a tile whose pixels
-   equal a training tile's (in some orientation) is reported as ``training_exact``; a hash match
-   in other colours is still a structural copy (``training``) and says ``same_colours: false``.
-3. **Near-duplicates** among the remaining tiles: two tiles are near-duplicates when their hashes
-   are within ``dup_distance`` bits (in some orientation when flips are on) *and* they differ
-   in at most ``dup_fraction`` of their pixels (the colour-aware key: palette swaps are kept).
+1. **Copy calls**: every tile is judged against the distinct training tiles by
+   :func:`tilesets.copies.judge_copies` (pixel by pixel in colour, after flips when the tile set
+   has them and shifts of up to ``copy_shift`` pixels): ``exact``, ``near``, ``palette_swap``,
+   ``shifted`` or ``not_copy``, with the training tile, the differing pixels and the alignment.
+2. **Flat tiles** (one colour covers at least ``flat_fraction`` of the pixels) are kept at most
+   once per dominant colour: the cleanest one (fewest colours, fewest stray pixels).
+3. **Training copies**: a tile called a copy is dropped (a palette swap too, unless
+   ``keep_palette_swaps``; nothing with ``drop_copies`` off).  *Plain* tiles (flat, or too little
+   structure for the judge to compare them other than pixel for pixel) are never dropped as
+   copies: a designer needs the plain sky even when a training screen has the same one; they are
+   kept with novelty ``common``.
+4. **Near-duplicates** among the remaining tiles: two tiles are near-duplicates when their
+   perceptual hashes are within ``dup_distance`` bits (in some orientation when flips are on)
+   *and* they differ in at most ``dup_fraction`` of their pixels (palette swaps are kept).
    Clusters are formed greedily from the cleanest tile (fewest colours, fewest isolated pixels,
    then best score); the cleanest is kept and the others point to it.
-4. The kept tiles are ordered by :func:`tilesets.quality.quality` (best first) and every map
+5. The kept tiles are ordered by :func:`tilesets.quality.quality` (best first) and every map
    cell is remapped: a dropped tile's cells go to the tile that replaced it (duplicate or flat)
    or to the nearest kept tile by hash (training copy), with flip bits composed so the cell still
    shows the right orientation.
 
 Artifacts: the kept :class:`tilesets.artifacts.TileSet` (``bank.npy`` ordered, ``maps.npz``
-remapped, ``tileset.json``), ``tiles.json`` (:class:`KeptTile` records), ``dropped.json``
-(:class:`Dropped` records), ``evidence.png``.
+remapped, ``tileset.json``), ``tiles.json`` (:class:`KeptTile` records: novelty and the nearest
+training tile), ``dropped.json`` (:class:`Dropped` records: a copy's kind, differing pixels,
+colour distance, flip, shift and training tile), ``evidence.png`` (every copy call: generated |
+aligned training tile | differing pixels).
 """
 from __future__ import annotations
 
 import enum
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -42,7 +47,9 @@ from stages._common import (InputError, ParamError, ProgressFn, Skipped, StageEr
                             save_npy, save_npz, save_png, write_json)
 from tilesets.artifacts import ArtifactError, TileSet, TrainingTiles, grid_cut
 from tilesets.bank import ImageSlicer
-from tilesets.cells import ID_MASK, ORIENTATIONS, decode_cells, encode_cells, flip_tile, flip_variants
+from tilesets.cells import ID_MASK, decode_cells, encode_cells, flip_variants
+from tilesets.copies import CopyCall, CopyKind, CopyRules, TrainingIndex, judge_copies
+from tilesets.copies import evidence_sheet as copy_evidence_sheet
 from tilesets.hashindex import HashIndex, popcount64
 from tilesets.phash import HASHES, hash_tiles
 from tilesets.pixels import pack_colours
@@ -63,11 +70,21 @@ IMAGE_TILE_SIZE = 16
 class Params(StageParams):
     STAGE = "dedupe"
 
-    hash: str = param("phash", help="perceptual hash: phash, dhash or ahash (imagehash-identical)",
+    drop_copies: bool = param(True, help="drop the tiles called copies of a training tile (off: "
+                                         "keep them, only report the calls)")
+    keep_palette_swaps: bool = param(False, help="keep a tile that is a training tile's pattern "
+                                                 "in other colours (flagged novelty: copy)")
+    copy_tolerance: float = param(3.0, help="two pixels differ when their colours are more than "
+                                            "this ΔE76 apart (one just-noticeable step: 2.3)",
+                                  min=0.0, max=100.0)
+    copy_fraction: float = param(0.025, help="a near or shifted copy differs from its training "
+                                             "tile in at most this share of the pixels",
+                                 min=0.0, max=0.49)
+    copy_shift: int = param(2, help="look for copies shifted by up to this many pixels",
+                            min=0, max=4)
+    hash: str = param("phash", help="perceptual hash finding near-duplicate generated tiles: "
+                                    "phash, dhash or ahash (imagehash-identical)",
                       choices=tuple(sorted(HASHES)))
-    train_distance: int = param(6, help="drop a tile whose hash is within this many bits of a "
-                                        "training tile's (-1: never drop, only report novelty)",
-                                min=-1, max=64)
     dup_distance: int = param(10, help="merge tiles whose hashes are within this many bits of "
                                       "each other (-1: no merging)", min=-1, max=64)
     dup_fraction: float = param(0.1, help="near-duplicates may differ in at most this share of "
@@ -80,7 +97,10 @@ class Params(StageParams):
     w_structure: float = param(1.0, help="quality score weight of structure (edge density)")
     w_colours: float = param(0.5, help="quality score penalty weight of colours beyond 4")
     w_isolated: float = param(1.0, help="quality score penalty weight of isolated pixels")
-    evidence_max: int = param(200, help="at most this many rows in evidence.png", min=0)
+    evidence_max: int = param(2000, help="at most this many copy calls in evidence.png "
+                                         "(dropped.json lists them all; 0: no limit)", min=0)
+    evidence_near: int = param(24, help="also show this many kept tiles closest to a training "
+                                        "tile in evidence.png (the calls not made)", min=0)
     workers: int = param(2, help="threads for hashing and hash searches", min=1)
 
     def check(self) -> None:
@@ -88,6 +108,17 @@ class Params(StageParams):
         if not self.flat_fraction > 0.5:  # the dominant colour is read at the sorted middle
             raise ParamError(f"dedupe: flat_fraction must be in (0.5, 1], got {self.flat_fraction}",
                              field="flat_fraction")
+
+    def rules(self) -> CopyRules:
+        """The copy judge's thresholds (the others: :class:`tilesets.copies.CopyRules`')."""
+        return CopyRules(pixel_tolerance=self.copy_tolerance, near_fraction=self.copy_fraction,
+                         max_shift=self.copy_shift)
+
+    def drops(self, kind: CopyKind) -> bool:
+        """Whether a (non-plain) tile called ``kind`` is dropped."""
+        if not self.drop_copies or kind == CopyKind.NOT_COPY:
+            return False
+        return not (kind == CopyKind.PALETTE_SWAP and self.keep_palette_swaps)
 
 
 # --------------------------------------------------------------------------- records
@@ -103,10 +134,18 @@ class Status(enum.IntEnum):
 class Reason(str, enum.Enum):
     """Why a tile was dropped (``reason`` in dropped.json)."""
 
-    TRAINING = "training"
-    TRAINING_EXACT = "training_exact"
+    TRAINING = "training"      # a copy of a training tile; ``kind`` says which
     DUPLICATE = "duplicate"
     FLAT = "flat"
+
+
+class Novelty(str, enum.Enum):
+    """A kept tile's relation to the training tiles (``novelty`` in tiles.json)."""
+
+    NEW = "new"            # no training tile shares its colour pattern or a 4x4 block of it
+    RELATED = "related"    # a training tile shares a block or the pattern, but it is no copy
+    COPY = "copy"          # called a copy but kept (keep_palette_swaps, or drop_copies off)
+    COMMON = "common"      # a plain fill tile (flat or near-flat): kept whatever training holds
 
 
 @dataclass(frozen=True)
@@ -119,24 +158,39 @@ class TrainingRef:
     y: int
     row: int
 
+    def label(self) -> str:
+        """One short line for the evidence sheet: the source's file name (else the screen id)
+        and the position."""
+        name = str(self.source or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        name = name if len(name) <= 32 else "..." + name[-29:]
+        return f"{name or f'screen {self.screen}'} at {self.x},{self.y}"
+
+
+def _call_json(call: CopyCall) -> dict:
+    """The judge's numbers of a call, as dropped.json and tiles.json write them."""
+    return {"kind": call.kind.value, "pixels_differing": call.pixels_differing,
+            "compared": call.compared, "colour_distance": round(call.colour_distance, 2),
+            "flip": call.flip, "shift": list(call.shift)}
+
 
 @dataclass
 class Dropped:
     """One dropped tile (a dropped.json record).
 
     ``flip`` is an orientation (index into :data:`tilesets.cells.ORIENTATIONS`): the dropped
-    tile looks like its partner (training tile or kept duplicate) flipped that way.
-    ``training_tile`` indexes :attr:`DistinctTraining.tiles`; it is not written.
+    tile looks like its partner (training tile or kept duplicate) flipped that way.  A training
+    copy carries the judge's ``call`` (written as ``kind``, ``pixels_differing``, ``compared``,
+    ``colour_distance``, ``flip``, ``shift``) and the ``training`` tile's origin; a duplicate its
+    hash ``distance``.
     """
 
     tile: int
     reason: Reason
     source_image: Optional[str] = None
+    call: Optional[CopyCall] = None
+    training: Optional[TrainingRef] = None
     distance: Optional[int] = None
     flip: Optional[int] = None
-    same_colours: Optional[bool] = None
-    training: Optional[TrainingRef] = None
-    training_tile: Optional[int] = None
     colour: Optional[int] = None
     duplicate_of_bank: Optional[int] = None
     duplicate_of: Optional[int] = None
@@ -145,8 +199,9 @@ class Dropped:
     def to_json(self) -> dict:
         out: dict[str, Any] = {"tile": self.tile, "source_image": self.source_image,
                                "reason": self.reason.value, "replaced_by": self.replaced_by}
-        for name in ("distance", "flip", "same_colours", "colour", "duplicate_of_bank",
-                     "duplicate_of"):
+        if self.call is not None:
+            out.update(_call_json(self.call))
+        for name in ("distance", "flip", "colour", "duplicate_of_bank", "duplicate_of"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.training is not None:
@@ -157,15 +212,15 @@ class Dropped:
 @dataclass
 class KeptTile:
     """One kept tile (a tiles.json record); ``id`` is its place in the kept bank, ``bank_id``
-    in the input bank.  ``novelty`` is the hash distance to the nearest training tile, None
-    when not measured (no training tiles, or a flat tile: its hash is rounding noise);
-    ``nearest_distance`` is that distance even for flat tiles."""
+    in the input bank.  ``novelty`` is a :class:`Novelty` (None without training tiles);
+    ``nearest_training`` the training tile the judge compared it with (its call in ``call``),
+    None when no training tile shares a block or the pattern with it."""
 
     id: int
     bank_id: int
-    novelty: Optional[int]
+    novelty: Optional[Novelty]
     nearest_training: Optional[TrainingRef]
-    nearest_distance: Optional[int]
+    call: Optional[CopyCall]
     origin: Optional[tuple]
     colours: int
     isolated: int
@@ -176,25 +231,15 @@ class KeptTile:
 
     def to_json(self) -> dict:
         near = None
-        if self.nearest_training is not None:
-            r = self.nearest_training
-            near = {"screen": r.screen, "source": r.source, "x": r.x, "y": r.y,
-                    "distance": self.nearest_distance}
-        return {"id": self.id, "bank_id": self.bank_id, "novelty": self.novelty,
+        if self.nearest_training is not None and self.call is not None:
+            near = dict(asdict(self.nearest_training), **_call_json(self.call))
+        return {"id": self.id, "bank_id": self.bank_id,
+                "novelty": self.novelty.value if self.novelty is not None else None,
                 "nearest_training": near,
                 "source_image": self.origin[0] if self.origin else None,
                 "origin": list(self.origin) if self.origin else None,
                 "colours": self.colours, "isolated": self.isolated, "flat": self.flat,
                 "score": self.score, "uses": self.uses, "hash": self.hash}
-
-
-@dataclass
-class EvidenceRow:
-    """A training copy beside its training twin (shown in the generated tile's orientation)."""
-
-    generated: np.ndarray
-    training: np.ndarray
-    label: str
 
 
 @dataclass
@@ -223,35 +268,60 @@ class DistinctTraining:
 
 
 @dataclass
+class Evidence:
+    """The rows of evidence.png: copy calls (dropped or kept) first, then the kept tiles closest
+    to a training tile; ``labels`` say what was decided and where the training tile is from."""
+
+    calls: list[CopyCall]
+    labels: list[str]
+    bank: np.ndarray                   # (K, T, T, 4) the input bank (calls index it)
+    training: np.ndarray               # (U, T, T, 3) the distinct training tiles
+    max_rows: Optional[int] = None
+
+    def sheet(self, *, scale: int = 3) -> np.ndarray:
+        """evidence.png: generated | aligned training | differing pixels, per row (H, W, 3)."""
+        return copy_evidence_sheet(self.calls, self.bank, self.training, scale=scale,
+                                   labels=self.labels, max_rows=self.max_rows)
+
+
+@dataclass
 class DedupeResult:
     """Output of :func:`dedupe`: the kept tile set and the record of every decision."""
 
     tileset: TileSet
     kept: list[KeptTile]
     dropped: list[Dropped]
-    evidence: list[EvidenceRow]
+    evidence: Evidence
     hash: str
     tiles_in: int
     training_tiles: int = 0
     training_distinct: int = 0
-    #: novelty of the kept non-flat tiles (empty without training tiles)
-    novelty: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: the judge's call on every input tile (empty without training tiles)
+    calls: list[CopyCall] = field(default_factory=list)
 
     def count(self, reason: Reason) -> int:
         return sum(1 for d in self.dropped if d.reason == reason)
 
+    def copies_dropped(self) -> dict[str, int]:
+        """Dropped training copies by kind, every copy kind listed."""
+        n = Counter(d.call.kind.value for d in self.dropped if d.call is not None)
+        return {k.value: n.get(k.value, 0) for k in CopyKind if k != CopyKind.NOT_COPY}
+
+    def novelty_counts(self) -> dict[str, int]:
+        """Kept tiles per novelty class (empty without training tiles)."""
+        n = Counter(k.novelty.value for k in self.kept if k.novelty is not None)
+        return {v.value: n.get(v.value, 0) for v in Novelty} if n else {}
+
     def summary(self) -> dict:
-        nov = self.novelty
         return {
             "hash": self.hash, "tiles_in": self.tiles_in, "kept": len(self.kept),
             "dropped_training": self.count(Reason.TRAINING),
-            "dropped_training_exact": self.count(Reason.TRAINING_EXACT),
+            "dropped_copies": self.copies_dropped(),
             "dropped_duplicate": self.count(Reason.DUPLICATE),
             "dropped_flat": self.count(Reason.FLAT),
             "training_tiles": self.training_tiles, "training_distinct": self.training_distinct,
-            "novelty_min": int(nov.min()) if len(nov) else None,
-            "novelty_median": float(np.median(nov)) if len(nov) else None,
-            "evidence_rows": len(self.evidence)}
+            "novelty": self.novelty_counts(),
+            "evidence_rows": len(self.evidence.calls)}
 
 
 # --------------------------------------------------------------------------- core
@@ -266,7 +336,8 @@ class _Decisions:
 
     @classmethod
     def empty(cls, k: int) -> "_Decisions":
-        return cls(np.full(k, Status.KEPT, np.int8), np.full(k, -1, np.int64), np.zeros(k, np.uint8))
+        return cls(np.full(k, Status.KEPT, np.int8), np.full(k, -1, np.int64),
+                   np.zeros(k, np.uint8))
 
     def drop(self, i: int, record: Dropped, status: Status, replacement: int = -1,
              orientation: int = 0) -> None:
@@ -274,16 +345,6 @@ class _Decisions:
         self.replaced[i] = replacement
         self.orientation[i] = orientation
         self.records[i] = record
-
-
-@dataclass
-class _Nearest:
-    """Each generated tile's nearest training tile by hash, over its four orientations."""
-
-    novelty: np.ndarray        # (K,) int64 Hamming distance, -1 without training tiles
-    uid: np.ndarray            # (K,) int64 index into DistinctTraining.tiles, -1 without
-    orientation: np.ndarray    # (K,) uint8 orientation of the generated tile that matched
-    index: Optional[HashIndex] = None
 
 
 def dedupe(tileset: TileSet, training: Optional[TrainingTiles], params: Params, *,
@@ -312,20 +373,20 @@ def dedupe(tileset: TileSet, training: Optional[TrainingTiles], params: Params, 
     tiles, k = tileset.bank, len(tileset)
     distinct = distinct_training(training, tileset.tile_size) if training is not None else None
     progress("dedupe", 1, 5)
+    calls = judge_bank(tiles, distinct, flips=tileset.flips, rules=params.rules())
     stats = tile_stats(tiles)
     score = quality(tiles, w_structure=params.w_structure, w_colours=params.w_colours,
                     w_isolated=params.w_isolated, stats=stats)
     clean = cleanliness_key(stats)
     hashes = orientation_hashes(tiles, params.hash, params.workers)       # (K, 4)
     is_flat = stats.dominant >= params.flat_fraction
+    plain = is_flat | np.array([c.low_structure for c in calls], bool) if calls else is_flat
+    progress("dedupe", 2, 5)
     decisions = _Decisions.empty(k)
     _drop_flat_repeats(tiles, is_flat, score, clean, decisions)
-    candidates = np.flatnonzero(~is_flat)
-    nearest = _nearest_training(hashes, distinct, params)
-    if distinct is not None and params.train_distance >= 0:
-        _drop_training_copies(tiles, hashes, candidates, distinct, nearest, params, decisions)
-    progress("dedupe", 2, 5)
-    alive = candidates[decisions.status[candidates] == Status.KEPT]
+    if distinct is not None:
+        _drop_training_copies(calls, plain, distinct, params, decisions)
+    alive = np.flatnonzero(~is_flat & (decisions.status == Status.KEPT))
     _merge_near_duplicates(tiles, hashes, alive, score, clean, tileset.flips, params, decisions)
     progress("dedupe", 3, 5)
     kept = _kept_in_order(decisions, score, params)
@@ -337,16 +398,15 @@ def dedupe(tileset: TileSet, training: Optional[TrainingTiles], params: Params, 
                   palette=tileset.palette, palette_name=tileset.palette_name)
     progress("dedupe", 4, 5)
     dropped = _dropped_records(tileset, new_id, decisions)
+    kept_records = _kept_records(tileset, out, kept, stats, score, is_flat, plain, hashes, calls,
+                                 distinct)
     return DedupeResult(
-        tileset=out,
-        kept=_kept_records(tileset, out, kept, stats, score, is_flat, hashes, nearest, distinct),
-        dropped=dropped,
-        evidence=_evidence_rows(tiles, dropped, distinct, params.evidence_max),
+        tileset=out, kept=kept_records, dropped=dropped,
+        evidence=_evidence(tiles, dropped, kept_records, distinct, params),
         hash=params.hash, tiles_in=k,
         training_tiles=distinct.total if distinct is not None else 0,
         training_distinct=len(distinct.tiles) if distinct is not None else 0,
-        novelty=(nearest.novelty[kept[~is_flat[kept]]] if distinct is not None
-                 else np.zeros(0, np.int64)))
+        calls=calls)
 
 
 def distinct_training(training: TrainingTiles, tile_size: int) -> Optional[DistinctTraining]:
@@ -367,6 +427,19 @@ def distinct_training(training: TrainingTiles, tile_size: int) -> Optional[Disti
     return DistinctTraining(np.ascontiguousarray(tiles[first]), first, split)
 
 
+def judge_bank(tiles: np.ndarray, distinct: Optional[DistinctTraining], *, flips: bool,
+               rules: CopyRules) -> list[CopyCall]:
+    """Step 1: the copy judge's call on every tile (``[]`` without training tiles).
+
+    The :class:`tilesets.copies.TrainingIndex` is built once over the distinct training tiles;
+    a call's ``training`` indexes ``distinct.tiles``.
+    """
+    if distinct is None:
+        return []
+    index = TrainingIndex(distinct.tiles, flips=flips)
+    return judge_copies(tiles, flips=flips, index=index, rules=rules)
+
+
 def orientation_hashes(tiles: np.ndarray, method: str, workers: int) -> np.ndarray:
     """Perceptual hashes of the four orientations of every tile: (K, 4) uint64, column =
     orientation (alpha ignored)."""
@@ -377,7 +450,7 @@ def orientation_hashes(tiles: np.ndarray, method: str, workers: int) -> np.ndarr
 
 def _drop_flat_repeats(tiles: np.ndarray, is_flat: np.ndarray, score: np.ndarray,
                        clean: np.ndarray, decisions: _Decisions) -> None:
-    """Step 1: keep the cleanest flat tile of each dominant colour, drop the others."""
+    """Step 2: keep the cleanest flat tile of each dominant colour, drop the others."""
     if not is_flat.any():
         return
     k = len(tiles)
@@ -392,72 +465,21 @@ def _drop_flat_repeats(tiles: np.ndarray, is_flat: np.ndarray, score: np.ndarray
                                           duplicate_of_bank=int(best)), Status.FLAT, int(best))
 
 
-def _nearest_training(hashes: np.ndarray, distinct: Optional[DistinctTraining],
-                      params: Params) -> _Nearest:
-    """Novelty: the Hamming distance from each tile to its nearest training tile."""
-    k = len(hashes)
-    if distinct is None:
-        return _Nearest(np.full(k, -1, np.int64), np.full(k, -1, np.int64), np.zeros(k, np.uint8))
-    index = HashIndex(hash_tiles(distinct.tiles, params.hash, workers=params.workers),
-                      workers=params.workers)
-    ids, dists = index.nearest(hashes.ravel())
-    ids, dists = ids.reshape(k, 4), dists.reshape(k, 4)
-    o = dists.argmin(axis=1)
-    rows = np.arange(k)
-    return _Nearest(dists[rows, o], ids[rows, o], o.astype(np.uint8), index)
-
-
-def _exact_copies(tiles: np.ndarray, hashes: np.ndarray, look: np.ndarray,
-                  distinct: DistinctTraining, index: HashIndex) -> tuple[np.ndarray, np.ndarray]:
-    """For the tiles ``look`` (hash distance 0 to the training set): the training tile whose
-    pixels equal the tile in some orientation, and that orientation; -1 where none does."""
-    k = len(tiles)
-    exact = np.full(k, -1, np.int64)
-    orientation = np.zeros(k, np.uint8)
-    if not len(look):
-        return exact, orientation
-    lims, mids, _ = index.radius_search(hashes[look].ravel(), 0)   # equal pixels => equal hashes
-    qrow = np.repeat(np.arange(len(look) * 4), np.diff(lims))
-    ti, oc = look[qrow // 4], (qrow % 4).astype(np.uint8)
-    var = flip_variants(_rgb(tiles))
-    eq = np.zeros(len(mids), bool)
-    for s in range(0, len(mids), 8192):
-        part = slice(s, s + 8192)
-        eq[part] = (distinct.tiles[mids[part]] == var[ti[part], oc[part]]).all(axis=(1, 2, 3))
-    hit = np.flatnonzero(eq)[::-1]                             # reversed: first hit wins below
-    exact[ti[hit]] = mids[hit]
-    orientation[ti[hit]] = oc[hit]
-    return exact, orientation
-
-
-def _drop_training_copies(tiles: np.ndarray, hashes: np.ndarray, candidates: np.ndarray,
-                          distinct: DistinctTraining, nearest: _Nearest, params: Params,
-                          decisions: _Decisions) -> None:
-    """Step 2: drop tiles within ``train_distance`` of a training tile, or equal to one."""
-    look = candidates[nearest.novelty[candidates] == 0]
-    exact, exact_orientation = _exact_copies(tiles, hashes, look, distinct, nearest.index)
-    hits = candidates[(nearest.novelty[candidates] <= params.train_distance)
-                      | (exact[candidates] >= 0)]
-    hit_uid = np.where(exact[hits] >= 0, exact[hits], nearest.uid[hits])
-    gen_sig = dict(zip(hits.tolist(), _colour_set_signature(_rgb(tiles[hits])).tolist()))
-    uniq_uid = np.unique(hit_uid)
-    train_sig = dict(zip(uniq_uid.tolist(),
-                         _colour_set_signature(distinct.tiles[uniq_uid]).tolist()))
-    for i in hits.tolist():
-        is_exact = exact[i] >= 0
-        uid = int(exact[i] if is_exact else nearest.uid[i])
-        o = int(exact_orientation[i] if is_exact else nearest.orientation[i])
-        decisions.drop(i, Dropped(
-            i, Reason.TRAINING_EXACT if is_exact else Reason.TRAINING,
-            distance=0 if is_exact else int(nearest.novelty[i]), flip=o,
-            same_colours=bool(gen_sig[i] == train_sig[uid]), training=distinct.ref(uid),
-            training_tile=uid), Status.TRAINING)
+def _drop_training_copies(calls: list[CopyCall], plain: np.ndarray, distinct: DistinctTraining,
+                          params: Params, decisions: _Decisions) -> None:
+    """Step 3: drop the tiles still kept that the judge calls copies (plain tiles never)."""
+    for call in calls:
+        i = call.generated
+        if decisions.status[i] != Status.KEPT or plain[i] or not params.drops(call.kind):
+            continue
+        record = Dropped(i, Reason.TRAINING, call=call, training=distinct.ref(call.training))
+        decisions.drop(i, record, Status.TRAINING)
 
 
 def _merge_near_duplicates(tiles: np.ndarray, hashes: np.ndarray, alive: np.ndarray,
                            score: np.ndarray, clean: np.ndarray, flips: bool, params: Params,
                            decisions: _Decisions) -> None:
-    """Step 3: cluster near-duplicates among ``alive`` from the cleanest tile down."""
+    """Step 4: cluster near-duplicates among ``alive`` from the cleanest tile down."""
     if params.dup_distance < 0 or len(alive) < 2:
         return
     nbrs = _near_duplicate_pairs(tiles, hashes, alive, flips, params)
@@ -507,15 +529,18 @@ def _near_duplicate_pairs(tiles: np.ndarray, hashes: np.ndarray, alive: np.ndarr
 
 
 def _kept_in_order(decisions: _Decisions, score: np.ndarray, params: Params) -> np.ndarray:
-    """Step 4a: the kept bank ids, best score first (ties: lower id)."""
+    """Step 5a: the kept bank ids, best score first (ties: lower id)."""
     status = decisions.status
     kept = np.flatnonzero(status == Status.KEPT)
     if len(kept) == 0:
-        n_train = int((status == Status.TRAINING).sum())
+        kinds = Counter(r.call.kind.value for r in decisions.records.values()
+                        if r.call is not None)
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        swaps = (" or --keep-palette-swaps" if kinds.get(CopyKind.PALETTE_SWAP.value) else "")
         raise StageError(
-            f"dedupe: every one of the {len(status)} tiles was dropped ({n_train} as training "
-            f"copies within train_distance={params.train_distance}); loosen train_distance (e.g. "
-            f"--train-distance {max(params.train_distance - 2, -1)}) or train longer")
+            f"dedupe: every one of the {len(status)} tiles was dropped, "
+            f"{sum(kinds.values())} as copies of training tiles ({detail}); keep them with "
+            f"--no-drop-copies (the calls are still reported){swaps}, or train longer")
     if params.max_tiles and len(kept) > params.max_tiles:
         raise ParamError(
             f"dedupe: {len(kept)} tiles kept, more than max_tiles={params.max_tiles}; raise "
@@ -525,7 +550,7 @@ def _kept_in_order(decisions: _Decisions, score: np.ndarray, params: Params) -> 
 
 def _replace_training_copies(hashes: np.ndarray, kept: np.ndarray, flips: bool,
                              decisions: _Decisions) -> None:
-    """Step 4b: a training copy's cells go to the nearest kept tile by hash over orientations
+    """Step 5b: a training copy's cells go to the nearest kept tile by hash over orientations
     (ties: the better-ranked tile)."""
     dropped = np.flatnonzero(decisions.status == Status.TRAINING)
     if not len(dropped):
@@ -542,7 +567,7 @@ def _replace_training_copies(hashes: np.ndarray, kept: np.ndarray, flips: bool,
 
 
 def _remap(tileset: TileSet, new_id: np.ndarray, decisions: _Decisions) -> dict[str, np.ndarray]:
-    """Step 4c: every map's cells, pointing at kept ids with composed flips."""
+    """Step 5c: every map's cells, pointing at kept ids with composed flips."""
     k = len(tileset)
     final_id = new_id.copy()
     final_orientation = np.zeros(k, np.uint8)
@@ -573,21 +598,30 @@ def _dropped_records(tileset: TileSet, new_id: np.ndarray,
     return out
 
 
+def _novelty(i: int, calls: list[CopyCall], plain: np.ndarray) -> Novelty:
+    """A kept tile's :class:`Novelty` from its call (training tiles given)."""
+    if plain[i]:
+        return Novelty.COMMON
+    call = calls[i]
+    if call.is_copy:
+        return Novelty.COPY
+    return Novelty.RELATED if call.training >= 0 else Novelty.NEW
+
+
 def _kept_records(tileset: TileSet, out: TileSet, kept: np.ndarray, stats: TileStats,
-                  score: np.ndarray,
-                  is_flat: np.ndarray, hashes: np.ndarray, nearest: _Nearest,
-                  distinct: Optional[DistinctTraining]) -> list[KeptTile]:
+                  score: np.ndarray, is_flat: np.ndarray, plain: np.ndarray, hashes: np.ndarray,
+                  calls: list[CopyCall], distinct: Optional[DistinctTraining]) -> list[KeptTile]:
     """tiles.json: one record per kept tile, in kept order."""
     uses = out.uses()
     records = []
     for rank, i in enumerate(kept.tolist()):
-        found = distinct is not None and nearest.uid[i] >= 0
+        call = calls[i] if calls else None
+        found = distinct is not None and call is not None and call.training >= 0
         records.append(KeptTile(
             id=rank, bank_id=i,
-            # a flat tile's hash is rounding noise: its distance says nothing, so no novelty
-            novelty=int(nearest.novelty[i]) if distinct is not None and not is_flat[i] else None,
-            nearest_training=distinct.ref(int(nearest.uid[i])) if found else None,
-            nearest_distance=int(nearest.novelty[i]) if found else None,
+            novelty=_novelty(i, calls, plain) if distinct is not None else None,
+            nearest_training=distinct.ref(call.training) if found else None,
+            call=call if found else None,
             origin=tileset.origins[i],
             colours=int(stats.colours[i]), isolated=int(stats.isolated[i]),
             flat=bool(is_flat[i]), score=round(float(score[i]), 6), uses=int(uses[rank]),
@@ -595,80 +629,34 @@ def _kept_records(tileset: TileSet, out: TileSet, kept: np.ndarray, stats: TileS
     return records
 
 
-def _evidence_rows(tiles: np.ndarray, dropped: list[Dropped],
-                   distinct: Optional[DistinctTraining], limit: int) -> list[EvidenceRow]:
-    """Training copies, closest first (exact copies on top), at most ``limit``."""
-    copies = sorted((d for d in dropped if d.training_tile is not None),
-                    key=lambda d: (d.distance, d.tile))
-    rows = []
-    for d in copies[:limit]:
-        ref = d.training
-        label = (f"bank {d.tile}: {d.reason.value}\nHamming distance {d.distance}\n"
-                 f"screen {ref.screen} at {ref.x},{ref.y}\n{str(ref.source or '')[-36:]}")
-        twin = flip_tile(distinct.tiles[d.training_tile], ORIENTATIONS[d.flip])  # as generated
-        rows.append(EvidenceRow(tiles[d.tile], twin, label))
-    return rows
+def _evidence(tiles: np.ndarray, dropped: list[Dropped], kept: list[KeptTile],
+              distinct: Optional[DistinctTraining], params: Params) -> Evidence:
+    """evidence.png's rows: every copy call (dropped, then kept ones: plain tiles equal to a
+    training tile, kept palette swaps), strongest kind and fewest differing pixels first; then
+    the ``evidence_near`` kept non-copies closest to a training tile."""
+    empty = np.zeros((0,) + tiles.shape[1:3] + (3,), np.uint8)
+    if distinct is None:
+        return Evidence([], [], tiles, empty)
+    rank = {k: r for r, k in enumerate(CopyKind)}
+
+    def order(c: CopyCall) -> tuple:
+        return rank[c.kind], c.pixels_differing, c.colour_distance, c.generated
+
+    rows = sorted(((d.call, f"dropped; {d.training.label()}") for d in dropped
+                   if d.call is not None), key=lambda r: order(r[0]))
+    kept_copies = [(k.call, f"kept ({k.novelty.value}); {k.nearest_training.label()}")
+                   for k in kept if k.call is not None and k.call.is_copy]
+    rows += sorted(kept_copies, key=lambda r: order(r[0]))
+    near = sorted(((k.call, f"kept ({k.novelty.value}); {k.nearest_training.label()}")
+                   for k in kept if k.call is not None and not k.call.is_copy),
+                  key=lambda r: (r[0].pixels_differing / max(r[0].compared, 1), order(r[0])))
+    rows += near[:params.evidence_near]
+    return Evidence([c for c, _ in rows], [lab for _, lab in rows], tiles, distinct.tiles,
+                    max_rows=params.evidence_max or None)
 
 
 def _rgb(tiles: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(tiles[..., :3])
-
-
-def _colour_set_signature(tiles: np.ndarray) -> np.ndarray:
-    """Order-free 64-bit signature of each tile's set of RGB colours, (N,) uint64."""
-    n = len(tiles)
-    out = np.zeros(n, np.uint64)
-    for s in range(0, n, 4096):                       # bounded memory for big training sets
-        packed = pack_colours(tiles[s:s + 4096].reshape(-1, tiles[0].size // 3, 3))
-        srt = np.sort(packed.astype(np.uint64), axis=1)
-        distinct = np.ones(srt.shape, bool)
-        distinct[:, 1:] = srt[:, 1:] != srt[:, :-1]
-        with np.errstate(over="ignore"):
-            mixed = (srt + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
-            mixed ^= mixed >> np.uint64(31)
-            mixed *= np.uint64(0x94D049BB133111EB)
-        out[s:s + 4096] = np.where(distinct, mixed, np.uint64(0)).sum(axis=1, dtype=np.uint64)
-    return out
-
-
-def evidence_sheet(rows: list[EvidenceRow], t: int) -> np.ndarray:
-    """The rows as one RGB image (tiles scaled x4, generated | training | label)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    s = t * 4
-    pad = 4
-    text_w = 260
-    if not rows:
-        im = Image.new("RGB", (360, 40), (32, 32, 32))
-        ImageDraw.Draw(im).text((8, 14), "no tile was dropped as a training copy",
-                                fill=(230, 230, 230))
-        return np.asarray(im)
-    width = pad + s + pad + s + pad + text_w
-    height = pad + (len(rows) + 1) * (s + pad)
-    im = Image.new("RGB", (width, height), (32, 32, 32))
-    draw = ImageDraw.Draw(im)
-    try:                                            # Pillow's small bitmap font: fast to draw
-        draw.font = ImageFont.load_default_imagefont()
-    except AttributeError:                          # Pillow < 10.1
-        pass
-    draw.text((pad, pad + s // 2 - 5), "generated", fill=(230, 230, 230))
-    draw.text((2 * pad + s, pad + s // 2 - 5), "training", fill=(230, 230, 230))
-    for r, row in enumerate(rows, start=1):
-        y = pad + r * (s + pad)
-        g = row.generated.copy()
-        # show transparency as a dark checker so it differs from black
-        if g.shape[-1] == 4:
-            chk = ((np.add.outer(np.arange(t), np.arange(t)) % 2) * 40 + 60).astype(np.uint8)
-            alpha = g[..., 3:4] > 0
-            g = np.where(alpha, g[..., :3], chk[..., None].repeat(3, -1))
-        gi = Image.fromarray(np.ascontiguousarray(g[..., :3])).resize((s, s), Image.NEAREST)
-        ti = Image.fromarray(np.ascontiguousarray(row.training[..., :3])).resize((s, s),
-                                                                                 Image.NEAREST)
-        im.paste(gi, (pad, y))
-        im.paste(ti, (2 * pad + s, y))
-        for j, line in enumerate(row.label.split("\n")[:4]):
-            draw.text((3 * pad + 2 * s, y + 2 + 12 * j), line, fill=(230, 230, 230))
-    return np.asarray(im)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -751,12 +739,13 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     result.tileset.save(out_dir, save_npy, save_npz, write_json)
     write_json(out_dir / "tiles.json", [t.to_json() for t in result.kept])
     write_json(out_dir / "dropped.json", [d.to_json() for d in result.dropped])
-    save_png(out_dir / "evidence.png", evidence_sheet(result.evidence, tileset.tile_size))
+    save_png(out_dir / "evidence.png", result.evidence.sheet())
     progress("dedupe", 5, 5)
     items_skipped = [dict(s, input=name) for name, sk in skipped.items() for s in sk.items]
     s = result.summary()
-    log.info("dedupe: %d -> %d tiles (%d training, %d exact, %d duplicate, %d flat)%s",
-             s["tiles_in"], s["kept"], s["dropped_training"], s["dropped_training_exact"],
+    kinds = ", ".join(f"{n} {k}" for k, n in s["dropped_copies"].items() if n)
+    log.info("dedupe: %d -> %d tiles (%d training copies%s, %d duplicate, %d flat)%s",
+             s["tiles_in"], s["kept"], s["dropped_training"], f": {kinds}" if kinds else "",
              s["dropped_duplicate"], s["dropped_flat"],
              f"; {len(items_skipped)} input image(s) skipped" if items_skipped else "")
     return dict(s, skipped=len(items_skipped), skipped_items=items_skipped)

@@ -56,50 +56,145 @@ def _only(records):
 
 
 # --------------------------------------------------------------------------- training copies
+SKY = (92, 148, 252)
+ART = ((20, 20, 30), (200, 60, 40), (240, 220, 120), (40, 120, 200))
+
+
+def _art(seed, colours=ART, width=T):
+    """Pixel art (T, width, 4): 2x2-pixel clusters in far-apart colours (structured, so the
+    judge compares it by near, shifted and swapped copies as well as exact ones)."""
+    rng = np.random.default_rng(seed)
+    pal = np.array(colours, np.uint8)
+    rgb = pal[rng.integers(0, len(pal), (T // 2, width // 2)).repeat(2, 0).repeat(2, 1)]
+    return np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], -1)
+
+
+def _pipe():
+    t = _flat((0, 168, 0))
+    t[:, :2, :3] = (0, 60, 0)
+    t[:, 5:7, :3] = (120, 230, 120)
+    t[:, -2:, :3] = (0, 60, 0)
+    return t
+
+
+def _dropped_copy(r, tile):
+    rec = _only([d for d in r.dropped if d.tile == tile])
+    assert rec.reason == dd.Reason.TRAINING
+    return rec
+
+
 def test_exact_training_copy_is_dropped_with_its_source():
-    a, b = _pattern(1), _pattern(2)
-    r = _dedupe([a, b], {"img": [[0, 1]]}, training=[_pattern(9), a[::-1]])   # a flipped
-    assert len(r.kept) == 1 and r.count(dd.Reason.TRAINING_EXACT) == 1
-    rec = _only(r.dropped)
-    assert rec.tile == 0 and rec.reason == dd.Reason.TRAINING_EXACT and rec.distance == 0
-    assert rec.training.source == "http://x/<a&b>.png"
-    assert (rec.training.x, rec.training.y) == (16, 32)
-    assert rec.flip == 2                                   # a ~ flipV(training twin)
+    a, b = _art(1), _art(2)
+    r = _dedupe([a, b], {"img": [[0, 1]]}, training=[_art(9), a])
+    rec = _only(r.dropped).to_json()
+    assert (rec["tile"], rec["kind"], rec["pixels_differing"], rec["flip"]) == (0, "exact", 0, 0)
+    assert rec["training"] == {"screen": "scr0", "source": "http://x/<a&b>.png", "x": 16,
+                               "y": 32, "row": 1}
+    assert r.summary()["dropped_copies"]["exact"] == 1
 
 
-def test_training_near_copy_is_dropped_within_train_distance():
-    a, b = _pattern(1), _pattern(2)
-    near = a.copy()
-    near[0, 0, :3] = 255 - near[0, 0, :3]                          # one stray pixel
-    r = _dedupe([a, b], {"img": [[0, 1]]}, training=[near], train_distance=10)
-    assert _only(r.dropped).reason == dd.Reason.TRAINING
+def test_flipped_copy_is_exact_with_the_flip():
+    a = _art(1)
+    r = _dedupe([a, _art(2)], {"img": [[0, 1]]}, training=[a[::-1]])
+    rec = _dropped_copy(r, 0)
+    assert rec.call.kind == dd.CopyKind.EXACT and rec.to_json()["flip"] == 2   # a = flipV(twin)
 
 
-def test_train_distance_minus_one_only_reports_novelty():
-    a = _pattern(1)
-    r = _dedupe([a], {"img": [[0]]}, training=[a], train_distance=-1)
-    kept = _only(r.kept)
-    assert kept.novelty == 0 and kept.nearest_training.screen == "scr0"
+def test_flipped_copy_is_no_copy_in_nes_mode():
+    a = _art(1)
+    r = _dedupe([a, _art(2)], {"img": [[0, 1]]}, training=[a[::-1]], flips=False)
+    assert r.dropped == [] and len(r.kept) == 2
+
+
+def test_palette_swap_is_dropped_as_a_palette_swap():
+    a = _art(1)
+    swap = _art(1, colours=((240, 240, 240), (30, 160, 60), (90, 30, 140), (250, 150, 0)))
+    r = _dedupe([swap, _art(2)], {"img": [[0, 1]]}, training=[a])
+    rec = _dropped_copy(r, 0).to_json()
+    assert rec["kind"] == "palette_swap" and rec["colour_distance"] > 20
+
+
+def test_keep_palette_swaps_keeps_and_flags_them():
+    a = _art(1)
+    swap = _art(1, colours=((240, 240, 240), (30, 160, 60), (90, 30, 140), (250, 150, 0)))
+    r = _dedupe([swap], {"img": [[0]]}, training=[a], keep_palette_swaps=True)
+    kept = _only(r.kept).to_json()
+    assert kept["novelty"] == "copy" and kept["nearest_training"]["kind"] == "palette_swap"
+
+
+def test_one_pixel_edit_is_dropped_as_near():
+    a = _art(1)
+    edited = a.copy()
+    edited[5, 9, :3] = (255, 0, 255)
+    r = _dedupe([edited, _art(2)], {"img": [[0, 1]]}, training=[a])
+    rec = _dropped_copy(r, 0).to_json()
+    assert (rec["kind"], rec["pixels_differing"], rec["compared"]) == ("near", 1, T * T)
+
+
+def test_shifted_copy_is_dropped_as_shifted_with_its_offset():
+    wide = _art(1, width=T + 2)
+    r = _dedupe([np.ascontiguousarray(wide[:, 1:T + 1]), _art(2)], {"img": [[0, 1]]},
+                training=[np.ascontiguousarray(wide[:, :T])])
+    rec = _dropped_copy(r, 0).to_json()
+    assert (rec["kind"], rec["shift"], rec["pixels_differing"]) == ("shifted", [1, 0], 0)
+
+
+def test_flat_sky_is_not_a_copy_of_a_pipe_or_a_purple_tile():
+    sky = _flat(SKY)
+    r = _dedupe([sky, _art(2)], {"img": [[0, 1]]}, training=[_pipe(), _flat((120, 40, 160))])
+    assert r.dropped == []
+    by_flat = {k.flat: k.to_json() for k in r.kept}
+    assert by_flat[True]["novelty"] == "common" and by_flat[True]["nearest_training"] is None
+
+
+def test_flat_tile_equal_to_a_training_tile_is_kept_as_common():
+    r = _dedupe([_flat(SKY), _art(2)], {"img": [[0, 1]]}, training=[_flat(SKY)])
+    assert r.dropped == []
+    sky = _only([k.to_json() for k in r.kept if k.flat])
+    assert sky["novelty"] == "common" and sky["nearest_training"]["kind"] == "exact"
+
+
+def test_flat_tile_the_judge_calls_near_is_kept_as_common():
+    speckled = _flat(SKY)
+    for k in range(10):                                          # 96 % sky, 10 scattered dots
+        speckled[1 + k % 5 * 3, 1 + k // 5 * 7 + k % 3, :3] = (0, 0, 0)
+    twin = speckled.copy()
+    twin[14, 14, :3] = (0, 0, 0)                                 # one more dot
+    r = _dedupe([speckled, _art(2)], {"img": [[0, 1]]}, training=[twin])
+    assert r.calls[0].kind == dd.CopyKind.NEAR and r.dropped == []
+    sky = _only([k.to_json() for k in r.kept if k.flat])
+    assert sky["novelty"] == "common" and sky["nearest_training"]["kind"] == "near"
+
+
+def test_many_edited_pixels_are_related_not_a_copy():
+    a = _art(1)
+    edited = a.copy()
+    edited[2:7, 3:9, :3] = (255, 0, 255)                         # 30 pixels repainted
+    r = _dedupe([edited], {"img": [[0]]}, training=[a])
+    kept = _only(r.kept).to_json()
+    assert kept["novelty"] == "related"
+    near = kept["nearest_training"]
+    assert (near["kind"], near["pixels_differing"], near["x"]) == ("not_copy", 30, 0)
+
+
+def test_unrelated_tile_is_new():
+    other = _art(7, colours=((250, 250, 250), (10, 90, 30), (130, 20, 90), (255, 170, 60)))
+    kept = _only(_dedupe([other], {"img": [[0]]}, training=[_art(1)]).kept).to_json()
+    assert kept["novelty"] == "new" and kept["nearest_training"] is None
+
+
+def test_drop_copies_off_keeps_copies_and_reports_them():
+    a = _art(1)
+    r = _dedupe([a], {"img": [[0]]}, training=[a], drop_copies=False)
+    kept = _only(r.kept).to_json()
+    assert kept["novelty"] == "copy" and kept["nearest_training"]["screen"] == "scr0"
+    assert len(r.evidence.calls) == 1
 
 
 def test_without_training_novelty_is_null():
     r = _dedupe([_pattern(1)], {"img": [[0]]})
     assert _only(r.kept).novelty is None and r.summary()["training_tiles"] == 0
-
-
-def test_flat_tiles_get_no_novelty_but_a_nearest_training_tile():
-    r = _dedupe([_flat((1, 2, 3)), _pattern(1)], {"img": [[0, 1]]}, training=[_pattern(9)])
-    by_flat = {k.flat: k for k in r.kept}
-    assert by_flat[True].novelty is None and isinstance(by_flat[False].novelty, int)
-    assert by_flat[True].to_json()["nearest_training"]["distance"] >= 0
-
-
-def test_hash_match_in_other_colours_is_flagged():
-    a = _pattern(1)
-    swap = _pattern(1, colours=((40, 200, 40), (160, 20, 20), (10, 10, 10)))
-    r = _dedupe([a, _flat((9, 9, 9))], {"img": [[0, 1]]}, training=[swap], train_distance=64)
-    rec = _only(r.dropped)
-    assert rec.reason == dd.Reason.TRAINING and rec.same_colours is False
+    assert r.evidence.calls == []
 
 
 def test_8px_tiles_are_matched_against_split_16px_training_tiles():
@@ -109,7 +204,7 @@ def test_8px_tiles_are_matched_against_split_16px_training_tiles():
     other[0, :] = (7, 7, 7, 255)
     r = _dedupe([quarter, other], {"img": [[0, 1]]}, training=[big])
     rec = _only(r.dropped)
-    assert rec.tile == 0 and rec.reason == dd.Reason.TRAINING_EXACT
+    assert rec.tile == 0 and rec.call.kind == dd.CopyKind.EXACT
     assert (rec.training.x, rec.training.y) == (0, 32 + 8)
 
 
@@ -119,10 +214,35 @@ def test_training_tiles_the_tile_size_does_not_divide_are_a_param_error():
                   dd.Params())
 
 
-def test_all_dropped_names_the_threshold():
-    a = _pattern(1)
-    with pytest.raises(StageError, match="train_distance"):
+def test_all_dropped_names_the_option_that_keeps_them():
+    a = _art(1)
+    with pytest.raises(StageError, match=r"1 exact\); keep them with --no-drop-copies"):
         _dedupe([a], {"img": [[0]]}, training=[a])
+
+
+def test_evidence_sheet_has_one_row_per_copy_call():
+    a, b = _art(1), _art(2)
+    edited = b.copy()
+    edited[0, 0, :3] = (255, 0, 255)
+    bank = [a, edited, _flat(SKY), _art(3)]
+    r = _dedupe(bank, {"img": [[0, 1, 2, 3]]}, training=[a, b, _flat(SKY)], evidence_near=0)
+    assert [(c.generated, c.kind.value) for c in r.evidence.calls] == [
+        (0, "exact"), (1, "near"), (2, "exact")]                   # dropped, dropped, kept sky
+    assert r.evidence.labels[2].startswith("kept (common)")
+    im = r.evidence.sheet()
+    assert im.shape[0] == 6 + 16 + 3 * (3 * T + 6)                 # copies.evidence_sheet rows
+    for row, g in enumerate((0, 1, 2)):                             # generated tile at 3x
+        y = 22 + row * (3 * T + 6)
+        assert (im[y:y + 3 * T:3, 6:6 + 3 * T:3] == bank[g][..., :3]).all()
+
+
+def test_evidence_shows_the_closest_kept_tiles_after_the_copies():
+    a = _art(1)
+    edited = a.copy()
+    edited[2:7, 3:9, :3] = (255, 0, 255)
+    r = _dedupe([edited], {"img": [[0]]}, training=[a], evidence_near=5)
+    (call,) = r.evidence.calls
+    assert call.kind == dd.CopyKind.NOT_COPY and r.evidence.labels[0].startswith("kept (related)")
 
 
 # --------------------------------------------------------------------------- flat, duplicates
@@ -197,10 +317,11 @@ def test_kept_records_carry_source_image_colours_and_origin():
 
 
 def test_dropped_records_are_written_without_private_fields():
-    a, b = _pattern(1), _pattern(2)
+    a, b = _art(1), _art(2)
     rec = _only(_dedupe([a, b], {"img": [[0, 1]]}, training=[a]).dropped).to_json()
-    assert set(rec) == {"tile", "source_image", "reason", "distance", "flip", "same_colours",
-                        "training", "replaced_by"}
+    assert set(rec) == {"tile", "source_image", "reason", "kind", "pixels_differing",
+                        "compared", "colour_distance", "flip", "shift", "training",
+                        "replaced_by"}
     assert set(rec["training"]) == {"screen", "source", "x", "y", "row"}
 
 
@@ -209,16 +330,8 @@ def test_max_tiles_over_limit_is_a_clear_error():
         _dedupe([_pattern(1), _pattern(2)], {"img": [[0, 1]]}, max_tiles=1)
 
 
-def test_evidence_sheet_shows_each_training_copy():
-    a, b = _pattern(1), _pattern(2)
-    r = _dedupe([a, b], {"img": [[0, 1]]}, training=[a])
-    im = dd.evidence_sheet(r.evidence, T)
-    assert im.shape[0] >= 2 * 4 * T                                 # header + one row x4
-    row = im[4 + 4 * T + 4:4 + 8 * T + 4, 4:4 + 4 * T]              # generated tile, x4
-    assert np.array_equal(row[::4, ::4], a[..., :3])
-
-
-@pytest.mark.parametrize("field,value", [("hash", "md5"), ("train_distance", 65),
+@pytest.mark.parametrize("field,value", [("hash", "md5"), ("copy_shift", 5),
+                                         ("copy_fraction", 0.5), ("copy_tolerance", -1.0),
                                          ("dup_fraction", 1.5), ("flat_fraction", 0.5),
                                          ("workers", 0)])
 def test_bad_params_are_param_errors(field, value):
@@ -259,7 +372,8 @@ def test_artifact_is_the_kept_tileset_and_its_records(tmp_path):
     assert ts.origins == [("img", 16, 0)]
     assert load("tiles.json")[0]["bank_id"] == 1
     assert load("dropped.json")[0]["training"]["source"] == "http://x/<a&b>.png"
-    assert (out / "evidence.png").is_file() and summary["dropped_training_exact"] == 1
+    assert (out / "evidence.png").is_file() and summary["dropped_copies"]["exact"] == 1
+    assert load("dropped.json")[0]["kind"] == "exact"
 
 
 def test_training_images_given_as_files_are_cut_to_tiles(tmp_path):

@@ -910,10 +910,11 @@ def evidence_sheet(calls: Sequence[CopyCall], generated: np.ndarray, training: n
     t = generated.shape[1]
     s = t * scale
     pad = 6
-    text_w = 330
+    text_w = 400
     shown = list(calls)[:max_rows] if max_rows is not None else list(calls)
     left_out = len(calls) - len(shown)
-    width = pad + 3 * (s + pad) + text_w
+    col = max(s, 56) + pad             # column pitch: room for the titles at small scales
+    width = pad + 3 * col + text_w
     head = 16
     height = pad + head + max(1, len(shown)) * (s + pad) + (14 if left_out else 0)
     im = Image.new("RGB", (width, height), (32, 32, 32))
@@ -923,7 +924,7 @@ def evidence_sheet(calls: Sequence[CopyCall], generated: np.ndarray, training: n
     except AttributeError:                                  # Pillow < 10.1
         font = ImageFont.load_default()
     for j, title in enumerate(("generated", "training", "differ")):
-        draw.text((pad + j * (s + pad), pad), title, fill=(230, 230, 230), font=font)
+        draw.text((pad + j * col, pad), title, fill=(230, 230, 230), font=font)
     if not shown:
         draw.text((pad, pad + head + 4), "no copy calls", fill=(230, 230, 230), font=font)
     chk = _checker(t)
@@ -943,16 +944,16 @@ def evidence_sheet(calls: Sequence[CopyCall], generated: np.ndarray, training: n
         for j, tile in enumerate((gshow, tshow, dshow)):
             big = Image.fromarray(np.ascontiguousarray(tile, np.uint8)).resize((s, s),
                                                                                Image.NEAREST)
-            im.paste(big, (pad + j * (s + pad), y))
+            im.paste(big, (pad + j * col, y))
         lines = [f"gen {call.generated} -> train {call.training}"
                  if call.training >= 0 else f"gen {call.generated}", call.describe()]
         if call.low_structure:
             lines.append("low structure: exact copies only")
         if labels is not None and r < len(labels) and labels[r]:
             lines.append(str(labels[r]))
-        x = pad + 3 * (s + pad)
+        x = pad + 3 * col
         for k, line in enumerate(lines[: max(1, s // 12)]):
-            draw.text((x, y + 1 + 12 * k), line[:60], fill=(230, 230, 230), font=font)
+            draw.text((x, y + 1 + 12 * k), line[:66], fill=(230, 230, 230), font=font)
     if left_out:
         draw.text((pad, height - 14), f"... {left_out} more calls not shown",
                   fill=(230, 230, 230), font=font)
