@@ -173,14 +173,13 @@ def make_dedupe_dir(root: Path, *, k: int = 12, tile_size: int = 16, n_maps: int
             flips=flips).save(root, save_npy, save_npz, write_json)
     near = TrainingRef("s.png", "examples/a.png", 16, 32, 0)
     kept = [KeptTile(id=i, bank_id=i, novelty=None if i == 0 else 4 + i % 9,
-                     nearest_training=None if i == 0 else near,
-                     nearest_distance=None if i == 0 else 4 + i % 9,
+                     nearest_training=None if i == 0 else near, call=None,
                      origin=(names[i % len(names)], 0, 0), colours=3 + i % 2, isolated=i % 3,
                      flat=i == 0, score=round(1.0 - i / max(k, 1), 4), uses=1 + i % 4,
                      hash="00ff00ff00ff00ff") for i in range(k)]
     write_json(root / "tiles.json", [t.to_json() for t in kept])
     dropped = [Dropped(100 + j, Reason.TRAINING, stems[0], distance=j % 3, flip=0,
-                       same_colours=True, training=TrainingRef("s", "examples/a.png", 16 * j, 0, j),
+                       training=TrainingRef("s", "examples/a.png", 16 * j, 0, j),
                        replaced_by=0) for j in range(5)]
     dropped.append(Dropped(200, Reason.DUPLICATE, stems[0], distance=1, flip=0,
                            duplicate_of_bank=3, duplicate_of=3, replaced_by=3))
