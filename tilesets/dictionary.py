@@ -1137,19 +1137,23 @@ def seam_ratio(images: Sequence[np.ndarray], tile_size: int) -> dict:
     inside of tiles).
     """
     sums = {"border": [0.0, 0], "interior": [0.0, 0]}
-    for im in images:
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for im in images:                         # same-sized images in one batch, colours once
         im = np.asarray(im)
-        rgb = im[..., :3].reshape(-1, 3)
-        uniq, inv = np.unique(rgb, axis=0, return_inverse=True)
-        lab = srgb_to_lab(uniq)[inv.ravel()].reshape(im.shape[:2] + (3,))
-        for axis in (0, 1):
+        by_shape.setdefault(im.shape[:2], []).append(im[..., :3])
+    for shape, group in sorted(by_shape.items()):
+        code = pack_colours(np.stack(group))                                   # (S, H, W)
+        uniq, inv = np.unique(code.ravel(), return_inverse=True)
+        rgb = np.stack([(uniq >> s) & 255 for s in (0, 8, 16)], -1).astype(np.uint8)
+        lab = srgb_to_lab(rgb).astype(np.float32)[inv.ravel()].reshape(code.shape + (3,))
+        for axis in (1, 2):
             d = np.sqrt(((np.diff(lab, axis=axis)) ** 2).sum(-1))
-            pos = np.arange(1, im.shape[axis]) % tile_size == 0        # pair (i-1, i) crosses
-            sel = pos[:, None] if axis == 0 else pos[None, :]
+            pos = np.arange(1, shape[axis - 1]) % tile_size == 0    # pair (i-1, i) crosses
+            sel = pos[None, :, None] if axis == 1 else pos[None, None, :]
             sel = np.broadcast_to(sel, d.shape)
-            sums["border"][0] += float(d[sel].sum())
+            sums["border"][0] += float(d[sel].sum(dtype=np.float64))
             sums["border"][1] += int(sel.sum())
-            sums["interior"][0] += float(d[~sel].sum())
+            sums["interior"][0] += float(d[~sel].sum(dtype=np.float64))
             sums["interior"][1] += int((~sel).sum())
     b = sums["border"][0] / max(sums["border"][1], 1)
     i = sums["interior"][0] / max(sums["interior"][1], 1)
