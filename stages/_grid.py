@@ -705,3 +705,122 @@ def detect_grid(a: np.ndarray, *, size: int = TILE, min_gain: int = 4) -> tuple[
     if j and repeats[j] >= repeats[0] + min_gain and repeats[j] >= 1.25 * repeats[0]:
         return j % size, j // size
     return 0, 0
+
+
+# --------------------------------------------------------------------------- HUD strips
+#: width of the row segments compared across screens
+HUD_SEGMENT = 8
+#: a HUD strip is at most this share of the screen's height (top or bottom)
+HUD_MAX_SHARE = 1 / 3
+#: a segment is fixed when at least this share of a game's screens show it the same
+HUD_AGREE = 0.8
+#: a HUD row has at least this share of its segments fixed, one of them with detail
+HUD_ROW_FIXED = 0.75
+#: a row with fewer fixed segments than this share moves with the game: the HUD ends before it
+HUD_MOVING = 0.5
+#: a HUD strip has at least this many rows with fixed detail (text, icons, a frame)
+HUD_MIN_ROWS = 3
+#: rows with changing segments (scores, timers) right under the last fixed one join the strip
+HUD_COUNTER_ROWS = 8
+
+
+def hud_bands(h: int) -> int:
+    """Rows examined at the top and at the bottom of an h-row screen."""
+    return int(h * HUD_MAX_SHARE)
+
+
+def row_segments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures of the top and bottom bands of a screen, for :func:`find_hud`.
+
+    A segment's signature is its pattern, not its colours: each pixel is labelled with the
+    position of the first pixel of the segment that has its colour, so the same text or icon
+    on a blue sky and on a black cave signs alike, and every one-colour segment signs 0.
+
+    Parameters
+    ----------
+    a : ndarray, shape (H, W, C), uint8
+
+    Returns
+    -------
+    hashes : ndarray, shape (2, B, W // HUD_SEGMENT), uint32
+        Per band (top rows from the top down, bottom rows from the bottom up), row and
+        ``HUD_SEGMENT``-pixel segment, its pattern (3 bits per pixel).
+    uniform : ndarray, shape (2, B, W // HUD_SEGMENT), bool
+        The segment is one colour.
+    """
+    h, w = a.shape[:2]
+    b, s = hud_bands(h), w // HUD_SEGMENT
+    rows = np.concatenate([a[:b], a[h - b:][::-1]])[:, :s * HUD_SEGMENT, :3].astype(np.uint32)
+    v = ((rows[..., 0] << 16) | (rows[..., 1] << 8) | rows[..., 2]).reshape(2 * b, s, HUD_SEGMENT)
+    first = np.argmax(v[..., :, None] == v[..., None, :], axis=-1).astype(np.uint32)
+    hashes = (first << (3 * np.arange(HUD_SEGMENT, dtype=np.uint32))).sum(axis=-1, dtype=np.uint32)
+    return hashes.reshape(2, b, s), (hashes == 0).reshape(2, b, s)
+
+
+def _hud_rows(hashes: np.ndarray, uniform: np.ndarray) -> int:
+    """Rows of HUD at the edge of one band: hashes/uniform of shape (N screens, B, S)."""
+    n, b, s = hashes.shape
+    srt = np.sort(hashes, axis=0)
+    new = np.ones_like(srt, bool)
+    new[1:] = srt[1:] != srt[:-1]
+    # the most common value per (row, segment) and how many screens show it
+    run_id = np.cumsum(new, axis=0)
+    best_count = np.zeros((b, s), np.int64)
+    mode = srt[0].copy()
+    for r in range(1, n + 1):
+        count = (run_id == r).sum(axis=0)
+        take = count > best_count
+        best_count = np.where(take, count, best_count)
+        first = np.argmax(run_id == r, axis=0)
+        mode = np.where(take, np.take_along_axis(srt, first[None], 0)[0], mode)
+    fixed = best_count >= HUD_AGREE * n
+    mode_uniform = (uniform & (hashes == mode[None])).any(axis=0)
+    share = fixed.mean(axis=1)
+    detail = (fixed & ~mode_uniform).any(axis=1) & (share >= HUD_ROW_FIXED)
+    quiet = fixed.all(axis=1) & mode_uniform.all(axis=1)
+    moving = np.flatnonzero(share < HUD_MOVING)
+    if moving.size == 0:
+        return 0                              # nothing moves at all: a still game, not a HUD
+    end = int(moving[0])
+    rows = np.flatnonzero(detail[:end])
+    if rows.size < HUD_MIN_ROWS:
+        return 0
+    cut = int(rows[-1]) + 1
+    for y in range(cut, min(end, cut + HUD_COUNTER_ROWS)):
+        if not quiet[y]:                       # counters: their digits change, the rest fixed
+            cut = y + 1
+    return cut
+
+
+def find_hud(hashes: np.ndarray, uniform: np.ndarray, *,
+             min_screens: int = 8) -> tuple[int, int]:
+    """Find the HUD strips (score bars) that most screens of one game repeat.
+
+    Rows are cut into ``HUD_SEGMENT``-pixel segments; a segment is fixed when at least
+    ``HUD_AGREE`` of the screens show it the same.  From the top edge down (and the bottom edge
+    up), the strip runs to the last row with fixed detail (a fixed segment of more than one
+    colour, on a row at least ``HUD_ROW_FIXED`` fixed) before the first row that moves (under
+    ``HUD_MOVING`` fixed: the playfield), plus the counter rows right under it, and needs
+    ``HUD_MIN_ROWS`` such rows.  Nothing is cut when nothing moves (a still game) or from
+    fewer than ``min_screens`` screens.
+
+    Parameters
+    ----------
+    hashes, uniform : ndarray, shape (N, 2, B, S)
+        :func:`row_segments` of N screens of one game and size.
+
+    Returns
+    -------
+    (top, bottom) : tuple of int
+        Rows to cut at the top and at the bottom.
+    """
+    if len(hashes) < min_screens:
+        return 0, 0
+    return (_hud_rows(hashes[:, 0], uniform[:, 0]), _hud_rows(hashes[:, 1], uniform[:, 1]))
+
+
+def changed_share(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of pixels that differ between two screens of the same shape (1.0 otherwise)."""
+    if a.shape != b.shape:
+        return 1.0
+    return float((a != b).any(axis=-1).mean())

@@ -25,8 +25,9 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -34,8 +35,9 @@ from stages._common import (InputError, ProgressFn, Skipped, StageParams, expand
                             load_image, map_ordered, no_progress, param, pool_workers, save_npy,
                             save_png, write_json)
 from stages._grid import (SMOOTH_MAX_SCALE, TILE, block_confidence, change_positions,
-                          detect_grid, detect_scale, detect_smooth_scale, downscale,
-                          find_letterbox, fit_stretch, unsmooth, unstretch)
+                          changed_share, detect_grid, detect_scale, detect_smooth_scale,
+                          downscale, find_hud, find_letterbox, fit_stretch, row_segments,
+                          unsmooth, unstretch)
 from tilesets.artifacts import Patches, TrainingTiles, grid_cut
 
 NAME = "crop"
@@ -49,6 +51,10 @@ log = logging.getLogger("tilegan.crop")
 MANY_COLOURS = 256
 #: tolerance used for JPEG files when --tolerance is 0
 JPEG_TOLERANCE = 8
+#: screens per game (and size) whose rows are compared to find HUD strips
+HUD_SAMPLE = 64
+#: fewer sampled screens than this: no HUD is looked for
+HUD_MIN_SCREENS = 8
 #: images with more colours than this (native pixel art has far fewer) are tested for a
 #: smoothed (bilinear-like) upscale when no block upscale is found
 SMOOTH_MIN_COLOURS = 32
@@ -80,6 +86,14 @@ class Params(StageParams):
     seed: int = param(0, help="seed of the patch subset")
     workers: int = param(0, help="processes decoding images; 0 = all cores when there are many",
                          min=0)
+    hud: bool = param(True, help="cut the status bars (HUD strips) that most screens of one game "
+                                 "repeat at the top or bottom")
+    near_duplicates: float = param(0.01, help="leave out a screen when at most this share of its "
+                                              "pixels differs from the previous kept screen of "
+                                              "the same game (consecutive frames); 0 = off",
+                                   min=0.0, max=1.0)
+    max_per_game: int = param(0, help="keep at most this many screens of one game (evenly "
+                                      "spread over its screens); 0 = no cap", min=0)
 
 
 # --------------------------------------------------------------------------- one screen
@@ -156,9 +170,10 @@ def undo_upscale(a: np.ndarray, *, scale: int, max_scale: int,
         conf = block_confidence(a, native, k, ox, oy, tolerance=2 * tolerance)
         return native, Upscale(k, k, ox, oy, "lossy", conf)
     if count_colours(a) > SMOOTH_MIN_COLOURS:
-        fit = detect_smooth_scale(a, max_scale=min(max_scale, SMOOTH_MAX_SCALE))
+        with _one_blas_thread():
+            fit = detect_smooth_scale(a, max_scale=min(max_scale, SMOOTH_MAX_SCALE))
+            native, conf = unsmooth(a, fit) if fit is not None else (a, 0.0)
         if fit is not None:
-            native, conf = unsmooth(a, fit)
             n = count_colours(native)
             if n <= MANY_COLOURS and n * 10 <= native.shape[0] * native.shape[1]:
                 return native, Upscale(fit.kx, fit.ky, fit.ox, fit.oy, "smoothed", conf)
@@ -287,9 +302,37 @@ class ScreenRecord:
     original_size: list
     confidence: float = 1.0
     warnings: list = field(default_factory=list)
+    game: str = ""
+    hud: list = field(default_factory=lambda: [0, 0])
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+class Drop(str, Enum):
+    """Why a screen was left out (crop.json, the contact sheet)."""
+
+    UNREADABLE = "unreadable"
+    TOO_SMALL = "too small"
+    SINGLE_COLOUR = "single colour"
+    DUPLICATE = "duplicate"
+    NEAR_DUPLICATE = "near-duplicate"
+    CAPPED = "per-game cap"
+
+
+@dataclass
+class Dropped:
+    """One screen left out: its source, id, game, why (:class:`Drop`) and the details."""
+
+    source: str
+    id: str
+    game: str
+    why: Drop
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "id": self.id, "game": self.game,
+                "why": self.why.value, "reason": self.reason}
 
 
 def count_colours(a: np.ndarray) -> int:
@@ -302,32 +345,76 @@ def _screen_digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
 
 
-class ScreenSelector:
-    """Decides, screen by screen in input order, which prepared screens are kept.
+class ScreenStore:
+    """Where kept screens wait between the passes: in memory (``folder`` None) or as
+    ``<folder>/<id>.png`` (the artifact's screens, so a big corpus never sits in memory)."""
 
-    Left out (and recorded): unusable files and single-colour screens (``skipped``), screens
-    smaller than one patch (``too_small``) and screens whose native pixels equal an earlier
-    one's (``duplicates``).  A kept screen gets the next index and a :class:`ScreenRecord`;
-    one with more than ``MANY_COLOURS`` colours is kept but flagged (``many_colours``).
+    def __init__(self, folder: Optional[Path] = None, *, rgba: bool = False):
+        self.folder, self.mode = folder, "RGBA" if rgba else "RGB"
+        self.screens: dict[str, np.ndarray] = {}
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, sid: str, a: np.ndarray) -> None:
+        if self.folder is None:
+            self.screens[sid] = a
+        else:
+            save_png(self.folder / f"{sid}.png", a)
+
+    def get(self, sid: str) -> np.ndarray:
+        if self.folder is None:
+            return self.screens[sid]
+        return load_image(self.folder / f"{sid}.png", mode=self.mode)
+
+    def drop(self, sid: str) -> None:
+        if self.folder is None:
+            self.screens.pop(sid, None)
+        else:
+            (self.folder / f"{sid}.png").unlink(missing_ok=True)
+
+
+class ScreenSelector:
+    """Decides which prepared screens are kept, screen by screen in input order, then as a set.
+
+    :meth:`add` (one pass, one screen in memory): unusable files and single-colour screens
+    are skipped (``skipped``), screens smaller than one patch too (``too_small``), and so are
+    screens whose native pixels equal an earlier one's (``duplicates``) or differ from the
+    previous kept screen of the same game in at most ``near_duplicates`` of their pixels
+    (``near``); one with more than ``MANY_COLOURS`` colours is kept but flagged.
+    :meth:`finish` (the set): cuts the HUD strips each game repeats (:func:`find_hud`, from
+    up to ``HUD_SAMPLE`` screens per game and size), applies ``max_per_game`` and numbers the
+    kept screens.  Every screen left out is in ``dropped`` with the reason.
+
+    Parameters
+    ----------
+    params : Params
+    games : list of str
+        The game of every input, in input order (for HUD sampling).
     """
 
-    def __init__(self, params: Params):
+    def __init__(self, params: Params, games: Sequence[str] = ()):
         self.params = params
         self.records: list[ScreenRecord] = []
+        self.dropped: list[Dropped] = []
         self.skipped = Skipped(key="source", logger=log)
         self.too_small = Skipped(key="source", logger=log)
         self.duplicates: list[dict[str, str]] = []
         self.many_colours: list[str] = []
-        self.scales: dict[str, int] = {}
-        self.stretched = 0
-        self.estimated = 0
+        self.huds: list[dict[str, Any]] = []
         self._seen: dict[str, str] = {}
+        self._last: Optional[tuple[str, np.ndarray, str]] = None     # game, pixels, source
+        self._removed: set[int] = set()        # id() of records left out by finish()
+        self._position = 0
+        self._sampled = _hud_sample_positions(games)
+        self._signatures: dict[tuple[str, int, int], list] = {}
 
-    def add(self, source: str, sid: str,
-            prepared: Union[NativeScreen, Unusable]) -> Optional[ScreenRecord]:
+    # ---- one screen at a time
+    def add(self, source: str, sid: str, prepared: Union[NativeScreen, Unusable],
+            game: str = "") -> Optional[ScreenRecord]:
         """The record of the kept screen, or None when it is left out."""
+        position, self._position = self._position, self._position + 1
         if isinstance(prepared, Unusable):
-            self.skipped.add(source, prepared.reason)
+            self._drop(source, sid, game, Drop.UNREADABLE, prepared.reason, self.skipped)
             return None
         scr, S = prepared.pixels, self.params.patch_size
         h, w = scr.shape[:2]
@@ -335,40 +422,132 @@ class ScreenSelector:
             log.warning("%s: %s", source, why)
         if h < S or w < S:
             after = f" after undoing {' and '.join(prepared.steps)}" if prepared.steps else ""
-            self.too_small.add(source, f"{source}: {w}x{h} native pixels{after} is smaller than "
-                                       f"the {S}x{S} patch", width=w, height=h)
+            self._drop(source, sid, game, Drop.TOO_SMALL, f"{source}: {w}x{h} native pixels"
+                       f"{after} is smaller than the {S}x{S} patch", self.too_small,
+                       width=w, height=h)
             return None
         if (scr == scr[:1, :1]).all():
-            self.skipped.add(source, f"{source}: the screen is a single colour")
+            self._drop(source, sid, game, Drop.SINGLE_COLOUR,
+                       f"{source}: the screen is a single colour", self.skipped)
             return None
         digest = _screen_digest(scr)
         if digest in self._seen:
-            self.duplicates.append({"source": source, "reason": f"same pixels as {self._seen[digest]}"})
+            self._duplicate(source, sid, game, self._seen[digest])
+            return None
+        if self._near_duplicate(source, sid, game, scr):
             return None
         self._seen[digest] = source
+        self._last = (game, scr, source)
         n_colours = count_colours(scr)
         if n_colours > MANY_COLOURS:
             log.warning("%s has %d colours after undoing scale %d: resampled, lossy or not "
                         "pixel art? (try --tolerance for JPEG sources)", source, n_colours,
                         prepared.scale)
             self.many_colours.append(source)
-        gx, gy = prepared.grid
-        if h - gy < S or w - gx < S:
-            gx, gy = 0, 0  # the shifted grid leaves no room for a patch; use the corner
-        k = prepared.scale
-        self.scales[str(k)] = self.scales.get(str(k), 0) + 1
-        if list(prepared.scale_xy) != [float(k)] * 2:
-            self.stretched += 1
-        rec = ScreenRecord(index=len(self.records), id=sid, source=source, scale=k, width=w,
-                           height=h, offset=list(prepared.offset), trim=list(prepared.trim),
-                           grid=[gx, gy], colours=n_colours, scale_xy=list(prepared.scale_xy),
+        if self.params.hud and position in self._sampled:
+            self._signatures.setdefault((game, h, w), []).append(row_segments(scr))
+        rec = ScreenRecord(index=len(self.records), id=sid, source=source, scale=prepared.scale,
+                           width=w, height=h, offset=list(prepared.offset),
+                           trim=list(prepared.trim), grid=_usable_grid(prepared.grid, h, w, S),
+                           colours=n_colours, scale_xy=list(prepared.scale_xy),
                            original_size=list(prepared.original_size),
-                           confidence=prepared.confidence, warnings=list(prepared.warnings))
-        if prepared.confidence < 1.0:
-            self.estimated += 1
+                           confidence=prepared.confidence, warnings=list(prepared.warnings),
+                           game=game)
         self.records.append(rec)
         return rec
 
+    def _drop(self, source: str, sid: str, game: str, why: Drop, reason: str,
+              into: Optional[Skipped] = None, **extra: Any) -> None:
+        if into is not None:
+            into.add(source, reason, **extra)
+        else:
+            log.info("left out %s", reason)
+        self.dropped.append(Dropped(source, sid, game, why, reason))
+
+    def _duplicate(self, source: str, sid: str, game: str, first: str) -> None:
+        self.duplicates.append({"source": source, "reason": f"same pixels as {first}"})
+        self._drop(source, sid, game, Drop.DUPLICATE, f"{source}: same pixels as {first}")
+
+    def _near_duplicate(self, source: str, sid: str, game: str, scr: np.ndarray) -> bool:
+        limit = self.params.near_duplicates
+        if not limit or self._last is None or self._last[0] != game:
+            return False
+        share = changed_share(scr, self._last[1])
+        if share > limit:
+            return False
+        self._drop(source, sid, game, Drop.NEAR_DUPLICATE,
+                   f"{source}: {share:.2%} of the pixels differ from the previous screen "
+                   f"{self._last[2]}")
+        return True
+
+    # ---- the set
+    def finish(self, store: ScreenStore, progress: ProgressFn = no_progress) -> None:
+        """Cut HUD strips, cap each game, drop what is left out from ``store``, number the rest."""
+        self._cut_huds(store, progress)
+        self._cap_games()
+        for r in self.records:
+            if id(r) in self._removed:
+                store.drop(r.id)
+        self.records = [r for r in self.records if id(r) not in self._removed]
+        for i, r in enumerate(self.records):
+            r.index = i
+
+    def _cut_huds(self, store: ScreenStore, progress: ProgressFn) -> None:
+        S = self.params.patch_size
+        for (game, h, w), sigs in sorted(self._signatures.items()):
+            top, bottom = find_hud(np.stack([s[0] for s in sigs]), np.stack([s[1] for s in sigs]),
+                                   min_screens=HUD_MIN_SCREENS)
+            if not (top or bottom):
+                continue
+            group = [r for r in self.records if (r.game, r.height, r.width) == (game, h, w)]
+            hud = {"game": game, "width": w, "height": h, "top": top, "bottom": bottom,
+                   "screens": len(group), "sampled": len(sigs)}
+            if h - top - bottom < S:
+                hud["left"] = (f"HUD strips of {top} + {bottom} rows left in place: cutting them "
+                               f"would leave {h - top - bottom} rows, less than the {S}x{S} patch")
+                log.warning("%s: %s", game, hud["left"])
+                self.huds.append(hud)
+                continue
+            log.info("%s: HUD strips cut from %d screens of %dx%d: top %d, bottom %d rows",
+                     game, len(group), w, h, top, bottom)
+            self.huds.append(hud)
+            seen: dict[str, str] = {}
+            for n, rec in enumerate(group):
+                a = store.get(rec.id)[top:h - bottom]
+                digest = _screen_digest(a)
+                if digest in seen:          # the same screen once its counters are gone
+                    self._duplicate(rec.source, rec.id, game, seen[digest])
+                    self._removed.add(id(rec))
+                    continue
+                seen[digest] = rec.source
+                store.put(rec.id, a)
+                grid = detect_grid(a[..., :3]) if self.params.align else (0, 0)
+                rec.height, rec.hud = h - top - bottom, [top, bottom]
+                rec.offset = [rec.offset[0], rec.offset[1] + int(round(top * rec.scale_xy[1]))]
+                rec.grid, rec.colours = _usable_grid(grid, rec.height, w, S), count_colours(a)
+                progress("crop: HUD", n + 1, len(group))
+
+    def _cap_games(self) -> None:
+        cap = self.params.max_per_game
+        if not cap:
+            return
+        by_game: dict[str, list[ScreenRecord]] = {}
+        for r in self.records:
+            if id(r) not in self._removed:
+                by_game.setdefault(r.game, []).append(r)
+        for game, recs in sorted(by_game.items()):
+            if len(recs) <= cap:
+                continue
+            keep = set(np.unique(np.round(np.linspace(0, len(recs) - 1, cap)).astype(int)))
+            log.warning("%s: %d screens, %d kept (--max-per-game %d)", game, len(recs), cap, cap)
+            for i, r in enumerate(recs):
+                if i not in keep:
+                    self._removed.add(id(r))
+                    self._drop(r.source, r.id, game, Drop.CAPPED,
+                               f"{r.source}: {game} has {len(recs)} screens, {cap} kept "
+                               f"(evenly spread)")
+
+    # ---- reports
     def nothing_usable(self, n: int) -> InputError:
         """The error when no screen was kept: says why and what to do."""
         S = self.params.patch_size
@@ -388,10 +567,42 @@ class ScreenSelector:
         return InputError(f"crop: no usable screen among {n} images: {len(skipped)} unreadable, "
                           f"{len(too_small)} smaller than the {S}x{S} patch")
 
+    def counts(self) -> dict[str, Any]:
+        """Scales, stretched and estimated screens among the kept ones."""
+        scales: dict[str, int] = {}
+        for r in self.records:
+            scales[str(r.scale)] = scales.get(str(r.scale), 0) + 1
+        return {"scales": scales,
+                "stretched": sum(r.scale_xy != [float(r.scale)] * 2 for r in self.records),
+                "estimated": sum(r.confidence < 1.0 for r in self.records)}
+
     def report(self) -> dict:
         """What was left out and why (crop.json)."""
         return {"skipped": self.skipped.items, "too_small": self.too_small.items,
-                "duplicates": self.duplicates, "many_colours": self.many_colours}
+                "duplicates": self.duplicates, "many_colours": self.many_colours,
+                "hud": self.huds,
+                "dropped": [d.to_json() for d in self.dropped
+                            if d.why in (Drop.NEAR_DUPLICATE, Drop.CAPPED)]}
+
+
+def _usable_grid(grid: Sequence[int], h: int, w: int, S: int) -> list[int]:
+    """The tile-grid phase, or the corner when the shifted grid leaves no room for a patch."""
+    gx, gy = grid
+    return [0, 0] if h - gy < S or w - gx < S else [int(gx), int(gy)]
+
+
+def _hud_sample_positions(games: Sequence[str]) -> set[int]:
+    """Input positions whose screens feed HUD detection: up to ``HUD_SAMPLE`` per game, evenly
+    spread over the game's inputs."""
+    by_game: dict[str, list[int]] = {}
+    for i, g in enumerate(games):
+        by_game.setdefault(g, []).append(i)
+    out: set[int] = set()
+    for positions in by_game.values():
+        picks = np.unique(np.round(np.linspace(0, len(positions) - 1,
+                                               min(HUD_SAMPLE, len(positions)))).astype(int))
+        out.update(positions[i] for i in picks)
+    return out
 
 
 # --------------------------------------------------------------------------- patches and tiles
@@ -475,17 +686,195 @@ def tile_count(rec: ScreenRecord) -> int:
     return ((rec.height - gy) // TILE) * ((rec.width - gx) // TILE)
 
 
-# --------------------------------------------------------------------------- in-memory core
+# --------------------------------------------------------------------------- contact sheet
+CONTACT_FILE = "contact.png"
+#: the contact sheet shows at most this many kept screens (a seeded sample) ...
+SHEET_KEPT = 96
+#: ... and this many screens left out (the first ones)
+SHEET_DROPPED = 160
+#: thumbnails fit in this box (width, height)
+THUMB = (128, 120)
+_SHEET_COLUMNS = 8
+_LABEL_H = 24
+
+
+def thumbnail(a: np.ndarray) -> np.ndarray:
+    """A screen reduced by an integer factor to fit ``THUMB`` (RGB uint8)."""
+    from PIL import Image
+
+    k = max(1, -(-a.shape[1] // THUMB[0]), -(-a.shape[0] // THUMB[1]))
+    im = Image.fromarray(np.ascontiguousarray(a[..., :3]))
+    return np.asarray(im.reduce(k) if k > 1 else im)
+
+
+class ContactSheet:
+    """Thumbnails of kept and left-out screens, drawn with the reasons into ``contact.png``.
+
+    Memory stays bounded: at most ``SHEET_KEPT`` kept screens (a reservoir sample seeded by
+    ``seed``) and the first ``SHEET_DROPPED`` left out are held, as small thumbnails.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.kept: dict[str, tuple[np.ndarray, int]] = {}   # id -> (thumbnail, original height)
+        self.dropped: dict[str, np.ndarray] = {}
+        self._rng = np.random.default_rng(seed)
+        self._seen_kept = 0
+
+    def add_kept(self, sid: str, a: np.ndarray) -> None:
+        self._seen_kept += 1
+        if len(self.kept) < SHEET_KEPT:
+            self.kept[sid] = (thumbnail(a), a.shape[0])
+            return
+        j = int(self._rng.integers(self._seen_kept))
+        if j < SHEET_KEPT:                                   # reservoir: replace entry j
+            del self.kept[list(self.kept)[j]]
+            self.kept[sid] = (thumbnail(a), a.shape[0])
+
+    def add_dropped(self, sid: str, a: Optional[np.ndarray]) -> None:
+        if len(self.dropped) < SHEET_DROPPED and a is not None:
+            self.dropped[sid] = thumbnail(a)
+
+    def render(self, records: Sequence[ScreenRecord], dropped: Sequence[Dropped]) -> np.ndarray:
+        """The sheet: a header with the counts, the left-out screens with their reasons, then
+        the sample of kept screens (HUD strips that were cut shaded red).  RGB uint8."""
+        from PIL import Image, ImageDraw
+
+        cells: list[tuple[Optional[np.ndarray], str, str, Optional[tuple[int, int, int]]]] = []
+        for d in dropped[:SHEET_DROPPED]:
+            thumb = self.dropped.get(d.id)
+            if thumb is None and d.id in self.kept:            # left out after pass 1
+                thumb = self.kept[d.id][0]
+            cells.append((thumb, d.why.value, d.id, None))
+        by_id = {r.id: r for r in records}
+        for sid, (thumb, h) in self.kept.items():
+            r = by_id.get(sid)
+            if r is not None:
+                cells.append((thumb, f"kept x{r.scale}" + (" est." if r.confidence < 1 else ""),
+                              sid, (r.hud[0], r.hud[1], h)))
+        cw, ch = THUMB[0] + 4, THUMB[1] + _LABEL_H + 4
+        rows = max(1, -(-len(cells) // _SHEET_COLUMNS))
+        sheet = Image.new("RGB", (cw * _SHEET_COLUMNS, 28 + rows * ch), (40, 40, 40))
+        draw = ImageDraw.Draw(sheet)
+        why = {}
+        for d in dropped:
+            why[d.why.value] = why.get(d.why.value, 0) + 1
+        left = ", ".join(f"{n} {w}" for w, n in sorted(why.items())) or "none"
+        draw.text((4, 4), f"kept {len(records)} (showing {sum(c[3] is not None for c in cells)}), "
+                          f"left out {len(dropped)}: {left}", fill=(235, 235, 235))
+        for n, (thumb, label, sid, hud) in enumerate(cells):
+            x, y = (n % _SHEET_COLUMNS) * cw + 2, 28 + (n // _SHEET_COLUMNS) * ch
+            if thumb is not None:
+                tile = Image.fromarray(thumb)
+                if hud and (hud[0] or hud[1]):
+                    tile = _shade_hud(thumb, *hud)
+                sheet.paste(tile, (x, y))
+            else:
+                draw.rectangle([x, y, x + THUMB[0] - 1, y + THUMB[1] - 1], outline=(120, 120, 120))
+            colour = (140, 220, 140) if hud is not None else (240, 140, 120)
+            draw.text((x, y + THUMB[1] + 1), label[:22], fill=colour)
+            draw.text((x, y + THUMB[1] + 12), sid[:22], fill=(190, 190, 190))
+        return np.asarray(sheet)
+
+
+def _shade_hud(thumb: np.ndarray, top: int, bottom: int, height: int) -> "Any":
+    """The thumbnail with the HUD strips that were cut tinted red."""
+    from PIL import Image
+
+    t = thumb.astype(np.int16).copy()
+    k = height / thumb.shape[0]
+    rows = np.zeros(thumb.shape[0], bool)
+    rows[:int(round(top / k))] = True
+    if bottom:
+        rows[thumb.shape[0] - int(round(bottom / k)):] = True
+    t[rows] = (t[rows] + np.array([160, 0, 0])) // 2
+    return Image.fromarray(t.clip(0, 255).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------- the core
 @dataclass
 class CropResult:
-    """What :func:`crop_screens` makes of a set of screenshots."""
+    """What crop makes of a set of screenshots (:func:`crop_screens`, :func:`crop_stream`)."""
 
-    screens: list                 # native pixels of each kept screen, (H, W, C) uint8
-    records: list                 # ScreenRecord per kept screen
+    records: list                 # ScreenRecord per kept screen, in order
     patches: Patches
     tiles: TrainingTiles
     selector: ScreenSelector
     plan: PatchPlan
+    sheet: np.ndarray             # the contact sheet, (H, W, 3) uint8
+    screens: list = field(default_factory=list)   # native pixels per kept screen (in memory)
+
+
+#: ``sink(name, shape)``: where an output array of ``shape`` goes, piece by piece
+#: (an :class:`NpyWriter`, or :class:`ArraySink` in memory)
+SinkFactory = Callable[[str, tuple], Any]
+
+
+class ArraySink:
+    """:class:`NpyWriter`'s interface in memory: ``write`` pieces, ``close`` gives the array."""
+
+    def __init__(self, name: str, shape: tuple):
+        self.shape, self.parts = shape, []
+
+    def write(self, a: np.ndarray) -> None:
+        self.parts.append(a)
+
+    def close(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(self.shape, np.uint8)
+
+
+def crop_stream(items: Iterable[tuple[InputFile, str, Union[NativeScreen, Unusable]]],
+                params: Params, games: Sequence[str], store: ScreenStore, sink: SinkFactory,
+                progress: ProgressFn = no_progress) -> CropResult:
+    """The core: prepared screens in, kept screens, patches and tiles out.
+
+    Pass 1 takes the screens one by one (:class:`ScreenSelector`), keeping the kept ones in
+    ``store``; the set is then finished (HUD strips, per-game cap), the patches planned
+    (:func:`plan_patches`), and pass 2 cuts every kept screen from ``store`` into ``sink``.
+
+    Parameters
+    ----------
+    items : iterable of (InputFile, id, NativeScreen or Unusable)
+    params : Params
+    games : list of str
+        Every input's game, in order (the same order as ``items``).
+    store : ScreenStore
+    sink : SinkFactory
+
+    Raises
+    ------
+    InputError
+        No screen is usable.
+    """
+    sel = ScreenSelector(params, games)
+    sheet = ContactSheet(params.seed)
+    n = 0
+    for f, sid, prepared in items:
+        n += 1
+        pixels = prepared.pixels if isinstance(prepared, NativeScreen) else None
+        if sel.add(f.source, sid, prepared, f.game) is not None:
+            store.put(sid, pixels)
+            sheet.add_kept(sid, pixels)
+        else:
+            sheet.add_dropped(sid, pixels)
+    sel.finish(store, progress)
+    if not sel.records:
+        raise sel.nothing_usable(n)
+    plan = plan_patches(sel.records, params)
+    S, C = params.patch_size, 4 if params.rgba else 3
+    patch_sink = sink("patches.npy", (len(plan.picks), S, S, C))
+    tile_sink = sink("tiles.npy", (sum(tile_count(r) for r in sel.records), TILE, TILE, 3))
+    origins = []
+    for rec in sel.records:
+        screen = store.get(rec.id)
+        patch_sink.write(cut_patches(screen, rec, plan.of_screen(rec.index), params))
+        t, o = cut_tiles(screen, rec)
+        tile_sink.write(t)
+        origins.append(o)
+        progress("crop: patches", rec.index + 1, len(sel.records))
+    tiles = TrainingTiles(tile_sink.close(), np.concatenate(origins),
+                          [r.to_json() for r in sel.records])
+    return CropResult(sel.records, Patches(patch_sink.close()), tiles, sel, plan,
+                      sheet.render(sel.records, sel.dropped))
 
 
 def crop_screens(images: Iterable[tuple[str, np.ndarray]], params: Params) -> CropResult:
@@ -494,52 +883,100 @@ def crop_screens(images: Iterable[tuple[str, np.ndarray]], params: Params) -> Cr
     Parameters
     ----------
     images : iterable of (source, ndarray of shape (H, W, 4) uint8)
-        The screenshots, RGBA, in order; ``source`` names each (and gives its id).
+        The screenshots, RGBA, in order; ``source`` names each (and gives its id and game).
     params : Params
-
-    Raises
-    ------
-    InputError
-        No screen is usable.
     """
-    sel = ScreenSelector(params)
-    screens = []
     items = list(images)
-    for (source, image), sid in zip(items, screen_ids([Path(s) for s, _ in items])):
-        try:
-            prepared: Union[NativeScreen, Unusable] = prepare_screen(image, params)
-        except ValueError as e:
-            prepared = Unusable(f"{source}: {e}")
-        if sel.add(source, sid, prepared) is not None:
-            screens.append(prepared.pixels)
-    if not sel.records:
-        raise sel.nothing_usable(len(items))
-    plan = plan_patches(sel.records, params)
-    patches = [cut_patches(s, r, plan.of_screen(r.index), params) for s, r in zip(screens, sel.records)]
-    tiles = [cut_tiles(s, r) for s, r in zip(screens, sel.records)]
-    return CropResult(screens, sel.records, Patches(np.concatenate(patches)),
-                      TrainingTiles(np.concatenate([t for t, _ in tiles]),
-                                    np.concatenate([o for _, o in tiles]),
-                                    [r.to_json() for r in sel.records]), sel, plan)
+    files = [InputFile(Path(s), s) for s, _ in items]
+    games = game_names(files)
+    files = [InputFile(f.path, f.source, g) for f, g in zip(files, games)]
+
+    def prepared() -> Iterator[tuple[InputFile, str, Union[NativeScreen, Unusable]]]:
+        for f, sid, (source, image) in zip(files, screen_ids([f.path for f in files]), items):
+            try:
+                yield f, sid, prepare_screen(image, params)
+            except ValueError as e:
+                yield f, sid, Unusable(f"{source}: {e}")
+
+    store = ScreenStore()
+    result = crop_stream(prepared(), params, games, store, ArraySink)
+    result.screens = [store.get(r.id) for r in result.records]
+    return result
 
 
 # --------------------------------------------------------------------------- inputs
-def _collect(paths: Sequence[Any]) -> list[tuple[Path, str]]:
-    """(file, source) pairs from scrape artifacts and/or user files, folders, globs."""
-    out: list[tuple[Path, str]] = []
+@dataclass(frozen=True)
+class InputFile:
+    """One input image: the file, the source it is reported as (a URL for scraped images) and
+    its game ("" until :func:`game_names` names it)."""
+
+    path: Path
+    source: str
+    game: str = ""
+
+
+def _collect(paths: Sequence[Any]) -> list[InputFile]:
+    """Input files from scrape artifacts and/or user files, folders, globs.
+
+    A scrape artifact's ``sources.jsonl`` may name each image's game (``provenance.game``, or
+    a top-level ``game``); files without one are named by :func:`game_names`.
+    """
+    out: list[InputFile] = []
     loose: list[Any] = []
     for p in paths:
         p = Path(p)
         if p.is_dir() and (p / "sources.jsonl").is_file():
-            rows = [json.loads(line) for line in (p / "sources.jsonl").read_text("utf-8").splitlines()
-                    if line.strip()]
-            for r in rows:
+            for r in _read_sources(p / "sources.jsonl"):
                 if r.get("status") == "ok" and r.get("path"):
-                    out.append((p / r["path"], str(r.get("source") or r["path"])))
+                    prov = r.get("provenance") if isinstance(r.get("provenance"), dict) else {}
+                    game = prov.get("game") or r.get("game") or ""
+                    out.append(InputFile(p / r["path"], str(r.get("source") or r["path"]),
+                                         str(game).strip() if isinstance(game, str) else ""))
         else:
             loose.append(p)
     if loose:
-        out.extend((f, str(f)) for f in expand_inputs(loose))
+        out.extend(InputFile(f, str(f)) for f in expand_inputs(loose))
+    games = game_names(out)
+    return [InputFile(f.path, f.source, g) for f, g in zip(out, games)]
+
+
+def _read_sources(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise InputError(f"{path}: line {n} is not JSON; rerun scrape") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+_PREFIX = re.compile(r"[_\d]")
+
+
+def game_names(files: Sequence[InputFile]) -> list[str]:
+    """The game of every input: the one its source names (scrape's provenance); else, in a
+    folder whose file names start differently (``smb_01.png``, ``zelda_01.png``), the file
+    name up to the first ``_`` or digit; else the folder's name."""
+    prefixes: dict[str, set[str]] = {}
+    parts = []
+    for f in files:
+        src = Path(f.source.split("?", 1)[0].rstrip("/"))
+        folder, prefix = src.parent.name, _PREFIX.split(src.stem, 1)[0].strip(" -.")
+        parts.append((folder, prefix))
+        prefixes.setdefault(str(src.parent), set()).add(prefix)
+    out = []
+    for f, (folder, prefix) in zip(files, parts):
+        parent = str(Path(f.source.split("?", 1)[0].rstrip("/")).parent)
+        if f.game:
+            out.append(f.game)
+        elif prefix and len(prefixes[parent]) > 1:
+            out.append(prefix)
+        else:
+            out.append(folder or prefix or "screens")
     return out
 
 
@@ -567,17 +1004,20 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _prepare_all(files: Sequence[Path], params: Params,
-                 progress: ProgressFn) -> Iterator[Union[NativeScreen, Unusable]]:
-    """:func:`prepare_file` over ``files``, in order; in a process pool when there are many."""
+def _prepare_all(files: Sequence[InputFile], params: Params, progress: ProgressFn
+                 ) -> Iterator[tuple[InputFile, str, Union[NativeScreen, Unusable]]]:
+    """(file, id, :func:`prepare_file`) over ``files``, in order; in a process pool when
+    there are many (at most a few screens ahead, so memory stays bounded)."""
     n = len(files)
     progress("crop: decode", 0, n)
     work = functools.partial(prepare_file, params=params)
     workers = pool_workers(n, params.workers)
+    ids = screen_ids([f.path for f in files])
     with _one_blas_thread():
-        for i, r in enumerate(map_ordered(work, [str(f) for f in files], workers=workers,
-                                          initializer=_one_blas_thread)):
-            yield r
+        done = map_ordered(work, [str(f.path) for f in files], workers=workers,
+                           initializer=_one_blas_thread)
+        for i, (f, sid, r) in enumerate(zip(files, ids, done)):
+            yield f, sid, r
             progress("crop: decode", i + 1, n)
 
 
@@ -625,24 +1065,6 @@ def _commit_npy(path: Path, arr: np.ndarray) -> None:
         save_npy(path, arr)
 
 
-def _cut_all(out_dir: Path, records: Sequence[ScreenRecord], plan: PatchPlan,
-             params: Params, progress: ProgressFn) -> tuple[Patches, TrainingTiles]:
-    """Second pass: cut tiles and picked patches from the written screens, one at a time."""
-    S, mode = params.patch_size, "RGBA" if params.rgba else "RGB"
-    patches = NpyWriter(out_dir / "patches.npy", (len(plan.picks), S, S, 4 if params.rgba else 3))
-    tiles = NpyWriter(out_dir / "tiles.npy", (sum(tile_count(r) for r in records), TILE, TILE, 3))
-    origins = []
-    for rec in records:
-        screen = load_image(out_dir / "screens" / f"{rec.id}.png", mode=mode)
-        patches.write(cut_patches(screen, rec, plan.of_screen(rec.index), params))
-        t, o = cut_tiles(screen, rec)
-        tiles.write(t)
-        origins.append(o)
-        progress("crop: patches", rec.index + 1, len(records))
-    return (Patches(patches.close()),
-            TrainingTiles(tiles.close(), np.concatenate(origins), [r.to_json() for r in records]))
-
-
 # --------------------------------------------------------------------------- run
 def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
         progress: ProgressFn = no_progress) -> dict:
@@ -659,42 +1081,41 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     Returns
     -------
     dict
-        Counts (screens, patches, tiles, skipped, too_small), the scales found, the skipped list.
+        Counts (screens, patches, tiles, skipped, too_small, ...), the scales found, the
+        skipped list.
     """
     t0, out_dir = time.time(), Path(out_dir)
     files = _collect(inputs.get("images") or [])
     if not files:
         raise InputError("crop: no input images; pass image files or folders, or run scrape first")
-    (out_dir / "screens").mkdir(parents=True, exist_ok=True)
-    sel = ScreenSelector(params)
-    prepared = _prepare_all([f for f, _ in files], params, progress)
-    for (_, source), sid, screen in zip(files, screen_ids([f for f, _ in files]), prepared):
-        if sel.add(source, sid, screen) is not None:
-            save_png(out_dir / "screens" / f"{sid}.png", screen.pixels)
-    if not sel.records:
-        raise sel.nothing_usable(len(files))
-    plan = plan_patches(sel.records, params)
-    patches, tiles = _cut_all(out_dir, sel.records, plan, params, progress)
-    patches.save(out_dir, _commit_npy)
-    tiles.save(out_dir, _commit_npy, write_json)
-    write_json(out_dir / "crop.json", {"params": asdict(params), **sel.report()})
-    return {**_summary(sel, plan, patches, tiles), "seconds": round(time.time() - t0, 3)}
+    store = ScreenStore(out_dir / "screens", rgba=params.rgba)
+    result = crop_stream(_prepare_all(files, params, progress), params, [f.game for f in files],
+                         store, lambda name, shape: NpyWriter(out_dir / name, shape), progress)
+    result.patches.save(out_dir, _commit_npy)
+    result.tiles.save(out_dir, _commit_npy, write_json)
+    save_png(out_dir / CONTACT_FILE, result.sheet)
+    write_json(out_dir / "crop.json", {"params": asdict(params), **result.selector.report()})
+    return {**_summary(result), "seconds": round(time.time() - t0, 3)}
 
 
-def _summary(sel: ScreenSelector, plan: PatchPlan, patches: Patches, tiles: TrainingTiles) -> dict:
+def _summary(result: CropResult) -> dict:
+    sel, patches = result.selector, result.patches.images
+    near = sum(d.why == Drop.NEAR_DUPLICATE for d in sel.dropped)
     return {
-        "screens": len(sel.records),
-        "patches": int(len(patches.images)),
-        "patches_available": plan.total,
-        "tiles": int(len(tiles.tiles)),
-        "patch_shape": list(patches.images.shape[1:]),
-        "scales": sel.scales,
+        "screens": len(result.records),
+        "patches": int(len(patches)),
+        "patches_available": result.plan.total,
+        "tiles": int(len(result.tiles.tiles)),
+        "patch_shape": list(patches.shape[1:]),
+        **sel.counts(),
         "skipped": len(sel.skipped),
         "too_small": len(sel.too_small),
         "duplicates": len(sel.duplicates),
+        "near_duplicates": near,
+        "capped": sum(d.why == Drop.CAPPED for d in sel.dropped),
+        "hud_cut": sum(any(r.hud) for r in result.records),
+        "games": len({r.game for r in result.records}),
         "many_colours": len(sel.many_colours),
-        "stretched": sel.stretched,
-        "estimated": sel.estimated,
         "skipped_items": sel.skipped.items + [{"source": t["source"], "reason": t["reason"]}
                                               for t in sel.too_small.items],
     }

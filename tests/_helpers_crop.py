@@ -162,8 +162,17 @@ def _sprite_bitmap(rng, h: int = 16, w: int = 16) -> np.ndarray:
     return np.concatenate([half, half[:, ::-1]], axis=1)
 
 
-def nes_frame(seed: int, kind: str | None = None) -> np.ndarray:
-    """A native 256x240 NES-like frame: (240, 256, 3) uint8 (see the module docstring)."""
+#: a game's HUD labels: the same glyphs on every screen (``nes_frame(..., hud="fixed")``)
+_LABELS = ((24, 16, (3, 17, 22, 9, 30)), (144, 16, (11, 4, 27, 8, 1)), (200, 16, (5, 33, 12, 20)))
+
+
+def nes_frame(seed: int, kind: str | None = None, *, hud: str = "random") -> np.ndarray:
+    """A native 256x240 NES-like frame: (240, 256, 3) uint8 (see the module docstring).
+
+    ``hud``: "random" (every frame its own HUD text), "fixed" (a game's status bar: the same
+    labels and coin icon on every frame, only the counters change), "bottom" (that bar at the
+    bottom, over the ground, SMB3-like) or "none".
+    """
     rng = np.random.default_rng(seed)
     kind = kind or KINDS[seed % len(KINDS)]
     bg = {"overworld": SKY, "big_sky": SKY, "water": BLUE}.get(kind, BLACK)
@@ -218,21 +227,50 @@ def nes_frame(seed: int, kind: str | None = None) -> np.ndarray:
     img = np.concatenate([np.concatenate([tiles[n] for n in row], axis=1) for row in grid], axis=0)
     sx = int(rng.integers(0, T))                           # horizontal scroll
     img = np.ascontiguousarray(img[:, sx:sx + W])
-    img[16:40] = bg                                        # the HUD, drawn over the backdrop
-    _text(img, 24, 16, rng.integers(0, 40, 5))
-    _text(img, 24, 24, rng.integers(0, 10, 6))
-    _text(img, 144, 16, rng.integers(0, 40, 5))
-    _text(img, 152, 24, rng.integers(0, 10, 3))
-    _text(img, 200, 16, rng.integers(0, 40, 4))
-    _text(img, 208, 24, rng.integers(0, 10, 3))
     pal = np.array([(0, 0, 0), RED, PINK, BROWN], np.uint8)
     for _ in range(rng.integers(0, 5)):                    # sprites anywhere
         bm = _sprite_bitmap(rng, 16 if rng.random() < 0.7 else 32)
         y, x = rng.integers(40, H - bm.shape[0]), rng.integers(0, W - 16)
         img[y:y + bm.shape[0], x:x + 16][bm > 0] = pal[bm[bm > 0]]
+    if hud == "random":
+        img[16:40] = bg                                    # the HUD, drawn over the backdrop
+        _text(img, 24, 16, rng.integers(0, 40, 5))
+        _text(img, 24, 24, rng.integers(0, 10, 6))
+        _text(img, 144, 16, rng.integers(0, 40, 5))
+        _text(img, 152, 24, rng.integers(0, 10, 3))
+        _text(img, 200, 16, rng.integers(0, 40, 4))
+        _text(img, 208, 24, rng.integers(0, 10, 3))
+    elif hud in ("fixed", "bottom"):
+        if hud == "bottom":                                # the level sits above the bar
+            img = np.ascontiguousarray(np.roll(img, -32, axis=0))
+        y0 = 16 if hud == "fixed" else H - 24
+        img[y0 - 8:y0 + 24] = bg if hud == "fixed" else BLACK
+        for x, dy, codes in _LABELS:
+            _text(img, x, y0 + dy - 16, codes)
+        _text(img, 24, y0 + 8, rng.integers(0, 10, 6))     # score, coins, world, time
+        img[y0 + 9:y0 + 15, 82:88] = YELLOW                # the coin icon
+        img[y0 + 11, 90:94] = WHITE                        # "x"
+        _text(img, 96, y0 + 8, rng.integers(0, 10, 2))
+        _text(img, 152, y0 + 8, rng.integers(0, 10, 3))
+        _text(img, 208, y0 + 8, rng.integers(0, 10, 3))
     if rng.random() < 0.3:                                 # NES left-column blanking
         img[:, :8] = bg if rng.random() < 0.5 else BLACK
     return img
+
+
+def game_frames(n: int, seed: int = 0, *, hud: str = "fixed", repeat: int = 1) -> list[np.ndarray]:
+    """n frames of one game (its HUD fixed), level kinds mixed; with ``repeat`` > 1 each frame
+    is followed by ``repeat - 1`` near-copies in which one sprite moved a few pixels (as
+    consecutive emulator frames are)."""
+    out = []
+    for i in range(n):
+        a = nes_frame(seed * 1000 + i, hud=hud)
+        out.append(a)
+        for r in range(1, repeat):
+            b = a.copy()
+            b[196:212, 100 + 2 * r:164 + 2 * r] = a[196:212, 100:164]
+            out.append(b)
+    return out
 
 
 def sprite(seed: int, size: int = 64) -> np.ndarray:

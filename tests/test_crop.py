@@ -140,7 +140,7 @@ def test_upscaled_screen_is_stored_at_native_size(tmp_path):
     a = native(48, 64, seed=13)
     r = core([up(a, 3)], patch_size=32)
     rec = r.records[0]
-    assert (rec.scale, rec.width, rec.height) == (3, 64, 48) and r.selector.scales == {"3": 1}
+    assert (rec.scale, rec.width, rec.height) == (3, 64, 48) and r.selector.counts()["scales"] == {"3": 1}
     assert np.array_equal(r.screens[0], a)
 
 
@@ -356,7 +356,7 @@ def test_8_to_7_aspect_stretch_is_undone_exactly():
     a = native(48, 112, seed=50)
     wide = np.asarray(Image.fromarray(a).resize((128, 96), Image.NEAREST))   # x 8:7, y x2
     r = core([wide], patch_size=32)
-    assert r.records[0].scale_xy == [round(128 / 112, 4), 2.0] and r.selector.stretched == 1
+    assert r.records[0].scale_xy == [round(128 / 112, 4), 2.0] and r.selector.counts()["stretched"] == 1
     assert np.array_equal(r.screens[0], a)
 
 
@@ -545,12 +545,121 @@ def test_run_writes_the_core_result_as_artifacts(tmp_path):
     files = [save(tmp_path / "in" / f"s{i}.png", a) for i, a in enumerate(arrays)]
     out = tmp_path / "out"
     s = run(files, out, patch_size=32, max_patches=20, flip=True)
-    want = core(arrays, patch_size=32, max_patches=20, flip=True)
+    want = crop.crop_screens([(str(f), rgba(a)) for f, a in zip(files, arrays)],
+                             crop.Params(patch_size=32, max_patches=20, flip=True))
     tiles = TrainingTiles.load(out)
     assert np.array_equal(Patches.load(out).images, want.patches.images)
     assert np.array_equal(tiles.tiles, want.tiles.tiles)
     assert np.array_equal(tiles.origin, want.tiles.origin)
-    assert tiles.screens == [{**r.to_json(), "source": str(f)} for r, f in zip(want.records, files)]
-    assert sorted(p.name for p in out.iterdir()) == ["crop.json", "patches.npy", "screens",
-                                                     "screens.json", "tiles.npy", "tiles_origin.npy"]
+    assert tiles.screens == [r.to_json() for r in want.records]
+    assert sorted(p.name for p in out.iterdir()) == ["contact.png", "crop.json", "patches.npy",
+                                                     "screens", "screens.json", "tiles.npy",
+                                                     "tiles_origin.npy"]
     assert (s["screens"], s["patches"], s["tiles"]) == (3, 20, len(want.tiles.tiles))
+
+
+# --------------------------------------------------------------------------- screens fit for training
+def game(frames, name="smb", start=0):
+    """(source, RGBA) pairs of one game's frames, as files in a folder named after it."""
+    return [(f"{name}/frame_{start + i:03d}.png", rgba(a)) for i, a in enumerate(frames)]
+
+
+def test_a_hud_repeated_by_a_game_is_cut_from_all_its_screens():
+    frames = H.game_frames(12, seed=1, hud="fixed")
+    r = crop.crop_screens(game(frames), crop.Params())
+    assert all(rec.hud == [31, 0] and rec.height == 240 - 31 for rec in r.records)
+    assert all(np.array_equal(s, a[31:]) for s, a in zip(r.screens, frames))
+    assert r.records[0].offset == [0, 31]
+    assert r.selector.huds[0]["top"] == 31 and r.selector.huds[0]["screens"] == 12
+
+
+def test_a_bottom_status_bar_is_cut():
+    r = crop.crop_screens(game(H.game_frames(12, seed=2, hud="bottom")), crop.Params())
+    assert {tuple(rec.hud) for rec in r.records} == {(0, 24)}
+
+
+def test_no_hud_is_cut_when_the_top_rows_change_from_screen_to_screen():
+    r = crop.crop_screens(game(FRAMES), crop.Params(near_duplicates=0))
+    assert all(rec.hud == [0, 0] for rec in r.records) and r.selector.huds == []
+
+
+def test_hud_cut_can_be_turned_off():
+    r = crop.crop_screens(game(H.game_frames(12, seed=1)), crop.Params(hud=False))
+    assert all(rec.hud == [0, 0] and rec.height == 240 for rec in r.records)
+
+
+def test_a_hud_is_left_in_place_when_cutting_it_goes_below_the_patch():
+    frames = H.game_frames(12, seed=1)                            # 240 rows, HUD 31 of them
+    r = crop.crop_screens(game(frames), crop.Params(patch_size=224, stride=16))
+    assert all(rec.hud == [0, 0] and rec.height == 240 for rec in r.records)
+    assert "less than the 224x224 patch" in r.selector.huds[0]["left"]
+
+
+def test_consecutive_near_duplicate_frames_are_left_out():
+    frames = H.game_frames(4, seed=3, repeat=3)                   # each frame + 2 near-copies
+    r = crop.crop_screens(game(frames), crop.Params(hud=False))
+    assert [rec.id for rec in r.records] == ["frame_000", "frame_003", "frame_006", "frame_009"]
+    near = [d for d in r.selector.dropped if d.why == crop.Drop.NEAR_DUPLICATE]
+    assert len(near) == 8 and "differ from the previous screen" in near[0].reason
+    assert len(crop.crop_screens(game(frames), crop.Params(hud=False, near_duplicates=0))
+               .records) == 12
+
+
+def test_near_duplicates_are_only_looked_for_within_a_game():
+    a, b = H.game_frames(1, seed=4, repeat=2)
+    r = crop.crop_screens(game([a], "smb") + game([b], "zelda"), crop.Params(hud=False))
+    assert len(r.records) == 2
+
+
+def test_max_per_game_keeps_evenly_spread_screens_of_each_game():
+    many = game([H.nes_frame(100 + i) for i in range(7)], "smb")
+    few = game([H.nes_frame(200 + i) for i in range(2)], "zelda")
+    r = crop.crop_screens(many + few, crop.Params(max_per_game=3, hud=False))
+    assert [rec.id for rec in r.records] == ["frame_000", "frame_003", "frame_006",
+                                             "frame_000-2", "frame_001-2"]
+    assert [rec.index for rec in r.records] == [0, 1, 2, 3, 4]
+    capped = [d for d in r.selector.dropped if d.why == crop.Drop.CAPPED]
+    assert len(capped) == 4 and "smb has 7 screens, 3 kept" in capped[0].reason
+
+
+def test_game_names_from_provenance_prefix_or_folder():
+    files = [crop.InputFile(Path("x"), "shots/mixed/smb_01.png"),
+             crop.InputFile(Path("x"), "shots/mixed/zelda-2.png"),
+             crop.InputFile(Path("x"), "shots/contra/frame_0001.png"),
+             crop.InputFile(Path("x"), "shots/contra/frame_0002.png"),
+             crop.InputFile(Path("x"), "https://ex.org/g/shot_1.png", "Mega Man 2")]
+    assert crop.game_names(files) == ["smb", "zelda", "contra", "contra", "Mega Man 2"]
+
+
+def test_scrape_provenance_names_the_game(tmp_path):
+    art = tmp_path / "scraped"
+    (art / "images").mkdir(parents=True)
+    rows = []
+    for i, prov in enumerate([{"kind": "web", "game": "Contra"}, None, {"kind": "folder"}]):
+        save(art / "images" / f"{i}.png", native(64, 64, seed=90 + i))
+        row = {"source": f"https://ex.org/p{i}/{i}.png", "status": "ok", "path": f"images/{i}.png"}
+        if prov is not None:
+            row["provenance"] = prov
+        rows.append(json.dumps(row))
+    rows.append(json.dumps({"source": "y", "status": "skipped", "provenance": "odd"}))
+    (art / "sources.jsonl").write_text("\n".join(rows) + "\n")
+    files = crop._collect([art])
+    assert [f.game for f in files] == ["Contra", "p1", "p2"]
+
+
+def test_the_contact_sheet_shows_left_out_screens_first(tmp_path):
+    frames = H.game_frames(2, seed=5, repeat=2)
+    r = crop.crop_screens(game(frames), crop.Params(hud=False))
+    sheet = r.sheet
+    assert sheet.ndim == 3 and sheet.shape[2] == 3 and sheet.shape[1] == 8 * (crop.THUMB[0] + 4)
+    thumb = crop.thumbnail(frames[1])                          # the near-duplicate, first cell
+    assert np.array_equal(sheet[28:28 + thumb.shape[0], 2:2 + thumb.shape[1]], thumb)
+    files = [save(tmp_path / "in" / f"f{i}.png", a) for i, a in enumerate(frames)]
+    run(files, tmp_path / "out", hud=False)
+    assert Image.open(tmp_path / "out" / "contact.png").size == (sheet.shape[1], sheet.shape[0])
+
+
+def test_the_example_corpus_loses_nothing_to_hud_near_duplicates_or_caps(tmp_path):
+    r = crop.run({"images": [EXAMPLES / "screens"]}, crop.Params(), tmp_path)
+    assert (r["screens"], r["hud_cut"], r["near_duplicates"], r["capped"]) == (62, 0, 0, 0)
+    assert r["games"] == 2
