@@ -3,7 +3,7 @@
 Sections: the generated level (its model and figures), the tileset at 1x and 3x with its
 groups, the kept tiles group by group (hover for their properties), the tiles' reuse (uses per
 tile, distinct tiles per cell), the seams (colour difference across tile borders against inside
-tiles, in the rebuilt screens and in the level), the novelty histogram, dropped tiles beside
+tiles, in the rebuilt screens and in the level), novelty, dropped tiles beside
 their nearest training tiles, generated screens beside their rebuilt maps, training curves and
 sample grid, and the summary of every stage that led here (read from the ``manifest.json`` the
 artifact cache keeps beside each artifact).
@@ -369,7 +369,8 @@ def _section_tiles(bank: np.ndarray, props: list[dict], summary: Optional[dict] 
             imgs.append(_img_tag(png_bytes(bank[i]), alt=f"tile {i}", title=tip, cls=""))
             shown += 1
         uses = f", {g['uses']} cells" if g.get("uses") is not None else ""
-        parts.append(f"<h3>{_esc(g['name'])} <span class=muted>({n} tiles{uses})</span></h3>"
+        parts.append(f"<h3>{_esc(g['name'])} <span class=muted>({n} tile{'s' * (n != 1)}"
+                     f"{uses})</span></h3>"
                      f'<div class="tiles">{"".join(imgs)}</div>')
     more = (f'<p class="muted">first {MAX_TILES_SHOWN} of {k} shown; all are in tileset.png</p>'
             if k > MAX_TILES_SHOWN else "")
@@ -427,7 +428,25 @@ def _dropped_distance(rec: dict) -> Optional[float]:
     return None
 
 
+#: dedupe's novelty categories, in the order shown, with what each means
+NOVELTY_KINDS = (("new", "no training tile shares its colour pattern or a 4×4 block of it"),
+                 ("related", "a training tile shares a block or the pattern, but it is no copy"),
+                 ("copy", "called a copy of a training tile but kept"),
+                 ("common", "a plain fill tile, kept whatever the training tiles hold"))
+
+
 def _section_novelty(meta: list, dropped: list) -> str:
+    kinds = [m["novelty"] for m in meta if isinstance(m, dict)
+             and isinstance(m.get("novelty"), str)]
+    if kinds:  # dedupe's categories (the copy judge)
+        rows = "".join(f"<tr><th>{_esc(k)}</th><td>{kinds.count(k)}</td><td>{_esc(why)}</td></tr>"
+                       for k, why in NOVELTY_KINDS if k in kinds)
+        other = sorted(set(kinds) - {k for k, _ in NOVELTY_KINDS})
+        rows += "".join(f"<tr><th>{_esc(k)}</th><td>{kinds.count(k)}</td><td></td></tr>"
+                        for k in other)
+        return ("<h2>Novelty</h2><p>How each kept tile relates to the training tiles "
+                "(dedupe's copy judge):</p><table><tr><th>novelty</th><th>tiles</th>"
+                f"<th>meaning</th></tr>{rows}</table>")
     kept = [m["novelty"] for m in meta if isinstance(m, dict)
             and isinstance(m.get("novelty"), (int, float)) and m["novelty"] >= 0]
     drop = [_dropped_distance(d) for d in dropped if isinstance(d, dict)]

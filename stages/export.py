@@ -307,7 +307,8 @@ def _tile_properties(meta: list, layout: atlas_mod.SheetLayout,
     """Tiled properties of each sheet cell (by tile id; ``{}`` where the sheet is blank) from
     dedupe's tiles.json records (by bank id), the tile's group and its uses in the maps.
 
-    A negative or null novelty (not measured: flat tile, or no training tiles) is left out.
+    Novelty is dedupe's category (``new``, ``related``, ``copy``, ``common``) or, in older
+    artifacts, a Hamming distance; a negative or null one (not measured) is left out.
     """
     by_id: dict[int, dict] = {}
     for i, m in enumerate(meta):
@@ -325,16 +326,23 @@ def _tile_properties(meta: list, layout: atlas_mod.SheetLayout,
             v = m.get(name)
             if name == "colours" and isinstance(v, (list, tuple)):
                 v = ",".join(_colour_text(c) for c in v)
-            if name == "novelty" and (not isinstance(v, (int, float)) or isinstance(v, bool)
-                                      or v < 0):
-                v = None
-            if name == "novelty" and v is not None:
-                v = int(v)
+            if name == "novelty":
+                v = _novelty(v)
             if isinstance(v, (dict, list)):
                 v = json.dumps(v, sort_keys=True)
             p[name] = v
         props.append(p)
     return props
+
+
+def _novelty(v: Any) -> Any:
+    """A tiles.json novelty as a Tiled property value: the category text, or an int distance;
+    None when not measured."""
+    if isinstance(v, str):
+        return v or None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        return None
+    return int(v)
 
 
 def _colour_text(c: Any) -> str:

@@ -160,15 +160,17 @@ def test_core_warns_when_tiles_json_is_missing():
     assert not any(w.startswith("no tiles.json") for w in with_records.warnings)
 
 
-def test_level_of_recurring_tiles_is_solved_from_seen_pairs_without_violations(exported):
-    # the fixture's 6 maps of 4x4 cells reuse 12 tiles: tiles recur, so single tiles are used
+def test_level_says_why_its_model_and_is_solved_without_violations(exported):
+    # the fixture's 6 maps of 4x4 cells reuse 12 tiles (tiles recur), but so few pairs are seen
+    # that single tiles would flood the level with one tile: it is made of 2x2 pieces instead
     _, out, summary = exported
     lv = summary["level"]
     assert summary["reuse"]["recurring"] and lv["because"].startswith("tiles recur")
+    assert "fill the level with one tile" in lv["because"]
+    assert lv["tried"] == ["observed", "chunks"] and lv["model"] == "chunks"
     assert lv["method"] in ("wfc", "wfc-backtracking") and lv["violations"] == 0
-    assert lv["model"] == "observed" and lv["chunk"] == 1 and lv["unseen_pairs"] == 0
     m = load_tmx(out / "maps" / "level.tmx")
-    assert m.properties["model"] == "observed" and m.properties["violations"] == 0
+    assert m.properties["model"] == "chunks" and m.properties["violations"] == 0
     gids, _ = pytmx_cells(m)
     assert gids.shape == (6, 16) and (gids > 0).all()
 
@@ -276,6 +278,18 @@ def test_report_shows_the_sheet_at_1x_and_3x_its_groups_reuse_and_seams(tmp_path
     assert "single tiles, each next to tiles it sits beside" in html and "tiles recur" in html
     ratio = s["level"]["seams"]["screens"]["ratio"]
     assert f"<td>{ratio}</td>" in html
+
+
+def test_novelty_categories_become_string_properties_and_a_table_in_the_report():
+    from stages import _report
+
+    records = [{"id": 0, "novelty": "common"}, {"id": 1, "novelty": "new"},
+               {"id": 2, "novelty": 7}, {"id": 3, "novelty": -1}]
+    ex = export.export_tileset(TileSet(make_tiles(4), make_maps(4, n=2)), records,
+                               export.Params(level_width=8, level_height=4, sheet_layout="bank"))
+    assert [p.get("novelty") for p in ex.tile_properties] == ["common", "new", 7, None]
+    html = _report._section_novelty(records[:2], [])
+    assert "<th>new</th><td>1</td>" in html and "<th>common</th><td>1</td>" in html
 
 
 def test_level_params_default_to_the_wfc_defaults():
