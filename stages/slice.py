@@ -44,7 +44,7 @@ from tilesets.bank import (PAD_MODES, ImageSlicer, apply_cells, fit_to_grid, nor
 from tilesets.cells import FLIP_MASK, cell_ids
 from tilesets.pixels import join_grid
 from tilesets.dictionary import (Dictionary, grid_tiles, learn_dictionary, mean_delta_e,
-                                 nes_max_distinct, rebuild, seam_ratio)
+                                 nes_max_distinct, parse_seam_weight, rebuild, seam_ratio)
 
 NAME = "slice"
 INPUTS = {"images": "quantize"}
@@ -108,25 +108,16 @@ class Params(StageParams):
 
     def seam(self) -> Union[str, float]:
         """``seam_weight`` as ``tilesets.dictionary.assign`` takes it: "auto" or a float."""
-        return parse_seam_weight(self.seam_weight)
+        return seam_weight_param(self.seam_weight, self.STAGE)
 
 
-def parse_seam_weight(text: Any, stage: str = "slice") -> Union[str, float]:
-    """``"auto"`` or a number >= 0 (given as text or a number) -> "auto" or float.
-
-    Raises :class:`ParamError` (field ``seam_weight``) for anything else.
-    """
-    s = str(text).strip().lower()
-    if s == "auto":
-        return "auto"
+def seam_weight_param(value: Any, stage: str) -> Union[str, float]:
+    """:func:`tilesets.dictionary.parse_seam_weight` with its error as a :class:`ParamError`
+    naming the stage and the field."""
     try:
-        v = float(s)
-    except ValueError:
-        v = float("nan")
-    if not v >= 0 or v == float("inf"):
-        raise ParamError(f"{stage}: seam_weight must be 'auto' or a number >= 0, got {text!r}",
-                         field="seam_weight")
-    return v
+        return parse_seam_weight(value)
+    except ValueError as e:
+        raise ParamError(f"{stage}: {e}", field="seam_weight") from None
 
 
 # --------------------------------------------------------------------------- results

@@ -72,8 +72,9 @@ from tilesets.cells import ORIENTATIONS, encode_cells, flip_tile, flip_variants
 from tilesets.pixels import pack_colours
 
 __all__ = ["ALPHA_DE", "AUTO_GAIN", "AUTO_MIN_USES", "K_CAP", "NES_MAX_DISTINCT", "SEAM_WEIGHTS",
-           "Dictionary", "learn_dictionary", "assign", "calibrate_seam_weight", "rebuild",
-           "render", "grid_tiles", "distinct_tiles", "tile_distance", "nes_max_distinct", "mean_delta_e", "isolated_rate", "seam_ratio"]
+           "Dictionary", "learn_dictionary", "assign", "calibrate_seam_weight",
+           "parse_seam_weight", "rebuild", "render", "grid_tiles", "distinct_tiles",
+           "tile_distance", "nes_max_distinct", "mean_delta_e", "isolated_rate", "seam_ratio"]
 
 log = logging.getLogger("tilegan.tilesets.dictionary")
 
@@ -810,14 +811,37 @@ def calibrate_seam_weight(cells: np.ndarray, dictionary: Union[Dictionary, np.nd
     return prob.calibrate(weights, sweeps)
 
 
+def parse_seam_weight(value: Union[float, str]) -> Union[float, str]:
+    """``"auto"`` or a finite number >= 0, given as a number or as text (a config value, a
+    command-line option) -> ``"auto"`` or float.
+
+    Raises ValueError, naming ``seam_weight``, for anything else.
+
+    >>> parse_seam_weight(" Auto "), parse_seam_weight("0.2"), parse_seam_weight(1)
+    ('auto', 0.2, 1.0)
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+    elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        v = float(value)
+    else:
+        v = float("nan")
+    if not 0 <= v < float("inf"):
+        raise ValueError(f"seam_weight must be 'auto' or a number >= 0, got {value!r}")
+    return v
+
+
 def _check_seam_weight(seam_weight, prob: "_Problem", sweeps: int) -> float:
-    if isinstance(seam_weight, str):
-        if seam_weight != "auto":
-            raise ValueError(f"seam_weight must be a number >= 0 or 'auto', got {seam_weight!r}")
+    lam = parse_seam_weight(seam_weight)
+    if lam == "auto":
         return prob.calibrate(SEAM_WEIGHTS, sweeps)["seam_weight"]
-    if not seam_weight >= 0:
-        raise ValueError(f"seam_weight must be >= 0 or 'auto', got {seam_weight!r}")
-    return float(seam_weight)
+    return float(lam)
 
 
 class _Problem:
