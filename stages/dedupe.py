@@ -77,8 +77,9 @@ class Params(StageParams):
     copy_tolerance: float = param(3.0, help="two pixels differ when their colours are more than "
                                             "this ΔE76 apart (one just-noticeable step: 2.3)",
                                   min=0.0, max=100.0)
-    copy_fraction: float = param(0.025, help="a near or shifted copy differs from its training "
-                                             "tile in at most this share of the pixels",
+    copy_fraction: float = param(0.06, help="a near or shifted copy differs from its training "
+                                            "tile in at most this share of the pixels (0.06: 15 "
+                                            "of 256, e.g. a corner of other background)",
                                  min=0.0, max=0.49)
     copy_shift: int = param(2, help="look for copies shifted by up to this many pixels",
                             min=0, max=4)
@@ -234,7 +235,7 @@ class KeptTile:
         if self.nearest_training is not None and self.call is not None:
             near = dict(asdict(self.nearest_training), **_call_json(self.call))
         return {"id": self.id, "bank_id": self.bank_id,
-                "novelty": self.novelty.value if self.novelty is not None else None,
+                "novelty": getattr(self.novelty, "value", self.novelty),
                 "nearest_training": near,
                 "source_image": self.origin[0] if self.origin else None,
                 "origin": list(self.origin) if self.origin else None,
@@ -744,8 +745,9 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     items_skipped = [dict(s, input=name) for name, sk in skipped.items() for s in sk.items]
     s = result.summary()
     kinds = ", ".join(f"{n} {k}" for k, n in s["dropped_copies"].items() if n)
-    log.info("dedupe: %d -> %d tiles (%d training copies%s, %d duplicate, %d flat)%s",
-             s["tiles_in"], s["kept"], s["dropped_training"], f": {kinds}" if kinds else "",
+    log.info("dedupe: %d -> %d tiles (dropped: %d training copies%s, %d duplicates, %d flat "
+             "repeats)%s", s["tiles_in"], s["kept"], s["dropped_training"],
+             f" [{kinds}]" if kinds else "",
              s["dropped_duplicate"], s["dropped_flat"],
              f"; {len(items_skipped)} input image(s) skipped" if items_skipped else "")
     return dict(s, skipped=len(items_skipped), skipped_items=items_skipped)

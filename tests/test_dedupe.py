@@ -131,6 +131,14 @@ def test_one_pixel_edit_is_dropped_as_near():
     assert (rec["kind"], rec["pixels_differing"], rec["compared"]) == ("near", 1, T * T)
 
 
+def test_copy_with_a_corner_of_other_background_is_near():
+    a = _art(1)
+    edited = a.copy()
+    edited[:3, -4:, :3] = (255, 0, 255)                          # 12 pixels: 4.7 % of the tile
+    r = _dedupe([edited, _art(2)], {"img": [[0, 1]]}, training=[a])
+    assert _dropped_copy(r, 0).to_json()["kind"] == "near"
+
+
 def test_shifted_copy_is_dropped_as_shifted_with_its_offset():
     wide = _art(1, width=T + 2)
     r = _dedupe([np.ascontiguousarray(wide[:, 1:T + 1]), _art(2)], {"img": [[0, 1]]},
