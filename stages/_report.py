@@ -338,9 +338,8 @@ def _section_tileset(out_dir: Path, summary: dict) -> str:
         f"<br>{z}×</div>" for z in (1, 3))
     rows = "".join(
         f"<tr><td>{_esc(g['name'])}</td><td>{_esc(g.get('kind', ''))}</td>"
-        f"<td>{_esc(g.get('tiles'))}</td><td>{_esc(g.get('first_tile'))}"
-        f"{'–' + str(int(g['first_tile']) + int(g['tiles']) - 1) if int(g.get('tiles') or 0) > 1 else ''}"
-        f"</td><td>{int(g.get('first_tile') or 0) // cols + 1}</td>"
+        f"<td>{_esc(g.get('tiles'))}</td><td>{_id_range(g)}</td>"
+        f"<td>{int(g.get('first_tile') or 0) // cols + 1}</td>"
         f"<td>{_esc('' if g.get('uses') is None else g['uses'])}</td></tr>"
         for g in _groups(summary, int(summary.get("tiles") or 0)))
     blank = sheet.get("blank")
@@ -352,6 +351,12 @@ def _section_tileset(out_dir: Path, summary: dict) -> str:
             f'sheet. Shown at 1× and 3× (nearest neighbour).</p><div class="scroll">{views}</div>'
             "<table><tr><th>group</th><th>kind</th><th>tiles</th><th>tile ids</th>"
             f"<th>first row</th><th>cells using it</th></tr>{rows}</table>")
+
+
+def _id_range(group: dict) -> str:
+    """``first–last`` tile ids of a group (``first`` alone for one tile)."""
+    first, n = int(group.get("first_tile") or 0), int(group.get("tiles") or 0)
+    return f"{first}–{first + n - 1}" if n > 1 else str(first)
 
 
 def _section_tiles(bank: np.ndarray, props: list[dict], summary: Optional[dict] = None) -> str:

@@ -147,8 +147,8 @@ def test_core_numbers_sample_maps_in_stem_order_with_flip_counts():
     first = maps[sorted(maps)[0]]
     assert ex.sample_maps[0]["flipped_cells"] == int(((first & FLIP_MASK) != 0).sum())
     pos = ex.layout.position
-    np.testing.assert_array_equal(ex.gids()["sample_000"],
-                                  (pos[first & ID_MASK] + 1).astype(np.uint32) | (first & FLIP_MASK))
+    gids = (pos[first & ID_MASK] + 1).astype(np.uint32) | (first & FLIP_MASK)
+    np.testing.assert_array_equal(ex.gids()["sample_000"], gids)
 
 
 def test_core_warns_when_tiles_json_is_missing():
