@@ -103,17 +103,21 @@ def _kv_table(d: dict) -> str:
 
 # --------------------------------------------------------------------------- charts (SVG)
 def svg_histogram(series: Sequence[tuple[str, Sequence[float], str]], *, xlabel: str,
-                  width: int = 480, height: int = 200) -> str:
+                  width: int = 480, height: int = 200,
+                  edges: Optional[Sequence[float]] = None) -> str:
     """Inline SVG histograms, one panel per series, on shared unit bins (each its own y scale).
 
-    ``series``: (label, values, colour).  Ranges wider than 64 get 64 equal bins.
+    ``series``: (label, values, colour).  Ranges wider than 64 get 64 equal bins; ``edges``
+    gives the bins instead (drawn equally wide, labelled by their lower edge).
     """
     vals = [np.asarray([v for v in s[1] if v is not None], dtype=np.float64) for s in series]
     allv = np.concatenate([v for v in vals if v.size] or [np.zeros(0)])
     if allv.size == 0:
         return '<p class="muted">(no values)</p>'
     lo, hi = int(np.floor(allv.min())), int(np.ceil(allv.max()))
-    if hi - lo + 1 > 64:
+    if edges is not None:
+        edges = np.asarray(edges, np.float64)
+    elif hi - lo + 1 > 64:
         edges = np.linspace(lo, hi + 1, 65)
     else:
         edges = np.arange(lo, hi + 2, dtype=np.float64)
@@ -397,8 +401,17 @@ def _section_reuse(summary: dict, uses: Sequence[int]) -> str:
             f"{100 * float(r.get('top_share') or 0):.1f} %; {once} of {len(uses)} tiles are used "
             "once or never.")
     return ("<h2>Reuse</h2><p>" + _esc(text) + "</p>"
-            + svg_histogram([("tiles", list(uses), "#2c7fb8")],
-                            xlabel="cells of the rebuilt screens using the tile"))
+            + svg_histogram([("tiles", list(uses), "#2c7fb8")], edges=_doubling_edges(uses),
+                            xlabel="cells of the rebuilt screens using the tile (at least)"))
+
+
+def _doubling_edges(values: Sequence[int]) -> list[int]:
+    """Bins 0, 1, 2-3, 4-7, ... up to the largest value: uses span orders of magnitude."""
+    top = max([int(v) for v in values] or [1])
+    edges = [0, 1]
+    while edges[-1] <= top:
+        edges.append(edges[-1] * 2)
+    return edges
 
 
 def _section_seams(summary: dict) -> str:

@@ -278,6 +278,14 @@ def test_report_shows_the_sheet_at_1x_and_3x_its_groups_reuse_and_seams(tmp_path
     assert "single tiles, each next to tiles it sits beside" in html and "tiles recur" in html
     ratio = s["level"]["seams"]["screens"]["ratio"]
     assert f"<td>{ratio}</td>" in html
+    assert "cells of the rebuilt screens using the tile" in html  # the uses histogram
+
+
+def test_uses_histogram_bins_double():
+    from stages import _report
+
+    assert _report._doubling_edges([5, 1]) == [0, 1, 2, 4, 8]
+    assert _report._doubling_edges([]) == [0, 1, 2]
 
 
 def test_novelty_categories_become_string_properties_and_a_table_in_the_report():
