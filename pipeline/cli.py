@@ -363,6 +363,10 @@ def _register_stages() -> None:
 
 _register_stages()
 
+from .retile import retile_cmd  # noqa: E402 - not a stage: writes no cache entry of its own
+
+app.command("retile")(retile_cmd)
+
 
 # --------------------------------------------------------------------------- entry point
 def _is_user_error(e: BaseException) -> bool:
