@@ -173,6 +173,54 @@ def test_flipped_cells_are_read_through_their_flips():
     assert infer_terrains(tiles, [row & np.uint32(0x1FFFFFFF)]).vertex_agreement < 1.0
 
 
+def test_diagonal_flips_are_read_through_too():
+    tiles, combos = corner_tileset()
+    top = combos.index((1, 1, 2, 2))                      # sky above, ground below
+    d_bit = np.uint32(1 << 29)
+    # the transposed top/bottom tile shows sky on its left, ground on its right
+    row = np.array([[0, top | d_bit, 15]], np.uint32)
+    assert infer_terrains(tiles, [row]).vertex_agreement == 1.0
+    assert infer_terrains(tiles, [row & np.uint32(0x1FFFFFFF)]).vertex_agreement < 1.0
+
+
+def flip_reduced(combos) -> tuple[list[int], dict]:
+    """One tile per corner pattern up to H/V flips: the kept combos' indices, and for every
+    combo the cell (kept index | flip bits) that shows it."""
+    kept, cell = [], {}
+    flips = ((0, (0, 1, 2, 3)), (1 << 31, (1, 0, 3, 2)), (1 << 30, (3, 2, 1, 0)),
+             (3 << 30, (2, 3, 0, 1)))
+    for i, c in enumerate(combos):
+        for bits, perm in flips:
+            stored = tuple(c[p] for p in perm)            # the tile that, flipped, shows c
+            if stored in [combos[k] for k in kept]:
+                cell[i] = kept.index(combos.index(stored)) | bits
+                break
+        else:
+            cell[i] = len(kept)
+            kept.append(i)
+    return kept, cell
+
+
+def test_coverage_and_brush_count_flipped_tiles_when_flips_are_allowed():
+    tiles, combos = corner_tileset()
+    kept, _ = flip_reduced(combos)
+    assert len(kept) == 7                                 # 16 patterns, 7 up to flips
+    ts = infer_terrains(tiles[kept])
+    assert len(ts.wang_tiles) == 7
+    assert list(ts.coverage().values())[0] < 1.0
+    assert list(ts.coverage(flips=True).values())[0] == 1.0
+    table = {i: ts.wangid(i) for i in ts.wang_tiles}
+    painted = hills(seed=3)
+    sky = ts.corners[0, 0]
+    painted = np.where(painted == 1, sky, 3 - sky)
+    assert (corner_fill(painted, table) < 0).any()
+    cells = corner_fill(painted, table, flips=True)
+    assert (cells >= 0).all() and (cells >> 30).any()
+    unflipped = corner_fill(painted, table)
+    ok = unflipped >= 0                                   # untransformed tiles preferred
+    assert (cells[ok] == unflipped[ok]).all()
+
+
 def test_third_material_is_found_automatically():
     tiles, combos = corner_tileset(terrains=(1, 2, 3))
     ts = infer_terrains(tiles, screens(combos, terrains=(1, 3)))

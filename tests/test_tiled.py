@@ -126,6 +126,48 @@ def test_tile_properties_have_tiled_types(tmp_path):
     assert "novelty" not in p1 and p1["source_image"] == "b"
 
 
+def _flip_tileset(tmp_path: Path, **kw) -> Path:
+    sheet = pack_atlas(make_tiles(2), columns=2)
+    save_png(tmp_path / "tileset.png", sheet)
+    return atomic_write_text(tmp_path / "tileset.tsx", tiled.tileset_xml(
+        name="t", tile_size=16, tile_count=2, columns=2, image_source="tileset.png",
+        image_width=32, image_height=16, tile_properties=[{"a": 1}, None],
+        properties={"generator": "test"}, **kw))
+
+
+WANGSET = [" <wangsets>", '  <wangset name="w" type="corner" tile="0">',
+           '   <wangcolor name="c" color="#ff0000" tile="0" probability="1"/>',
+           '   <wangtile tileid="0" wangid="0,1,0,1,0,1,0,1"/>', "  </wangset>", " </wangsets>"]
+
+
+def test_transformations_and_extra_lines_go_where_tiled_writes_them(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(_flip_tileset(tmp_path, flips=True, extra_lines=WANGSET)).getroot()
+    # Tiled 1.8's own writer: transformations, properties, image, tiles, wangsets
+    assert [c.tag for c in root] == ["transformations", "properties", "image", "tile",
+                                     "wangsets"]
+    assert root.find("transformations").attrib == {"hflip": "1", "vflip": "1", "rotate": "0",
+                                                   "preferuntransformed": "1"}
+    plain = ET.parse(_flip_tileset(tmp_path)).getroot()
+    assert plain.find("transformations") is None and plain.find("wangsets") is None
+
+
+def test_tiled_reads_the_transformations_and_the_spliced_wang_set(tmp_path):
+    from tests.test_terrain import tiled_reads_tileset
+
+    doc = tiled_reads_tileset(_flip_tileset(tmp_path, flips=True, extra_lines=WANGSET),
+                              tmp_path)
+    assert doc["transformations"] == {"hflip": True, "vflip": True, "rotate": False,
+                                      "preferuntransformed": True}
+    assert doc["wangsets"][0]["wangtiles"] == [{"tileid": 0, "wangid": [0, 1] * 4}]
+
+
+def test_extra_lines_with_line_breaks_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="line breaks"):
+        _flip_tileset(tmp_path, extra_lines=["<a>\n</a>"])
+
+
 def test_project_file_is_json_with_folders():
     doc = json.loads(tiled.project_json(folders=(".",)))
     assert doc["folders"] == ["."]

@@ -56,7 +56,13 @@ _WANGID_SLOT = (7, 1, 3, 5)
 
 _H_BIT = 1 << 31
 _V_BIT = 1 << 30
+_D_BIT = 1 << 29
 _ID_MASK = (1 << 29) - 1
+#: The flips a tileset with ``<transformations hflip="1" vflip="1">`` lets Tiled's brush use
+#: (none, H, V, HV: :data:`tilesets.cells.ORIENTATIONS`' order), as map-cell flip bits, and
+#: which stored corner (CORNERS order) each shows at each corner.
+_FLIP_BITS = (0, _H_BIT, _V_BIT, _H_BIT | _V_BIT)
+_FLIP_CORNERS = ((0, 1, 2, 3), (1, 0, 3, 2), (3, 2, 1, 0), (2, 3, 0, 1))
 
 # (name, sRGB) reference colours for naming terrains (nearest in Lab)
 _COLOUR_TABLE = (
@@ -207,10 +213,19 @@ class TerrainSet:
         """Wang tiles with two or more terrains."""
         return tuple(i for i in self.wang_tiles if len(set(self.corners[i].tolist())) > 1)
 
-    def coverage(self) -> dict:
+    def patterns(self, *, flips: bool = False) -> set:
+        """The corner patterns (CORNERS order) the Wang tiles show; with ``flips``, also as
+        drawn flipped horizontally, vertically or both (a tileset whose
+        ``<transformations>`` allow flips)."""
+        perms = _FLIP_CORNERS if flips else _FLIP_CORNERS[:1]
+        return {tuple(int(self.corners[i, p]) for p in perm) for i in self.wang_tiles
+                for perm in perms}
+
+    def coverage(self, *, flips: bool = False) -> dict:
         """For every pair of terrains, the share of the 14 mixed corner patterns that have a
-        Wang tile (1.0: the brush can draw any boundary between the two)."""
-        have = {tuple(self.corners[i].tolist()) for i in self.wang_tiles}
+        Wang tile (1.0: the brush can draw any boundary between the two); with ``flips``,
+        flipped Wang tiles count too (see :meth:`patterns`)."""
+        have = self.patterns(flips=flips)
         out = {}
         idx = [t.index for t in self.terrains]
         for a in idx:
@@ -351,20 +366,27 @@ def _choose_k(x: np.ndarray, w: np.ndarray, rules: TerrainRules
 
 
 # --------------------------------------------------------------------------- adjacency
-def _decode(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decode(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Map cells -> tile ids and the H, V and D flip bits (bool arrays)."""
     c = np.asarray(cells).astype(np.uint64)
     ids = (c & np.uint64(_ID_MASK)).astype(np.int64)
     h = ((c >> np.uint64(31)) & np.uint64(1)).astype(bool)
     v = ((c >> np.uint64(30)) & np.uint64(1)).astype(bool)
-    return ids, h, v
+    d = ((c >> np.uint64(29)) & np.uint64(1)).astype(bool)
+    return ids, h, v, d
 
 
-def _stored_corner(shown: int, h: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Which stored quadrant a cell shows at corner ``shown`` (CORNERS order), given flips."""
+def _stored_corner(shown: int, h: np.ndarray, v: np.ndarray,
+                   d: Union[np.ndarray, bool] = False) -> np.ndarray:
+    """Which stored quadrant a cell shows at corner ``shown`` (CORNERS order), given flips.
+
+    Tiled draws the diagonal flip (swap x and y) first, then H, then V; undone in reverse.
+    """
     top = shown in (0, 1)
     left = shown in (0, 3)
     top = np.where(v, not top, top)
     left = np.where(h, not left, left)
+    top, left = np.where(d, left, top), np.where(d, top, left)
     return np.where(top, np.where(left, 0, 1), np.where(left, 3, 2))
 
 
@@ -375,14 +397,14 @@ def _vertex_groups(maps: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
     """
     out = []
     for cells in maps:
-        ids, fh, fv = _decode(cells)
+        ids, fh, fv, fd = _decode(cells)
         rows, cols = ids.shape
         if ids.size and (ids.min() < 0 or ids.max() >= k):
             raise ValueError(f"a map refers to tile {int(ids.max())} but there are {k} tiles")
         pad = np.full((rows + 2, cols + 2), -1, np.int64)
         node = {}
         for shown in range(4):
-            n = ids * 4 + _stored_corner(shown, fh, fv)
+            n = ids * 4 + _stored_corner(shown, fh, fv, fd)
             p = pad.copy()
             p[1:-1, 1:-1] = n
             node[shown] = p
@@ -399,7 +421,7 @@ def _vertex_groups(maps: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
 def _uses(maps: Sequence[np.ndarray], k: int) -> np.ndarray:
     uses = np.zeros(k, np.int64)
     for cells in maps:
-        ids, _, _ = _decode(cells)
+        ids = _decode(cells)[0]
         uses += np.bincount(ids.ravel(), minlength=k)[:k]
     return uses
 
@@ -653,7 +675,8 @@ def wangsets_xml(terrain_set: TerrainSet, *, indent: str = " ") -> list[str]:
 
 
 # --------------------------------------------------------------------------- the brush rule
-def corner_fill(vertex_terrain: np.ndarray, wangids: Mapping[int, Sequence[int]]) -> np.ndarray:
+def corner_fill(vertex_terrain: np.ndarray, wangids: Mapping[int, Sequence[int]], *,
+                flips: bool = False) -> np.ndarray:
     """Tiled's corner-set rule: for every cell, a tile whose corners match the painted vertices.
 
     Parameters
@@ -662,20 +685,28 @@ def corner_fill(vertex_terrain: np.ndarray, wangids: Mapping[int, Sequence[int]]
         Terrain (1-based Wang colour) painted at each grid vertex.
     wangids : mapping tile id -> 8-entry wangid
         The Wang tiles (e.g. as Tiled itself read them back from the .tsx).
+    flips : bool
+        The tileset allows flipped tiles (``<transformations hflip="1" vflip="1"
+        preferuntransformed="1"/>``): a pattern no Wang tile shows as stored may be drawn by
+        one flipped horizontally, vertically or both.  Unflipped tiles come first, as
+        ``preferuntransformed`` asks.
 
     Returns
     -------
     ndarray, shape (rows, cols), int64
-        The tile id of each cell (the lowest id among equal matches), -1 where no Wang tile has
-        the cell's four corners (Tiled would leave such a cell empty).
+        Each cell as a map cell: the tile id (the lowest id among equal matches) with the flip
+        bits it is drawn with (bit 31 H, bit 30 V; only with ``flips``); -1 where no Wang
+        tile has the cell's four corners (Tiled would leave such a cell empty).
     """
     v = np.asarray(vertex_terrain)
     rows, cols = v.shape[0] - 1, v.shape[1] - 1
     table: dict[tuple, int] = {}
-    for tid in sorted(wangids):
-        w = list(wangids[tid])
-        key = tuple(int(w[s]) for s in _WANGID_SLOT)
-        table.setdefault(key, int(tid))
+    for o in range(len(_FLIP_BITS) if flips else 1):
+        for tid in sorted(wangids):
+            w = list(wangids[tid])
+            stored = [int(w[s]) for s in _WANGID_SLOT]
+            key = tuple(stored[p] for p in _FLIP_CORNERS[o])
+            table.setdefault(key, int(tid) | _FLIP_BITS[o])
     out = np.full((rows, cols), -1, np.int64)
     for r in range(rows):
         for c in range(cols):

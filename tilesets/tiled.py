@@ -98,7 +98,8 @@ def properties_xml(props: Optional[Mapping[str, Any]], indent: str) -> list[str]
 def tileset_xml(*, name: str, tile_size: int, tile_count: int, columns: int,
                 image_source: str, image_width: int, image_height: int,
                 tile_properties: Optional[Sequence[Optional[Mapping[str, Any]]]] = None,
-                properties: Optional[Mapping[str, Any]] = None) -> str:
+                properties: Optional[Mapping[str, Any]] = None, flips: bool = False,
+                extra_lines: Sequence[str] = ()) -> str:
     """Text of an external tileset (``.tsx``) cut from one atlas image.
 
     Parameters
@@ -117,6 +118,14 @@ def tileset_xml(*, name: str, tile_size: int, tile_count: int, columns: int,
         Custom properties of tile ``i`` at index ``i`` (shown in Tiled's tile properties).
     properties : mapping, optional
         Custom properties of the whole tileset.
+    flips : bool, optional
+        Write ``<transformations hflip="1" vflip="1" rotate="0" preferuntransformed="1"/>``
+        (Tiled 1.5 and later): the tiles may be drawn flipped, so Tiled's terrain brush also
+        uses the flipped forms of the Wang tiles, the unflipped ones first.
+    extra_lines : sequence of str, optional
+        Lines (without newlines, already escaped) placed after the ``<tile>`` elements, just
+        before ``</tileset>``: where Tiled keeps ``<wangsets>`` (e.g.
+        :func:`tilesets.terrain.wangsets_xml`).
     """
     for label, v in (("tile_size", tile_size), ("tile_count", tile_count), ("columns", columns),
                      ("image_width", image_width), ("image_height", image_height)):
@@ -128,6 +137,8 @@ def tileset_xml(*, name: str, tile_size: int, tile_count: int, columns: int,
                    ("tilewidth", tile_size), ("tileheight", tile_size), ("tilecount", tile_count),
                    ("columns", columns)])
     lines = ['<?xml version="1.0" encoding="UTF-8"?>', f"<tileset{head}>"]
+    if flips:  # where Tiled's own writer puts it: before the properties
+        lines.append(' <transformations hflip="1" vflip="1" rotate="0" preferuntransformed="1"/>')
     lines += properties_xml(properties, " ")
     image = _attrs([("source", image_source), ("width", image_width), ("height", image_height)])
     lines.append(f" <image{image}/>")
@@ -137,6 +148,10 @@ def tileset_xml(*, name: str, tile_size: int, tile_count: int, columns: int,
             lines.append(f' <tile id="{i}">')
             lines += body
             lines.append(" </tile>")
+    for line in extra_lines:
+        if "\n" in line or "\r" in line:
+            raise ValueError(f"extra_lines must not hold line breaks, got {line[:60]!r}")
+        lines.append(line)
     lines.append("</tileset>")
     return "\n".join(lines) + "\n"
 
