@@ -258,11 +258,13 @@ def slice_images(images: Iterable[tuple[Path, np.ndarray, Optional[list]]], para
     Returns
     -------
     SliceResult
+        With no usable image (all too small or fully transparent) its tile set is empty and
+        ``unusable`` says why.
 
     Raises
     ------
-    InputError
-        No image holds a tile that is not fully transparent.
+    ParamError, InputError
+        What :func:`tilesets.dictionary.learn_dictionary` refuses (:func:`learn_budget`).
     """
     screens, warnings, unusable = fit_screens(images, params)
     if not screens:
@@ -271,6 +273,12 @@ def slice_images(images: Iterable[tuple[Path, np.ndarray, Optional[list]]], para
     palette = _shared_palette([s.palette for s in screens])
     if not params.budget:
         return _exact(screens, params, palette, palette_name, warnings, unusable)
+    return _budget(screens, params, palette, palette_name, warnings, unusable)
+
+
+def _budget(screens: list[Screen], params: Params, palette: Optional[list],
+            palette_name: Optional[str], warnings: list, unusable: list) -> SliceResult:
+    """The tile budget: learn, rebuild, make the tile set (NES: make it legal), measure."""
     t0 = time.perf_counter()
     dic = learn_budget(screens, params)
     log.info("slice: dictionary of %d tiles from %d cells in %.1f s", len(dic),
@@ -286,14 +294,13 @@ def slice_images(images: Iterable[tuple[Path, np.ndarray, Optional[list]]], para
         tileset, nes_fit = nes_legal(tileset, palette_name)
         warnings += _nes_warnings(nes_fit)
         tileset.palette = _covering_palette(tileset.bank, palette)
-    uses = tileset.uses()
     rebuilt = [apply_cells(tileset.bank, tileset.maps[s.name]) for s in screens]
     info = {"k_requested": dic.k_requested, "k_learned": len(dic), "distortion": dic.distortion,
             "curve": [[int(k), float(e)] for k, e in dic.curve], "unused": unused,
             "rebuilt_delta_e": _rebuilt_delta_e(screens, rebuilt)}
     seams = {"input": _ratio([s.rgba for s in screens], params.tile_size),
              "rebuilt": _ratio(rebuilt, params.tile_size)}
-    return SliceResult(tileset, [int(u) for u in uses],
+    return SliceResult(tileset, [int(u) for u in tileset.uses()],
                        palette_swap_groups(tileset.bank, flips=tileset.flips), warnings,
                        unusable, info, seams, nes_fit)
 
