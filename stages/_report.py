@@ -1,7 +1,8 @@
 """report.html for the export stage: one self-contained page (every image inlined as base64).
 
 Sections: the generated level (its model and figures), the tileset at 1x and 3x with its
-groups, the kept tiles group by group (hover for their properties), the tiles' reuse (uses per
+groups, the terrain brushes (the Wang set in tileset.tsx: name, swatch, fill tile, transitions,
+coverage), the kept tiles group by group (hover for their properties), the tiles' reuse (uses per
 tile, distinct tiles per cell), the seams (colour difference across tile borders against inside
 tiles, in the rebuilt screens and in the level), novelty, dropped tiles beside
 their nearest training tiles, generated screens beside their rebuilt maps, training curves and
@@ -357,6 +358,70 @@ def _section_tileset(out_dir: Path, summary: dict) -> str:
             f"<th>first row</th><th>cells using it</th></tr>{rows}</table>")
 
 
+#: Most transition tiles shown in the terrains section.
+MAX_TRANSITIONS_SHOWN = 256
+
+
+def _section_terrains(summary: dict, bank: np.ndarray,
+                      terrain_tiles: Optional[dict] = None) -> str:
+    """The terrain brushes: per terrain its name, swatch, fill tile, transitions and coverage,
+    and the transition tiles (hover for their corners)."""
+    ts = summary.get("terrains")
+    if not isinstance(ts, dict):
+        return ""
+    terrains = [t for t in ts.get("terrains") or [] if isinstance(t, dict)]
+    if not terrains:
+        return ('<h2>Terrains</h2><p class="muted">No terrain brush: no tile is filled with one '
+                "material, so tileset.tsx has no Wang set.</p>")
+
+    def tile_img(i: Any, label: str) -> str:
+        if not isinstance(i, int) or not 0 <= i < len(bank):
+            return ""
+        return _img_tag(png_bytes(bank[i]), alt=label, title=f"tile {i}", cls="")
+
+    def pct(v: Any) -> str:
+        return f"{100 * float(v):.0f} %"
+
+    rows = []
+    for t in terrains:
+        swatch = (f'<span style="display:inline-block;width:1.2em;height:1.2em;'
+                  f'vertical-align:middle;border:1px solid #888;background:{_esc(t.get("colour"))}">'
+                  f"</span> {_esc(t.get('colour'))}")
+        cov = ", ".join(f"{_esc(n)} {pct(v)}" for n, v in (t.get("coverage") or {}).items())
+        rows.append(f"<tr><th>{_esc(t.get('name'))}</th><td>{swatch}</td>"
+                    f'<td class="tiles">{tile_img(t.get("tile"), "fill tile")} '
+                    f"{_esc(t.get('tile'))}</td><td>{_esc(t.get('fill_tiles'))}</td>"
+                    f"<td>{_esc(t.get('transitions'))}</td><td>{pct(t.get('share') or 0)}</td>"
+                    f"<td>{cov or '—'}</td></tr>")
+    names = {t.get("index"): str(t.get("name")) for t in terrains}
+    imgs = []
+    for i, corners in sorted((terrain_tiles or {}).items())[:MAX_TRANSITIONS_SHOWN]:
+        tip = f"tile {i}: " + " / ".join(f"{c} {names.get(v, '—')}" for c, v in zip(
+            ("top-left", "top-right", "bottom-right", "bottom-left"), corners))
+        if 0 <= int(i) < len(bank):
+            imgs.append(_img_tag(png_bytes(bank[int(i)]), alt=f"tile {i}", title=tip, cls=""))
+    more = (f'<p class="muted">first {MAX_TRANSITIONS_SHOWN} of {len(terrain_tiles)} shown</p>'
+            if terrain_tiles and len(terrain_tiles) > MAX_TRANSITIONS_SHOWN else "")
+    trans = (f"<details><summary>the {len(imgs)} transition tiles (hover for their corners)"
+             f'</summary><div class="tiles">{"".join(imgs)}</div>{more}</details>'
+             if imgs else "")
+    flips = (" The tileset lets the brush draw Wang tiles flipped (&lt;transformations&gt;), "
+             "unflipped ones first; coverage counts the flipped forms." if ts.get("flips")
+             else "")
+    return (f"<h2>Terrains (terrain brushes in tileset.tsx)</h2><p>A corner Wang set "
+            f"“{_esc(ts.get('set'))}” inferred from the tiles' pixels and the rebuilt screens. In "
+            "Tiled: open the tileset, switch the Tilesets panel to <i>Terrain Sets</i>, pick a "
+            "terrain and paint with the <i>Terrain Brush</i> (T); Tiled chooses the transition "
+            f"tiles. {_esc(ts.get('wang_tiles'))} Wang tiles, {_esc(ts.get('transitions'))} of "
+            f"them transitions; {_esc(ts.get('tiles_outside'))} tiles are outside the set (a "
+            "corner of no terrain). Vertex agreement "
+            f"{_esc(ts.get('vertex_agreement'))}: the share of the screens' grid corners whose "
+            f"four tiles agree on one terrain.{flips}</p>"
+            "<table><tr><th>terrain</th><th>colour</th><th>fill tile</th><th>fill tiles</th>"
+            "<th>transition tiles</th><th>share of tile corners</th><th>coverage: boundaries the "
+            f"brush can draw with each other terrain</th></tr>{''.join(rows)}</table>{trans}")
+
+
 def _id_range(group: dict) -> str:
     """``first–last`` tile ids of a group (``first`` alone for one tile)."""
     first, n = int(group.get("first_tile") or 0), int(group.get("tiles") or 0)
@@ -484,7 +549,8 @@ def _section_novelty(meta: list, dropped: list) -> str:
 def _section_dropped(dropped: list, evidence: Optional[Path]) -> str:
     data, w = _png_of_file(evidence)
     parts = [f"<h2>Dropped tiles ({len(dropped)})</h2>",
-             "<p>Each dropped tile beside its nearest training tile, with the distance "
+             "<p>Each tile called a copy beside the training tile it copies, with the kind of "
+             "copy (exact, near, palette swap, shifted) and how many of its pixels differ "
              "(dedupe's evidence sheet):</p>",
              f'<div class="scroll">{_img_tag(data, alt="copy evidence", width=w)}</div>']
     if dropped:
@@ -580,13 +646,25 @@ def _section_stages(stages: dict[str, dict], summary: dict) -> str:
     return "".join(parts)
 
 
+def _screens_note(summary: dict) -> str:
+    """How many screens were rebuilt and how many became sample maps."""
+    n, written = summary.get("samples"), summary.get("sample_maps")
+    if n is None or written is None:
+        return ""
+    if written >= n:
+        return f"All {n} rebuilt screens are written as maps/sample_NNN.tmx."
+    return (f"{n} generated screens were rebuilt from the tiles (the level, reuse and terrains "
+            f"use them all); the first {written} are written as maps/sample_NNN.tmx "
+            f"(--max-sample-maps {summary.get('max_sample_maps')}; 0 writes all).")
+
+
 # --------------------------------------------------------------------------- main
 def write_report(out_dir: Path, *, title: str, summary: dict, bank: np.ndarray,
                  tile_meta: list, tile_props: list[dict], dropped: list,
                  evidence: Optional[Path], train_dirs: Sequence[Path],
                  sample_paths: Sequence[Path], sample_maps: list[dict],
                  upstream_dirs: Sequence[Path], report_samples: int = 16,
-                 uses: Sequence[int] = ()) -> Path:
+                 uses: Sequence[int] = (), terrain_tiles: Optional[dict] = None) -> Path:
     """Write ``out_dir/report.html`` (expects previews/ already written) and return its path.
 
     Parameters
@@ -616,19 +694,23 @@ def write_report(out_dir: Path, *, title: str, summary: dict, bank: np.ndarray,
         Generated screens to show.
     uses : sequence of int
         Cells using each tile (the reuse histogram).
+    terrain_tiles : dict or None
+        Transition tile id -> terrain index of its four corners (top-left, top-right,
+        bottom-right, bottom-left); ``summary["terrains"]`` holds the rest of the terrains.
     """
     out_dir = Path(out_dir)
     stage_info = collect_stage_summaries(list(upstream_dirs) + list(train_dirs) + list(sample_paths))
     warn = "".join(f'<li class="warn">{_esc(w)}</li>' for w in summary.get("warnings", []))
     head = (f"<p>{summary.get('tiles')} tiles of {summary.get('tile_size')}×"
             f"{summary.get('tile_size')} px, {len(summary.get('maps', []))} maps, "
-            f"{summary.get('dropped')} tiles dropped by dedupe. Open "
+            f"{summary.get('dropped')} tiles dropped by dedupe. {_screens_note(summary)} Open "
             "<code>tilegan.tiled-project</code> or <code>maps/*.tmx</code> in Tiled.</p>"
             + (f"<ul>{warn}</ul>" if warn else ""))
     body = [
         f"<h1>{_esc(title)}</h1>", head,
         _section_level(out_dir, summary),
         _section_tileset(out_dir, summary),
+        _section_terrains(summary, bank, terrain_tiles),
         _section_tiles(bank, tile_props, summary),
         _section_reuse(summary, uses),
         _section_seams(summary),

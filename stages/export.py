@@ -7,9 +7,14 @@ Reads dedupe's artifact (the :class:`tilesets.artifacts.TileSet` plus ``tiles.js
     tileset.png               every kept tile, laid out by kind (tilesets/atlas.py): groups of
                               rows, sky first, ground last, most used first; ``columns`` per row
     tileset.tsx               external tileset; per-tile properties group, uses, novelty,
-                              source_image, score, colours (shown in Tiled's Properties panel)
+                              source_image, score, colours (shown in Tiled's Properties panel);
+                              a corner Wang set, the terrain brushes (tilesets/terrain.py), with
+                              ``<transformations>`` allowing flipped tiles when the tile set
+                              uses flips
     maps/sheet.tmx            all tiles, laid out as in tileset.png
-    maps/sample_NNN.tmx       each generated screen rebuilt from kept tiles (flips as GID bits)
+    maps/sample_NNN.tmx       generated screens rebuilt from kept tiles (flips as GID bits):
+                              the first ``max_sample_maps`` in name order (the tiles, level,
+                              reuse figures and terrains come from every screen)
     maps/level.tmx            a new level made by Wave Function Collapse (tilesets/wfc.py)
     previews/<map>.png        each map rendered by tilesets/render.py (= Tiled's tmxrasterizer)
     report.html               one self-contained page: level, tileset at 1x / 3x, groups, reuse,
@@ -19,7 +24,7 @@ Reads dedupe's artifact (the :class:`tilesets.artifacts.TileSet` plus ``tiles.js
 
 All paths inside the files are relative, so the folder can be moved as a whole.  A tile's id is
 its place on the sheet, so the core renumbers the bank: every map, property and report entry
-uses the sheet ids (``Export.layout.position[bank_id]``).
+uses the sheet ids (``Export.layout.position[bank_id]``), the Wang set's tile ids too.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ from tilesets import wfc as wfc_mod
 from tilesets.artifacts import ArtifactError, TileSet, load_json
 from tilesets.cells import FLIP_MASK, cell_tiles
 from tilesets.pixels import pack_colours
+from tilesets.terrain import TerrainSet, infer_terrains, wangsets_xml
 
 NAME = "export"
 INPUTS = {"tileset": "dedupe", "training_run": "train", "samples": "sample"}
@@ -58,6 +64,8 @@ log = logging.getLogger("tilegan.export")
 MAX_LEVEL_CELLS = 65536
 #: Seconds Wave Function Collapse may take per model before the greedy fallback.
 WFC_TIME_LIMIT = 30.0
+#: Name of the Wang set in tileset.tsx (Tiled's Terrain Sets view lists it).
+TERRAIN_SET_NAME = "Terrains"
 
 
 class Encoding(str, enum.Enum):
@@ -99,8 +107,15 @@ class Params(StageParams):
                                            "sky first, ground last) or bank (dedupe's order, "
                                            "best first)", choices=("kind", "bank"))
     report_samples: int = param(16, help="generated screens shown in report.html", min=0)
+    max_sample_maps: int = param(16, help="write at most this many rebuilt screens as "
+                                          "maps/sample_NNN.tmx with previews, the first in name "
+                                          "order (0: all); the tiles, the level and the "
+                                          "terrains still come from every screen", min=0)
+    terrains: bool = param(True, help="write terrain brushes into tileset.tsx: a corner Wang "
+                                      "set whose terrains are inferred from the tiles' pixels "
+                                      "and the rebuilt screens (off: no Wang set)")
     nes: bool = param(False, help="also write the NES bundle (CHR, nametables, palette) of every "
-                                  "sample and of the level into nes/")
+                                  "sample map written and of the level into nes/")
     nes_palette: str = param("nes", help="NES palette the tiles were quantized with (built-in name "
                                          "or .pal file), to read colour numbers back for --nes")
 
@@ -141,15 +156,22 @@ class Export:
         Per-tile Tiled properties by tile id (tileset.tsx, and the report's tile tooltips);
         ``{}`` for blank cells.
     maps : list of TiledMap
-        ``sheet``, ``sample_NNN`` (one per map of the tile set, in stem order), ``level``.
+        ``sheet``, ``sample_NNN`` (the first ``max_sample_maps`` maps of the tile set, in stem
+        order), ``level``.
     sample_maps : list of dict
-        ``{map, source_image, flipped_cells}`` per sample map.
+        ``{map, source_image, flipped_cells}`` per sample map written.
+    screens : int
+        Screens rebuilt from the tiles (the tile set's maps), written or not.
     level : dict
         The level's :meth:`tilesets.wfc.WfcResult.summary` plus ``seconds``.
     reuse : dict
         How the rebuilt screens reuse the tiles: :meth:`tilesets.wfc.Recurrence.to_json` plus
         ``top_share`` (the commonest tile's share of the cells) and ``uses`` (cells per tile id,
         blank cells left out).
+    terrains : TerrainSet or None
+        The terrain brushes (tile ids = sheet ids); None when ``terrains`` is off.
+    flips : bool
+        The tile set draws tiles flipped (tileset.tsx then lets the terrain brush flip tiles).
     warnings : list of str
     """
 
@@ -161,11 +183,25 @@ class Export:
     maps: list
     sample_maps: list
     level: dict
+    screens: int = 0
     reuse: dict = field(default_factory=dict)
+    terrains: Optional[TerrainSet] = None
+    flips: bool = False
     warnings: list = field(default_factory=list)
 
     def gids(self) -> dict[str, np.ndarray]:
         return {m.name: m.gids for m in self.maps}
+
+    def wangsets_xml(self) -> list[str]:
+        """The ``<wangsets>`` lines of tileset.tsx (none without terrains)."""
+        return wangsets_xml(self.terrains) if self.terrains is not None else []
+
+    def terrain_summary(self) -> Optional[dict]:
+        """JSON-able account of the terrains (see :func:`terrain_summary`); None when off."""
+        if self.terrains is None:
+            return None
+        return terrain_summary(self.terrains, flips=self.flips,
+                               tiles=len(self.layout.position))
 
     def sheet_summary(self) -> dict:
         """JSON-able: layout, columns, tile_count, blank cells and the groups in sheet order."""
@@ -181,8 +217,9 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
     """Lay out the tile set for Tiled: sheet, tile properties, the maps and a new level.
 
     Steps: :func:`_sheet_layout` (tiles grouped by kind; a tile's sheet position becomes its
-    id) → every map renumbered to sheet ids → :func:`_sample_maps` → :func:`_level` →
-    :func:`_tile_properties` by sheet id → :func:`_reuse`.
+    id) → every map renumbered to sheet ids → :func:`_sample_maps` (the first
+    ``max_sample_maps``) → :func:`_level` → :func:`_terrains` → :func:`_tile_properties` by
+    sheet id → :func:`_reuse`.  The level, terrains and reuse figures use every map.
 
     Parameters
     ----------
@@ -212,24 +249,29 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
     semi = int(((bank[..., 3] > 0) & (bank[..., 3] < 255)).sum())
     if semi:
         warnings.append(f"{semi} semi-transparent pixels: Tiled may draw them one colour level off")
-    progress("export", 0, 4)
+    progress("export", 0, 5)
     uses = tileset.uses()
     layout = _sheet_layout(tileset, uses, params)
     tiles = layout.sheet_tiles(bank)
     atlas = atlas_mod.pack_atlas(tiles, columns=layout.columns)
     maps = {stem: layout.remap(tileset.maps[stem]) for stem in sorted(tileset.maps)}
-    progress("export", 1, 4)
-    samples = _sample_maps(maps)
-    progress("export", 2, 4)
+    progress("export", 1, 5)
+    written = _written_stems(maps, params.max_sample_maps)
+    samples = _sample_maps({stem: maps[stem] for stem in written})
+    progress("export", 2, 5)
     level, level_info, level_warnings = _level(tiles, maps, params)
-    progress("export", 3, 4)
+    progress("export", 3, 5)
+    terrains, terrain_warnings = _terrains(tiles, maps, params)
+    progress("export", 4, 5)
     sample_info = [{"map": f"maps/{m.name}.tmx", "source_image": stem,
                     "flipped_cells": int(((maps[stem] & np.uint32(FLIP_MASK)) != 0).sum())}
-                   for m, stem in zip(samples, maps)]
+                   for m, stem in zip(samples, written)]
     props = _tile_properties(tile_records or [], layout, uses)
     return Export(atlas, layout.columns, tiles, layout, props,
                   [_sheet_map(layout)] + samples + [level], sample_info, level_info,
-                  _reuse(maps.values(), layout, uses), warnings + level_warnings)
+                  screens=len(maps), reuse=_reuse(maps.values(), layout, uses),
+                  terrains=terrains, flips=bool(tileset.flips),
+                  warnings=warnings + level_warnings + terrain_warnings)
 
 
 def _sheet_layout(tileset: TileSet, uses: np.ndarray, params: Params) -> atlas_mod.SheetLayout:
@@ -248,6 +290,13 @@ def _sheet_map(layout: atlas_mod.SheetLayout) -> TiledMap:
     gids = np.where(bank_of >= 0, np.arange(1, layout.tile_count + 1), 0).astype(np.uint32)
     return TiledMap("sheet", gids.reshape(layout.rows, layout.columns),
                     {"tiles": int(len(layout.position)), "groups": len(layout.groups)})
+
+
+def _written_stems(maps: dict[str, np.ndarray], limit: int) -> list[str]:
+    """The stems whose screens become maps/sample_NNN.tmx: the first ``limit`` in name order
+    (0: all)."""
+    stems = sorted(maps)
+    return stems[:limit] if limit else stems
 
 
 def _sample_maps(maps: dict[str, np.ndarray]) -> list[TiledMap]:
@@ -286,6 +335,58 @@ def _level(tiles: np.ndarray, maps: dict[str, np.ndarray],
                      {"method": result.method, "model": model,
                       "seed": params.seed, "violations": result.violations})
     return level, info, warnings
+
+
+def _terrains(tiles: np.ndarray, maps: dict[str, np.ndarray],
+              params: Params) -> tuple[Optional[TerrainSet], list[str]]:
+    """The terrain brushes of the sheet's tiles (``tiles`` in sheet order, blank cells
+    transparent, so they stay out) over every rebuilt screen (``maps`` in sheet ids), and the
+    warnings they deserve; (None, []) when ``terrains`` is off."""
+    if not params.terrains:
+        return None, []
+    ts = infer_terrains(tiles, list(maps.values()), name=TERRAIN_SET_NAME)
+    if not ts.terrains:
+        return ts, ["terrains: no tile is filled with one material, so tileset.tsx has no "
+                    "terrain brush"]
+    return ts, []
+
+
+def terrain_summary(ts: TerrainSet, *, flips: bool, tiles: int) -> dict:
+    """JSON-able account of a terrain set, for the summary and the report.
+
+    Parameters
+    ----------
+    ts : TerrainSet
+    flips : bool
+        Whether the brush may flip tiles (coverage then counts flipped Wang tiles).
+    tiles : int
+        Tiles on the sheet (blank cells left out): those not in the set are counted.
+
+    Returns
+    -------
+    dict
+        ``set``, ``type``, ``flips``, ``wang_tiles``, ``transitions``, ``tiles_outside``,
+        ``vertex_agreement``, ``terrains`` (per terrain: ``index``, ``name``, ``colour``
+        "#rrggbb", ``texture``, ``tile`` (its fill tile), ``fill_tiles``, ``transitions`` (Wang
+        tiles mixing it with another terrain), ``share`` of the quadrants, ``coverage`` {other
+        terrain's name: share of the 14 mixed corner patterns the brush can draw}).
+    """
+    cov = ts.coverage(flips=flips)
+    names = {t.index: t.name for t in ts.terrains}
+    trans = ts.transitions
+    rows = []
+    for t in ts.terrains:
+        pairs = {names[b if a == t.index else a]: round(v, 3) for (a, b), v in cov.items()
+                 if t.index in (a, b)}
+        rows.append({"index": t.index, "name": t.name,
+                     "colour": "#" + "".join(f"{int(c):02x}" for c in t.colour),
+                     "texture": t.texture, "tile": t.tile, "fill_tiles": len(t.fill_tiles),
+                     "transitions": sum(1 for i in trans if t.index in ts.corners[i]),
+                     "share": round(t.share, 3), "coverage": pairs})
+    return {"set": ts.name, "type": "corner", "flips": bool(flips),
+            "wang_tiles": len(ts.wang_tiles), "transitions": len(trans),
+            "tiles_outside": int(tiles) - len(ts.wang_tiles),
+            "vertex_agreement": round(ts.vertex_agreement, 3), "terrains": rows}
 
 
 def _reuse(maps: Iterable[np.ndarray], layout: atlas_mod.SheetLayout, uses: np.ndarray) -> dict:
@@ -388,8 +489,15 @@ def _load_inputs(items: list[Path]) -> tuple[TileSet, Optional[list], list, Opti
 
 
 def _empty_bank_error(bank_path: Path, dropped: list) -> StageError:
-    reasons = Counter(str(d.get("reason", "?")) for d in dropped if isinstance(d, dict))
-    detail = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "no record in dropped.json"
+    records = [d for d in dropped if isinstance(d, dict)]
+    reasons = Counter(str(d.get("reason", "?")) for d in records)
+    kinds = Counter(str(d["kind"]) for d in records
+                    if str(d.get("reason", "")).startswith("training") and d.get("kind"))
+    parts = []
+    for r, n in reasons.most_common():
+        of = ", ".join(f"{m} {k.replace('_', ' ')}" for k, m in kinds.most_common())
+        parts.append(f"{n} {r}" + (f" ({of})" if r.startswith("training") and of else ""))
+    detail = ", ".join(parts) or "no record in dropped.json"
     top = reasons.most_common(1)[0][0] if reasons else ""
     if top.startswith("dup") or "near" in top:
         hint = ("lower dedupe's --dup-distance or --dup-fraction (the limits under which "
@@ -398,8 +506,11 @@ def _empty_bank_error(bank_path: Path, dropped: list) -> StageError:
         hint = ("lower dedupe's --flat-fraction (every tile counted as a flat colour already "
                 "kept) or generate more varied samples")
     else:
-        hint = ("lower dedupe's --train-distance (the Hamming distance under which a generated "
-                "tile counts as a copy of a training tile; -1 never drops)")
+        swaps = "add --keep-palette-swaps (most calls are palette swaps), " if (
+            kinds and kinds.most_common(1)[0][0] == "palette_swap") else ""
+        hint = (f"dedupe called them copies of training tiles: {swaps}lower --copy-fraction (the "
+                "share of pixels in which a near or shifted copy may differ from its training "
+                "tile), or pass --no-drop-copies to keep them and only report the calls")
     return InputError(f"{bank_path}: dedupe kept no tile (dropped: {detail}); {hint}, "
                       "then rerun dedupe and export")
 
@@ -410,11 +521,12 @@ def _write(out_dir: Path, ex: Export, params: Params) -> None:
     """tileset.png, tileset.tsx, every map with its preview, and the Tiled project file."""
     ts = int(ex.tiles.shape[1])
     save_png(out_dir / "tileset.png", ex.atlas)
+    wang = ex.wangsets_xml()
     atomic_write_text(out_dir / "tileset.tsx", tiled.tileset_xml(
         name=params.name, tile_size=ts, tile_count=ex.layout.tile_count, columns=ex.columns,
         image_source="tileset.png", image_width=int(ex.atlas.shape[1]),
         image_height=int(ex.atlas.shape[0]), tile_properties=ex.tile_properties,
-        properties={"generator": "tilegan"}))
+        properties={"generator": "tilegan"}, flips=bool(wang) and ex.flips, extra_lines=wang))
     for m in ex.maps:
         atomic_write_text(out_dir / "maps" / f"{m.name}.tmx", tiled.map_xml(
             m.gids, tile_size=ts, tileset_source="../tileset.tsx",
@@ -436,11 +548,12 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     summary: dict[str, Any] = {
         "name": params.name, "tiles": len(tileset), "tile_size": tileset.tile_size,
         "columns": ex.columns, "encoding": Encoding(params.encoding).value,
-        "maps": sorted(f"maps/{m.name}.tmx" for m in ex.maps), "samples": len(tileset.maps),
+        "maps": sorted(f"maps/{m.name}.tmx" for m in ex.maps), "samples": ex.screens,
+        "sample_maps": len(ex.sample_maps), "max_sample_maps": params.max_sample_maps,
         "flipped_cells": sum(s["flipped_cells"] for s in ex.sample_maps),
         "dropped": len(dropped), "sheet": ex.sheet_summary(),
         "reuse": {k: v for k, v in ex.reuse.items() if k != "uses"}, "level": ex.level,
-        "warnings": ex.warnings}
+        "terrains": ex.terrain_summary(), "warnings": ex.warnings}
     if params.nes:
         summary["nes"] = _write_nes(ex.tiles, _nes_screens(ex.gids(), tileset.tile_size),
                                     out_dir / "nes", params.nes_palette)
@@ -452,10 +565,18 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         evidence=evidence, train_dirs=[Path(p) for p in inputs.get("training_run") or []],
         sample_paths=[Path(p) for p in inputs.get("samples") or []],
         sample_maps=ex.sample_maps, upstream_dirs=items, report_samples=params.report_samples,
-        uses=ex.reuse.get("uses", []))
-    progress("export", 4, 4)
+        uses=ex.reuse.get("uses", []), terrain_tiles=_terrain_tiles(ex.terrains))
+    progress("export", 5, 5)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _terrain_tiles(ts: Optional[TerrainSet]) -> dict[int, list[int]]:
+    """Transition tile id -> its corners' terrain indices (top-left, top-right, bottom-right,
+    bottom-left), for the report."""
+    if ts is None:
+        return {}
+    return {int(i): [int(v) for v in ts.corners[i]] for i in ts.transitions}
 
 
 # --------------------------------------------------------------------------- NES

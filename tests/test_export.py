@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import types
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ from stages import export
 from stages._common import InputError, ParamError, StageError, save_npy, save_npz, write_json
 from tests._helpers_tiled import (assert_matches_tiled, load_tmx, make_dedupe_dir, make_maps,
                                   make_samples_dir, make_tiles, make_train_dir, pytmx_cells)
+from tests import test_terrain as tt
 from tests.test_wfc import W_DIRT, W_SKY, generated_like_screens, recurring_world
 from tilesets import atlas
+from tilesets import tiled as tiled_mod
 from tilesets.artifacts import TileSet
 from tilesets.cells import FLIP_MASK, ID_MASK
 from tilesets.render import render_map
@@ -217,8 +220,10 @@ def test_every_map_shows_the_same_pixels_as_before_the_sheet_layout(world_export
     # tile ids follow the sheet, so the maps are renumbered: their pictures must not change
     bank, maps, ex = world_export
     assert not np.array_equal(ex.layout.position, np.arange(len(bank)))  # ids did move
-    for i, stem in enumerate(sorted(maps)):
-        np.testing.assert_array_equal(render_map(ex.gids()[f"sample_{i:03d}"], ex.tiles),
+    assert len(ex.sample_maps) == 16 < len(maps)         # max_sample_maps
+    for s in ex.sample_maps:
+        name, stem = Path(s["map"]).stem, s["source_image"]
+        np.testing.assert_array_equal(render_map(ex.gids()[name], ex.tiles),
                                       render_map(bank_ids_to_gids(maps[stem]), bank))
     level = ex.gids()["level"]
     as_bank = ex.layout.bank_of()[(level & ID_MASK).astype(np.int64) - 1].astype(np.uint32)
@@ -388,9 +393,25 @@ def test_same_inputs_give_same_bytes(tmp_path):
 
 
 # --------------------------------------------------------------------------- bad input
-def test_empty_bank_names_the_threshold_to_loosen(tmp_path):
+def _empty_dedupe(tmp_path: Path, kinds: list[str]) -> Path:
+    """A dedupe artifact that kept nothing: every tile dropped as a training copy of ``kinds``."""
     dd = make_dedupe_dir(tmp_path / "dd", bank=np.zeros((0, 16, 16, 4), np.uint8), maps={})
-    with pytest.raises(StageError, match="kept no tile.*train-distance"):
+    write_json(dd / "dropped.json", [{"tile": i, "reason": "training", "kind": k,
+                                      "pixels_differing": 3} for i, k in enumerate(kinds)])
+    return dd
+
+
+def test_empty_bank_names_the_copy_judges_options(tmp_path):
+    dd = _empty_dedupe(tmp_path, ["near", "near", "exact"])
+    with pytest.raises(StageError, match=r"kept no tile \(dropped: 3 training \(2 near, 1 exact\)"
+                                         r"\).*--copy-fraction.*--no-drop-copies") as e:
+        run_export(tmp_path, dd)
+    assert "train-distance" not in str(e.value) and "keep-palette-swaps" not in str(e.value)
+
+
+def test_empty_bank_of_palette_swaps_suggests_keeping_them(tmp_path):
+    dd = _empty_dedupe(tmp_path, ["palette_swap", "palette_swap", "near"])
+    with pytest.raises(StageError, match=r"2 palette swap.*--keep-palette-swaps"):
         run_export(tmp_path, dd)
 
 
@@ -494,3 +515,177 @@ def test_nes_bundle_errors_become_param_errors(tmp_path, monkeypatch):
     dd = make_dedupe_dir(tmp_path / "dd", bank=_nes_bank(), maps=make_maps(6, n=2, flips=False))
     with pytest.raises(ParamError, match="nes output: screen sample_000"):
         run_export(tmp_path, dd, nes=True)
+
+
+# --------------------------------------------------------------------------- terrain brushes
+def _plain_tile(corners, fills) -> np.ndarray:
+    """An RGBA tile whose quadrants come from ``fills[terrain]`` (no grass: flips keep it)."""
+    out = np.zeros((16, 16, 4), np.uint8)
+    out[..., 3] = 255
+    for q, (ys, xs) in enumerate(tt.QUAD):
+        out[ys, xs, :3] = fills[corners[q]][ys, xs]
+    return out
+
+
+def _terrain_world(n: int = 6) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A recurring, flip-aware dictionary as slice builds it: sky and brick ground, one tile
+    per corner pattern up to H/V flips (7 tiles), and ``n`` hilly screens that draw the other
+    9 patterns with flip bits."""
+    fills = {1: np.broadcast_to(np.array(tt.SKY, np.uint8), (16, 16, 3)), 2: tt.brick()}
+    combos = [(a, b, c, d) for a in (1, 2) for b in (1, 2) for c in (1, 2) for d in (1, 2)]
+    kept, cell = tt.flip_reduced(combos)
+    bank = np.stack([_plain_tile(combos[k], fills) for k in kept])
+    table = {i: tt.wangid_of(c) for i, c in enumerate(combos)}
+    lut = np.array([cell[i] for i in range(16)], np.uint32)
+    maps = {f"gen_{s:04d}": lut[tt.corner_fill(tt.hills(seed=s), table)] for s in range(n)}
+    return bank, maps
+
+
+@pytest.fixture(scope="module")
+def terrain_export(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("terrain")
+    bank, maps = _terrain_world()
+    dd = make_dedupe_dir(tmp / "dd", bank=bank, maps=maps)
+    out, summary = run_export(tmp, dd, level_width=16, level_height=8)
+    return out, summary
+
+
+def _wang_tiles(out: Path) -> tuple[dict, dict]:
+    """tileset.tsx's Wang set as we wrote it: {tile id: wangid}, {colour index: rgb}."""
+    root = ET.parse(out / "tileset.tsx").getroot()
+    (wset,) = root.findall("wangsets/wangset")
+    assert wset.get("type") == "corner"
+    colours = {i + 1: tt.hex_rgb(c.get("color")) for i, c in enumerate(wset.findall("wangcolor"))}
+    return ({int(w.get("tileid")): [int(v) for v in w.get("wangid").split(",")]
+             for w in wset.findall("wangtile")}, colours)
+
+
+def test_exported_wang_labels_agree_with_the_tiles_pixels(terrain_export):
+    out, _ = terrain_export
+    wang, colours = _wang_tiles(out)
+    sheet = _sheet_tiles(out)
+    assert len(wang) == 7
+    for tid, wid in wang.items():
+        for q, slot in enumerate((7, 1, 3, 5)):
+            ys, xs = tt.QUAD[q]
+            assert tt.nearest_colour(sheet[tid][ys, xs, :3], colours) == wid[slot], (tid, q)
+
+
+def test_exported_terrains_are_named_and_summarised(terrain_export):
+    out, s = terrain_export
+    t = s["terrains"]
+    by_name = {("brick" if x["name"].endswith(" brick") else x["name"]): x
+               for x in t["terrains"]}
+    assert sorted(by_name) == ["brick", "sky blue"]
+    assert (t["wang_tiles"], t["transitions"], t["tiles_outside"], t["flips"]) == (7, 5, 0, True)
+    assert t["vertex_agreement"] == 1.0
+    sky, ground = by_name["sky blue"], by_name["brick"]
+    assert sky["coverage"] == {ground["name"]: 1.0} and ground["coverage"] == {"sky blue": 1.0}
+    assert (sky["transitions"], ground["transitions"]) == (5, 5)
+    assert (sky["texture"], ground["texture"]) == ("flat", "textured")
+    sheet = _sheet_tiles(out)
+    assert (sheet[sky["tile"]][..., :3] == tt.SKY).all()  # the sky's fill tile is plain sky
+
+
+def test_tiled_reads_the_exported_wang_set_and_transformations(terrain_export, tmp_path):
+    out, s = terrain_export
+    doc = tt.tiled_reads_tileset(out / "tileset.tsx", tmp_path)
+    (wset,) = doc["wangsets"]
+    assert (wset["type"], wset["name"]) == ("corner", export.TERRAIN_SET_NAME)
+    assert [(c["name"], c["color"], c["tile"]) for c in wset["colors"]] == [
+        (x["name"], x["colour"], x["tile"]) for x in s["terrains"]["terrains"]]
+    assert {w["tileid"]: w["wangid"] for w in wset["wangtiles"]} == _wang_tiles(out)[0]
+    assert doc["transformations"] == {"hflip": True, "vflip": True, "rotate": False,
+                                      "preferuntransformed": True}
+
+
+def test_map_painted_with_the_exported_brushes_renders_without_holes(terrain_export, tmp_path):
+    import os
+
+    from tests._helpers_tiled import rasterize
+
+    out, s = terrain_export
+    doc = tt.tiled_reads_tileset(out / "tileset.tsx", tmp_path)
+    (wset,) = doc["wangsets"]
+    colours = {i + 1: tt.hex_rgb(c["color"]) for i, c in enumerate(wset["colors"])}
+    index = {x["name"]: x["index"] for x in s["terrains"]["terrains"]}
+    sky = index.pop("sky blue")
+    (ground,) = index.values()
+    painted = np.where(tt.hills(cols=21, rows=13, seed=7) == 1, sky, ground)
+    painted[2:5, 3:8] = ground                             # a floating island
+    painted[8:10, 12:16] = sky                             # a cave
+    flips = doc["transformations"]["hflip"] and doc["transformations"]["vflip"]
+    cells = tt.corner_fill(painted, {w["tileid"]: w["wangid"] for w in wset["wangtiles"]},
+                           flips=flips)
+    assert (cells >= 0).all() and (cells >> 30).any()     # flipped tiles fill the gaps
+    tmx = tmp_path / "painted.tmx"
+    tmx.write_text(tiled_mod.map_xml(bank_ids_to_gids(cells.astype(np.uint32)), tile_size=16,
+                                     tileset_source=os.path.relpath(out / "tileset.tsx",
+                                                                    tmp_path)))
+    img = rasterize(tmx, tmp_path / "painted.png")
+    rows, cols = cells.shape
+    assert img.shape == (rows * 16, cols * 16, 4)
+    assert (img[..., 3] == 255).all(), "a cell rendered empty"
+    for r in range(rows):
+        for c in range(cols):
+            cell = img[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16, :3]
+            want = (painted[r, c], painted[r, c + 1], painted[r + 1, c + 1], painted[r + 1, c])
+            for q, (ys, xs) in enumerate(tt.QUAD):
+                assert tt.nearest_colour(cell[ys, xs], colours) == want[q], (r, c, q)
+
+
+def test_report_lists_the_terrains(terrain_export):
+    out, s = terrain_export
+    html = (out / "report.html").read_text()
+    assert "<h2>Terrains (terrain brushes in tileset.tsx)</h2>" in html
+    for t in s["terrains"]["terrains"]:
+        assert f"<tr><th>{t['name']}</th>" in html and f"background:{t['colour']}" in html
+    assert "the 5 transition tiles" in html and "flipped" in html
+
+
+def test_terrains_off_writes_no_wang_set(tmp_path):
+    bank, maps = _terrain_world(n=2)
+    out, s = run_export(tmp_path, make_dedupe_dir(tmp_path / "dd", bank=bank, maps=maps),
+                        terrains=False)
+    text = (out / "tileset.tsx").read_text()
+    assert "<wangsets>" not in text and "<transformations" not in text
+    assert s["terrains"] is None and "<h2>Terrains" not in (out / "report.html").read_text()
+
+
+def test_tile_set_without_flips_gets_no_transformations(tmp_path):
+    tiles, combos = tt.corner_tileset()                   # all 16 patterns, NES-like
+    maps = {f"gen_{i}": m for i, m in enumerate(tt.screens(combos, n=3))}
+    dd = make_dedupe_dir(tmp_path / "dd", bank=tiles, maps=maps, flips=False)
+    out, s = run_export(tmp_path, dd)
+    text = (out / "tileset.tsx").read_text()
+    assert "<wangsets>" in text and "<transformations" not in text
+    assert s["terrains"]["wang_tiles"] == 16 and not s["terrains"]["flips"]
+    assert text.index("</tile>") < text.index("<wangsets>") < text.index("</tileset>")
+
+
+def test_no_terrain_is_a_warning_not_an_error():
+    ex = _core(np.zeros((2, 16, 16, 4), np.uint8), make_maps(2, n=1, flips=False))
+    assert ex.terrains is not None and not ex.terrains.terrains and ex.wangsets_xml() == []
+    assert any("no terrain brush" in w for w in ex.warnings)
+
+
+# --------------------------------------------------------------------------- sample maps cap
+def test_max_sample_maps_caps_the_maps_written_not_the_screens_used(tmp_path):
+    dd = make_dedupe_dir(tmp_path / "dd", k=8, n_maps=6)
+    out, s = run_export(tmp_path, dd, max_sample_maps=2)
+    assert sorted(p.name for p in (out / "maps").glob("sample_*.tmx")) == [
+        "sample_000.tmx", "sample_001.tmx"]
+    assert sorted(p.name for p in (out / "previews").glob("sample_*.png")) == [
+        "sample_000.png", "sample_001.png"]
+    assert (s["samples"], s["sample_maps"]) == (6, 2)
+    assert s["reuse"]["cells"] == 6 * 16                   # every screen still counts
+    html = (out / "report.html").read_text()
+    assert "6 generated screens were rebuilt from the tiles" in html
+    assert "the first 2 are written as maps/sample_NNN.tmx" in html
+
+
+def test_max_sample_maps_0_writes_every_screen():
+    bank, maps = _world()
+    assert len(maps) > 16
+    assert len(_core(bank, maps, max_sample_maps=0).sample_maps) == len(maps)
+    assert len(_core(bank, maps).sample_maps) == 16        # the default
