@@ -389,8 +389,8 @@ def _section_terrains(summary: dict, bank: np.ndarray,
                   f"</span> {_esc(t.get('colour'))}")
         cov = ", ".join(f"{_esc(n)} {pct(v)}" for n, v in (t.get("coverage") or {}).items())
         rows.append(f"<tr><th>{_esc(t.get('name'))}</th><td>{swatch}</td>"
-                    f'<td class="tiles">{tile_img(t.get("tile"), "fill tile")} '
-                    f"{_esc(t.get('tile'))}</td><td>{_esc(t.get('fill_tiles'))}</td>"
+                    f'<td class="tiles">{tile_img(t.get("tile"), "fill tile")}<br>'
+                    f"tile {_esc(t.get('tile'))}</td><td>{_esc(t.get('fill_tiles'))}</td>"
                     f"<td>{_esc(t.get('transitions'))}</td><td>{pct(t.get('share') or 0)}</td>"
                     f"<td>{cov or '—'}</td></tr>")
     names = {t.get("index"): str(t.get("name")) for t in terrains}
