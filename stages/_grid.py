@@ -4,11 +4,15 @@ Used by the crop stage (``stages/crop.py``); everything here works on uint8 arra
 (H, W, C) and knows nothing of files.  See docs/data.md ("crop") for the methods and the
 figures measured on them.
 
+- :func:`line_evidence`: how strongly repeated lines back an enlargement (native art's runs
+  of identical rows are no evidence), used by both of:
 - :func:`detect_scale` / :func:`downscale`: integer nearest-neighbour upscales (exact, or
   statistically for lossy sources);
 - :func:`fit_stretch` / :func:`unstretch`: non-integer nearest stretches along one axis;
-- :func:`trim_borders`: a uniform letterbox on two opposite sides;
-- :func:`detect_grid`: the phase of the 16-px tile grid.
+- :func:`detect_smooth_scale` / :func:`unsmooth`: smoothed (bilinear-like) upscales;
+- :func:`find_letterbox` / :func:`trim_borders`: a letterbox on two opposite sides;
+- :func:`detect_grid`: the phase of the 16-px tile grid;
+- :func:`row_segments` / :func:`find_hud`: HUD strips repeated across a game's screens.
 """
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ LOSSY_RATIO = 0.6
 #: mean step at the block edges, on the weaker axis.  On the example corpus saved as JPEG
 #: (q 95/75/50, 186 cases): no false factor, 2 upscales missed at q50 (left at k=1)
 LOSSY_RECON = 0.7
+#: lossy upscale detection: a factor's divisor that also fits wins when enlarging its block
+#: means reproduces this much larger a share of the pixels (within twice the tolerance).  An
+#: NES-like frame with 2-px textures as JPEG q90 at 2x: 4x reproduces 0.669, 2x 0.95 or more
+LOSSY_DIVISOR_GAIN = 0.1
 #: smallest non-integer stretch undone (closer to 1, a few identical neighbour lines could fake it)
 STRETCH_MIN_RATIO = 1.1
 #: a stretch is undone only with at least this evidence (nats, see :func:`line_evidence`).
@@ -148,11 +156,21 @@ def detect_scale(a: np.ndarray, *, max_scale: int = 8, tolerance: int = 0) -> tu
         ex, ey = _step_energy(a, 1, tolerance), _step_energy(a, 0, tolerance)
         if not ex.any() and not ey.any():
             return 1, 0, 0
+        fits = {}
         for k in range(top, 1, -1):
             ox, oy = _fits_lossy(ex, k), _fits_lossy(ey, k)
             if ox is not None and oy is not None and _blocks_explain(a, k, ox, oy, ex, ey):
-                return k, ox, oy
-        return 1, 0, 0
+                fits[k] = (ox, oy)
+        if not fits:
+            return 1, 0, 0
+        k = max(fits)
+        # 2-px textures make a 2x look like a 4x: a divisor that fits too and whose blocks
+        # reproduce clearly more of the image wins
+        agree = {d: block_confidence(a, downscale(a, d, *fits[d], mean=True), d, *fits[d],
+                                     tolerance=2 * tolerance)
+                 for d in fits if k % d == 0}
+        best = max(agree, key=lambda d: (agree[d] > agree[k] + LOSSY_DIVISOR_GAIN, d))
+        return (best, *fits[best])
     px, py = change_positions(a, 1), change_positions(a, 0)
     if px.size == 0 and py.size == 0:
         return 1, 0, 0

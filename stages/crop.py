@@ -1,18 +1,20 @@
 """crop: bring screenshots to native pixels; cut 16-px-aligned training patches and tiles.
 
-Per screen (:func:`prepare_screen`, detection in ``stages/_grid.py``): (1) detect an integer
-nearest-neighbour upscale k (all colour changes fall on a k-px grid; statistically for JPEG)
-and undo it exactly, likewise a non-integer per-axis stretch (8:7 aspect-corrected captures)
-when unambiguous; (2) remove a uniform letterbox found on two opposite sides; (3) find the
-16-px tile grid (the phase where whole tiles repeat most).  Then (:class:`ScreenSelector`)
-unusable, too small, single-colour and repeated screens are left out, and (4) patch_size
-patches every stride px and every 16x16 tile on that grid are cut (:func:`plan_patches`,
-:func:`cut_screen`).
+One screen (:func:`prepare_screen`; the detectors are in ``stages/_grid.py``): (1) undo an
+upscale: integer nearest-neighbour blocks (exact, or averaged for JPEG) or a smoothed
+(bilinear-like) one estimated by least squares, then a non-integer nearest stretch per axis
+(8:7, 4:3), each only with evidence that native art cannot give; (2) remove a letterbox;
+(3) find the 16-px tile grid.  The set (:class:`ScreenSelector`): unusable, too small,
+single-colour, duplicate and near-duplicate screens are left out, HUD strips a game repeats
+are cut, an optional per-game cap applies.  Then (4) every 16x16 tile and a seeded subset of
+the patch_size patches on each screen's grid are cut (:func:`plan_patches`,
+:func:`cut_patches`, :func:`cut_tiles`).  :func:`crop_stream` is the core; :func:`run` feeds it
+files and streams its output to disk, so memory stays bounded for big corpora.
 
 Writes screens/<id>.png, screens.json, patches.npy (N,S,S,C) uint8, tiles.npy (M,16,16,3)
-uint8 and tiles_origin.npy (M,3) int32 = (screen index, x, y), through
-:class:`tilesets.artifacts.Patches` and :class:`tilesets.artifacts.TrainingTiles`.
-See docs/data.md.
+uint8 and tiles_origin.npy (M,3) int32 = (screen index, x, y) through
+:class:`tilesets.artifacts.Patches` and :class:`tilesets.artifacts.TrainingTiles`, plus
+contact.png (kept and left-out screens with reasons) and crop.json.  See docs/data.md.
 """
 from __future__ import annotations
 

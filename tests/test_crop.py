@@ -663,3 +663,8 @@ def test_the_example_corpus_loses_nothing_to_hud_near_duplicates_or_caps(tmp_pat
     r = crop.run({"images": [EXAMPLES / "screens"]}, crop.Params(), tmp_path)
     assert (r["screens"], r["hud_cut"], r["near_duplicates"], r["capped"]) == (62, 0, 0, 0)
     assert r["games"] == 2
+
+
+def test_jpeg_of_a_frame_with_2px_textures_is_2x_not_4x():
+    a = H.nes_frame(125)                          # jungle leaves drawn in 2x2 pixels
+    assert _grid.detect_scale(H.as_jpeg(a, 2, quality=90), tolerance=8)[0] == 2
