@@ -74,7 +74,13 @@ def _up(kind: str, cin: int, cout: int) -> list[nn.Module]:
 
 
 class Generator(nn.Module):
-    """Noise (B, nz, 1, 1) float -> image (B, C, H, W) float in [-1, 1] (tanh)."""
+    """Noise -> image (B, C, H, W) float in [-1, 1].
+
+    ``g_arch = "dcgan"``: noise (B, nz) or (B, nz, 1, 1), a fixed H × W.  ``"fcn"``: a noise map
+    (B, nz, h, w) gives an image (B, C, h·stride, w·stride), any h, w ≥ 1 (the first layer is a
+    3×3 convolution instead of DCGAN's 1×1 -> bh × bw projection).  ``output = "rgb"`` ends in
+    tanh; ``"palette"`` ends in logits over ``cfg.palette`` decoded by :func:`decode_palette`.
+    """
 
     def __init__(self, cfg: GANConfig):
         super().__init__()
@@ -82,26 +88,61 @@ class Generator(nn.Module):
         self.cfg = cfg
         n, g = cfg.n_up, cfg.ngf
         bh, bw = cfg.base
-        layers: list[nn.Module] = [
+        if cfg.g_arch == "fcn":
+            # nz × h × w -> (ngf*m0) × h × w   (h × w = bh × bw at the training size)
+            first: nn.Module = nn.Conv2d(cfg.nz, g * _mult(0, n), 3, 1, 1, bias=False)
+        else:
             # nz × 1 × 1 -> (ngf*m0) × bh × bw   (4 × 4 for square images)
-            nn.ConvTranspose2d(cfg.nz, g * _mult(0, n), (bh, bw), 1, 0, bias=False),
-            nn.BatchNorm2d(g * _mult(0, n)),
-            nn.ReLU(True),
-        ]
+            first = nn.ConvTranspose2d(cfg.nz, g * _mult(0, n), (bh, bw), 1, 0, bias=False)
+        layers: list[nn.Module] = [first, nn.BatchNorm2d(g * _mult(0, n)), nn.ReLU(True)]
         for i in range(1, n):
             # (ngf*m_{i-1}) × s × s -> (ngf*m_i) × 2s × 2s
             layers += [*_up(cfg.upsample, g * _mult(i - 1, n), g * _mult(i, n)),
                        nn.BatchNorm2d(g * _mult(i, n)),
                        nn.ReLU(True)]
-        # ngf × (H/2) × (W/2) -> C × H × W
-        layers += [*_up(cfg.upsample, g * _mult(n - 1, n), cfg.channels), nn.Tanh()]
+        if cfg.output == "palette":
+            # ngf × (H/2) × (W/2) -> K logits × H × W   (K palette colours)
+            layers += _up(cfg.upsample, g * _mult(n - 1, n), len(cfg.palette))
+            # (K, 3) colours in [-1, 1]; rebuilt from the config, so not in the state dict
+            rgb = torch.tensor(cfg.palette, dtype=torch.float32) / 127.5 - 1.0
+            self.register_buffer("palette_rgb", rgb, persistent=False)
+        else:
+            # ngf × (H/2) × (W/2) -> C × H × W
+            layers += [*_up(cfg.upsample, g * _mult(n - 1, n), cfg.channels), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         init_weights(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:
-            z = z[:, :, None, None]
-        return self.main(z)
+            if self.cfg.g_arch == "fcn":             # one vector: a constant map, training size
+                z = z[:, :, None, None].expand(-1, -1, *self.cfg.base)
+            else:
+                z = z[:, :, None, None]
+        out = self.main(z)
+        if self.cfg.output == "palette":
+            return decode_palette(out, self.palette_rgb, tau=self.cfg.gumbel_tau,
+                                  hard_only=not self.training)
+        return out
+
+
+def decode_palette(logits: torch.Tensor, palette: torch.Tensor, *, tau: float,
+                   hard_only: bool) -> torch.Tensor:
+    """Per-pixel logits (B, K, H, W) over ``palette`` (K, 3) in [-1, 1] -> RGB (B, 3, H, W).
+
+    ``hard_only`` (eval): each pixel is its argmax colour, exactly.  Otherwise a straight-through
+    Gumbel-softmax: the forward value is the colour of argmax((logits + Gumbel noise) / tau),
+    an exact palette colour too, and the gradient is that of the softmax's mixed colour.  The
+    Gumbel noise comes from torch's global RNG (saved in checkpoints, so resumes follow).
+    """
+    logits = logits.float()
+    if hard_only:
+        idx = logits.argmax(dim=1)                                     # (B, H, W)
+        return palette[idx].permute(0, 3, 1, 2).contiguous()
+    u = torch.rand_like(logits).clamp_(1e-9, 1.0 - 1e-7)
+    soft = torch.softmax((logits - torch.log(-torch.log(u))) / tau, dim=1)
+    hard = torch.zeros_like(soft).scatter_(1, soft.argmax(dim=1, keepdim=True), 1.0)
+    y = hard - soft.detach() + soft                                    # straight-through
+    return torch.einsum("bkhw,kc->bchw", y, palette)
 
 
 class Discriminator(nn.Module):

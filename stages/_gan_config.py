@@ -12,6 +12,12 @@ from typing import Any
 #: How the generator may double its maps (see GANConfig.upsample).
 UPSAMPLE = ("deconv", "nearest")
 
+#: Generator layouts (see GANConfig.g_arch).
+G_ARCH = ("dcgan", "fcn")
+
+#: What the generator's last layer emits (see GANConfig.output).
+OUTPUT = ("rgb", "palette")
+
 
 @dataclass(frozen=True)
 class GANConfig:
@@ -43,6 +49,20 @@ class GANConfig:
         Minibatch standard deviation (ProGAN): before its last layer D appends one feature map
         holding the mean standard deviation of its features over groups of this many images,
         so a generator that makes too-similar images is caught; 0 = off.
+    g_arch : str
+        ``dcgan``: a noise vector (nz,) grown from one 1×1 cell (the image size is fixed);
+        ``fcn``: fully convolutional on a noise *map* (nz, h/stride, w/stride), ``stride`` =
+        2**n_up, so the same weights draw any size that is a multiple of the stride (spatial
+        GAN): a generator trained on 64×64 patches samples 256×240 screens.
+    output : str
+        ``rgb``: ``channels`` values through tanh; ``palette``: per-pixel logits over
+        ``palette``'s colours, decoded to RGB by a straight-through Gumbel-softmax in training
+        (temperature ``gumbel_tau``) and by argmax in eval mode, so samples are exact palette
+        colours.
+    palette : tuple of (r, g, b)
+        The colours of ``output = "palette"`` (uint8 triples, stored with the checkpoint).
+    gumbel_tau : float
+        Gumbel-softmax temperature of ``output = "palette"`` in training.
     """
 
     height: int = 64
@@ -55,6 +75,23 @@ class GANConfig:
     upsample: str = "deconv"
     d_scales: int = 1
     mbstd: int = 0
+    g_arch: str = "dcgan"
+    output: str = "rgb"
+    palette: tuple = ()
+    gumbel_tau: float = 1.0
+
+    @property
+    def stride(self) -> int:
+        """Pixels per generator noise cell along each side (fcn: sizes must be multiples)."""
+        return 2 ** self.n_up
+
+    def noise_shape(self, height: int = 0, width: int = 0) -> tuple[int, int, int]:
+        """Shape of one noise sample: (nz, 1, 1) for dcgan; (nz, h/stride, w/stride) for fcn
+        at ``height`` × ``width`` (0 = the training size)."""
+        if self.g_arch != "fcn":
+            return self.nz, 1, 1
+        h, w = height or self.height, width or self.width
+        return self.nz, h // self.stride, w // self.stride
 
     @property
     def n_up(self) -> int:
@@ -84,6 +121,18 @@ class GANConfig:
             raise ValueError(f"d_scales must be at least 1 and keep every scale at least 16 "
                              f"pixels: {self.height}x{self.width} allows at most "
                              f"{max_d_scales(min(self.height, self.width))}, got {self.d_scales}")
+        if self.g_arch not in G_ARCH:
+            raise ValueError(f"g_arch must be one of {', '.join(G_ARCH)}, got {self.g_arch!r}")
+        if self.output not in OUTPUT:
+            raise ValueError(f"output must be one of {', '.join(OUTPUT)}, got {self.output!r}")
+        if self.output == "palette":
+            if self.channels != 3:
+                raise ValueError("output 'palette' needs RGB (channels 3)")
+            if len(self.palette) < 2 or any(len(c) != 3 for c in self.palette):
+                raise ValueError(f"output 'palette' needs at least 2 (r, g, b) colours, "
+                                 f"got {len(self.palette)}")
+            if not self.gumbel_tau > 0:
+                raise ValueError(f"gumbel_tau must be positive, got {self.gumbel_tau}")
         if self.n_up < 2 or max(self.base) > 4 * min(self.base):
             raise ValueError(f"image size {self.height}x{self.width} cannot be built by doubling: "
                              "use sides such as 32, 64, 128 or 256x224")
@@ -94,7 +143,10 @@ class GANConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GANConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if "palette" in kw:       # JSON / older pickles give lists
+            kw["palette"] = tuple(tuple(int(x) for x in c) for c in kw["palette"])
+        return cls(**kw)
 
 
 def max_d_scales(side: int) -> int:

@@ -51,6 +51,11 @@ class Params(StageParams):
                                            "transparent (0 = keep the raw alpha).", min=0, max=255)
     batch: int = param(64, help="Images per generator call.", min=1)
     device: str = param("cpu", help="auto, cpu or cuda.")
+    width: int = param(0, help="Sample width in pixels (0 = the training size). Larger sizes "
+                               "need a generator trained with --spatial-noise; a multiple of "
+                               "its stride (16 for 64-px patches).", min=0)
+    height: int = param(0, help="Sample height in pixels (0 = the training size); as --width.",
+                        min=0)
 
     def check(self) -> None:
         super().check()
@@ -121,8 +126,33 @@ def latent_walk(nz: int, frames: int, keyframes: int, *, seed: int) -> "Any":
     return torch.stack(out)
 
 
+def sample_size(cfg: GANConfig, *, width: int = 0, height: int = 0) -> tuple[int, int]:
+    """(height, width) a generator of ``cfg`` draws for the asked size (0 = training size).
+
+    Raises
+    ------
+    ParamError
+        A size other than the training size from a fixed-size (dcgan) generator, naming
+        ``--spatial-noise``; a size that is not a positive multiple of the fcn generator's stride.
+    """
+    h, w = height or cfg.height, width or cfg.width
+    if cfg.g_arch != "fcn":
+        if (h, w) != (cfg.height, cfg.width):
+            raise ParamError(f"sample: this generator draws only {cfg.width}x{cfg.height} images; "
+                             f"{w}x{h} needs one trained with `pipeline train --spatial-noise`",
+                             field="width" if w != cfg.width else "height")
+        return h, w
+    for name, v in (("width", w), ("height", h)):
+        if v % cfg.stride:
+            lo = max(cfg.stride, v // cfg.stride * cfg.stride)
+            raise ParamError(f"sample: {name} {v} is not a multiple of this generator's stride "
+                             f"{cfg.stride}; use {lo} or {lo + cfg.stride}", field=name)
+    return h, w
+
+
 def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128) -> np.ndarray:
-    """uint8 (N, H, W, C) images for noise z (N, nz), ``batch`` at a time.
+    """uint8 (N, H, W, C) images for noise z (N, nz) or noise maps (N, nz, h, w), ``batch``
+    at a time.
 
     RGBA: alpha >= ``alpha_threshold`` becomes 255, below it 0 with black colour (0 = keep).
     """
@@ -144,6 +174,7 @@ def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128) -> np.nd
 
 
 def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold: int = 128,
+                  width: int = 0, height: int = 0,
                   progress: ProgressFn = no_progress) -> np.ndarray:
     """``n`` images from generator ``G`` for the noise of ``seed``.
 
@@ -153,11 +184,14 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
         In eval mode (see :func:`load_generator`).
     n : int
     seed : int
-        Seeds the (n, nz) standard-normal noise: same seed, same images, whatever ``batch``.
+        Seeds the (n, nz) standard-normal noise (a spatial generator: (n, nz, h, w) noise
+        maps): same seed, same images, whatever ``batch``.
     batch : int
         Images per generator call.
     alpha_threshold : int
         See :func:`generate`.
+    width, height : int
+        Image size (0 = the training size); see :func:`sample_size`.
     progress : callable
         ``progress("sample", done, n)`` before the first batch and after each one.
 
@@ -167,7 +201,9 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
     """
     import torch
 
-    z = torch.randn(n, G.cfg.nz, generator=torch.Generator().manual_seed(int(seed)))
+    h, w = sample_size(G.cfg, width=width, height=height)
+    shape = (G.cfg.nz,) if G.cfg.g_arch != "fcn" else G.cfg.noise_shape(h, w)
+    z = torch.randn(n, *shape, generator=torch.Generator().manual_seed(int(seed)))
     chunks = []
     progress("sample", 0, n)
     for i in range(0, n, batch):
@@ -178,8 +214,12 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
 
 def interpolation_strip(G: Any, frames: int, *, keyframes: int, seed: int, batch: int = 64,
                         alpha_threshold: int = 128) -> np.ndarray:
-    """A latent walk (:func:`latent_walk`) through ``G`` as one strip, shape (H, frames*W, C)."""
-    walk = latent_walk(G.cfg.nz, frames, keyframes, seed=seed)
+    """A latent walk (:func:`latent_walk`) through ``G`` as one strip, shape (H, frames*W, C)
+    (a spatial generator walks through whole noise maps of its training size)."""
+    shape = G.cfg.noise_shape()
+    walk = latent_walk(int(np.prod(shape)), frames, keyframes, seed=seed)
+    if G.cfg.g_arch == "fcn":
+        walk = walk.reshape(frames, *shape)
     images = generate(G, walk, batch=batch, alpha_threshold=alpha_threshold)
     return np.concatenate(list(images), axis=1)
 
@@ -249,7 +289,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = sample_images(G, p.n, seed=p.seed, batch=p.batch, alpha_threshold=p.alpha_threshold,
-                           progress=progress)
+                           width=p.width, height=p.height, progress=progress)
     files = [f"sample_{i:04d}.png" for i in range(len(images))]
     for name, image in zip(files, images):
         save_png(out_dir / name, image)
@@ -258,7 +298,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
             G, p.interpolate, keyframes=p.n_keyframes, seed=p.seed, batch=p.batch,
             alpha_threshold=p.alpha_threshold))
     result = SampleResult(n=int(p.n), seed=int(p.seed), weights=info.weights, step=info.step,
-                          size=[int(info.gan.height), int(info.gan.width)],
+                          size=[int(images.shape[1]), int(images.shape[2])],
                           channels=int(info.gan.channels), files=files,
                           interpolation=STRIP_FILE if p.interpolate else None)
     write_json(out_dir / MANIFEST_FILE, result.manifest())

@@ -51,7 +51,7 @@ from stages._checkpoint import CKPT_VERSION, load_checkpoint, resolve_device, sa
 from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, Skipped,
                             StageError, StageParams, atomic_write_text, expand_inputs,
                             find_artifact, load_image, no_progress, param, save_png, write_json)
-from stages._gan_config import UPSAMPLE, GANConfig, max_d_scales
+from stages._gan_config import OUTPUT, UPSAMPLE, GANConfig, max_d_scales
 from tilesets.artifacts import PATCHES_FILE, ArtifactError, Patches, grid_cut, load_npy
 
 NAME = "train"
@@ -126,6 +126,18 @@ class Params(StageParams):
     max_rollbacks: int = param(3, help="NaN/divergence: roll back with halved learning rates at "
                                        "most this many times, then stop.", min=0)
     compile: bool = param(False, help="torch.compile the networks (dynamic=False; ~40 s warm-up).")
+    spatial_noise: bool = param(False, help="Fully convolutional generator on a noise map (nz, "
+                                            "size/16, size/16 at 64 px): `pipeline sample "
+                                            "--width 256 --height 240` then draws whole screens "
+                                            "(sides multiples of the generator's stride).")
+    output: str = param("rgb", help="Generator output: rgb (tanh) or palette (per-pixel choice "
+                                    "among the corpus's palette_size most used colours, trained "
+                                    "through a straight-through Gumbel-softmax; samples are "
+                                    "exact palette colours).", choices=OUTPUT)
+    palette_size: int = param(64, help="output=palette: most frequent corpus colours kept "
+                                       "(the rest of the training pixels map to the nearest).",
+                              min=2, max=256)
+    gumbel_tau: float = param(1.0, help="output=palette: Gumbel-softmax temperature (> 0).")
 
     def check(self) -> None:
         """The declared ranges, then the rules :func:`param` cannot say: open upper bounds,
@@ -149,6 +161,10 @@ class Params(StageParams):
             parse_policy(self.diffaug)
         except ValueError as e:
             self._fail("diffaug", f"diffaug: {e}")
+        if not self.gumbel_tau > 0:
+            self._fail("gumbel_tau", f"gumbel_tau must be positive, got {self.gumbel_tau}")
+        if self.output == "palette" and self.channels == 4:
+            self._fail("output", "output=palette trains RGB only; use --channels 3 or --output rgb")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             self._fail("device", f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -180,11 +196,42 @@ def resolve_d_scales(p: Params) -> int:
     return p.d_scales or (2 if p.size >= 32 else 1)
 
 
-def gan_config(p: Params, channels: int) -> GANConfig:
-    """The network architecture these parameters train."""
+def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None) -> GANConfig:
+    """The network architecture these parameters train (``palette`` (K, 3) uint8: the colours
+    of ``output = "palette"``, see :func:`corpus_palette`)."""
+    pal = () if palette is None or p.output != "palette" else tuple(
+        tuple(int(x) for x in c) for c in palette)
     return GANConfig(height=p.size, width=p.size, channels=channels, nz=p.nz, ngf=p.ngf,
                      ndf=p.ndf, spectral_norm=p.spectral_norm, upsample=p.upsample,
-                     d_scales=resolve_d_scales(p), mbstd=p.mbstd)
+                     d_scales=resolve_d_scales(p), mbstd=p.mbstd,
+                     g_arch="fcn" if p.spatial_noise else "dcgan", output=p.output,
+                     palette=pal, gumbel_tau=float(p.gumbel_tau))
+
+
+def corpus_palette(images: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` most frequent RGB colours of ``images`` (..., 3|4) uint8 -> (≤k, 3) uint8.
+
+    Ties go to the smaller packed colour value (deterministic); fewer colours than ``k`` are
+    all kept.
+    """
+    packed = _pack_rgb(images)
+    colours, counts = np.unique(packed, return_counts=True)
+    keep = np.sort(colours[np.lexsort((colours, -counts))[:k]])
+    return np.stack([(keep >> 16) & 255, (keep >> 8) & 255, keep & 255], axis=1).astype(np.uint8)
+
+
+def map_to_palette(images: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """``images`` (..., 3) uint8 with every colour replaced by its nearest (RGB Euclidean)
+    colour of ``palette`` (K, 3) uint8; computed once per distinct colour."""
+    colours, inverse = np.unique(_pack_rgb(images), return_inverse=True)
+    rgb = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], 1).astype(np.int32)
+    d = ((rgb[:, None, :] - palette[None].astype(np.int32)) ** 2).sum(-1)
+    return palette[d.argmin(1)][inverse.reshape(images.shape[:-1])]
+
+
+def _pack_rgb(images: np.ndarray) -> np.ndarray:
+    a = images[..., :3].astype(np.int64)
+    return (a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2]
 
 
 def _plain_params(p: Params) -> dict[str, Any]:
@@ -633,7 +680,7 @@ class Trainer:
         real = from_uint8(real_u8, device=dev)
         if dev.type == "cpu":
             real = real.contiguous(memory_format=torch.channels_last)
-        z = torch.randn(real.shape[0], self.cfg.nz, 1, 1, generator=gen).to(dev)
+        z = torch.randn(real.shape[0], *self.cfg.noise_shape(), generator=gen).to(dev)
         noise_std = p.instance_noise * max(0.0, 1.0 - step / max(1, p.steps))
         with self.autocast():
             fake = self.G_forward(z)
@@ -747,7 +794,8 @@ class Trainer:
         self.G_ema.train()
         with torch.no_grad():
             for i in range(0, n, batch):
-                self.G_ema(torch.randn(min(batch, n - i), self.cfg.nz, 1, 1, generator=gen).to(self.device))
+                self.G_ema(torch.randn(min(batch, n - i), *self.cfg.noise_shape(),
+                                       generator=gen).to(self.device))
         self.G_ema.eval()
         for m, mom in zip(bns, saved):
             m.momentum = mom
@@ -999,8 +1047,9 @@ class TrainingRun:
                        "device": str(ranks.device), **data.counts()}
         # fixed noise for grids and SWD (independent of training randomness)
         fixed = torch.Generator().manual_seed(_step_seed(params.seed, _SEED_FIXED_NOISE))
-        self.grid_z = torch.randn(64, params.nz, 1, 1, generator=fixed)
-        self.swd_z = torch.randn(data.n_holdout, params.nz, 1, 1, generator=fixed)
+        shape = trainer.cfg.noise_shape()
+        self.grid_z = torch.randn(64, *shape, generator=fixed)
+        self.swd_z = torch.randn(data.n_holdout, *shape, generator=fixed)
         self.global_batch = params.batch * ranks.world
         self.start, self.resumed_from = 0, None
         self.clock = TrainClock(params.max_minutes)
@@ -1245,7 +1294,11 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         patches, skipped = load_patches(list(inputs.get("patches") or []), size=params.size,
                                         channels=params.channels)
         data = TrainingData.split(patches, holdout=params.swd_holdout, seed=params.seed)
-        trainer = Trainer(params, gan_config(params, patches.shape[-1]), ranks.device,
+        palette = None
+        if params.output == "palette":         # D sees real patches in the same colours
+            palette = corpus_palette(data.train, params.palette_size)
+            data = dataclasses.replace(data, train=map_to_palette(data.train, palette))
+        trainer = Trainer(params, gan_config(params, patches.shape[-1], palette), ranks.device,
                           world=ranks.world, rank=ranks.rank)
         training = TrainingRun(params, trainer, data, Path(out_dir), ranks, progress)
         training.resume()

@@ -146,3 +146,48 @@ def test_params_out_of_range_are_refused_naming_the_field(field, value, message)
     with pytest.raises(ParamError, match=f"sample: {message}") as e:
         sample.Params(**{field: value})
     assert e.value.field == field
+
+
+# ------------------------------------------------------------------ whole screens (spatial noise)
+@pytest.fixture(scope="module")
+def trained_spatial(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sp")
+    rng = np.random.default_rng(0)
+    np.save(root / "p.npy", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    out = root / "train"
+    out.mkdir()
+    train.run({"patches": [root / "p.npy"]},
+              train.Params(**{**train.TINY, "size": 32, "steps": 2, "spatial_noise": True}), out)
+    return out
+
+
+def test_spatial_generator_samples_a_whole_256x240_screen(trained_spatial, tmp_path):
+    out = tmp_path / "s"
+    summary = sample.run({"checkpoint": [trained_spatial]},
+                         sample.Params(n=2, width=256, height=240), out)
+    assert summary["size"] == [240, 256]
+    assert Image.open(out / "sample_0000.png").size == (256, 240)
+
+
+def test_spatial_samples_are_deterministic_per_seed(trained_spatial):
+    G, _ = sample.load_generator(trained_spatial / "ckpt.pt")
+    a = sample.sample_images(G, 3, seed=5, batch=1, width=64, height=48)
+    b = sample.sample_images(G, 3, seed=5, batch=3, width=64, height=48)
+    assert a.shape == (3, 48, 64, 3) and np.array_equal(a, b)
+
+
+def test_fixed_size_generator_refuses_a_larger_size_naming_spatial_noise(trained):
+    G, _ = sample.load_generator(trained / "ckpt.pt")
+    with pytest.raises(ParamError, match="--spatial-noise"):
+        sample.sample_images(G, 1, seed=0, width=256, height=240)
+
+
+def test_spatial_size_off_the_stride_names_the_nearest_sizes(trained_spatial):
+    G, _ = sample.load_generator(trained_spatial / "ckpt.pt")
+    with pytest.raises(ParamError, match="width 250 is not a multiple of .* stride 8; use 248 or 256"):
+        sample.sample_images(G, 1, seed=0, width=250)
+
+
+def test_spatial_interpolation_strip_walks_noise_maps(trained_spatial):
+    G, _ = sample.load_generator(trained_spatial / "ckpt.pt")
+    assert sample.interpolation_strip(G, 3, keyframes=2, seed=0).shape == (32, 96, 3)

@@ -678,3 +678,89 @@ def test_ddp_ranks_agree_when_the_time_budget_ends(patches, tmp_path):
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     assert ck["step"] == s0["steps"]
     assert ck["optG"]["param_groups"][0]["lr"] < 0.5 * train.Params().lr_g
+
+
+# ------------------------------------------------------------------ spatial noise (fcn) and palette output
+def test_spatial_generator_draws_any_multiple_of_its_stride():
+    cfg = GANConfig(height=32, width=32, nz=8, ngf=4, ndf=4, g_arch="fcn")
+    G = Generator(cfg).eval()
+    assert cfg.stride == 8 and cfg.noise_shape() == (8, 4, 4)
+    assert G(torch.randn(2, *cfg.noise_shape())).shape == (2, 3, 32, 32)
+    assert G(torch.randn(1, *cfg.noise_shape(240, 256))).shape == (1, 3, 240, 256)
+
+
+def test_spatial_generator_left_columns_do_not_depend_on_the_width():
+    """Outside the receptive field of the right border, a wider noise map whose left part is
+    the narrow one's gives the same pixels (fully convolutional, eval-mode batch norm)."""
+    torch.manual_seed(0)
+    cfg = GANConfig(height=32, width=32, nz=8, ngf=4, ndf=4, g_arch="fcn", upsample="nearest")
+    G = Generator(cfg).eval()
+    z = torch.randn(1, 8, 4, 32)                                     # 256 px wide
+    with torch.no_grad():
+        wide, narrow = G(z), G(z[..., :16])                           # 128 px wide
+    # border reach: 3×3 convs at strides 8, 4, 2, 1 -> 8 + 4 + 2 + 1 = 15 px (and rounding)
+    assert torch.allclose(wide[..., :128 - 16], narrow[..., :128 - 16], atol=1e-5)
+    assert not torch.allclose(wide[..., :128], narrow, atol=1e-5)
+
+
+def test_palette_generator_emits_only_palette_colours_and_passes_gradients():
+    pal = ((0, 0, 0), (255, 255, 255), (200, 40, 16))
+    cfg = GANConfig(height=32, width=32, nz=8, ngf=4, ndf=4, output="palette", palette=pal)
+    G = Generator(cfg)
+    out = G(torch.randn(3, 8))                                        # train mode: Gumbel ST
+    colours = {tuple(c) for c in out.detach().permute(0, 2, 3, 1).reshape(-1, 3).tolist()}
+    expect = {tuple(v / 127.5 - 1 for v in c) for c in pal}
+    assert all(min(sum(abs(a - b) for a, b in zip(c, e)) for e in expect) < 1e-5 for c in colours)
+    out.mean().backward()
+    assert G.main[0].weight.grad is not None and G.main[0].weight.grad.abs().sum() > 0
+    from stages._gan import to_uint8
+    images = to_uint8(G.eval()(torch.randn(3, 8)))
+    assert {tuple(c) for c in images.reshape(-1, 3).tolist()} <= set(pal)
+
+
+def test_corpus_palette_keeps_the_most_frequent_colours_and_maps_the_rest_to_nearest():
+    a = np.zeros((1, 4, 4, 3), np.uint8)
+    a[0, :2] = (250, 0, 0)
+    a[0, 3, 3] = (240, 10, 0)                                         # rare: maps to red
+    pal = train.corpus_palette(a, 2)
+    assert {tuple(c) for c in pal.tolist()} == {(0, 0, 0), (250, 0, 0)}
+    mapped = train.map_to_palette(a, pal)
+    assert tuple(mapped[0, 3, 3]) == (250, 0, 0) and tuple(mapped[0, 3, 0]) == (0, 0, 0)
+
+
+def test_palette_and_spatial_options_are_off_by_default():
+    cfg = train.gan_config(train.Params(), 3)
+    assert (cfg.g_arch, cfg.output, cfg.palette) == ("dcgan", "rgb", ())
+
+
+def test_palette_output_refuses_rgba():
+    with pytest.raises(ParamError, match="output=palette trains RGB only"):
+        train.Params(output="palette", channels=4)
+
+
+def test_palette_spatial_run_keeps_the_palette_in_a_weights_only_checkpoint(patches, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    train.run({"patches": [patches]}, tiny(output="palette", spatial_noise=True, palette_size=8),
+              out)
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    gan = GANConfig.from_dict(ck["config"]["gan"])
+    assert gan.g_arch == "fcn" and gan.output == "palette" and 2 <= len(gan.palette) <= 8
+    G = Generator(gan)
+    G.load_state_dict(ck["G_ema"])
+    from stages._gan import to_uint8
+    images = to_uint8(G.eval()(torch.randn(2, *gan.noise_shape(64, 96))))
+    assert images.shape == (2, 64, 96, 3)
+    assert {tuple(c) for c in images.reshape(-1, 3).tolist()} <= set(gan.palette)
+    # the resume check accepts its own checkpoint: a rerun does not start over
+    again = train.run({"patches": [patches]},
+                      tiny(output="palette", spatial_noise=True, palette_size=8), out)
+    assert again["resumed_from"] == 3
+
+
+def test_checkpoint_without_the_new_fields_loads_as_today_s_generator():
+    d = GANConfig(height=32, width=32).to_dict()
+    for k in ("g_arch", "output", "palette", "gumbel_tau"):
+        d.pop(k)
+    cfg = GANConfig.from_dict(d)
+    assert (cfg.g_arch, cfg.output) == ("dcgan", "rgb")
