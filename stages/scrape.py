@@ -24,6 +24,7 @@ import shutil
 import time
 import urllib.parse
 import zipfile
+import zlib
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -333,7 +334,7 @@ def file_item(f: Path, max_bytes: int, *, game: Optional[str] = None, kind: Kind
 def zip_items(path: Path, max_bytes: int) -> Iterator[Item]:
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:  # (#18)
         raise InputError(f"{path}: not a readable .zip file ({e})") from None
     with zf:
         yield from zip_members(zf, str(path), max_bytes,
@@ -342,7 +343,8 @@ def zip_items(path: Path, max_bytes: int) -> Iterator[Item]:
 
 def zip_members(zf: zipfile.ZipFile, name: str, max_bytes: int, origin: Provenance) -> Iterator[Item]:
     """Items of an open zip; a member in a folder takes the folder's name as its game."""
-    infos = sorted((i for i in zf.infolist() if not i.is_dir() and not _is_hidden(i.filename)),
+    infos = sorted((i for i in zf.infolist()
+                    if i.filename and not i.is_dir() and not _is_hidden(i.filename)),
                    key=lambda i: i.filename)
     for info in infos:
         folder = Path(info.filename).parent.name
@@ -358,7 +360,7 @@ def zip_members(zf: zipfile.ZipFile, name: str, max_bytes: int, origin: Provenan
                 with zf.open(info) as f:
                     data = f.read(max_bytes + 1)   # the declared size may lie (zip bombs)
             except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError,
-                    ValueError) as e:      # ValueError: a name that is not UTF-8 (fuzzing, #18)
+                    ValueError, zlib.error) as e:   # a name not UTF-8, bad deflate data (#18)
                 return Payload(reason=Reason.UNREADABLE, message=f"cannot extract from the zip ({e})")
             return too_big if len(data) > max_bytes else Payload(data)
 
@@ -696,12 +698,17 @@ def inspect_image(data: bytes, *, min_size: int = 0) -> tuple[Optional[dict[str,
     """
     from PIL import Image
 
+    from stages._common import pixel_limit_reason
+
     if not data:
         return None, "empty file"
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
         with Image.open(io.BytesIO(data)) as im:
+            too_big = pixel_limit_reason(*im.size)   # before decoding (#18): a pixel bomb
+            if too_big:
+                return None, too_big
             im.load()
             fmt = im.format or "?"
             w, h = im.size
