@@ -16,7 +16,7 @@ Everything here is pure torch; the architecture's configuration (:class:`GANConf
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -88,12 +88,13 @@ class Generator(nn.Module):
         self.cfg = cfg
         n, g = cfg.n_up, cfg.ngf
         bh, bw = cfg.base
+        zin = cfg.nz + cfg.embed_dim          # a conditional G appends the label's embedding
         if cfg.g_arch == "fcn":
-            # nz × h × w -> (ngf*m0) × h × w   (h × w = bh × bw at the training size)
-            first: nn.Module = nn.Conv2d(cfg.nz, g * _mult(0, n), 3, 1, 1, bias=False)
+            # (nz [+E]) × h × w -> (ngf*m0) × h × w   (h × w = bh × bw at the training size)
+            first: nn.Module = nn.Conv2d(zin, g * _mult(0, n), 3, 1, 1, bias=False)
         else:
-            # nz × 1 × 1 -> (ngf*m0) × bh × bw   (4 × 4 for square images)
-            first = nn.ConvTranspose2d(cfg.nz, g * _mult(0, n), (bh, bw), 1, 0, bias=False)
+            # (nz [+E]) × 1 × 1 -> (ngf*m0) × bh × bw   (4 × 4 for square images)
+            first = nn.ConvTranspose2d(zin, g * _mult(0, n), (bh, bw), 1, 0, bias=False)
         layers: list[nn.Module] = [first, nn.BatchNorm2d(g * _mult(0, n)), nn.ReLU(True)]
         for i in range(1, n):
             # (ngf*m_{i-1}) × s × s -> (ngf*m_i) × 2s × 2s
@@ -110,14 +111,22 @@ class Generator(nn.Module):
             # ngf × (H/2) × (W/2) -> C × H × W
             layers += [*_up(cfg.upsample, g * _mult(n - 1, n), cfg.channels), nn.Tanh()]
         self.main = nn.Sequential(*layers)
+        if cfg.n_classes:
+            self.embed = nn.Embedding(cfg.n_classes, cfg.embed_dim)
         init_weights(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``y`` (B,) int64 labels of a conditional generator (required there, else ignored)."""
         if z.dim() == 2:
             if self.cfg.g_arch == "fcn":             # one vector: a constant map, training size
                 z = z[:, :, None, None].expand(-1, -1, *self.cfg.base)
             else:
                 z = z[:, :, None, None]
+        if self.cfg.n_classes:
+            if y is None:
+                raise ValueError("a conditional generator needs labels y")
+            e = self.embed(y.to(z.device))[:, :, None, None].to(z.dtype)
+            z = torch.cat([z, e.expand(-1, -1, *z.shape[2:])], dim=1)
         out = self.main(z)
         if self.cfg.output == "palette":
             return decode_palette(out, self.palette_rgb, tau=self.cfg.gumbel_tau,
@@ -168,6 +177,8 @@ class Discriminator(nn.Module):
         # (ndf*8 [+1 minibatch-std map]) × bh × bw -> 1 × 1 × 1
         layers.append(sn(nn.Conv2d(d * _mult(0, n) + (cfg.mbstd > 0), 1, (bh, bw), 1, 0, bias=False)))
         self.main = nn.Sequential(*layers)
+        if cfg.n_classes:            # projection: <embed(y), sum of last features> joins the logit
+            self.embed = sn(nn.Embedding(cfg.n_classes, d * _mult(0, n) + (cfg.mbstd > 0)))
         # one smaller discriminator per extra scale (absent, so old checkpoints load, at 1)
         if cfg.d_scales > 1:
             self.coarse = nn.ModuleList(
@@ -176,20 +187,28 @@ class Discriminator(nn.Module):
                 for s in range(1, cfg.d_scales))
         init_weights(self)
 
-    def forward(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, parts: int = 1,
+                y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B,) float32, or (B, d_scales) with the full-size scale first.
 
         ``parts``: the batch is that many equal, contiguous sets (e.g. real then fake) that the
-        minibatch-std groups must not mix.
+        minibatch-std groups must not mix.  ``y`` (B,) int64: labels of a conditional D.
         """
-        if self.cfg.mbstd > 0:
-            h = _minibatch_std(self.main[:-1](x), self.cfg.mbstd, parts)
+        if self.cfg.mbstd > 0 or self.cfg.n_classes:
+            h = self.main[:-1](x)
+            if self.cfg.mbstd > 0:
+                h = _minibatch_std(h, self.cfg.mbstd, parts)
             out = self.main[-1](h).reshape(x.shape[0]).float()
+            if self.cfg.n_classes:
+                if y is None:
+                    raise ValueError("a conditional discriminator needs labels y")
+                out = out + (self.embed(y.to(x.device)).float()
+                             * h.float().sum(dim=(2, 3))).sum(dim=1)
         else:
             out = self.main(x).reshape(x.shape[0]).float()
         if self.cfg.d_scales == 1:
             return out
-        outs = [out] + [d(nn.functional.avg_pool2d(x, 2 ** s), parts)
+        outs = [out] + [d(nn.functional.avg_pool2d(x, 2 ** s), parts, y)
                         for s, d in enumerate(self.coarse, 1)]
         return torch.stack(outs, dim=1)
 

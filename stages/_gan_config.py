@@ -63,6 +63,10 @@ class GANConfig:
         The colours of ``output = "palette"`` (uint8 triples, stored with the checkpoint).
     gumbel_tau : float
         Gumbel-softmax temperature of ``output = "palette"`` in training.
+    classes : tuple of str
+        Class-conditional networks (empty = unconditional): the style names (source games),
+        label ``i`` is ``classes[i]``.  G concatenates a learned embedding of the label to its
+        noise; D adds a projection term (Miyato & Koyama's projection discriminator).
     """
 
     height: int = 64
@@ -79,6 +83,17 @@ class GANConfig:
     output: str = "rgb"
     palette: tuple = ()
     gumbel_tau: float = 1.0
+    classes: tuple = ()
+
+    @property
+    def n_classes(self) -> int:
+        """Number of styles of a conditional model (0 = unconditional)."""
+        return len(self.classes)
+
+    @property
+    def embed_dim(self) -> int:
+        """Length of the label embedding the generator concatenates to each noise cell."""
+        return min(32, self.nz) if self.classes else 0
 
     @property
     def stride(self) -> int:
@@ -133,6 +148,8 @@ class GANConfig:
                                  f"got {len(self.palette)}")
             if not self.gumbel_tau > 0:
                 raise ValueError(f"gumbel_tau must be positive, got {self.gumbel_tau}")
+        if len(self.classes) == 1:
+            raise ValueError("a conditional model needs at least 2 classes")
         if self.n_up < 2 or max(self.base) > 4 * min(self.base):
             raise ValueError(f"image size {self.height}x{self.width} cannot be built by doubling: "
                              "use sides such as 32, 64, 128 or 256x224")
@@ -146,6 +163,8 @@ class GANConfig:
         kw = {k: v for k, v in d.items() if k in names}
         if "palette" in kw:       # JSON / older pickles give lists
             kw["palette"] = tuple(tuple(int(x) for x in c) for c in kw["palette"])
+        if "classes" in kw:
+            kw["classes"] = tuple(str(c) for c in kw["classes"])
         return cls(**kw)
 
 

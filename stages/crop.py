@@ -875,7 +875,10 @@ def crop_stream(items: Iterable[tuple[InputFile, str, Union[NativeScreen, Unusab
         progress("crop: patches", rec.index + 1, len(sel.records))
     tiles = TrainingTiles(tile_sink.close(), np.concatenate(origins),
                           [r.to_json() for r in sel.records])
-    return CropResult(sel.records, Patches(patch_sink.close()), tiles, sel, plan,
+    names = sorted({r.game for r in sel.records})          # each patch's game, for train
+    labels = np.concatenate([np.full(len(plan.of_screen(r.index)), names.index(r.game), np.int32)
+                             for r in sel.records])
+    return CropResult(sel.records, Patches(patch_sink.close(), labels, names), tiles, sel, plan,
                       sheet.render(sel.records, sel.dropped))
 
 

@@ -56,6 +56,8 @@ class Params(StageParams):
                                "its stride (16 for 64-px patches).", min=0)
     height: int = param(0, help="Sample height in pixels (0 = the training size); as --width.",
                         min=0)
+    like: str = param("", help="Draw every image in one style: a game name of a model trained "
+                               "with --conditional (empty = styles at random per image).")
 
     def check(self) -> None:
         super().check()
@@ -150,9 +152,37 @@ def sample_size(cfg: GANConfig, *, width: int = 0, height: int = 0) -> tuple[int
     return h, w
 
 
-def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128) -> np.ndarray:
+def style_labels(cfg: GANConfig, n: int, *, like: str = "", seed: int = 0) -> "Any":
+    """(n,) int64 labels for a conditional generator: all ``like``'s index, or seeded random
+    styles (a stream of their own, so the noise of ``seed`` is the same either way); None for
+    an unconditional one.
+
+    Raises
+    ------
+    ParamError
+        ``like`` given to an unconditional generator, or not one of its styles.
+    """
+    import torch
+
+    if not cfg.n_classes:
+        if like:
+            raise ParamError(f"sample: --like {like!r} needs a model trained with "
+                             "`pipeline train --conditional`; this one has no styles",
+                             field="like")
+        return None
+    if like:
+        if like not in cfg.classes:
+            raise ParamError(f"sample: --like {like!r} is not one of this model's styles: "
+                             f"{', '.join(cfg.classes)}", field="like")
+        return torch.full((n,), cfg.classes.index(like), dtype=torch.int64)
+    g = torch.Generator().manual_seed(int(seed) + 2_000_003)
+    return torch.randint(0, cfg.n_classes, (n,), generator=g)
+
+
+def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128,
+             labels: Any = None) -> np.ndarray:
     """uint8 (N, H, W, C) images for noise z (N, nz) or noise maps (N, nz, h, w), ``batch``
-    at a time.
+    at a time; ``labels`` (N,) int64: the styles of a conditional generator.
 
     RGBA: alpha >= ``alpha_threshold`` becomes 255, below it 0 with black colour (0 = keep).
     """
@@ -164,7 +194,8 @@ def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128) -> np.nd
     out = []
     with torch.inference_mode():
         for i in range(0, len(z), batch):
-            out.append(to_uint8(G(z[i:i + batch].to(dev))))
+            zi = z[i:i + batch].to(dev)
+            out.append(to_uint8(G(zi) if labels is None else G(zi, labels[i:i + batch].to(dev))))
     imgs = np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
     if imgs.shape[-1] == 4 and alpha_threshold > 0:
         a = imgs[..., 3]
@@ -174,7 +205,7 @@ def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128) -> np.nd
 
 
 def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold: int = 128,
-                  width: int = 0, height: int = 0,
+                  width: int = 0, height: int = 0, like: str = "",
                   progress: ProgressFn = no_progress) -> np.ndarray:
     """``n`` images from generator ``G`` for the noise of ``seed``.
 
@@ -192,6 +223,8 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
         See :func:`generate`.
     width, height : int
         Image size (0 = the training size); see :func:`sample_size`.
+    like : str
+        A conditional generator's style for every image (see :func:`style_labels`).
     progress : callable
         ``progress("sample", done, n)`` before the first batch and after each one.
 
@@ -204,23 +237,27 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
     h, w = sample_size(G.cfg, width=width, height=height)
     shape = (G.cfg.nz,) if G.cfg.g_arch != "fcn" else G.cfg.noise_shape(h, w)
     z = torch.randn(n, *shape, generator=torch.Generator().manual_seed(int(seed)))
+    labels = style_labels(G.cfg, n, like=like, seed=seed)
     chunks = []
     progress("sample", 0, n)
     for i in range(0, n, batch):
-        chunks.append(generate(G, z[i:i + batch], batch=batch, alpha_threshold=alpha_threshold))
+        chunks.append(generate(G, z[i:i + batch], batch=batch, alpha_threshold=alpha_threshold,
+                               labels=None if labels is None else labels[i:i + batch]))
         progress("sample", i + len(chunks[-1]), n)
     return np.concatenate(chunks)
 
 
 def interpolation_strip(G: Any, frames: int, *, keyframes: int, seed: int, batch: int = 64,
-                        alpha_threshold: int = 128) -> np.ndarray:
+                        alpha_threshold: int = 128, like: str = "") -> np.ndarray:
     """A latent walk (:func:`latent_walk`) through ``G`` as one strip, shape (H, frames*W, C)
-    (a spatial generator walks through whole noise maps of its training size)."""
+    (a spatial generator walks through whole noise maps of its training size; a conditional
+    one stays in the style ``like``, else its first)."""
     shape = G.cfg.noise_shape()
     walk = latent_walk(int(np.prod(shape)), frames, keyframes, seed=seed)
     if G.cfg.g_arch == "fcn":
         walk = walk.reshape(frames, *shape)
-    images = generate(G, walk, batch=batch, alpha_threshold=alpha_threshold)
+    labels = style_labels(G.cfg, frames, like=like or (G.cfg.classes[0] if G.cfg.n_classes else ""))
+    images = generate(G, walk, batch=batch, alpha_threshold=alpha_threshold, labels=labels)
     return np.concatenate(list(images), axis=1)
 
 
@@ -249,12 +286,14 @@ class SampleResult:
     channels: int
     files: list
     interpolation: Optional[str]
+    like: str = ""
 
     def manifest(self) -> dict:
-        """The content of samples.json."""
-        return {"n": self.n, "seed": self.seed, "weights": self.weights, "step": self.step,
-                "size": self.size, "channels": self.channels, "files": self.files,
-                "interpolation": self.interpolation}
+        """The content of samples.json (``like`` only when a style was asked for)."""
+        out = {"n": self.n, "seed": self.seed, "weights": self.weights, "step": self.step,
+               "size": self.size, "channels": self.channels, "files": self.files,
+               "interpolation": self.interpolation}
+        return {**out, "like": self.like} if self.like else out
 
     def to_summary(self, checkpoint: Path) -> dict:
         """The stage summary: the manifest without the file list, plus the checkpoint used."""
@@ -289,17 +328,17 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = sample_images(G, p.n, seed=p.seed, batch=p.batch, alpha_threshold=p.alpha_threshold,
-                           width=p.width, height=p.height, progress=progress)
+                           width=p.width, height=p.height, like=p.like, progress=progress)
     files = [f"sample_{i:04d}.png" for i in range(len(images))]
     for name, image in zip(files, images):
         save_png(out_dir / name, image)
     if p.interpolate:
         save_png(out_dir / STRIP_FILE, interpolation_strip(
             G, p.interpolate, keyframes=p.n_keyframes, seed=p.seed, batch=p.batch,
-            alpha_threshold=p.alpha_threshold))
+            alpha_threshold=p.alpha_threshold, like=p.like))
     result = SampleResult(n=int(p.n), seed=int(p.seed), weights=info.weights, step=info.step,
                           size=[int(images.shape[1]), int(images.shape[2])],
                           channels=int(info.gan.channels), files=files,
-                          interpolation=STRIP_FILE if p.interpolate else None)
+                          interpolation=STRIP_FILE if p.interpolate else None, like=p.like)
     write_json(out_dir / MANIFEST_FILE, result.manifest())
     return result.to_summary(ckpt)

@@ -138,6 +138,10 @@ class Params(StageParams):
                                        "(the rest of the training pixels map to the nearest).",
                               min=2, max=256)
     gumbel_tau: float = param(1.0, help="output=palette: Gumbel-softmax temperature (> 0).")
+    conditional: bool = param(False, help="One style at a time: a class-conditional G and a "
+                                          "projection D on each patch's source game (crop's "
+                                          "patch_games.npy); `pipeline sample --like NAME` then "
+                                          "draws one game's style.")
 
     def check(self) -> None:
         """The declared ranges, then the rules :func:`param` cannot say: open upper bounds,
@@ -196,16 +200,19 @@ def resolve_d_scales(p: Params) -> int:
     return p.d_scales or (2 if p.size >= 32 else 1)
 
 
-def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None) -> GANConfig:
+def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None,
+               classes: tuple = ()) -> GANConfig:
     """The network architecture these parameters train (``palette`` (K, 3) uint8: the colours
-    of ``output = "palette"``, see :func:`corpus_palette`)."""
+    of ``output = "palette"``, see :func:`corpus_palette`; ``classes``: the style names of a
+    ``conditional`` model)."""
     pal = () if palette is None or p.output != "palette" else tuple(
         tuple(int(x) for x in c) for c in palette)
     return GANConfig(height=p.size, width=p.size, channels=channels, nz=p.nz, ngf=p.ngf,
                      ndf=p.ndf, spectral_norm=p.spectral_norm, upsample=p.upsample,
                      d_scales=resolve_d_scales(p), mbstd=p.mbstd,
                      g_arch="fcn" if p.spatial_noise else "dcgan", output=p.output,
-                     palette=pal, gumbel_tau=float(p.gumbel_tau))
+                     palette=pal, gumbel_tau=float(p.gumbel_tau),
+                     classes=tuple(classes) if p.conditional else ())
 
 
 def corpus_palette(images: np.ndarray, k: int) -> np.ndarray:
@@ -286,6 +293,24 @@ def load_patches(paths: list[Path], *, size: int, channels: int) -> tuple[np.nda
     return np.ascontiguousarray(np.concatenate(arrays)), skipped.items
 
 
+def load_patch_games(paths: list[Path], n_patches: int) -> tuple[Optional[np.ndarray], list]:
+    """Each loaded patch's game (int64 (n_patches,), an index into the returned names) from a
+    crop artifact's ``patch_games.npy``; (None, []) for other inputs or older artifacts.
+
+    Crop's patches cut into smaller ``size`` squares (:func:`load_patches`) keep their game.
+    """
+    artifact = find_artifact(paths, PATCHES_FILE)
+    if artifact is None:
+        return None, []
+    try:
+        p = Patches.load(artifact.parent, mmap=True)
+    except ArtifactError as e:
+        raise InputError(str(e)) from None
+    if p.games is None or not len(p.games) or n_patches % len(p.games):
+        return None, []
+    return np.repeat(p.games.astype(np.int64), n_patches // len(p.games)), list(p.game_names)
+
+
 def _channels_of_first_npy(files: list[Path]) -> int:
     """4 when the first .npy input holds RGBA, else 3 (images alone train as RGB)."""
     first = next((f for f in files if f.suffix.lower() == ".npy"), None)
@@ -336,13 +361,18 @@ class TrainingData:
     patches: np.ndarray
     train: np.ndarray
     holdout: Optional[np.ndarray]
+    labels: Optional[np.ndarray] = None
 
     @classmethod
-    def split(cls, patches: np.ndarray, *, holdout: float, seed: int) -> "TrainingData":
+    def split(cls, patches: np.ndarray, *, holdout: float, seed: int,
+              labels: Optional[np.ndarray] = None) -> "TrainingData":
+        """``labels`` (N,) int64 per patch (a conditional model's styles) or None; the
+        result's ``labels`` are those of ``train``."""
         from stages._metrics import sample_swd_reference
 
         train_idx, held = sample_swd_reference(patches, holdout=holdout, seed=seed)
-        return cls(patches, patches[train_idx], held)
+        return cls(patches, patches[train_idx], held,
+                   None if labels is None else labels[train_idx])
 
     @property
     def n_holdout(self) -> int:
@@ -663,8 +693,10 @@ class Trainer:
             self._apply_lr()
 
     # ----------------------------------------------------------------- one step
-    def step(self, step: int, real_u8: np.ndarray) -> tuple[float, float, bool]:
-        """One D update and one G update on a uint8 (B, S, S, C) batch.
+    def step(self, step: int, real_u8: np.ndarray,
+             labels: Optional[np.ndarray] = None) -> tuple[float, float, bool]:
+        """One D update and one G update on a uint8 (B, S, S, C) batch (``labels`` (B,): the
+        styles of a conditional model; its fakes are drawn with the same labels).
 
         All randomness (noise, augmentation) comes from ``(seed, step, rank, rollbacks)``.
         Returns (lossD, lossG, ok) averaged over ranks; ok is False when a loss is non-finite
@@ -681,11 +713,12 @@ class Trainer:
         if dev.type == "cpu":
             real = real.contiguous(memory_format=torch.channels_last)
         z = torch.randn(real.shape[0], *self.cfg.noise_shape(), generator=gen).to(dev)
+        y = None if not self.cfg.n_classes else torch.as_tensor(labels, dtype=torch.int64).to(dev)
         noise_std = p.instance_noise * max(0.0, 1.0 - step / max(1, p.steps))
         with self.autocast():
-            fake = self.G_forward(z)
-        lossD = self._update_discriminator(real, fake, gen, noise_std)
-        lossG = self._update_generator(fake, z, gen, noise_std)
+            fake = self.G_forward(z) if y is None else self.G_forward(z, y)
+        lossD = self._update_discriminator(real, fake, gen, noise_std, y)
+        lossG = self._update_generator(fake, z, gen, noise_std, y)
         lossD, lossG, ok = self._agree_on_losses(lossD, lossG)
         if ok:
             self._update_ema(step)
@@ -704,7 +737,7 @@ class Trainer:
         return x
 
     def _update_discriminator(self, real: "Any", fake: "Any", gen: "Any",
-                              noise_std: float) -> "Any":
+                              noise_std: float, y: "Any" = None) -> "Any":
         """One optimiser step of D on a real and a generated batch; returns its loss."""
         import torch
 
@@ -714,9 +747,10 @@ class Trainer:
         fake_in = self._discriminator_input(fake.detach().float(), gen, noise_std)
         with self.autocast():
             if self.d_has_bn and self.world == 1:        # batch norm: separate batches
-                real_logits, fake_logits = self.D_forward(real_in), self.D_forward(fake_in)
+                real_logits, fake_logits = self.D_forward(real_in, 1, y), self.D_forward(fake_in, 1, y)
             else:
-                both = self.D_forward(torch.cat([real_in, fake_in]), parts=2)
+                both = self.D_forward(torch.cat([real_in, fake_in]), 2,
+                                      None if y is None else torch.cat([y, y]))
                 real_logits, fake_logits = both[:b], both[b:]
         loss = discriminator_loss(real_logits, fake_logits, kind=p.loss,
                                   label_smoothing=p.label_smoothing)
@@ -724,13 +758,15 @@ class Trainer:
         self.scaler.step(self.optD)
         return loss
 
-    def _update_generator(self, fake: "Any", z: "Any", gen: "Any", noise_std: float) -> "Any":
+    def _update_generator(self, fake: "Any", z: "Any", gen: "Any", noise_std: float,
+                          y: "Any" = None) -> "Any":
         """One optimiser step of G through the (frozen) D; returns its loss."""
         p = self.params
         self.optG.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
         with self.autocast():
-            fake_logits = self.D_forward_for_G(self._discriminator_input(fake.float(), gen, noise_std))
+            fake_logits = self.D_forward_for_G(
+                self._discriminator_input(fake.float(), gen, noise_std), 1, y)
         loss = generator_loss(fake_logits, kind=p.loss)
         if p.mode_seeking > 0:
             loss = loss + p.mode_seeking * mode_seeking_term(fake.float(), z)
@@ -794,8 +830,9 @@ class Trainer:
         self.G_ema.train()
         with torch.no_grad():
             for i in range(0, n, batch):
-                self.G_ema(torch.randn(min(batch, n - i), *self.cfg.noise_shape(),
-                                       generator=gen).to(self.device))
+                k = min(batch, n - i)
+                self.G_ema(torch.randn(k, *self.cfg.noise_shape(), generator=gen).to(self.device),
+                           self.cycle_labels(k, start=i))
         self.G_ema.eval()
         for m, mom in zip(bns, saved):
             m.momentum = mom
@@ -806,8 +843,18 @@ class Trainer:
         return all(bool(torch.isfinite(t).all()) for m in (self.G, self.D)
                    for t in m.state_dict().values() if t.is_floating_point())
 
+    def cycle_labels(self, n: int, *, start: int = 0) -> "Any":
+        """Labels start, start+1, ... modulo the number of styles (None when unconditional):
+        the styles of grids, SWD samples and batch-norm calibration, every style in turn."""
+        import torch
+
+        if not self.cfg.n_classes:
+            return None
+        return (torch.arange(start, start + n) % self.cfg.n_classes).to(self.device)
+
     def generate(self, z: "Any", *, batch: int = 256) -> np.ndarray:
-        """uint8 (N, S, S, C) images from the EMA generator (eval mode) for noise z."""
+        """uint8 (N, S, S, C) images from the EMA generator (eval mode) for noise z (a
+        conditional model draws the styles in turn, :meth:`cycle_labels`)."""
         import torch
 
         from stages._gan import to_uint8
@@ -816,7 +863,9 @@ class Trainer:
         out = []
         with torch.inference_mode():
             for i in range(0, len(z), batch):
-                out.append(to_uint8(self.G_ema(z[i:i + batch].to(self.device))))
+                k = len(z[i:i + batch])
+                out.append(to_uint8(self.G_ema(z[i:i + batch].to(self.device),
+                                               self.cycle_labels(k, start=i))))
         return np.concatenate(out)
 
     def checksum(self) -> float:
@@ -1048,7 +1097,7 @@ class TrainingRun:
         # fixed noise for grids and SWD (independent of training randomness)
         fixed = torch.Generator().manual_seed(_step_seed(params.seed, _SEED_FIXED_NOISE))
         shape = trainer.cfg.noise_shape()
-        self.grid_z = torch.randn(64, *shape, generator=fixed)
+        self.grid_z = torch.randn(64, *shape, generator=fixed)   # a conditional G: styles in turn
         self.swd_z = torch.randn(data.n_holdout, *shape, generator=fixed)
         self.global_batch = params.batch * ranks.world
         self.start, self.resumed_from = 0, None
@@ -1128,7 +1177,7 @@ class TrainingRun:
             if elapsed >= self.clock.budget:
                 return step, "max_minutes"
             self.trainer.set_progress(max(step / p.steps, elapsed / self.clock.budget))
-            lossD, lossG, ok = self.trainer.step(step, self._batch(step))
+            lossD, lossG, ok = self.trainer.step(step, *self._batch(step))
             self.last_losses = (lossD, lossG)
             if not ok:
                 step = self._roll_back(step, lossD, lossG)
@@ -1145,12 +1194,14 @@ class TrainingRun:
             elapsed = _max_over_ranks(elapsed, self.ranks.device)
         return elapsed
 
-    def _batch(self, step: int) -> np.ndarray:
-        """This rank's slice of the global batch of ``step``, uint8 (batch, S, S, C)."""
+    def _batch(self, step: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """This rank's slice of the global batch of ``step``: uint8 (batch, S, S, C) and its
+        labels (batch,) (None without them)."""
         b, rank = self.params.batch, self.ranks.rank
-        idx = batch_indices(self.params.seed, step, len(self.data.train),
-                            self.global_batch)[rank * b:(rank + 1) * b]
-        return self.data.train[np.sort(idx)]
+        idx = np.sort(batch_indices(self.params.seed, step, len(self.data.train),
+                                    self.global_batch)[rank * b:(rank + 1) * b])
+        labels = self.data.labels
+        return self.data.train[idx], None if labels is None else labels[idx]
 
     def _roll_back(self, step: int, lossD: float, lossG: float) -> int:
         """Return to the last checkpoint with halved learning rates (or stop when that has
@@ -1267,6 +1318,28 @@ class TrainingRun:
         return crisp
 
 
+def conditional_labels(params: Params, paths: list[Path],
+                       n_patches: int) -> tuple[Optional[np.ndarray], list]:
+    """(labels (N,) int64, style names) for a ``conditional`` run, (None, []) otherwise.
+
+    Raises
+    ------
+    InputError
+        ``conditional`` without per-patch games (not a crop artifact, or one written before
+        crop recorded them), or with a single game.
+    """
+    if not params.conditional:
+        return None, []
+    labels, names = load_patch_games(paths, n_patches)
+    if labels is None:
+        raise InputError("train --conditional needs each patch's game: give a crop artifact "
+                         "with patch_games.npy (rerun `pipeline crop`), not loose images or arrays")
+    if len(names) < 2:
+        raise InputError(f"train --conditional needs patches of at least 2 games; these are all "
+                         f"{names[0] if names else '(unnamed)'}")
+    return labels, names
+
+
 def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         progress: ProgressFn = no_progress) -> dict:
     """Train the GAN on the patches and write the train artifact into ``out_dir``.
@@ -1293,13 +1366,16 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     with process_group(params.device) as ranks:
         patches, skipped = load_patches(list(inputs.get("patches") or []), size=params.size,
                                         channels=params.channels)
-        data = TrainingData.split(patches, holdout=params.swd_holdout, seed=params.seed)
+        labels, classes = conditional_labels(params, list(inputs.get("patches") or []),
+                                             len(patches))
+        data = TrainingData.split(patches, holdout=params.swd_holdout, seed=params.seed,
+                                  labels=labels)
         palette = None
         if params.output == "palette":         # D sees real patches in the same colours
             palette = corpus_palette(data.train, params.palette_size)
             data = dataclasses.replace(data, train=map_to_palette(data.train, palette))
-        trainer = Trainer(params, gan_config(params, patches.shape[-1], palette), ranks.device,
-                          world=ranks.world, rank=ranks.rank)
+        trainer = Trainer(params, gan_config(params, patches.shape[-1], palette, classes),
+                          ranks.device, world=ranks.world, rank=ranks.rank)
         training = TrainingRun(params, trainer, data, Path(out_dir), ranks, progress)
         training.resume()
         training.prepare()

@@ -764,3 +764,92 @@ def test_checkpoint_without_the_new_fields_loads_as_today_s_generator():
         d.pop(k)
     cfg = GANConfig.from_dict(d)
     assert (cfg.g_arch, cfg.output) == ("dcgan", "rgb")
+
+
+# ------------------------------------------------------------------ one style at a time (conditional)
+def _crop_artifact(folder: Path, games: list[str]) -> Path:
+    """A crop-like artifact: blocky patches, each game's patches one half of a two-tone range."""
+    from tilesets.artifacts import Patches
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = blocky(24, 32)
+    labels = np.arange(24) % len(games)
+    Patches(images, labels.astype(np.int32), games).save(folder, lambda p, a: np.save(p, a))
+    return folder
+
+
+def test_patches_keep_their_games_through_save_and_load(tmp_path):
+    from tilesets.artifacts import Patches
+
+    _crop_artifact(tmp_path / "c", ["contra", "smb"])
+    p = Patches.load(tmp_path / "c")
+    assert p.game_names == ["contra", "smb"] and p.games.tolist() == [0, 1] * 12
+
+
+def test_patch_games_out_of_range_are_refused_naming_the_file(tmp_path):
+    from tilesets.artifacts import ArtifactError, Patches
+
+    with pytest.raises(ArtifactError, match="patch_games.npy"):
+        Patches(blocky(2, 32), np.array([0, 2], np.int32), ["a", "b"]).validate()
+
+
+def test_crop_labels_each_patch_with_its_screen_s_game():
+    from stages import crop
+    from tests._helpers_crop import game_frames
+
+    def rgba(a):
+        return np.concatenate([a, np.full(a.shape[:2] + (1,), 255, np.uint8)], axis=2)
+
+    frames = game_frames(4, seed=1)
+    items = ([(f"smb/f{i}.png", rgba(a)) for i, a in enumerate(frames[:2])]
+             + [(f"zelda/f{i}.png", rgba(a)) for i, a in enumerate(frames[2:])])
+    r = crop.crop_screens(items, crop.Params(max_patches=40, near_duplicates=0))
+    p = r.patches
+    assert p.game_names == ["smb", "zelda"] == sorted({rec.game for rec in r.records})
+    per_screen = [len(r.plan.of_screen(rec.index)) for rec in r.records]
+    want = np.repeat([p.game_names.index(rec.game) for rec in r.records], per_screen)
+    assert p.games.tolist() == want.tolist() and len(p.games) == len(p.images)
+
+
+def test_conditional_networks_take_the_label_into_account():
+    torch.manual_seed(0)
+    cfg = GANConfig(height=32, width=32, nz=8, ngf=4, ndf=4, classes=("a", "b"))
+    G, D = Generator(cfg).eval(), Discriminator(cfg)
+    z = torch.randn(2, 8)
+    a, b = G(z, torch.tensor([0, 0])), G(z, torch.tensor([1, 1]))
+    assert not torch.allclose(a, b)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert not torch.allclose(D(x, y=torch.tensor([0, 0])), D(x, y=torch.tensor([1, 1])))
+
+
+def test_conditional_run_stores_the_styles_and_samples_one_at_a_time(tmp_path):
+    from stages import sample
+
+    art = _crop_artifact(tmp_path / "crop", ["contra", "smb"])
+    out = tmp_path / "o"
+    out.mkdir()
+    train.run({"patches": [art]}, tiny(conditional=True), out)
+    G, info = sample.load_generator(out / "ckpt.pt")
+    assert info.gan.classes == ("contra", "smb")
+    like = sample.sample_images(G, 2, seed=0, like="smb")
+    other = sample.sample_images(G, 2, seed=0, like="contra")
+    mixed = sample.sample_images(G, 2, seed=0)
+    assert like.shape == mixed.shape == (2, 32, 32, 3) and not np.array_equal(like, other)
+    with pytest.raises(ParamError, match="not one of this model's styles: contra, smb"):
+        sample.sample_images(G, 1, seed=0, like="zelda")
+
+
+def test_like_on_an_unconditional_model_names_the_option(patches, tmp_path):
+    from stages import sample
+
+    out = tmp_path / "o"
+    out.mkdir()
+    train.run({"patches": [patches]}, tiny(steps=1), out)
+    G, _ = sample.load_generator(out / "ckpt.pt")
+    with pytest.raises(ParamError, match="--conditional"):
+        sample.sample_images(G, 1, seed=0, like="smb")
+
+
+def test_conditional_without_patch_games_names_what_is_missing(patches, tmp_path):
+    with pytest.raises(InputError, match="patch_games.npy"):
+        train.run({"patches": [patches]}, tiny(conditional=True), tmp_path)

@@ -3,7 +3,9 @@
 A stage reads another stage's artifact only through these classes, so a format changes in one
 place.  Files inside an artifact folder:
 
-- :class:`Patches` (crop → train): ``patches.npy`` uint8 (N, S, S, C), C = 3 or 4.
+- :class:`Patches` (crop → train): ``patches.npy`` uint8 (N, S, S, C), C = 3 or 4; optionally
+  ``patch_games.npy`` int32 (N,), each patch's game as an index into ``patch_game_names.npy``
+  (unicode strings, sorted).
 - :class:`TrainingTiles` (crop → dedupe): ``tiles.npy`` uint8 (M, T, T, 3) every grid-aligned
   tile of every training screen, ``tiles_origin.npy`` int32 (M, 3) = (screen index, x, y), and
   ``screens.json`` (one record per screen: ``id``, ``source``, ``width``, ``height``, ...).
@@ -31,6 +33,8 @@ class ArtifactError(ValueError):
 
 
 PATCHES_FILE = "patches.npy"
+PATCH_GAMES_FILE = "patch_games.npy"
+PATCH_GAME_NAMES_FILE = "patch_game_names.npy"
 TILES_FILE = "tiles.npy"
 TILES_ORIGIN_FILE = "tiles_origin.npy"
 SCREENS_FILE = "screens.json"
@@ -94,22 +98,42 @@ def _check_uint8_images(a: np.ndarray, path: Path, what: str, channels: tuple[in
 
 @dataclass
 class Patches:
-    """Training patches: ``images`` uint8 (N, S, S, C), C = 3 (RGB) or 4 (RGBA)."""
+    """Training patches: ``images`` uint8 (N, S, S, C), C = 3 (RGB) or 4 (RGBA).
+
+    ``games`` (optional) int32 (N,): each patch's source game as an index into ``game_names``
+    (list of str); None when unknown (older artifacts, user arrays).
+    """
 
     images: np.ndarray
+    games: Optional[np.ndarray] = None
+    game_names: list = field(default_factory=list)
 
     def validate(self, where: Path = Path(PATCHES_FILE)) -> "Patches":
         _check_uint8_images(self.images, where, "patches", (3, 4))
+        if self.games is not None:
+            g = self.games
+            where = where.with_name(PATCH_GAMES_FILE)
+            if (g.ndim != 1 or g.dtype.kind not in "iu" or len(g) != len(self.images)
+                    or (len(g) and not 0 <= int(g.min()) <= int(g.max()) < len(self.game_names))):
+                raise ArtifactError(f"{where}: expected {len(self.images)} integer game indices "
+                                    f"below {len(self.game_names)}, got {g.dtype} {g.shape}")
         return self
 
     def save(self, folder: Path, save_npy: SaveNpy) -> None:
         self.validate(folder / PATCHES_FILE)
         save_npy(folder / PATCHES_FILE, self.images)
+        if self.games is not None:
+            save_npy(folder / PATCH_GAMES_FILE, np.asarray(self.games, np.int32))
+            save_npy(folder / PATCH_GAME_NAMES_FILE, np.asarray(list(self.game_names), dtype=str))
 
     @classmethod
     def load(cls, folder: Path, *, mmap: bool = False) -> "Patches":
         path = Path(folder) / PATCHES_FILE
-        return cls(load_npy(path, mmap=mmap)).validate(path)
+        games, names = None, []
+        if (Path(folder) / PATCH_GAMES_FILE).is_file():
+            games = load_npy(Path(folder) / PATCH_GAMES_FILE)
+            names = [str(x) for x in load_npy(Path(folder) / PATCH_GAME_NAMES_FILE).tolist()]
+        return cls(load_npy(path, mmap=mmap), games, names).validate(path)
 
     @staticmethod
     def exists(folder: Path) -> bool:
