@@ -853,3 +853,19 @@ def test_like_on_an_unconditional_model_names_the_option(patches, tmp_path):
 def test_conditional_without_patch_games_names_what_is_missing(patches, tmp_path):
     with pytest.raises(InputError, match="patch_games.npy"):
         train.run({"patches": [patches]}, tiny(conditional=True), tmp_path)
+
+
+@pytest.mark.slow
+@_NEEDS_TORCHRUN
+def test_gloo_ddp_trains_the_spatial_palette_conditional_model_in_sync(tmp_path):
+    art = _crop_artifact(tmp_path / "crop", ["contra", "smb"])
+    out = tmp_path / "out"
+    out.mkdir()
+    params = {**train.TINY, "size": 32, "steps": 4, "ckpt_every": 2, "spatial_noise": True,
+              "output": "palette", "palette_size": 8, "conditional": True}
+    s0, s1 = _run_ddp(tmp_path, out, art, params)
+    assert s0["world_size"] == s1["world_size"] == 2
+    assert s0["g_checksum"] == pytest.approx(s1["g_checksum"], rel=1e-6)
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    gan = GANConfig.from_dict(ck["config"]["gan"])
+    assert ck["step"] == 4 and gan.g_arch == "fcn" and gan.classes == ("contra", "smb")
