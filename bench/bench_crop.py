@@ -155,7 +155,7 @@ def rates(n_frames: int, n_sprites: int, before: str | None) -> None:
           + (f" / the same at {before}" if old else ""))
     for name, (make, want_of, lossy, kind) in CASES.items():
         size = exact = size_old = exact_old = 0
-        fp_dark = 0
+        fp_dark = found = 0
         t0 = time.perf_counter()
         for i, a in enumerate(frames):
             img = make(a)
@@ -165,6 +165,7 @@ def rates(n_frames: int, n_sprites: int, before: str | None) -> None:
             size += got.shape == want.shape
             exact += got.shape == want.shape and np.array_equal(got, want)
             fp_dark += kind == "native" and i in dark and not np.array_equal(got, want)
+            found += any(rec.trim) or any("stretch" in s for s in rec.steps)
             if old:
                 o = old(img, _jpeg(a)[1] if lossy else None)[..., :3]
                 size_old += o.shape == want.shape
@@ -172,7 +173,7 @@ def rates(n_frames: int, n_sprites: int, before: str | None) -> None:
         ms = (time.perf_counter() - t0) * 1000 / n_frames
         extra = f"   before: {size_old}/{n_frames} / {exact_old}/{n_frames}" if old else ""
         note = {"native": f"  false positives {n_frames - exact} ({fp_dark} on black/sky frames)",
-                "saved": "", "true": f"  found {size}"}[kind]
+                "saved": "", "true": f"  stretch/letterbox found {found}"}[kind]
         print(f"  {name:24s} {size:4d}/{n_frames} / {exact:4d}/{n_frames}{extra}{note}"
               f"   ({ms:.0f} ms/frame)")
     for name, make in (("native sprite", lambda s: s), ("2x nearest sprite", lambda s: H.as_nearest(s, 2))):
