@@ -12,8 +12,17 @@ there are held-back patches (at most 512) and we report:
   pixel to its nearest NES colour (quantize stage, no clean-up), and after the quantize
   stage's default pixel-art clean-up.
 
+With ``--after-quantize`` it also reports the art the user gets (issue #16): every sample set
+through the quantize stage with its defaults, against the held-back patches through the same
+quantize with no clean-up (palette-fair), beside the floor in that same space (real training
+patches, no clean-up, against the same set); per pyramid level (64/32/16 px at size 64); the
+share of isolated pixels (unlike all 8 neighbours) and the mean colours per 16×16 tile.
+
     python bench/quality_swd.py [--minutes 10] [--configs reference,ours] [--out DIR]
-           [--extra name='{"batch": 32}' ...]
+           [--extra name='{"batch": 32}' ...] [--after-quantize]
+
+e.g. ``--extra palette='{"output": "palette"}' --extra spatial='{"spatial_noise": true}'``
+(``conditional`` needs crop's per-patch games, which this script's .npy input lacks).
 
 Configurations: ``reference`` (pytorch/examples DCGAN: ngf=ndf=64, BCE, Adam 2e-4 β1 0.5, fp32,
 BN in both nets, samples in train-mode BN as that example draws them), ``ours`` (stages.train
@@ -87,16 +96,16 @@ def worker_ours(train_npy: Path, out: Path, minutes: float, n_out: int, seed: in
     import torch
 
     from stages import train
-    from stages.sample import generate, load_generator
+    from stages.sample import generate, load_generator, sample_images
 
     kw = {"steps": 10 ** 7, "max_minutes": minutes, "swd_every": -1, "swd_holdout": 0.0,
           "ckpt_every": 500, "grid_every": 500, "seed": seed, **overrides}
     params = train.Params(**kw)
     s = train.run({"patches": [train_npy]}, params, out)
     G, _ = load_generator(out / "ckpt.pt", use_ema=True)
-    z = torch.randn(n_out, G.cfg.nz, generator=torch.Generator().manual_seed(seed + 99))
-    np.save(out / "samples.npy", generate(G, z, batch=64))
-    if params.ema > 0:                                    # same run, raw weights: EMA's effect
+    np.save(out / "samples.npy", sample_images(G, n_out, seed=seed + 99))
+    if params.ema > 0 and G.cfg.g_arch == "dcgan" and not G.cfg.n_classes:   # raw weights
+        z = torch.randn(n_out, G.cfg.nz, generator=torch.Generator().manual_seed(seed + 99))
         G_raw, _ = load_generator(out / "ckpt.pt", use_ema=False)
         np.save(out / "samples_raw.npy", generate(G_raw, z, batch=64))
     return {"steps": s["steps"], "seconds": s["train_seconds"], "img_per_s": s["img_per_s"]}
@@ -123,6 +132,51 @@ def nes_colour_shares(images: np.ndarray, work: Path) -> tuple[float, float]:
     return res[0], res[1]
 
 
+def quantized(images: np.ndarray, work: Path, *, cleanup: "int | None" = None) -> np.ndarray:
+    """``images`` through the quantize stage (default palette; ``cleanup`` None = its default),
+    back as RGB uint8 arrays in the same order."""
+    from stages import quantize
+    from stages._common import load_image, save_png
+
+    src, dst = work / "src", work / "dst"
+    src.mkdir(parents=True, exist_ok=True)
+    dst.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        save_png(src / f"s_{i:04d}.png", im)
+    p = quantize.Params() if cleanup is None else quantize.Params(cleanup=cleanup)
+    quantize.run({"images": [src]}, p, dst)
+    return np.stack([load_image(f) for f in sorted(dst.glob("s_*.png"))])
+
+
+def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dict,
+                          work: Path, seed: int) -> list[str]:
+    """Markdown rows of the art the user gets: SWD after quantize (levels), the floor in the
+    same space, isolated-pixel share and colours per tile; ``samples`` {name: raw uint8}."""
+    from stages._metrics import colours_per_tile, isolated_share, swd
+
+    hold_q = quantized(hold, work / "q_hold0", cleanup=0)
+    floor = swd(quantized(train_pick, work / "q_train0", cleanup=0), hold_q, seed=seed)
+    raw_floor = swd(train_pick, hold, seed=seed)["swd"]
+
+    def levels(r: dict) -> str:
+        return " / ".join(f"{v:.0f}" for v in r["levels"])
+
+    out = ["| images | SWD raw | SWD after quantize | per level (fine → coarse) | "
+           "isolated px after quantize | colours / 16-px tile after quantize |",
+           "|---|---|---|---|---|---|",
+           f"| real: train vs held back, both quantized with no clean-up (floor) | "
+           f"{raw_floor:.1f} | {floor['swd']:.1f} | {levels(floor)} | "
+           f"{isolated_share(hold_q):.2%} | {colours_per_tile(hold_q).mean():.2f} |"]
+    for name, fake in samples.items():
+        fq = quantized(fake, work / f"q_after_{name}")
+        r = swd(fq, hold_q, seed=seed)
+        out.append(f"| {name} (quantize defaults) | {swd(fake, hold, seed=seed)['swd']:.1f} | "
+                   f"{r['swd']:.1f} ({r['swd'] / floor['swd']:.2f}× floor) | {levels(r)} | "
+                   f"{isolated_share(fq):.2%} (raw {isolated_share(fake):.1%}) | "
+                   f"{colours_per_tile(fq).mean():.2f} |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -131,6 +185,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--after-quantize", action="store_true",
+                    help="also report SWD, isolated pixels and colours per tile after quantize")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--train-npy", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n-out", type=int, default=512, help=argparse.SUPPRESS)
@@ -177,8 +233,8 @@ def main() -> None:
             raise SystemExit(f"{name} failed with exit code {pr.returncode}")
 
     rows = []
-    floor = swd(train_p[np.random.default_rng(args.seed + 1).choice(len(train_p), n_out, replace=False)],
-                hold, seed=args.seed)["swd"]
+    train_pick = train_p[np.random.default_rng(args.seed + 1).choice(len(train_p), n_out, replace=False)]
+    floor = swd(train_pick, hold, seed=args.seed)["swd"]
     real_share = share_over(colours_per_tile(hold), 4)
     rows.append(("real (floor)", floor, "-", "-", *nes_colour_shares(hold, work / "q_real"),
                  real_share))
@@ -202,6 +258,10 @@ def main() -> None:
     for name, ov in configs.items():
         if ov:
             print(f"{name}: ours with {json.dumps(ov)}")
+    if args.after_quantize:
+        print("\nAfter quantize (the art the user gets):\n")
+        samples = {name: np.load(work / name / "samples.npy") for name in configs}
+        print("\n".join(after_quantize_report(train_pick, hold, samples, work, args.seed)))
     print(f"(work dir: {work})")
     ours = next((r[1] for r in rows if r[0] == "ours"), float("nan"))
     base = next((r[1] for r in rows if r[0] == "reference"), float("nan"))

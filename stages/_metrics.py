@@ -6,6 +6,8 @@
   and std, 4 × 128 random unit directions, distances ×1e3, averaged over levels.  Lower is
   better; two disjoint halves of the same real corpus give the "floor".
 * :func:`crispness` — the same after nearest-NES-colour mapping, as reported by ``train``.
+* :func:`isolated_share` — share of pixels unlike all 8 neighbours (speckle; real pixel art
+  has almost none).
 * :func:`colours_per_tile` — distinct colours in every grid-aligned 16×16 tile; NES tiles use at
   most 4 (3 + the shared background), so the share of tiles above 4 measures crispness.
 """
@@ -142,6 +144,27 @@ def colours_per_tile(images: np.ndarray, *, tile: int = 16) -> np.ndarray:
     if images.shape[-1] == 4:
         images = np.where(images[..., 3:4] == 0, 0, images).astype(np.uint8, copy=False)
     return pixels.colours_per_tile(grid_cut(images, tile))
+
+
+def isolated_share(images: np.ndarray) -> float:
+    """Share (0..1) of interior pixels whose colour differs from all 8 neighbours.
+
+    Parameters
+    ----------
+    images : ndarray, shape (N, H, W, C), uint8 (every channel compared; H, W ≥ 3)
+    """
+    a = np.ascontiguousarray(images)
+    if a.shape[1] < 3 or a.shape[2] < 3:
+        return 0.0
+    packed = a.view(np.dtype((np.void, a.shape[-1] * a.dtype.itemsize)))[..., 0]
+    centre = packed[:, 1:-1, 1:-1]
+    h, w = centre.shape[1:]
+    alone = np.ones(centre.shape, bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if (dy, dx) != (1, 1):
+                alone &= packed[:, dy:dy + h, dx:dx + w] != centre
+    return float(alone.mean()) if alone.size else 0.0
 
 
 def share_over(counts: np.ndarray, limit: int = 4) -> float:

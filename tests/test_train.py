@@ -869,3 +869,14 @@ def test_gloo_ddp_trains_the_spatial_palette_conditional_model_in_sync(tmp_path)
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     gan = GANConfig.from_dict(ck["config"]["gan"])
     assert ck["step"] == 4 and gan.g_arch == "fcn" and gan.classes == ("contra", "smb")
+
+
+def test_isolated_share_counts_pixels_unlike_all_neighbours():
+    from stages._metrics import isolated_share
+
+    a = np.zeros((1, 5, 5, 3), np.uint8)
+    assert isolated_share(a) == 0.0
+    a[0, 2, 2] = 255                                   # one lone pixel among 9 interior ones
+    assert isolated_share(a) == pytest.approx(1 / 9)
+    a[0, 2, 3] = 255                                   # now it has a like neighbour
+    assert isolated_share(a) == 0.0
