@@ -8,6 +8,12 @@ translation on everything D sees, a generator EMA for
 sampling, channels_last and flushed denormals on the CPU (bf16 autocast where the hardware
 has native bf16; emulated bf16 measured 2× slower).
 
+Options off by default (issue #16, docs/training.md): ``spatial_noise`` (a fully convolutional
+generator on a noise map, sampled at any multiple of its stride), ``output = "palette"``
+(per-pixel logits over the corpus's most used colours, straight-through Gumbel-softmax) and
+``conditional`` (class-conditional G and projection D on each patch's game, from crop's
+``patch_games.npy``).
+
 Artifacts (``out_dir``): ``ckpt.pt`` (one dict, see :meth:`TrainingRun.checkpoint`),
 ``config.json``, ``metrics.jsonl`` (one row per logged step: step, lossD, lossG, ips, swd when
 computed), ``grids/step_NNNNNN.png`` (a fixed noise batch through the EMA generator),
@@ -356,6 +362,8 @@ class TrainingData:
     holdout : ndarray, shape (n_holdout, S, S, C), uint8, or None
         Real patches held back from training as the SWD reference (None when the corpus is
         too small to spare them, see :func:`stages._metrics.sample_swd_reference`).
+    labels : ndarray, shape (n_train,), int64, or None
+        The style (game index) of each training patch for a ``conditional`` model.
     """
 
     patches: np.ndarray
