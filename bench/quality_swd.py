@@ -22,7 +22,8 @@ share of isolated pixels (unlike all 8 neighbours) and the mean colours per 16×
            [--extra name='{"batch": 32}' ...] [--after-quantize]
 
 e.g. ``--extra palette='{"output": "palette"}' --extra spatial='{"spatial_noise": true}'``
-(``conditional`` needs crop's per-patch games, which this script's .npy input lacks).
+(``--extra cond='{"conditional": true}'`` trains on the crop artifact's per-patch games; its
+samples draw a random style each).
 
 Configurations: ``reference`` (pytorch/examples DCGAN: ngf=ndf=64, BCE, Adam 2e-4 β1 0.5, fp32,
 BN in both nets, samples in train-mode BN as that example draws them), ``ours`` (stages.train
@@ -101,7 +102,7 @@ def worker_ours(train_npy: Path, out: Path, minutes: float, n_out: int, seed: in
     kw = {"steps": 10 ** 7, "max_minutes": minutes, "swd_every": -1, "swd_holdout": 0.0,
           "ckpt_every": 500, "grid_every": 500, "seed": seed, **overrides}
     params = train.Params(**kw)
-    s = train.run({"patches": [train_npy]}, params, out)
+    s = train.run({"patches": [train_npy.parent]}, params, out)   # the crop artifact (games)
     G, _ = load_generator(out / "ckpt.pt", use_ema=True)
     np.save(out / "samples.npy", sample_images(G, n_out, seed=seed + 99))
     if params.ema > 0 and G.cfg.g_arch == "dcgan" and not G.cfg.n_classes:   # raw weights
