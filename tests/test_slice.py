@@ -300,7 +300,8 @@ def test_same_seed_same_bank():
 
 
 def test_fixed_seam_weight_is_a_number_or_auto():
-    assert sl.Params(seam_weight="0.2").seam() == 0.2 and sl.Params().seam() == "auto"
+    assert sl.Params(seam_weight="0.5").seam() == 0.5 and sl.Params().seam() == 0.2
+    assert sl.Params(seam_weight="auto").seam() == "auto"
     for bad in ("-1", "heavy", "nan"):
         with pytest.raises(ParamError, match="seam_weight must be 'auto' or a number >= 0"):
             sl.Params(seam_weight=bad)

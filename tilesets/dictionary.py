@@ -33,7 +33,7 @@ Representatives
 K
     ``max_tiles``; or automatic: K = 8, 16, 32, ... (at most ``k_cap``), stopping at the
     first K whose doubling lowers the mean ΔE76 of the rebuilt tiles by less than
-    :data:`AUTO_GAIN` (10 %) of it.  Measured on the representatives, not on the k-means
+    :data:`AUTO_GAIN` (5 %) of it.  Measured on the representatives, not on the k-means
     error: once K covers the corpus's real tiles, further entries only copy the speckle of a
     few tiles each (a split cluster votes to the same clean tile), so the gain drops from
     more than 30 % to 5-11 % per doubling on a 40-tile corpus with 1.5 % speckle, while a
@@ -81,7 +81,7 @@ log = logging.getLogger("tilegan.tilesets.dictionary")
 #: Lab-space weight of alpha: an opaque and a transparent pixel are this far apart (ΔE units)
 ALPHA_DE = 100.0
 #: automatic K: doubling K must lower the distortion by at least this share to be worth it
-AUTO_GAIN = 0.10
+AUTO_GAIN = 0.05
 #: automatic K never exceeds this (Tiled mode); :data:`NES_MAX_DISTINCT` bounds NES screens
 K_CAP = 256
 #: automatic K is at most the input tiles / this: every entry stands for 4 cells on average
