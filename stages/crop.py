@@ -306,6 +306,9 @@ class ScreenRecord:
     warnings: list = field(default_factory=list)
     game: str = ""
     hud: list = field(default_factory=lambda: [0, 0])
+    #: the NES palette table the screen's colours are drawn in (``palettes.recognise``):
+    #: ``{table, kind: known|fitted, mean_error, max_error}`` (ΔE76), or None (not palette art)
+    palette: Optional[dict] = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -454,7 +457,7 @@ class ScreenSelector:
                            colours=n_colours, scale_xy=list(prepared.scale_xy),
                            original_size=list(prepared.original_size),
                            confidence=prepared.confidence, warnings=list(prepared.warnings),
-                           game=game)
+                           game=game, palette=screen_palette(scr))
         self.records.append(rec)
         return rec
 
@@ -585,6 +588,32 @@ class ScreenSelector:
                 "hud": self.huds,
                 "dropped": [d.to_json() for d in self.dropped
                             if d.why in (Drop.NEAR_DUPLICATE, Drop.CAPPED)]}
+
+
+def screen_palette(scr: np.ndarray) -> Optional[dict]:
+    """Which NES palette table a screen is drawn in, for the report (see docs/colour.md).
+
+    scr : ndarray, shape (H, W, 3|4), uint8 — transparent pixels (RGBA) are left out.
+    Returns ``{table, kind, mean_error, max_error}`` or None when the colours are no NES
+    palette (too many colours, or no table or one-to-one fit matches).
+    """
+    from palettes import recognise_image
+
+    mask = scr[..., 3] >= 128 if scr.shape[-1] == 4 else None
+    match = recognise_image(np.ascontiguousarray(scr[..., :3]), mask)
+    if match is None:
+        return None
+    return {"table": match.table, "kind": str(getattr(match.kind, "value", match.kind)),
+            "mean_error": round(match.mean_error, 3), "max_error": round(match.max_error, 3)}
+
+
+def _palette_counts(records: Sequence[ScreenRecord]) -> dict:
+    """Screens per recognised palette table (``none`` = not NES palette art)."""
+    out: dict[str, int] = {}
+    for r in records:
+        key = r.palette["table"] if r.palette else "none"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _usable_grid(grid: Sequence[int], h: int, w: int, S: int) -> list[int]:
@@ -1121,6 +1150,7 @@ def _summary(result: CropResult) -> dict:
         "hud_cut": sum(any(r.hud) for r in result.records),
         "games": len({r.game for r in result.records}),
         "many_colours": len(sel.many_colours),
+        "palettes": _palette_counts(result.records),
         "skipped_items": sel.skipped.items + [{"source": t["source"], "reason": t["reason"]}
                                               for t in sel.too_small.items],
     }

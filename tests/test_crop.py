@@ -670,3 +670,29 @@ def test_the_example_corpus_loses_nothing_to_hud_near_duplicates_or_caps(tmp_pat
 def test_jpeg_of_a_frame_with_2px_textures_is_2x_not_4x():
     a = H.nes_frame(125)                          # jungle leaves drawn in 2x2 pixels
     assert _grid.detect_scale(H.as_jpeg(a, 2, quality=90), tolerance=8)[0] == 2
+
+
+def test_screens_json_names_the_nes_palette_a_frame_is_drawn_in():
+    # the same native frame drawn in the 2C02 colours and in Mesen's table: each screen
+    # reports its own table; GAN-like noise reports none
+    from palettes import get_palette, recognise_image
+
+    frame = H.nes_frame(3)[..., :3]
+    match = recognise_image(frame)
+    assert match is not None
+    flat = frame.reshape(-1, 3)
+    which = np.argmin(np.abs(flat[:, None, :].astype(int) - match.colours[None].astype(int)).sum(2), 1)
+    mesen = np.asarray(get_palette("nes-mesen").colours, np.uint8)
+    redrawn = mesen[match.numbers[which]].reshape(frame.shape)
+    noise = np.random.default_rng(0).integers(0, 256, (240, 256, 3), dtype=np.uint8)
+
+    def rgba(a):
+        return np.concatenate([a, np.full(a.shape[:2] + (1,), 255, np.uint8)], -1)
+
+    result = crop.crop_screens([("a/frame.png", rgba(frame)), ("b/mesen.png", rgba(redrawn)),
+                                ("c/noise.png", rgba(noise))], crop.Params(patch_size=32, stride=32))
+    by_source = {r.source: r.palette for r in result.records}
+    assert by_source["a/frame.png"]["table"] == match.table
+    assert by_source["b/mesen.png"]["table"] == "nes-mesen"
+    assert by_source["b/mesen.png"]["kind"] == "known" and by_source["b/mesen.png"]["max_error"] <= 2.0
+    assert by_source["c/noise.png"] is None
