@@ -38,20 +38,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import example_screen_tiles, latest, ratio_line  # noqa: E402
 from tilesets import dictionary as D  # noqa: E402
 from tilesets.cells import flip_variants  # noqa: E402
 
 SPECKLE = 0.015
-
-
-def latest(stage: str, cache: Path = ROOT / "out" / "cache") -> Optional[Path]:
-    """The artifact folder ``<cache>/<stage>/LATEST`` points at, or None."""
-    p = cache / stage / "LATEST"
-    if not p.is_file():
-        return None
-    d = cache / stage / p.read_text().strip()
-    return d if d.is_dir() else None
 
 
 def _rgba(rgb: np.ndarray) -> np.ndarray:
@@ -76,15 +69,7 @@ def example_tiles() -> tuple[np.ndarray, str]:
     crop = latest("crop")
     if crop is not None and (crop / "tiles.npy").is_file():
         return np.load(crop / "tiles.npy"), f"crop artifact {crop}"
-    from PIL import Image
-
-    out = []
-    for p in sorted((ROOT / "examples" / "screens").glob("*.png")):
-        a = np.asarray(Image.open(p).convert("RGB"))
-        h, w = a.shape[0] // 16 * 16, a.shape[1] // 16 * 16
-        out.append(a[:h, :w].reshape(h // 16, 16, w // 16, 16, 3).transpose(0, 2, 1, 3, 4)
-                   .reshape(-1, 16, 16, 3))
-    return np.concatenate(out), "examples/screens cut as stored"
+    return example_screen_tiles(), "examples/screens cut as stored"
 
 
 def stand_in(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
@@ -188,8 +173,7 @@ def main() -> None:
     if clean is not None:
         print(f"  (the input tiles themselves: {D.mean_delta_e(tiles, clean):.3f} vs clean, "
               f"isolated {D.isolated_rate(tiles):.2%}; clean {D.isolated_rate(clean):.2%})")
-    mo, mb = statistics.median(ours_t), statistics.median(base_t)
-    print(f"dictionary: ours={mo:.2f} baseline={mb:.2f} ratio={mb / mo:.1f}")
+    print(ratio_line("dictionary", ours_t, base_t, digits=2))
 
 
 if __name__ == "__main__":

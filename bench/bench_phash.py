@@ -19,23 +19,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import example_screen_tiles  # noqa: E402
 from tilesets.phash import phash, to_hex  # noqa: E402
 
 N_RANDOM, N_BASELINE, RUNS = 20_000, 2_000, 7
 
 
 def real_tiles(limit: int = 20_000) -> np.ndarray:
-    from PIL import Image
-
-    out = []
-    for p in sorted((ROOT / "examples" / "screens").glob("*.png")):
-        a = np.asarray(Image.open(p).convert("RGB"))
-        h, w = a.shape[0] // 16 * 16, a.shape[1] // 16 * 16
-        out.append(a[:h, :w].reshape(h // 16, 16, w // 16, 16, 3).transpose(0, 2, 1, 3, 4)
-                   .reshape(-1, 16, 16, 3))
-    if not out:
-        return np.zeros((0, 16, 16, 3), np.uint8)
-    t = np.concatenate(out)
+    t = example_screen_tiles()
     flat = np.ascontiguousarray(t).reshape(len(t), -1)
     _, first = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))).ravel(), return_index=True)
     return t[np.sort(first)][:limit]

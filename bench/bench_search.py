@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ratio_line  # noqa: E402
 from tilesets.hashindex import HashIndex  # noqa: E402
 
 M, Q, RADIUS, RUNS = 1_000_000, 10_000, 6, 3
@@ -74,8 +76,7 @@ def main() -> None:
                 break
     print(f"faiss IndexBinaryFlat ({faiss.omp_get_max_threads()} threads): runs "
           f"{', '.join(f'{x:.3f}' for x in base)} s; identical answers: {same}")
-    mo, mb = statistics.median(ours), statistics.median(base)
-    print(f"search: ours={mo:.3f} baseline={mb:.3f} ratio={mb / mo:.1f}")
+    print(ratio_line("search", ours, base, digits=3))
 
 
 if __name__ == "__main__":

@@ -33,25 +33,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import latest  # noqa: E402
 from tilesets import dictionary as D  # noqa: E402
 from tilesets.cells import decode_cells  # noqa: E402
 
 TILE = 16
-
-
-def latest(cache: Path, stage: str) -> Optional[Path]:
-    p = cache / stage / "LATEST"
-    if not p.is_file():
-        return None
-    d = cache / stage / p.read_text().strip()
-    return d if d.is_dir() else None
 
 
 def to_grid(im: np.ndarray) -> np.ndarray:
@@ -115,8 +108,8 @@ def main() -> None:
     ap.add_argument("--nes", action="store_true", help="NES mode: no flips, <= 64 tiles a screen")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    crop = args.crop or latest(args.cache, "crop")
-    quant = args.quantize or latest(args.cache, "quantize")
+    crop = args.crop or latest("crop", args.cache)
+    quant = args.quantize or latest("quantize", args.cache)
     for name, d in (("crop", crop), ("quantize", quant)):
         if d is None:
             sys.exit(f"quality_tiles: no {name} artifact under {args.cache}; pass --{name} DIR "
