@@ -187,20 +187,6 @@ def test_image_smaller_than_a_tile_is_skipped_with_a_warning(tmp_path, caplog):
     assert any("skipped" in r.getMessage() and "tiny.png" in r.getMessage() for r in caplog.records)
 
 
-def test_iter_images_yields_good_files_and_records_bad_ones_in_order(tmp_path):
-    from stages._common import Skipped, iter_images
-
-    _save_p(tmp_path / "a.png", _tile(1))
-    (tmp_path / "b.png").write_bytes(b"not a png")
-    _save_p(tmp_path / "c.png", _tile(3))
-    skipped = Skipped()
-    got = [(p.name, im.shape) for p, im in iter_images(
-        [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"], skipped, mode="RGBA")]
-    assert got == [("a.png", (16, 16, 4)), ("c.png", (16, 16, 4))]
-    assert len(skipped) == 1 and skipped.items[0]["path"] == str(tmp_path / "b.png")
-    assert skipped.first_reason().startswith(f"{tmp_path / 'b.png'}: not a readable image")
-
-
 def test_only_corrupt_images_is_an_input_error(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="could be used"):
