@@ -32,7 +32,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
