@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from palettes.colour import srgb_to_lab  # noqa: E402
+from tilesets.cells import ORIENTATIONS, flip_tile  # noqa: E402
 from tilesets.copies import TrainingIndex, evidence_sheet, judge_copies  # noqa: E402
 from tilesets.hashindex import HashIndex  # noqa: E402
 from tilesets.phash import hash_tiles  # noqa: E402
@@ -49,12 +50,8 @@ BASELINE_FLAT = 0.95
 
 
 def _orient(tiles: np.ndarray, code: int) -> np.ndarray:
-    out = tiles
-    if code & 1:
-        out = out[..., :, ::-1, :]
-    if code & 2:
-        out = out[..., ::-1, :, :]
-    return out
+    """Tiles (..., T, T, C) in orientation ``code`` (0..3, the index of ``ORIENTATIONS``)."""
+    return flip_tile(tiles, ORIENTATIONS[code])
 
 
 def load_screens() -> dict[str, list[np.ndarray]]:
@@ -140,6 +137,19 @@ def far_colour(rng, avoid, min_de: float = 12.0) -> np.ndarray:
             return c
 
 
+def palette_swap(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``tile`` (T, T, 3) with every colour replaced one-to-one by a random colour more than
+    12 ΔE76 from the colour it replaces and from the replacements drawn before it."""
+    uniq = np.unique(tile.reshape(-1, 3), axis=0)
+    new = []
+    for c in uniq:
+        new.append(far_colour(rng, [c] + new, 12.0))
+    out = tile.copy()
+    for c, nc in zip(uniq, new):
+        out[(tile == c).all(-1)] = nc
+    return out
+
+
 def build(seed: int = 0):
     """Training tiles and the labelled generated tiles."""
     rng = np.random.default_rng(seed)
@@ -186,25 +196,9 @@ def build(seed: int = 0):
         if done == n:
             break
     for i in rng.choice(two_col, n, replace=False):
-        t = training[i]
-        codes = t.reshape(-1, 3)
-        uniq = np.unique(codes, axis=0)
-        new = []
-        for c in uniq:
-            new.append(far_colour(rng, [c] + new, 12.0))
-        out = t.copy()
-        for c, nc in zip(uniq, new):
-            out[(t == c).all(-1)] = nc
-        add(out, "palette swap", True, i)
+        add(palette_swap(training[i], rng), "palette swap", True, i)
     for i in rng.choice(two_col, n // 2, replace=False):
-        t = training[i]
-        uniq = np.unique(t.reshape(-1, 3), axis=0)
-        new = []
-        for c in uniq:
-            new.append(far_colour(rng, [c] + new, 12.0))
-        out = t.copy()
-        for c, nc in zip(uniq, new):
-            out[(t == c).all(-1)] = nc
+        out = palette_swap(training[i], rng)
         add(_orient(out, int(rng.integers(1, 4))), "flipped palette swap", True, i)
     for i in rng.choice(structured, n // 2, replace=False):
         t = training[i]
@@ -262,15 +256,7 @@ def build(seed: int = 0):
     # simple two-colour patterns (a straight split, a lone pixel) in other colours
     simple = np.flatnonzero((cols == 2) & (edges < 0.05))
     for i in rng.choice(simple, min(50, len(simple)), replace=False):
-        t = training[i]
-        uniq = np.unique(t.reshape(-1, 3), axis=0)
-        new = []
-        for c in uniq:
-            new.append(far_colour(rng, [c] + new, 12.0))
-        out = t.copy()
-        for c, nc in zip(uniq, new):
-            out[(t == c).all(-1)] = nc
-        add(out, "simple two-colour pattern, recoloured", False)
+        add(palette_swap(training[i], rng), "simple two-colour pattern, recoloured", False)
     flat_colours = [training[i, 0, 0] for i in flat_src]
     for j in range(100):
         if j % 2 == 0:      # sky blue

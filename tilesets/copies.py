@@ -61,6 +61,7 @@ import numpy as np
 
 from palettes.colour import srgb_to_lab
 from tilesets.bank import pattern_keys
+from tilesets.cells import ORIENTATIONS, flip_tile
 
 __all__ = ["CopyKind", "CopyCall", "CopyRules", "TrainingIndex", "judge_copies",
            "low_structure", "structure", "evidence_sheet", "aligned_training", "diff_mask",
@@ -201,12 +202,7 @@ class CopyRules:
 def _orient(tiles: np.ndarray, code: int) -> np.ndarray:
     """Tiles (..., T, T, C) in orientation ``code``: bit 0 flips horizontally, bit 1 vertically
     (the orientation index of :mod:`tilesets.cells`: ``ORIENTATIONS[code]`` is the Flip)."""
-    out = tiles
-    if code & 1:
-        out = out[..., :, ::-1, :]
-    if code & 2:
-        out = out[..., ::-1, :, :]
-    return out
+    return flip_tile(tiles, ORIENTATIONS[code])
 
 
 def _as_tiles(tiles: np.ndarray, name: str, channels: tuple = (3, 4)) -> np.ndarray:
