@@ -39,7 +39,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from stages._common import atomic_write_text, open_new, storage_error, temp_sibling
+from stages._common import (atomic_write_text, discard_on_failure, open_new, storage_error,
+                            temp_sibling)
 
 from .errors import CacheError
 
@@ -768,7 +769,7 @@ def publish(artifact: Path, dest: Path, *, replace: bool) -> Path:
     files = tree_files(artifact)
     if replace:
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-        try:
+        with discard_on_failure(tmp, dest):
             dest.parent.mkdir(parents=True, exist_ok=True)
             recover_published(dest)
             for p in files:
@@ -777,31 +778,14 @@ def publish(artifact: Path, dest: Path, *, replace: bool) -> Path:
                 _copy_file(p, q)
             _copy_file(artifact / MANIFEST, tmp / PUBLISHED_MANIFEST)
             swap_in(tmp, dest, dest.with_name(f".{dest.name}.old-{os.getpid()}"))
-        except BaseException as e:
-            try:
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-            except OSError:
-                pass
-            if isinstance(e, OSError):
-                raise storage_error(dest, e) from None
-            raise
         return dest
     for p in files:
         q = dest / p.relative_to(artifact)
         t = temp_sibling(q)
-        try:
+        with discard_on_failure(t, q):
             q.parent.mkdir(parents=True, exist_ok=True)
             _copy_file(p, t)
             os.replace(t, q)
-        except BaseException as e:
-            try:
-                os.unlink(t)
-            except OSError:
-                pass
-            if isinstance(e, OSError):
-                raise storage_error(q, e) from None
-            raise
     return dest
 
 

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from stages._common import InputError, ParamError, open_new, storage_error, temp_sibling
+from stages._common import InputError, ParamError, discard_on_failure, open_new, temp_sibling
 
 #: version of the checkpoint dict (ckpt.pt)
 CKPT_VERSION = 1
@@ -49,7 +49,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     path = Path(path)
     tmp = temp_sibling(path)
     w: Optional[_Writer] = None
-    try:
+    with discard_on_failure(tmp, path, cause=lambda e: (w and w.error) or e):
         fd = open_new(tmp)
         with os.fdopen(fd, "wb") as f:
             w = _Writer(f)
@@ -57,15 +57,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
             w.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        cause = w.error if w is not None and w.error is not None else e
-        if isinstance(cause, OSError):
-            raise storage_error(path, cause) from None
-        raise
 
 
 def load_checkpoint(path: Path, *, map_location: Any = "cpu") -> dict:

@@ -5,6 +5,7 @@ logic (``palettes/``, ``tilesets/``) lives here.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import glob
@@ -451,6 +452,32 @@ def open_new(path: os.PathLike | str) -> int:
     """Create ``path`` (which must not exist) for writing; its mode follows the umask, as for
     any new file (mkstemp would give 0600)."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+
+@contextlib.contextmanager
+def discard_on_failure(tmp: os.PathLike | str, target: os.PathLike | str, *,
+                       cause: Optional[Callable[[BaseException], BaseException]] = None
+                       ) -> Iterator[None]:
+    """Run the body; if it raises, remove ``tmp`` (a file or a folder, quietly if it is gone)
+    and re-raise: an ``OSError`` as :func:`storage_error` naming ``target``.
+
+    ``cause(e)``, when given, picks the error to report for ``e`` (a writer's own OSError that a
+    library wrapped in one of its own)."""
+    try:
+        yield
+    except BaseException as e:
+        tmp = Path(tmp)
+        try:
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                os.unlink(tmp)
+        except OSError:
+            pass
+        err = cause(e) if cause is not None else e
+        if isinstance(err, OSError):
+            raise storage_error(target, err) from None
+        raise
 
 
 def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> Path:
