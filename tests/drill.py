@@ -39,43 +39,15 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from _helpers_pipeline import tiny_pipeline_toml  # tests/ is on sys.path: run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("scrape", "crop", "train", "sample", "quantize", "slice", "dedupe", "export")
 #: kills per target; "publish" is the copy to out/<name>/ after export
 PLAN = {"scrape": 3, "crop": 4, "train": 8, "sample": 3, "quantize": 3, "slice": 3,
         "dedupe": 3, "export": 4, "publish": 2}
 
-TINY = """
-[pipeline]
-out = "out"
-[scrape]
-input = "screens"
-[crop]
-patch_size = 32
-stride = 16
-max_patches = 400
-[train]
-size = 32
-steps = 16
-batch = 8
-ngf = 8
-ndf = 8
-max_minutes = 30.0
-ckpt_every = 2
-grid_every = 4
-swd_every = 0
-log_every = 1
-device = "cpu"
-[sample]
-n = 4
-[quantize]
-palette = "nes"
-[slice]
-tile_size = 16
-[export]
-level_width = 12
-level_height = 6
-"""
+TINY = tiny_pipeline_toml(steps=16, max_minutes=30.0, grid_every=4, swd_every=0)
 
 
 # --------------------------------------------------------------------------- checks

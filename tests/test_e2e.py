@@ -9,40 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests._helpers_pipeline import tiny_pipeline_toml
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "screens"
 
-TINY = """
-[pipeline]
-out = "out"
-[scrape]
-input = "screens"
-[crop]
-patch_size = 32
-stride = 16
-max_patches = 400
-[train]
-size = 32
-steps = 4
-batch = 8
-ngf = 8
-ndf = 8
-max_minutes = 3.0
-ckpt_every = 2
-grid_every = 2
-swd_every = 4
-log_every = 1
-device = "cpu"
-[sample]
-n = 4
-[quantize]
-palette = "nes"
-[slice]
-tile_size = 16
-[export]
-level_width = 12
-level_height = 6
-"""
+TINY = tiny_pipeline_toml(steps=4, max_minutes=3.0, grid_every=2, swd_every=4)
 
 
 def run_cli(cwd, *args, check=True):
