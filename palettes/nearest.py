@@ -109,14 +109,23 @@ def nearest_bruteforce(rgb: np.ndarray, colours: np.ndarray, allowed: Optional[n
 
 # --------------------------------------------------------------------------- build
 _numba_build = None
+_cell_colour = None      # module global (not a closure variable) so the cached build reuses it
 
 
 def _get_numba_build():
     """numba version of the per-cell pruning + exact fine blocks (same float64 arithmetic)."""
-    global _numba_build
+    global _numba_build, _cell_colour
     if _numba_build is not None:
         return _numba_build
     import numba as nb
+
+    @nb.njit(boundscheck=False, inline="always")
+    def _cell_colour(X, ri, gi, bi, q):                          # pragma: no cover (jitted)
+        """Colour ``q`` (0..63, = a*16 + b*4 + d: r, g, b offsets a, b, d in 0..3) of coarse cell
+        (ri, gi, bi) of the slab ``X``, as its three channels."""
+        a, b, d = q >> 4, (q >> 2) & 3, q & 3
+        x = X[ri * 4 + a, gi * 4 + b, bi * 4 + d]
+        return x[0], x[1], x[2]
 
     @nb.njit(parallel=True, cache=True, boundscheck=False)
     def build(X, P, allowed, coarse, fine, amb):                 # pragma: no cover (jitted)
@@ -130,18 +139,14 @@ def _get_numba_build():
             bi = c % 64
             lo0 = lo1 = lo2 = np.inf
             hi0 = hi1 = hi2 = -np.inf
-            for a in range(4):
-                for b in range(4):
-                    for d in range(4):
-                        x0 = X[ri * 4 + a, gi * 4 + b, bi * 4 + d, 0]
-                        x1 = X[ri * 4 + a, gi * 4 + b, bi * 4 + d, 1]
-                        x2 = X[ri * 4 + a, gi * 4 + b, bi * 4 + d, 2]
-                        lo0 = min(lo0, x0)
-                        lo1 = min(lo1, x1)
-                        lo2 = min(lo2, x2)
-                        hi0 = max(hi0, x0)
-                        hi1 = max(hi1, x1)
-                        hi2 = max(hi2, x2)
+            for q in range(64):
+                x0, x1, x2 = _cell_colour(X, ri, gi, bi, q)
+                lo0 = min(lo0, x0)
+                lo1 = min(lo1, x1)
+                lo2 = min(lo2, x2)
+                hi0 = max(hi0, x0)
+                hi1 = max(hi1, x1)
+                hi2 = max(hi2, x2)
             thr = np.inf
             for k in range(n):
                 e0 = max((P[k, 0] - lo0) ** 2, (P[k, 0] - hi0) ** 2)
@@ -163,24 +168,20 @@ def _get_numba_build():
                 amb[c] = False
                 continue
             amb[c] = True
-            for a in range(4):
-                for b in range(4):
-                    for d in range(4):
-                        x0 = X[ri * 4 + a, gi * 4 + b, bi * 4 + d, 0]
-                        x1 = X[ri * 4 + a, gi * 4 + b, bi * 4 + d, 1]
-                        x2 = X[ri * 4 + a, gi * 4 + b, bi * 4 + d, 2]
-                        best = np.inf
-                        bk = 0
-                        for j in range(nc):
-                            k = cand[j]
-                            t0 = x0 - P[k, 0]
-                            t1 = x1 - P[k, 1]
-                            t2 = x2 - P[k, 2]
-                            dd = t0 * t0 + t1 * t1 + t2 * t2
-                            if dd < best:
-                                best = dd
-                                bk = k
-                        fine[c, a * 16 + b * 4 + d] = allowed[bk]
+            for q in range(64):
+                x0, x1, x2 = _cell_colour(X, ri, gi, bi, q)
+                best = np.inf
+                bk = 0
+                for j in range(nc):
+                    k = cand[j]
+                    t0 = x0 - P[k, 0]
+                    t1 = x1 - P[k, 1]
+                    t2 = x2 - P[k, 2]
+                    dd = t0 * t0 + t1 * t1 + t2 * t2
+                    if dd < best:
+                        best = dd
+                        bk = k
+                fine[c, q] = allowed[bk]
 
     _numba_build = build
     return build
@@ -423,7 +424,7 @@ _numba_failed = False
 # integer types of the jitted kernels (module globals, not closure variables, so that numba's
 # on-disk cache of the kernels is reused by the next process)
 _U, _u32, _u8 = np.uint64, np.uint32, np.uint8
-_index3 = _index4 = _ctz = _resolve = None
+_index = _index3 = _index4 = _ctz = _resolve = _record_answer = None
 # trailing-zero count by multiplication (fallback if numba lacks its cttz intrinsic)
 _DEBRUIJN = np.zeros(64, np.uint8)
 for _i in range(64):
@@ -438,7 +439,7 @@ def _get_numba_kernel():
     buffer ``flat`` (``nch`` = 3 or 4 bytes a pixel); ``kernel.lookup(r, g, b, coarse, recs,
     raw, n_rec)`` is the scalar version for other numba code (error diffusion).
     """
-    global _numba_kernel, _numba_failed, _index3, _index4, _ctz, _resolve
+    global _numba_kernel, _numba_failed, _index, _index3, _index4, _ctz, _resolve, _record_answer
     if _numba_kernel is not None or _numba_failed:
         return _numba_kernel
     try:
@@ -460,6 +461,16 @@ def _get_numba_kernel():
             v |= _U(recs[o + _U(i)]) << _U(8 * i)
         return v
 
+    @nb.njit(boundscheck=False, nogil=True, inline="always")
+    def _record_answer(recs, o, off, raw):                       # pragma: no cover (jitted)
+        """Answer at offset ``off`` of the 64-pixel cell whose record starts at byte ``o`` of
+        ``recs``: from its raw block when it has one, else from its 2-bit codes."""
+        if recs[o + _U(16)] > recs[o + _U(17)]:
+            ri = (_U(recs[o + _U(17)]) << _U(16)) | (_U(recs[o + _U(19)]) << _U(8)) | _U(recs[o + _U(18)])
+            return raw[(ri << _U(6)) | _U(off)]
+        code = (_u32(recs[o + _U(off >> 2)]) >> ((off & _u32(3)) << 1)) & _u32(3)
+        return recs[o + _U(16) + _U(code)]
+
     @nb.njit(boundscheck=False, nogil=True)
     def lookup(r, g, b, coarse, recs, raw, n_rec):               # pragma: no cover (jitted)
         """Exact answer for one colour (r, g, b: uint32 in 0..255)."""
@@ -476,32 +487,33 @@ def _get_numba_kernel():
             mask = _rd(recs, _rd(recs, _U(8), 4) + _U(8) * (en >> _U(16)), 8)
             return _u8(en >> (((mask >> _U(off)) & _U(1)) << _U(3)))
         o = _rd(recs, blk + _U(4), 4) + _U(L - _u32(64)) * _U(20)
-        if recs[o + _U(16)] > recs[o + _U(17)]:
-            ri = (_U(recs[o + _U(17)]) << _U(16)) | (_U(recs[o + _U(19)]) << _U(8)) | _U(recs[o + _U(18)])
-            return raw[(ri << _U(6)) | _U(off)]
-        code = (_u32(recs[o + _U(off >> 2)]) >> ((off & _u32(3)) << 1)) & _u32(3)
-        return recs[o + _U(16) + _U(code)]
+        return _record_answer(recs, o, off, raw)
 
     # Both kernels work on blocks of pixels.  The cell of each pixel of a block (uint32) and
     # its offset in the cell (uint8) are computed first, in a loop LLVM vectorises (3 or 4
     # byte stride).  All indices are unsigned: no wrap-around code for negative indices.
-    @nb.njit(boundscheck=False, nogil=True, inline="always")
-    def _index3(flat, s, e, tc, to):                             # pragma: no cover (jitted)
-        base = _U(3) * _U(s)
-        for j in range(e - s):
-            p = base + _U(3) * _U(j)
-            r, g, b = _u32(flat[p]), _u32(flat[p + _U(1)]), _u32(flat[p + _U(2)])
-            tc[_U(j)] = ((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)
-            to[_U(j)] = _u8(((r & _u32(3)) << 4) | ((g & _u32(3)) << 2) | (b & _u32(3)))
+    def _make_index(stride):
+        """The block indexer for pixels of ``stride`` bytes: numba freezes ``stride`` as a
+        constant, so each of the two compiles to its own fixed-stride loop."""
+        @nb.njit(boundscheck=False, nogil=True, inline="always")
+        def index(flat, s, e, tc, to):                           # pragma: no cover (jitted)
+            base = _U(stride) * _U(s)
+            for j in range(e - s):
+                p = base + _U(stride) * _U(j)
+                r, g, b = _u32(flat[p]), _u32(flat[p + _U(1)]), _u32(flat[p + _U(2)])
+                tc[_U(j)] = ((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)
+                to[_U(j)] = _u8(((r & _u32(3)) << 4) | ((g & _u32(3)) << 2) | (b & _u32(3)))
+        return index
+
+    _index3, _index4 = _make_index(3), _make_index(4)
 
     @nb.njit(boundscheck=False, nogil=True, inline="always")
-    def _index4(flat, s, e, tc, to):                             # pragma: no cover (jitted)
-        base = _U(4) * _U(s)
-        for j in range(e - s):
-            p = base + _U(4) * _U(j)
-            r, g, b = _u32(flat[p]), _u32(flat[p + _U(1)]), _u32(flat[p + _U(2)])
-            tc[_U(j)] = ((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)
-            to[_U(j)] = _u8(((r & _u32(3)) << 4) | ((g & _u32(3)) << 2) | (b & _u32(3)))
+    def _index(flat, nch, s, e, tc, to):                         # pragma: no cover (jitted)
+        """Cells and offsets of pixels ``s:e`` of ``flat`` (``nch`` = 3 or 4 bytes a pixel)."""
+        if nch == 3:
+            _index3(flat, s, e, tc, to)
+        else:
+            _index4(flat, s, e, tc, to)
 
     @nb.njit(boundscheck=False, nogil=True, inline="always")
     def _resolve(L, cell, off, top, pairs, masks, recs, raw):   # pragma: no cover (jitted)
@@ -513,11 +525,7 @@ def _get_numba_kernel():
             bit = (masks[_U(en >> 16)] >> _U(off)) & _U(1)
             return _u8(en >> (_u32(bit) << 3))
         o = _U(top[blk + _U(1)]) + _U(L - _u32(64)) * _U(20)
-        if recs[o + _U(16)] > recs[o + _U(17)]:
-            ri = (_U(recs[o + _U(17)]) << _U(16)) | (_U(recs[o + _U(19)]) << _U(8)) | _U(recs[o + _U(18)])
-            return raw[(ri << _U(6)) | _U(off)]
-        code = (_u32(recs[o + _U(off >> 2)]) >> ((off & _u32(3)) << 1)) & _u32(3)
-        return recs[o + _U(16) + _U(code)]
+        return _record_answer(recs, o, off, raw)
 
     @nb.njit(cache=True, boundscheck=False, nogil=True)
     def kernel_u8(flat, nch, coarse, recs, top, pairs, masks, raw, out, tc, to):  # pragma: no cover
@@ -531,10 +539,7 @@ def _get_numba_kernel():
         B = tc.shape[0]
         for s in range(0, n64, B):
             e = min(n64, s + B)
-            if nch == 3:
-                _index3(flat, s, e, tc, to)
-            else:
-                _index4(flat, s, e, tc, to)
+            _index(flat, nch, s, e, tc, to)
             ob = _U(s)
             w0 = _U(s >> 3)
             for G in range((e - s) >> 6):
@@ -566,10 +571,7 @@ def _get_numba_kernel():
         B = tc.shape[0]
         for s in range(0, n, B):
             e = min(n, s + B)
-            if nch == 3:
-                _index3(flat, s, e, tc, to)
-            else:
-                _index4(flat, s, e, tc, to)
+            _index(flat, nch, s, e, tc, to)
             ob = _U(s)
             nm = _U(0)
             for j in range(e - s):
