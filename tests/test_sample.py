@@ -14,12 +14,7 @@ from stages import sample, train
 from stages._common import InputError, ParamError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _train(root: Path, channels: int) -> Path:

@@ -49,13 +49,7 @@ def blocky(n: int = 24, size: int = 32, channels: int = 3, seed: int = 0) -> np.
     return np.ascontiguousarray(a)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run several times faster on one thread (no OpenMP barriers per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture
