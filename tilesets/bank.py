@@ -234,11 +234,6 @@ class ImageSlicer:
         self.maps: dict[str, np.ndarray] = {}
         self._used: set = set()
 
-    def on_grid(self, rgba: np.ndarray) -> bool:
-        """Whether both sides of the image are multiples of the tile size."""
-        t = self.bank.tile_size
-        return rgba.shape[0] % t == 0 and rgba.shape[1] % t == 0
-
     def add(self, stem: str, rgba: np.ndarray) -> Optional[str]:
         """Add one RGBA image (H, W, 4); return its map's name, or None if it holds no tile.
 
