@@ -493,9 +493,6 @@ class Fetcher:
     def body(self, fetched: Fetched) -> bytes:
         return self.cache.read(fetched.sha256) if fetched.sha256 else b""
 
-    def journal_bodies(self) -> list[str]:
-        return [f.sha256 for f in self._memo.values() if f.sha256]
-
     # ------------------------------------------------------------------ one URL
     def get(self, url: str, *, max_bytes: Optional[int] = None) -> Fetched:
         """GET ``url``, following redirects hop by hop; never raises for network trouble."""
