@@ -44,6 +44,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from palettes.colour import srgb_to_lab
+from tilesets.pixels import pack_colours
 from tilesets.tiled import xml_escape
 
 __all__ = ["Terrain", "TerrainSet", "TerrainRules", "infer_terrains", "wangsets_xml",
@@ -255,10 +256,8 @@ def _quadrants(tiles: np.ndarray) -> np.ndarray:
 
 def _lab_of(rgb: np.ndarray) -> np.ndarray:
     """Lab of RGB pixels (..., 3) uint8, computed once per distinct colour."""
-    flat = rgb.reshape(-1, 3)
-    codes = (flat[:, 0].astype(np.uint32) << 16) | (flat[:, 1].astype(np.uint32) << 8) | flat[:, 2]
-    uniq, inv = np.unique(codes, return_inverse=True)
-    lab = srgb_to_lab(np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], -1))
+    uniq, inv = np.unique(pack_colours(rgb).ravel(), return_inverse=True)
+    lab = srgb_to_lab(np.stack([uniq & 255, (uniq >> 8) & 255, (uniq >> 16) & 255], -1))
     return lab[inv.ravel()].reshape(rgb.shape[:-1] + (3,))
 
 
