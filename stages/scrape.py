@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 from stages import _capture, _fetch
 from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, StageParams,
-                            atomic_write_bytes, atomic_write_text, no_progress, param)
+                            atomic_write_bytes, atomic_write_text, no_progress, param,
+                            pixel_limit_reason)
 
 NAME = "scrape"
 INPUTS = {"source": None}
@@ -697,8 +698,6 @@ def inspect_image(data: bytes, *, min_size: int = 0) -> tuple[Optional[dict[str,
     ``(None, reason)``.
     """
     from PIL import Image
-
-    from stages._common import pixel_limit_reason
 
     if not data:
         return None, "empty file"
