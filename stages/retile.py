@@ -40,6 +40,7 @@ from tilesets.bank import PAD_MODES, fit_to_grid, normalize_alpha, unique_name
 from tilesets.cells import cell_ids, encode_cells
 from tilesets.dictionary import (assign, grid_tiles, mean_delta_e, nes_max_distinct,
                                  parse_seam_weight)
+from tilesets.pixels import pack_colours
 from tilesets.render import render_map
 from tilesets.tiled import bank_ids_to_gids, map_xml, tileset_xml
 
@@ -214,7 +215,6 @@ def _palette_colours(image: np.ndarray, tileset: TileSet, name: str,
                      warnings: list) -> np.ndarray:
     """Opaque colours not in the tile set's palette take their nearest palette colour."""
     from palettes.nearest import get_mapper
-    from tilesets.pixels import pack_colours
 
     colours, source = tileset_palette(tileset)
     if len(colours) == 0:
