@@ -36,6 +36,7 @@ import numpy as np
 from stages._common import (InputError, ParamError, StageParams, atomic_write_text,
                             load_image, param, save_png, write_json)
 from tilesets.artifacts import ArtifactError, TileSet
+from tilesets.atlas import pack_atlas
 from tilesets.bank import PAD_MODES, fit_to_grid, normalize_alpha, unique_name
 from tilesets.cells import cell_ids, encode_cells
 from tilesets.dictionary import (assign, grid_tiles, mean_delta_e, nes_max_distinct,
@@ -243,13 +244,7 @@ def tileset_name(tileset: TileSet) -> str:
 def tile_sheet(bank: np.ndarray, columns: int = SHEET_COLUMNS) -> np.ndarray:
     """The bank laid out in rows of ``columns`` tiles, tile i at row i // columns (RGBA,
     unused cells transparent): (rows*T, columns*T, 4) uint8."""
-    k, t = len(bank), bank.shape[1]
-    cols = max(1, min(columns, k))
-    rows = -(-k // cols)
-    sheet = np.zeros((rows * cols, t, t, 4), np.uint8)
-    sheet[:k] = bank
-    return sheet.reshape(rows, cols, t, t, 4).transpose(0, 2, 1, 3, 4).reshape(rows * t,
-                                                                                cols * t, 4)
+    return pack_atlas(bank, columns=max(1, columns))
 
 
 def write_tileset(tileset: TileSet, out_dir: Path) -> Path:
