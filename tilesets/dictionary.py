@@ -69,7 +69,7 @@ import numpy as np
 
 from palettes.colour import srgb_to_lab
 from tilesets.cells import ORIENTATIONS, encode_cells, flip_tile, flip_variants
-from tilesets.pixels import pack_colours
+from tilesets.pixels import join_grid, pack_colours
 
 __all__ = ["ALPHA_DE", "AUTO_GAIN", "AUTO_MIN_USES", "K_CAP", "NES_MAX_DISTINCT", "SEAM_WEIGHTS",
            "Dictionary", "learn_dictionary", "assign", "calibrate_seam_weight",
@@ -1091,10 +1091,7 @@ def render(tiles: np.ndarray, ids: np.ndarray, orientations: np.ndarray) -> np.n
                          f"and {o.shape}")
     if ids.size and (ids.min() < 0 or ids.max() >= len(tiles)):
         raise ValueError(f"ids must lie in 0..{len(tiles) - 1}")
-    var = flip_variants(tiles)                                            # (K, 4, T, T, ch)
-    r, c = ids.shape
-    t, ch = tiles.shape[1], tiles.shape[-1]
-    return var[ids, o].transpose(0, 2, 1, 3, 4).reshape(r * t, c * t, ch)
+    return join_grid(flip_variants(tiles)[ids, o])                    # (R, C, T, T, ch) joined
 
 
 def rebuild(images: Sequence[np.ndarray], dictionary: Dictionary, *,
