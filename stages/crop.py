@@ -41,6 +41,7 @@ from stages._grid import (SMOOTH_MAX_SCALE, TILE, block_confidence, change_posit
                           downscale, find_hud, find_letterbox, fit_stretch, row_segments,
                           unsmooth, unstretch)
 from tilesets.artifacts import Patches, TrainingTiles, grid_cut
+from tilesets.pixels import pack_colours
 
 NAME = "crop"
 INPUTS = {"images": "scrape"}
@@ -342,8 +343,7 @@ class Dropped:
 
 def count_colours(a: np.ndarray) -> int:
     """Distinct RGB colours of ``a`` (H, W, C) uint8."""
-    flat = a[..., :3].reshape(-1, 3).astype(np.uint32)
-    return int(np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]).size)
+    return int(np.unique(pack_colours(a[..., :3])).size)
 
 
 def _screen_digest(a: np.ndarray) -> str:
