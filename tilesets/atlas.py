@@ -217,8 +217,9 @@ def describe_tile(tile: np.ndarray, *, names: Optional[dict] = None) -> TileLook
     if counts.max() >= FLAT_SHARE * counts.sum():
         return TileLook(_names_of(uniq[[int(counts.argmax())]], names)[0], "flat")
     # pixels by colour *name*: two shades of green are one region
-    labels = sorted(set(_names_of(uniq, names)))
-    name_idx = np.array([labels.index(n) for n in _names_of(uniq, names)])
+    uniq_names = _names_of(uniq, names)
+    labels = sorted(set(uniq_names))
+    name_idx = np.array([labels.index(n) for n in uniq_names])
     region = np.full(t.shape[:2], -1)
     region[opaque] = name_idx[inv.ravel()]
     sizes = np.bincount(region[opaque], minlength=len(labels))
