@@ -42,7 +42,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -54,6 +53,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import httpcore
+
+from stages._common import atomic_write_bytes
 
 log = logging.getLogger("tilegan.scrape")
 
@@ -377,7 +378,7 @@ class HttpCache:
     def put_body(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
         if not self.has(sha):
-            _atomic_write(self.bodies / sha, data)
+            atomic_write_bytes(self.bodies / sha, data)
         return sha
 
     def validators(self, url: str) -> Optional[dict[str, Any]]:
@@ -404,8 +405,8 @@ class HttpCache:
         """
         with self._lock:
             rows = [self.entries[u] for u in sorted(self.entries)]
-            _atomic_write(self.index_path,
-                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+            atomic_write_bytes(self.index_path,
+                               "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
             wanted = {r["sha256"] for r in rows} | set(keep)
             for f in self.bodies.iterdir():
                 if f.name not in wanted and not f.name.startswith("."):
@@ -420,13 +421,6 @@ def _read_jsonl(path: Path) -> Iterator[Any]:
             yield json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by an interruption
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- the fetcher
