@@ -9,7 +9,7 @@ from tilesets import bank as B
 from tilesets.artifacts import ArtifactError, TileSet
 from tilesets.cells import (FLIP_MASK, ORIENTATIONS, Flip, cell_tiles, decode_cells, encode_cells,
                             flip_tile, flip_variants)
-from tilesets.pixels import as_rgba, colours_per_tile, join_grid, pack_colours
+from tilesets.pixels import as_rgba, colours_per_tile, join_grid, lab_of_pixels, pack_colours
 
 
 def _tile(seed, t=4, colours=3):
@@ -64,6 +64,15 @@ def test_cell_tiles_apply_each_cells_flips():
 
 
 # --------------------------------------------------------------------------- pixels
+def test_lab_of_pixels_equals_converting_every_pixel():
+    from palettes.colour import srgb_to_lab
+
+    rgb = np.random.default_rng(5).integers(0, 4, (3, 7, 5, 3)).astype(np.uint8) * 85
+    got = lab_of_pixels(rgb)
+    assert got.shape == (3, 7, 5, 3)
+    assert np.array_equal(got, srgb_to_lab(rgb.reshape(-1, 3)).reshape(got.shape))
+
+
 def test_pack_colours_puts_red_lowest():
     px = np.array([[1, 2, 3], [1, 2, 4]], np.uint8)
     assert pack_colours(px).tolist() == [0x030201, 0x040201]

@@ -59,9 +59,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from palettes.colour import srgb_to_lab
 from tilesets.bank import pattern_keys
 from tilesets.cells import ORIENTATIONS, flip_tile
+from tilesets.pixels import lab_of_pixels
 
 __all__ = ["CopyKind", "CopyCall", "CopyRules", "TrainingIndex", "judge_copies",
            "low_structure", "structure", "evidence_sheet", "aligned_training", "diff_mask",
@@ -232,10 +232,7 @@ def _delta_e(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """ΔE76 between RGB colours a and b, both (K, 3) uint8 (Lab computed per distinct colour)."""
     if len(a) == 0:
         return np.zeros(0)
-    codes = np.concatenate([_pack(a), _pack(b)])
-    uniq, inv = np.unique(codes, return_inverse=True)
-    rgb = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], -1)
-    lab = srgb_to_lab(rgb)[inv.ravel()]
+    lab = lab_of_pixels(np.concatenate([a, b]))
     k = len(a)
     return np.sqrt(((lab[:k] - lab[k:]) ** 2).sum(-1))
 

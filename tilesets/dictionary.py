@@ -69,7 +69,7 @@ import numpy as np
 
 from palettes.colour import srgb_to_lab
 from tilesets.cells import ORIENTATIONS, encode_cells, flip_tile, flip_variants
-from tilesets.pixels import join_grid, pack_colours
+from tilesets.pixels import join_grid, lab_of_pixels, pack_colours
 
 __all__ = ["ALPHA_DE", "AUTO_GAIN", "AUTO_MIN_USES", "K_CAP", "NES_MAX_DISTINCT", "SEAM_WEIGHTS",
            "Dictionary", "learn_dictionary", "assign", "calibrate_seam_weight",
@@ -1163,10 +1163,7 @@ def seam_ratio(images: Sequence[np.ndarray], tile_size: int) -> dict:
         im = np.asarray(im)
         by_shape.setdefault(im.shape[:2], []).append(im[..., :3])
     for shape, group in sorted(by_shape.items()):
-        code = pack_colours(np.stack(group))                                   # (S, H, W)
-        uniq, inv = np.unique(code.ravel(), return_inverse=True)
-        rgb = np.stack([(uniq >> s) & 255 for s in (0, 8, 16)], -1).astype(np.uint8)
-        lab = srgb_to_lab(rgb).astype(np.float32)[inv.ravel()].reshape(code.shape + (3,))
+        lab = lab_of_pixels(np.stack(group)).astype(np.float32)               # (S, H, W, 3)
         for axis in (1, 2):
             d = np.sqrt(((np.diff(lab, axis=axis)) ** 2).sum(-1))
             pos = np.arange(1, shape[axis - 1]) % tile_size == 0    # pair (i-1, i) crosses

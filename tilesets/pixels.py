@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack_colours", "colours_per_tile", "as_rgba", "join_grid"]
+__all__ = ["pack_colours", "colours_per_tile", "as_rgba", "join_grid", "lab_of_pixels"]
 
 
 def pack_colours(pixels: np.ndarray) -> np.ndarray:
@@ -81,3 +81,25 @@ def join_grid(tiles: np.ndarray) -> np.ndarray:
     a = np.asarray(tiles)
     *lead, rows, cols, th, tw, c = a.shape
     return np.swapaxes(a, -4, -3).reshape(*lead, rows * th, cols * tw, c)
+
+
+def lab_of_pixels(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB of RGB pixels, converted once per distinct colour.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (..., 3), uint8
+
+    Returns
+    -------
+    ndarray, shape (..., 3), float64 — the same values as ``palettes.colour.srgb_to_lab``
+
+    Pixel art has few colours, so converting the distinct ones and indexing back is much
+    cheaper than converting every pixel.
+    """
+    from palettes.colour import srgb_to_lab
+
+    rgb = np.ascontiguousarray(rgb, np.uint8)
+    uniq, inv = np.unique(pack_colours(rgb).ravel(), return_inverse=True)
+    colours = np.stack([uniq & 255, (uniq >> 8) & 255, (uniq >> 16) & 255], -1).astype(np.uint8)
+    return srgb_to_lab(colours)[inv.ravel()].reshape(rgb.shape[:-1] + (3,))

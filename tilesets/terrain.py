@@ -44,7 +44,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from palettes.colour import srgb_to_lab
-from tilesets.pixels import pack_colours
+from tilesets.pixels import lab_of_pixels
 from tilesets.tiled import xml_escape
 
 __all__ = ["Terrain", "TerrainSet", "TerrainRules", "infer_terrains", "wangsets_xml",
@@ -254,13 +254,6 @@ def _quadrants(tiles: np.ndarray) -> np.ndarray:
                      tiles[:, h:2 * h, :h]], axis=1)
 
 
-def _lab_of(rgb: np.ndarray) -> np.ndarray:
-    """Lab of RGB pixels (..., 3) uint8, computed once per distinct colour."""
-    uniq, inv = np.unique(pack_colours(rgb).ravel(), return_inverse=True)
-    lab = srgb_to_lab(np.stack([uniq & 255, (uniq >> 8) & 255, (uniq >> 16) & 255], -1))
-    return lab[inv.ravel()].reshape(rgb.shape[:-1] + (3,))
-
-
 def quadrant_features(tiles: np.ndarray, *, pixel_tolerance: float = 3.0
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Colour and texture of every tile quadrant.
@@ -288,7 +281,7 @@ def quadrant_features(tiles: np.ndarray, *, pixel_tolerance: float = 3.0
     q = _quadrants(tiles)                                   # (K, 4, h, h, C)
     k = len(tiles)
     alpha = q[..., 3] >= 128 if tiles.shape[-1] == 4 else np.ones(q.shape[:-1], bool)
-    lab = _lab_of(np.ascontiguousarray(q[..., :3]))          # (K, 4, h, h, 3)
+    lab = lab_of_pixels(q[..., :3])          # (K, 4, h, h, 3)
     w = alpha.astype(np.float64)
     n = np.maximum(w.sum((2, 3)), 1.0)
     mean = (lab * w[..., None]).sum((2, 3)) / n[..., None]

@@ -63,8 +63,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from palettes.colour import srgb_to_lab
-from tilesets.pixels import join_grid, pack_colours
+from tilesets.pixels import join_grid, lab_of_pixels
 
 #: Default cap on distinct states in :func:`make_level` (the most frequent are kept).
 MAX_STATES = 2048
@@ -534,10 +533,7 @@ def border_interior(grids: Iterable[np.ndarray],
             continue
         img = join_grid(_cell_pixels(g, state_tiles))[..., :3]       # (rows*T, cols*T, 3)
         t = img.shape[0] // g.shape[0]
-        uniq, inv = np.unique(pack_colours(np.ascontiguousarray(img, np.uint8)).ravel(),
-                              return_inverse=True)
-        rgb = np.stack([uniq & 255, (uniq >> 8) & 255, (uniq >> 16) & 255], -1).astype(np.uint8)
-        lab = srgb_to_lab(rgb)[inv.ravel()].reshape(img.shape)
+        lab = lab_of_pixels(img)
         for axis in (0, 1):
             d = np.sqrt((np.diff(lab, axis=axis) ** 2).sum(-1))
             crosses = np.arange(1, img.shape[axis]) % t == 0  # pair (i-1, i) straddles a border
