@@ -18,8 +18,17 @@ quantize with no clean-up (palette-fair), beside the floor in that same space (r
 patches, no clean-up, against the same set); per pyramid level (64/32/16 px at size 64); the
 share of isolated pixels (unlike all 8 neighbours) and the mean colours per 16×16 tile.
 
+With ``--after-quantize`` the table also has SWD **after the tile budget**: the quantised
+samples' 16×16 cells through slice's defaults (``learn_dictionary`` + seam- and
+texture-aware ``rebuild``), i.e. the screens the user's maps show. A conditional
+configuration (``{"conditional": true}``) also draws every style on its own, and each style is
+scored against that style's held-back patches (per-style SWD after quantize), beside the
+unconditional ``ours`` samples against the same patches.
+
+``--screens DIR`` takes another corpus (default: ``examples/screens``).
+
     python bench/quality_swd.py [--minutes 10] [--configs reference,ours] [--out DIR]
-           [--extra name='{"batch": 32}' ...] [--after-quantize]
+           [--extra name='{"batch": 32}' ...] [--after-quantize] [--screens DIR]
 
 e.g. ``--extra palette='{"output": "palette"}' --extra spatial='{"spatial_noise": true}'``
 (``--extra cond='{"conditional": true}'`` trains on the crop artifact's per-patch games; its
@@ -47,13 +56,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def prepare(work: Path, size: int) -> tuple[Path, Path]:
+def prepare(work: Path, size: int, folder: Path) -> tuple[Path, Path]:
     """Crop train / held-back screens separately; returns (train.npy, holdout.npy)."""
     from stages import crop
     from stages._common import IMAGE_SUFFIXES
 
-    screens = sorted(p for p in (ROOT / "examples" / "screens").iterdir()
-                     if p.suffix.lower() in IMAGE_SUFFIXES)
+    screens = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     held = screens[::5]
     kept = [p for p in screens if p not in held]
     out = {}
@@ -105,6 +113,10 @@ def worker_ours(train_npy: Path, out: Path, minutes: float, n_out: int, seed: in
     s = train.run({"patches": [train_npy.parent]}, params, out)   # the crop artifact (games)
     G, _ = load_generator(out / "ckpt.pt", use_ema=True)
     np.save(out / "samples.npy", sample_images(G, n_out, seed=seed + 99))
+    for i, name in enumerate(G.cfg.classes or ()):                  # one style at a time
+        np.save(out / f"style_{i:02d}.npy", sample_images(G, n_out, seed=seed + 99, like=name))
+    if G.cfg.n_classes:
+        (out / "styles.json").write_text(json.dumps(list(G.cfg.classes)))
     if params.ema > 0 and G.cfg.g_arch == "dcgan" and not G.cfg.n_classes:   # raw weights
         z = torch.randn(n_out, G.cfg.nz, generator=torch.Generator().manual_seed(seed + 99))
         G_raw, _ = load_generator(out / "ckpt.pt", use_ema=False)
@@ -149,10 +161,26 @@ def quantized(images: np.ndarray, work: Path, *, cleanup: "int | None" = None) -
     return np.stack([load_image(f) for f in sorted(dst.glob("s_*.png"))])
 
 
+def tile_budget(images: np.ndarray) -> np.ndarray:
+    """Quantised RGB images rebuilt from a tile budget learned on all their 16×16 cells, with
+    slice's defaults (automatic K, seam and texture weights): what the user's maps show."""
+    from stages.slice import Params
+    from tilesets import dictionary as D
+    from tilesets.cells import decode_cells
+
+    p = Params()
+    rgba = np.concatenate([images, np.full(images.shape[:3] + (1,), 255, np.uint8)], -1)
+    cells = np.concatenate([D.grid_tiles(im, 16).reshape(-1, 16, 16, 4) for im in rgba])
+    dic = D.learn_dictionary(cells, seed=p.seed)
+    maps = D.rebuild(list(rgba), dic, seam_weight=p.seam(), texture_weight=p.texture_weight)
+    return np.stack([D.render(dic.tiles, *decode_cells(m))[..., :3] for m in maps])
+
+
 def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dict,
                           work: Path, seed: int) -> list[str]:
-    """Markdown rows of the art the user gets: SWD after quantize (levels), the floor in the
-    same space, isolated-pixel share and colours per tile; ``samples`` {name: raw uint8}."""
+    """Markdown rows of the art the user gets: SWD after quantize (levels) and after the tile
+    budget, the floor in the same space, isolated-pixel share and colours per tile;
+    ``samples`` {name: raw uint8}."""
     from stages._metrics import colours_per_tile, isolated_share, swd
 
     hold_q = quantized(hold, work / "q_hold0", cleanup=0)
@@ -163,18 +191,58 @@ def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dic
         return " / ".join(f"{v:.0f}" for v in r["levels"])
 
     out = ["| images | SWD raw | SWD after quantize | per level (fine → coarse) | "
-           "isolated px after quantize | colours / 16-px tile after quantize |",
-           "|---|---|---|---|---|---|",
+           "SWD after the tile budget | isolated px after quantize | colours / 16-px tile "
+           "after quantize |",
+           "|---|---|---|---|---|---|---|",
            f"| real: train vs held back, both quantized with no clean-up (floor) | "
-           f"{raw_floor:.1f} | {floor['swd']:.1f} | {levels(floor)} | "
+           f"{raw_floor:.1f} | {floor['swd']:.1f} | {levels(floor)} | - | "
            f"{isolated_share(hold_q):.2%} | {colours_per_tile(hold_q).mean():.2f} |"]
     for name, fake in samples.items():
         fq = quantized(fake, work / f"q_after_{name}")
         r = swd(fq, hold_q, seed=seed)
+        t = swd(tile_budget(fq), hold_q, seed=seed)
         out.append(f"| {name} (quantize defaults) | {swd(fake, hold, seed=seed)['swd']:.1f} | "
                    f"{r['swd']:.1f} ({r['swd'] / floor['swd']:.2f}× floor) | {levels(r)} | "
+                   f"{t['swd']:.1f} ({t['swd'] / floor['swd']:.2f}×; {levels(t)}) | "
                    f"{isolated_share(fq):.2%} (raw {isolated_share(fake):.1%}) | "
                    f"{colours_per_tile(fq).mean():.2f} |")
+    return out
+
+
+def per_style_report(hold: np.ndarray, hold_games: np.ndarray, game_names: list,
+                     configs: dict, work: Path, seed: int) -> list[str]:
+    """Markdown rows: each style of every conditional configuration, after quantize, against
+    that style's held-back patches (quantized, no clean-up), beside the unconditional ``ours``
+    samples against the same patches."""
+    from stages._metrics import swd
+
+    out: list[str] = []
+    uncond: dict[str, np.ndarray] = {}
+    for name in configs:
+        styles_file = work / name / "styles.json"
+        if not styles_file.exists():
+            continue
+        styles = json.loads(styles_file.read_text())
+        if not out:
+            out = ["| config | style | held-back patches | SWD after quantize, this style | "
+                   "ours (unconditional) against the same patches |", "|---|---|---|---|---|"]
+        for i, style in enumerate(styles):
+            if style not in game_names:
+                continue
+            mine = hold[hold_games == game_names.index(style)]
+            if len(mine) < 2:
+                out.append(f"| {name} | {style} | {len(mine)} | too few to score | - |")
+                continue
+            ref = quantized(mine, work / f"q_style_hold_{i:02d}", cleanup=0)
+            fq = quantized(np.load(work / name / f"style_{i:02d}.npy"), work / f"q_style_{name}_{i:02d}")
+            r = swd(fq, ref, seed=seed)
+            base = "-"
+            if (work / "ours" / "samples.npy").exists():
+                if "ours" not in uncond:
+                    uncond["ours"] = quantized(np.load(work / "ours" / "samples.npy"),
+                                               work / "q_style_ours")
+                base = f"{swd(uncond['ours'], ref, seed=seed)['swd']:.1f}"
+            out.append(f"| {name} | {style} | {len(mine)} | {r['swd']:.1f} | {base} |")
     return out
 
 
@@ -186,6 +254,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--screens", type=Path, default=ROOT / "examples" / "screens",
+                    help="the corpus (a folder of screens; every 5th held back)")
     ap.add_argument("--after-quantize", action="store_true",
                     help="also report SWD, isolated pixels and colours per tile after quantize")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -211,10 +281,11 @@ def main() -> None:
 
     work = args.out or Path(tempfile.mkdtemp(prefix="tilegan_quality_"))
     work.mkdir(parents=True, exist_ok=True)
-    train_npy, hold_npy = prepare(work, args.size)
+    train_npy, hold_npy = prepare(work, args.size, args.screens)
     train_p, hold = np.load(train_npy), np.load(hold_npy)
     n_out = min(512, len(hold))
-    hold = hold[np.sort(np.random.default_rng(args.seed).choice(len(hold), n_out, replace=False))]
+    hold_pick = np.sort(np.random.default_rng(args.seed).choice(len(hold), n_out, replace=False))
+    hold = hold[hold_pick]
     print(f"train patches {len(train_p)} (from {len(list((work / 'crop_train' / 'screens').glob('*.png')))} "
           f"screens), held-back patches {n_out}; {args.minutes} min per config, all in parallel")
 
@@ -263,6 +334,15 @@ def main() -> None:
         print("\nAfter quantize (the art the user gets):\n")
         samples = {name: np.load(work / name / "samples.npy") for name in configs}
         print("\n".join(after_quantize_report(train_pick, hold, samples, work, args.seed)))
+        from tilesets.artifacts import Patches
+
+        held_art = Patches.load(hold_npy.parent)
+        if held_art.games is not None and len(held_art.games) == len(np.load(hold_npy, mmap_mode="r")):
+            rows_style = per_style_report(hold, np.asarray(held_art.games)[hold_pick],
+                                          list(held_art.game_names), configs, work, args.seed)
+            if rows_style:
+                print("\nOne style at a time (after quantize):\n")
+                print("\n".join(rows_style))
     print(f"(work dir: {work})")
     ours = next((r[1] for r in rows if r[0] == "ours"), float("nan"))
     base = next((r[1] for r in rows if r[0] == "reference"), float("nan"))

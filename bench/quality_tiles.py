@@ -3,6 +3,9 @@
 Inputs: a crop artifact (the real screens, ``screens/*.png``) and a quantize artifact (the
 generated samples, palette PNGs), by default the latest ones under ``--cache`` (``out/cache``).
 Every 5th real screen (sorted by name) is held back; the others give the real-vs-real floor.
+With ``--holdout DIR`` (the crop artifact of screens the model never saw, e.g. ``pipeline crop
+held/*.png --out DIR``) all of those are the held-back screens and the ``--crop`` screens (the
+training screens) give the floor: the honest protocol when the model was trained on ``--crop``.
 
 Palette-fair: the real screens go through the quantize artifact's own palette mapping (its
 ``palette_rgb``, ``usable_indices`` and ``metric``; nearest colour, no clean-up), so real and
@@ -10,7 +13,9 @@ generated art use the same colours.
 
 The dictionary is learned from every cell of every sample (``learn_dictionary``, ``--max-tiles``
 or automatic K; Tiled mode unless ``--nes``) and every sample is rebuilt from it by
-``rebuild`` (calibrated seam weight; seam weight 0 shown for comparison).  Figures:
+``rebuild`` with slice's default seam and texture weights (or ``--seam-weight``,
+``--texture-weight``); seam weight 0 and texture weight 0 are shown for comparison, and the
+seam weight a calibration against the real screens' border ratio would pick.  Figures:
 
 * reuse: distinct tiles per cell over the same number of cells (whole screens in order, the
   last one cut) — rebuilt samples vs held-back real screens (and the unreduced samples);
@@ -24,7 +29,8 @@ or automatic K; Tiled mode unless ``--nes``) and every sample is rebuilt from it
   samples).
 
     python bench/quality_tiles.py [--crop DIR] [--quantize DIR] [--cache out/cache]
-           [--max-tiles K] [--nes] [--seed 0]
+           [--max-tiles K] [--nes] [--seed 0] [--seam-weight W] [--texture-weight W]
+           [--holdout DIR]
 """
 from __future__ import annotations
 
@@ -99,6 +105,18 @@ def reuse_ids(maps: list[np.ndarray], n: int) -> float:
     return len(np.unique(ids)) / max(len(ids), 1)
 
 
+def grid_alignment(images: list[np.ndarray]) -> tuple[float, float, tuple[int, int]]:
+    """Border/interior ratio on the tile grid, and the highest ratio of a grid shifted by
+    (dy, dx) in 4-px steps: art drawn on the grid has its strongest seams at (0, 0)."""
+    def at(dy: int, dx: int) -> float:
+        return D.seam_ratio([to_grid(im[dy:, dx:]) for im in images], TILE)["ratio"]
+
+    off = {(dy, dx): at(dy, dx) for dy in range(0, TILE, 4) for dx in range(0, TILE, 4)
+           if dy or dx}
+    best = max(off, key=off.get)
+    return at(0, 0), off[best], best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, default=ROOT / "out" / "cache")
@@ -107,7 +125,15 @@ def main() -> None:
     ap.add_argument("--max-tiles", type=int, default=None, help="K (default: automatic)")
     ap.add_argument("--nes", action="store_true", help="NES mode: no flips, <= 64 tiles a screen")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--holdout", type=Path, default=None,
+                    help="crop artifact of held-back screens (default: every 5th --crop screen)")
+    ap.add_argument("--seam-weight", type=float, default=None, help="default: slice's")
+    ap.add_argument("--texture-weight", type=float, default=None, help="default: slice's")
     args = ap.parse_args()
+    from stages.slice import Params as SliceParams
+
+    lam = SliceParams().seam() if args.seam_weight is None else args.seam_weight
+    mu = SliceParams().texture_weight if args.texture_weight is None else args.texture_weight
     crop = args.crop or latest("crop", args.cache)
     quant = args.quantize or latest("quantize", args.cache)
     for name, d in (("crop", crop), ("quantize", quant)):
@@ -116,9 +142,13 @@ def main() -> None:
                      f"or --cache DIR")
     samples, meta = load_samples(quant)
     real = load_real(crop, meta)
-    held, other = real[::5], [s for i, s in enumerate(real) if i % 5]
+    if args.holdout is not None:
+        held, other = load_real(args.holdout, meta), real
+    else:
+        held, other = real[::5], [s for i, s in enumerate(real) if i % 5]
     flips = not args.nes
-    print(f"real: {crop} ({len(real)} screens, {len(held)} held back; palette "
+    print(f"real: {crop} ({len(other)} screens for the floor, {len(held)} held back"
+          f"{' from ' + str(args.holdout) if args.holdout else ''}; palette "
           f"{meta.get('palette')}, nearest colour, no clean-up)")
     print(f"samples: {quant} ({len(samples)} images {samples[0].shape[1]}x{samples[0].shape[0]})")
 
@@ -130,13 +160,18 @@ def main() -> None:
     limit = D.NES_MAX_DISTINCT if args.nes else None
     grids = [D.grid_tiles(s, TILE) for s in samples]
     same_shape = len({g.shape for g in grids}) == 1
-    cal = D.calibrate_seam_weight(np.stack(grids), dic) if same_shape else None
+    s_real = D.seam_ratio(held, TILE)
+    cal = D.calibrate_seam_weight(np.stack(grids), dic, texture_weight=mu,
+                                  target_ratio=s_real["ratio"]) if same_shape else None
     t0 = time.perf_counter()
-    maps = D.rebuild(samples, dic, max_distinct=limit)
+    maps = D.rebuild(samples, dic, seam_weight=lam, texture_weight=mu, max_distinct=limit)
     t_rebuild = time.perf_counter() - t0
-    maps0 = D.rebuild(samples, dic, seam_weight=0.0, max_distinct=limit)
     draw = [D.render(dic.tiles, *decode_cells(m)) for m in maps]
-    draw0 = [D.render(dic.tiles, *decode_cells(m)) for m in maps0]
+    variants = {"rebuilt, seam weight 0": dict(seam_weight=0.0, texture_weight=mu),
+                "rebuilt, texture weight 0": dict(seam_weight=lam, texture_weight=0.0)}
+    other_draws = {name: [D.render(dic.tiles, *decode_cells(m))
+                          for m in D.rebuild(samples, dic, max_distinct=limit, **kw)]
+                   for name, kw in variants.items()}
     curve = ", ".join(f"{k}: {v:.2f}" for k, v in dic.curve)
     print(f"dictionary: {len(dic)} tiles from {len(tiles)} cells "
           f"({len(D.distinct_tiles(tiles, flips=flips)[0])} distinct), "
@@ -148,8 +183,10 @@ def main() -> None:
         print(f"  warning: {w}")
     if cal is not None:
         tried = ", ".join(f"{lam:g}: {r:.3f}" for lam, r in cal["tried"])
-        print(f"seam weight: {cal['seam_weight']:g} (samples' border/interior ratio "
-              f"{cal['source_ratio']:.3f}; rebuilt ratio by weight: {tried})")
+        print(f"seam weight {lam:g}, texture weight {mu:g}; calibrated to the real screens' "
+              f"border/interior ratio {cal['target_ratio']:.3f} the seam weight would be "
+              f"{cal['seam_weight']:g} (samples' own ratio {cal['source_ratio']:.3f}; rebuilt "
+              f"ratio by weight: {tried})")
 
     real_cells = cells(held)
     n = min(sum(len(c) for c in sample_cells), sum(len(c) for c in real_cells))
@@ -164,11 +201,13 @@ def main() -> None:
           f"{iso_dic / max(iso_real, 1e-12):.2f}, target <= 2); rebuilt cells "
           f"{D.isolated_rate(np.concatenate(cells(draw))):.3%}, unreduced samples "
           f"{D.isolated_rate(tiles):.3%}")
-    s_real = D.seam_ratio(held, TILE)
     print(f"seams (border / interior ΔE): real {s_real['ratio']:.3f} "
           f"({s_real['border']:.2f} / {s_real['interior']:.2f})")
-    for name, ims in (("rebuilt", draw), ("rebuilt, seam weight 0", draw0),
-                      ("unreduced samples", samples)):
+    for name, ims in (("real", held), ("unreduced samples", samples)):
+        on, off, where = grid_alignment(ims)
+        print(f"  grid alignment of the {name}: ratio {on:.3f} on the tile grid, at most "
+              f"{off:.3f} off it (shift {where[0]},{where[1]} px)")
+    for name, ims in [("rebuilt", draw), *other_draws.items(), ("unreduced samples", samples)]:
         s = D.seam_ratio(ims, TILE)
         print(f"  {name}: {s['ratio']:.3f} ({s['border']:.2f} / {s['interior']:.2f}), "
               f"{s['ratio'] / s_real['ratio'] - 1:+.1%} vs real (target within 15 %)")
@@ -184,15 +223,17 @@ def main() -> None:
     pool = crops(other, h, w)
     floor_set = pool[np.sort(rng.choice(len(pool), min(len(pool), len(samples)), replace=False))]
     same = np.stack([s[..., :3] for s in samples if s.shape[:2] == (h, w)])
-    res = {"rebuilt": swd(np.stack([d[..., :3] for d in draw if d.shape[:2] == (h, w)]), ref,
-                          seed=args.seed),
-           "rebuilt, seam weight 0": swd(np.stack([d[..., :3] for d in draw0
-                                                   if d.shape[:2] == (h, w)]), ref, seed=args.seed),
+    def score(ims: list[np.ndarray]) -> dict:
+        return swd(np.stack([d[..., :3] for d in ims if d.shape[:2] == (h, w)]), ref,
+                   seed=args.seed)
+
+    res = {"rebuilt": score(draw), **{name: score(d) for name, d in other_draws.items()},
            "unreduced samples": swd(same, ref, seed=args.seed),
            "floor (other real screens)": swd(floor_set, ref, seed=args.seed)}
     print(f"SWD vs {len(ref)} held-back {w}x{h} crops (lower is better; n = images per set):")
     for name, r in res.items():
-        print(f"  {name}: {r['swd']:.1f} (n={r['n']})")
+        print(f"  {name}: {r['swd']:.1f} (per level, finest first: "
+              f"{' / '.join(f'{v:.1f}' for v in r['levels'])}; n={r['n']})")
     print(f"quality_tiles: rebuilt={res['rebuilt']['swd']:.1f} "
           f"unreduced={res['unreduced samples']['swd']:.1f} "
           f"floor={res['floor (other real screens)']['swd']:.1f}")

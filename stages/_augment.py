@@ -7,7 +7,9 @@ Training").  Every op is differentiable with respect to the images and draws its
 from an explicit :class:`torch.Generator`, so a training step is reproducible from its seed.
 
 Policies: ``"translation"`` (integer shifts up to 1/8 of the side, zero fill; whole pixels
-keep pixel art crisp), ``"cutout"`` (one zeroed square of half the side), ``"color"``
+keep pixel art crisp), ``"tiles"`` (shifts by whole 16-px tiles, wrapped around: every pixel
+stays on its place in the tile grid, so D can still tell art drawn on the grid from art drawn
+off it, and the wrapped edge is a tile border like any other), ``"cutout"`` (one zeroed square of half the side), ``"color"``
 (brightness, saturation, contrast; alpha is left alone for RGBA).
 
 torch is imported inside the ops, so :func:`parse_policy` checks a policy without it.
@@ -19,7 +21,10 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     import torch
 
-POLICIES = ("translation", "cutout", "color")
+POLICIES = ("translation", "tiles", "cutout", "color")
+
+#: the tile grid ``"tiles"`` keeps (pixels); a side that is not a multiple of it is left alone
+TILE = 16
 
 
 def parse_policy(policy: str) -> tuple[str, ...]:
@@ -52,6 +57,8 @@ def diff_augment(x: torch.Tensor, ops: tuple[str, ...], *,
             x = augment_color(x, generator=generator)
         elif op == "translation":
             x = augment_translation(x, generator=generator)
+        elif op == "tiles":
+            x = augment_tiles(x, generator=generator)
         elif op == "cutout":
             x = augment_cutout(x, generator=generator)
         else:
@@ -97,6 +104,29 @@ def augment_translation(x: torch.Tensor, ratio: float = 0.125, *,
     ix = torch.arange(w, device=x.device)[None, :] + rx - dx[:, None]        # (B, W)
     flat = (iy[:, :, None] * wp + ix[:, None, :]).reshape(b, 1, h * w)      # (B, 1, H*W)
     out = torch.gather(xp.reshape(b, c, -1), 2, flat.expand(b, c, h * w))
+    return out.reshape(b, c, h, w)
+
+
+def augment_tiles(x: torch.Tensor, tile: int = TILE, *,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Roll each image by a random whole number of tiles along each axis (wrapping around).
+
+    Pixels keep their place in the ``tile`` grid, nothing is lost or filled in; a side that
+    is not a multiple of ``tile`` (or is a single tile) is not shifted.
+    """
+    import torch
+
+    b, c, h, w = x.shape
+    ny = h // tile if h % tile == 0 else 1
+    nx = w // tile if w % tile == 0 else 1
+    if ny == 1 and nx == 1:
+        return x
+    dy = torch.randint(0, ny, (b,), generator=generator).to(x.device) * tile
+    dx = torch.randint(0, nx, (b,), generator=generator).to(x.device) * tile
+    iy = (torch.arange(h, device=x.device)[None, :] - dy[:, None]) % h        # (B, H)
+    ix = (torch.arange(w, device=x.device)[None, :] - dx[:, None]) % w        # (B, W)
+    flat = (iy[:, :, None] * w + ix[:, None, :]).reshape(b, 1, h * w)
+    out = torch.gather(x.contiguous().reshape(b, c, -1), 2, flat.expand(b, c, h * w))
     return out.reshape(b, c, h, w)
 
 

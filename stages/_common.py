@@ -12,6 +12,7 @@ import glob
 import io
 import logging
 import os
+import re
 import secrets
 import shutil
 import warnings
@@ -187,6 +188,20 @@ class StageParams:
 
 
 # --------------------------------------------------------------------------- paths
+_NAME_NUMBER = re.compile(r"[\s_\-.]*\d")
+
+
+def name_prefix(stem: str) -> str:
+    """A screenshot's game as its file name says it: the stem up to its first number, with the
+    separators before it (``smb_01`` -> ``smb``, ``ansimuz_cybercity_04_x2`` ->
+    ``ansimuz_cybercity``, ``zelda-2`` -> ``zelda``); "" when the stem starts with a number.
+
+    >>> name_prefix("pyxel_platformer_07_x3"), name_prefix("frame0001"), name_prefix("0001")
+    ('pyxel_platformer', 'frame', '')
+    """
+    return _NAME_NUMBER.split(stem, 1)[0].strip(" _-.")
+
+
 def expand_inputs(items: Iterable[os.PathLike | str], suffixes: Sequence[str] = IMAGE_SUFFIXES,
                   *, recursive: bool = True) -> list[Path]:
     """Expand files, folders and glob patterns into a sorted, de-duplicated file list.

@@ -609,12 +609,35 @@ def _section_training(train_dirs: Sequence[Path]) -> str:
         parts.append(_img_tag(curves, alt="training curves", width=w, cls=""))
     else:
         parts.append(_metrics_chart(d / "metrics.jsonl"))
-    grids = sorted((d / "grids").glob("*.png")) if (d / "grids").is_dir() else []
+    grids = sorted((d / "grids").glob("step_*.png")) if (d / "grids").is_dir() else []
     if grids:
         g, gw = _png_of_file(grids[-1])
         parts.append(f"<p>Fixed-noise samples at the last checkpoint ({_esc(grids[-1].name)}):</p>"
                      + _img_tag(g, alt="sample grid", scale=2, width=gw))
+    styles = sorted((d / "grids").glob("style_*.png")) if (d / "grids").is_dir() else []
+    if styles:
+        names = _style_names(d)
+        parts.append("<h3>One style at a time</h3><p>The same noise through each style of this "
+                     "conditional model (<code>pipeline sample --like NAME</code> draws a "
+                     "tile set in one of them):</p>")
+        cards = []
+        for i, f in enumerate(styles):
+            g, gw = _png_of_file(f)
+            label = names[i] if i < len(names) else f.stem[len("style_"):]
+            cards.append(f'<div class="pair">{_img_tag(g, alt=label, scale=2, width=gw)}'
+                         f"<br>{_esc(label)}</div>")
+        parts.append("".join(cards))
     return "".join(parts)
+
+
+def _style_names(train_dir: Path) -> list:
+    """The style (game) names of a conditional training run, from its config.json."""
+    try:
+        cfg = json.loads((train_dir / "config.json").read_text(encoding="utf-8"))
+        names = (cfg.get("gan") or {}).get("classes") or []
+        return [str(n) for n in names] if isinstance(names, list) else []
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def _metrics_chart(path: Path) -> str:

@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from stages._common import (InputError, ProgressFn, Skipped, StageParams, expand_inputs,
-                            load_image, map_ordered, no_progress, param, pool_workers, save_npy,
+                            load_image, map_ordered, name_prefix, no_progress, param,
+                            pool_workers, save_npy,
                             save_png, write_json)
 from stages._grid import (SMOOTH_MAX_SCALE, TILE, block_confidence, change_positions,
                           changed_share, detect_grid, detect_scale, detect_smooth_scale,
@@ -988,18 +989,15 @@ def _read_sources(path: Path) -> list[dict]:
     return rows
 
 
-_PREFIX = re.compile(r"[_\d]")
-
-
 def game_names(files: Sequence[InputFile]) -> list[str]:
     """The game of every input: the one its source names (scrape's provenance); else, in a
     folder whose file names start differently (``smb_01.png``, ``zelda_01.png``), the file
-    name up to the first ``_`` or digit; else the folder's name."""
+    name up to its first number (:func:`stages._common.name_prefix`); else the folder's name."""
     prefixes: dict[str, set[str]] = {}
     parts = []
     for f in files:
         src = Path(f.source.split("?", 1)[0].rstrip("/"))
-        folder, prefix = src.parent.name, _PREFIX.split(src.stem, 1)[0].strip(" -.")
+        folder, prefix = src.parent.name, name_prefix(src.stem)
         parts.append((folder, prefix))
         prefixes.setdefault(str(src.parent), set()).add(prefix)
     out = []

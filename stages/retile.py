@@ -39,8 +39,8 @@ from tilesets.artifacts import ArtifactError, TileSet
 from tilesets.atlas import pack_atlas
 from tilesets.bank import PAD_MODES, fit_to_grid, normalize_alpha, unique_name
 from tilesets.cells import cell_ids, encode_cells
-from tilesets.dictionary import (assign, grid_tiles, mean_delta_e, nes_max_distinct,
-                                 parse_seam_weight)
+from tilesets.dictionary import (TEXTURE_WEIGHT, assign, grid_tiles, mean_delta_e,
+                                 nes_max_distinct, parse_seam_weight)
 from tilesets.pixels import pack_colours
 from tilesets.render import render_map
 from tilesets.tiled import bank_ids_to_gids, map_xml, tileset_xml
@@ -66,6 +66,9 @@ class Params(StageParams):
                                     "detects it")
     nes: bool = param(False, help="at most 64 distinct 16x16 tiles in the screen (one NES "
                                   "pattern table)")
+    texture_weight: float = param(TEXTURE_WEIGHT, help="how much a cell's tile must keep the "
+                                                       "cell's texture (>= 0; 0 = nearest "
+                                                       "colours only)", min=0.0)
 
     def check(self) -> None:
         super().check()
@@ -156,7 +159,7 @@ def rebuild_image(image: np.ndarray, tileset: TileSet, params: Params, *,
     image = _on_grid(image, t, params.pad_mode, name, warnings)
     image = _palette_colours(image, tileset, name, warnings)
     ids, orient = assign(grid_tiles(image, t), tileset.bank, flips=tileset.flips,
-                         seam_weight=params.seam(),
+                         seam_weight=params.seam(), texture_weight=params.texture_weight,
                          max_distinct=nes_max_distinct(t) if params.nes else None)
     cells = encode_cells(ids, orient)
     preview = render_map(bank_ids_to_gids(cells), tileset.bank)

@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 from stages import _capture, _fetch
 from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, StageParams,
-                            atomic_write_bytes, atomic_write_text, no_progress, param,
-                            pixel_limit_reason)
+                            atomic_write_bytes, atomic_write_text, name_prefix, no_progress,
+                            param, pixel_limit_reason)
 
 NAME = "scrape"
 INPUTS = {"source": None}
@@ -308,17 +308,29 @@ def _is_hidden(rel: str) -> bool:
 
 
 def folder_items(folder: Path, max_bytes: int) -> Iterator[Item]:
-    """Every file under ``folder`` (sorted, hidden ones left out); zips are opened."""
+    """Every file under ``folder`` (sorted, hidden ones left out); zips are opened.
+
+    A file's game is its folder's name, unless the folder's files start with different names
+    (``smb_01.png``, ``zelda_01.png`` side by side): then each file's name up to its first
+    number (:func:`stages._common.name_prefix`)."""
     files = sorted(f for f in folder.rglob("*") if f.is_file()
                    and not _is_hidden(f.relative_to(folder).as_posix()))
+    prefixes: dict[Path, set[str]] = {}
+    for f in files:
+        if f.suffix.lower() != ".zip":
+            prefixes.setdefault(f.parent, set()).add(name_prefix(f.stem))
     for f in files:
         if f.suffix.lower() == ".zip":
             yield from zip_items(f, max_bytes)
+        elif len(prefixes[f.parent]) > 1 and name_prefix(f.stem):
+            yield file_item(f, max_bytes, game=name_prefix(f.stem), kind=Kind.FOLDER,
+                            game_from="file name")
         else:
             yield file_item(f, max_bytes, game=f.parent.name or None, kind=Kind.FOLDER)
 
 
-def file_item(f: Path, max_bytes: int, *, game: Optional[str] = None, kind: Kind = Kind.FILE) -> Item:
+def file_item(f: Path, max_bytes: int, *, game: Optional[str] = None, kind: Kind = Kind.FILE,
+              game_from: str = "folder") -> Item:
     def load() -> Payload:
         try:
             size = f.stat().st_size
@@ -329,7 +341,7 @@ def file_item(f: Path, max_bytes: int, *, game: Optional[str] = None, kind: Kind
         except OSError as e:
             return Payload(reason=Reason.UNREADABLE, message=f"cannot read ({e.strerror or e})")
 
-    return Item(str(f), Provenance(kind, game=game, game_from="folder" if game else None), load)
+    return Item(str(f), Provenance(kind, game=game, game_from=game_from if game else None), load)
 
 
 def zip_items(path: Path, max_bytes: int) -> Iterator[Item]:

@@ -43,8 +43,9 @@ from tilesets.bank import (PAD_MODES, ImageSlicer, apply_cells, fit_to_grid, nor
                            palette_swap_groups, unique_name)
 from tilesets.cells import FLIP_MASK, cell_ids
 from tilesets.pixels import join_grid
-from tilesets.dictionary import (Dictionary, grid_tiles, learn_dictionary, mean_delta_e,
-                                 nes_max_distinct, parse_seam_weight, rebuild, seam_ratio)
+from tilesets.dictionary import (TEXTURE_WEIGHT, Dictionary, grid_tiles, learn_dictionary,
+                                 mean_delta_e, nes_max_distinct, parse_seam_weight, rebuild,
+                                 seam_ratio)
 
 NAME = "slice"
 INPUTS = {"images": "quantize"}
@@ -80,7 +81,7 @@ class Params(StageParams):
                                         "them. 0 = automatic: K = 8, 16, 32, ... (at most "
                                         "256 and a quarter of the cells), stopping when two "
                                         "doublings in a row each lower the rebuilt tiles' "
-                                        "mean colour error by under 10 %: past that knee new "
+                                        "mean colour error by under 5 %: past that knee new "
                                         "tiles only copy one screen's speckle. -1 = no "
                                         "budget: every distinct tile once, images mapped "
                                         "exactly (slice before the tile budget)", min=-1)
@@ -90,6 +91,13 @@ class Params(StageParams):
                                          "interior contrast within 8 % of real screens'); "
                                          "'auto' = the smallest weight whose rebuilt screens' "
                                          "borders are no rougher than the images' own")
+    texture_weight: float = param(TEXTURE_WEIGHT, help="how much a cell's tile must keep the "
+                                                       "cell's texture (the colour change "
+                                                       "between neighbouring pixels inside "
+                                                       "it): >= 0; 0 = nearest colours only, "
+                                                       "which flattens bricks, foliage and "
+                                                       "dithers to their average colour",
+                                  min=0.0)
     seed: int = param(0, help="seed of the dictionary's k-means++ (same images and seed, "
                               "same tiles)")
 
@@ -369,7 +377,7 @@ def rebuild_screens(screens: list[Screen], dic: Dictionary, params: Params) -> l
     (NES mode: at most :func:`~tilesets.dictionary.nes_max_distinct` tiles a screen)."""
     limit = nes_max_distinct(params.tile_size) if params.nes else None
     return rebuild([s.rgba for s in screens], dic, seam_weight=params.seam(),
-                   max_distinct=limit)
+                   max_distinct=limit, texture_weight=params.texture_weight)
 
 
 def budget_tileset(tiles: np.ndarray, maps: dict[str, np.ndarray], params: Params,

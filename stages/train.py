@@ -106,7 +106,8 @@ class Params(StageParams):
                                "images (ProGAN's variety check; 0 = off).", min=0)
     diffaug: str = param("translation",
                          help="DiffAugment ops applied to everything D sees, comma separated "
-                              "(translation, cutout, color); empty = off.")
+                              "(translation, tiles = whole-tile shifts that keep the 16-px "
+                              "grid, cutout, color); empty = off.")
     ema: float = param(0.999, help="Decay of the generator EMA used for grids, SWD and sampling "
                                    "(0 = off; below 1).", min=0)
     mode_seeking: float = param(0.0, help="Weight of the mode-seeking term (MSGAN): G is pushed "
@@ -860,9 +861,9 @@ class Trainer:
             return None
         return (torch.arange(start, start + n) % self.cfg.n_classes).to(self.device)
 
-    def generate(self, z: "Any", *, batch: int = 256) -> np.ndarray:
+    def generate(self, z: "Any", *, batch: int = 256, style: Optional[int] = None) -> np.ndarray:
         """uint8 (N, S, S, C) images from the EMA generator (eval mode) for noise z (a
-        conditional model draws the styles in turn, :meth:`cycle_labels`)."""
+        conditional model draws the styles in turn, :meth:`cycle_labels`, or only ``style``)."""
         import torch
 
         from stages._gan import to_uint8
@@ -872,8 +873,10 @@ class Trainer:
         with torch.inference_mode():
             for i in range(0, len(z), batch):
                 k = len(z[i:i + batch])
-                out.append(to_uint8(self.G_ema(z[i:i + batch].to(self.device),
-                                               self.cycle_labels(k, start=i))))
+                y = self.cycle_labels(k, start=i)
+                if style is not None and y is not None:
+                    y = torch.full_like(y, int(style))
+                out.append(to_uint8(self.G_ema(z[i:i + batch].to(self.device), y)))
         return np.concatenate(out)
 
     def checksum(self) -> float:
@@ -883,6 +886,16 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- pictures
+#: images in each style's grid (grids/style_<name>.png) of a conditional model
+STYLE_GRID = 16
+
+
+def style_file_name(name: str, index: int) -> str:
+    """A file-name-safe form of a style (game) name; the index keeps names unique."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")[:40]
+    return f"{index:02d}_{safe or 'style'}"
+
+
 def _tile_grid(images: np.ndarray, cols: int) -> np.ndarray:
     n, h, w, c = images.shape
     rows = math.ceil(n / cols)
@@ -1271,6 +1284,16 @@ class TrainingRun:
             save_png(self.out_dir / "grids" / f"step_{step:06d}.png",
                      _tile_grid(self.trainer.generate(self.grid_z), cols))
 
+    def save_style_grids(self) -> None:
+        """grids/style_<name>.png: one grid per style of a conditional model, the same fixed
+        noise through each (main rank; nothing for an unconditional model)."""
+        if self.ranks.main and self.trainer.cfg.n_classes:
+            z = self.grid_z[:STYLE_GRID]
+            cols = int(math.ceil(math.sqrt(len(z))))
+            for i, name in enumerate(self.trainer.cfg.classes):
+                save_png(self.out_dir / "grids" / f"style_{style_file_name(name, i)}.png",
+                         _tile_grid(self.trainer.generate(z, style=i), cols))
+
     def eval_swd(self, crisp: Optional[dict] = None) -> Optional[float]:
         """SWD of EMA samples against the held-back patches (main rank; None without them).
 
@@ -1293,6 +1316,7 @@ class TrainingRun:
         crisp = self._final_metrics(step)
         if step % p.grid_every != 0 or step == self.start:
             self.save_grid(step)
+        self.save_style_grids()
         self.checkpoint(step, self.clock.before + loop_seconds)
         if ranks.main:
             plot_curves(self.log.rows, self.out_dir / CURVES_FILE)

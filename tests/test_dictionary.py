@@ -212,6 +212,40 @@ def test_calibrated_seam_weight_keeps_seams_no_stronger_than_the_cells():
     assert cal["seam_weight"] > 0 and cal["tried"][-1][1] <= cal["source_ratio"]
 
 
+def _texture_case():
+    """A dithered cell (black/white checker), a flat grey tile of about its average colour and
+    a dithered tile of another phase and colours (blue/white stripes)."""
+    checker = np.add.outer(np.arange(8), np.arange(8)) % 2
+    cell = PAL[np.where(checker, 1, 0)]
+    grey = np.broadcast_to(np.array([119, 119, 119, 255], np.uint8), (8, 8, 4)).copy()
+    stripes = PAL[np.where(np.arange(8)[None, :] % 2 == 0, 3, 1).repeat(8, 0)]
+    return cell[None, None], np.stack([grey, stripes])
+
+
+def test_texture_term_keeps_a_dithered_cell_dithered():
+    cells, dictionary = _texture_case()
+    flat, _ = D.assign(cells, dictionary, flips=False, seam_weight=0, texture_weight=0)
+    kept, _ = D.assign(cells, dictionary, flips=False, seam_weight=0)
+    assert flat.tolist() == [[0]]          # nearest colours alone regress to the flat average
+    assert kept.tolist() == [[1]]          # the default texture weight keeps a texture
+    assert D.TEXTURE_WEIGHT > 0
+
+
+def test_texture_weight_must_be_a_number_at_least_zero():
+    cells, dictionary = _texture_case()
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="texture_weight must be a number >= 0"):
+            D.assign(cells, dictionary, texture_weight=bad)
+
+
+def test_calibration_can_aim_at_another_ratio():
+    cells, dictionary = _seam_case()
+    own = D.calibrate_seam_weight(cells, dictionary, flips=False)
+    loose = D.calibrate_seam_weight(cells, dictionary, flips=False, target_ratio=1e9)
+    assert loose["seam_weight"] == 0 and loose["target_ratio"] == 1e9
+    assert own["target_ratio"] == own["source_ratio"]
+
+
 def test_max_distinct_caps_the_tiles_of_one_screen():
     base = _base_tiles()
     grid = np.stack([base[i % 3] for i in range(6)]).reshape(2, 3, 8, 8, 4)

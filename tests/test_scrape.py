@@ -464,6 +464,22 @@ def test_local_files_take_their_folder_name_as_game(tmp_path):
     assert r["b.png"]["provenance"]["game"] == "Stage 2"
 
 
+def test_a_folder_of_several_games_names_each_file_by_its_name(tmp_path):
+    d = tmp_path / "screens"
+    d.mkdir()
+    for i, name in enumerate(["ansimuz_cybercity_01_x2.png", "ansimuz_cybercity_02.png",
+                              "pyxel_platformer_00.png", "smb-3.png"]):
+        (d / name).write_bytes(png_bytes(10 + i))
+    out = tmp_path / "out"
+    run([d], out)
+    prov = {k: v["provenance"] for k, v in by_name(out).items()}
+    assert prov["ansimuz_cybercity_01_x2.png"]["game"] == "ansimuz_cybercity"
+    assert prov["ansimuz_cybercity_02.png"]["game"] == "ansimuz_cybercity"
+    assert prov["pyxel_platformer_00.png"]["game"] == "pyxel_platformer"
+    assert prov["smb-3.png"]["game"] == "smb"
+    assert prov["smb-3.png"]["game_from"] == "file name"
+
+
 def test_title_is_cut_before_the_site_name():
     page = scrape.parse_page("<title>Contra - NES | Gallery</title><img src='a.png' alt='x'>",
                              "http://h/")

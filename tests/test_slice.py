@@ -285,6 +285,22 @@ def test_same_seed_same_bank():
     assert np.array_equal(a.tileset.bank, b.tileset.bank)
 
 
+def test_texture_weight_is_checked_and_reaches_the_rebuild():
+    with pytest.raises(ParamError, match="texture_weight"):
+        sl.Params(texture_weight=-1.0)
+    checker = np.add.outer(np.arange(16), np.arange(16)) % 2
+    dither = np.where(checker[..., None], [252, 252, 252, 255], [0, 0, 0, 255]).astype(np.uint8)
+    grey = np.full((16, 16, 4), [119, 119, 119, 255], np.uint8)
+    stripes = np.where((np.arange(16) % 2 == 0)[None, :, None], [0, 120, 248, 255],
+                       [252, 252, 252, 255]).repeat(16, 0).astype(np.uint8)
+    from tilesets.dictionary import Dictionary
+    dic = Dictionary(tiles=np.stack([grey, stripes]), counts=np.ones(2, np.int64), flips=False)
+    shots = [sl.Screen(name="a", rgba=np.concatenate([dither, dither], 1), palette=None)]
+    for weight, want in ((0.0, 0), (sl.Params().texture_weight, 1)):
+        (m,) = sl.rebuild_screens(shots, dic, sl.Params(texture_weight=weight, seam_weight="0"))
+        assert (m & 0xFFFFFFF).tolist() == [[want, want]]
+
+
 def test_fixed_seam_weight_is_a_number_or_auto():
     assert sl.Params(seam_weight="0.5").seam() == 0.5 and sl.Params().seam() == 0.2
     assert sl.Params(seam_weight="auto").seam() == "auto"

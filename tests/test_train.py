@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
 from stages import train
-from stages._augment import augment_cutout, augment_translation, diff_augment, parse_policy
+from stages._augment import (augment_cutout, augment_tiles, augment_translation, diff_augment,
+                             parse_policy)
 from stages._common import InputError, ParamError, StageError
 from stages._gan import Discriminator, GANConfig, Generator
 from stages._metrics import colours_per_tile, share_over, swd
@@ -238,9 +240,22 @@ def test_cutout_zeroes_a_half_side_square():
     assert (zeros > 0).all() and (zeros <= 64).all()
 
 
+def test_tile_translation_keeps_every_pixel_on_its_grid_place():
+    b, h, w = 64, 48, 64
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    x = torch.stack([ys % 16, xs % 16, ys * w + xs]).float()[None].repeat(b, 1, 1, 1)
+    y = augment_tiles(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(y[:, :2], x[:, :2])                      # same place in its tile
+    assert torch.equal(y[:, 2].reshape(b, -1).sort(1).values,   # nothing lost or filled in
+                       x[:, 2].reshape(b, -1).sort(1).values)
+    assert (y[:, 2] != x[:, 2]).any(dim=(1, 2)).sum() > b // 2   # most images moved
+    odd = torch.rand(2, 3, 20, 20)
+    assert torch.equal(augment_tiles(odd), odd)                 # off the 16-px grid: left alone
+
+
 def test_diffaug_keeps_shape_and_gradients():
     x = torch.rand(3, 4, 16, 16, requires_grad=True)
-    y = diff_augment(x, parse_policy("translation,cutout,color"),
+    y = diff_augment(x, parse_policy("translation,tiles,cutout,color"),
                      generator=torch.Generator().manual_seed(0))
     y.sum().backward()
     assert y.shape == x.shape and x.grad is not None
@@ -831,6 +846,13 @@ def test_conditional_run_stores_the_styles_and_samples_one_at_a_time(tmp_path):
     assert like.shape == mixed.shape == (2, 32, 32, 3) and not np.array_equal(like, other)
     with pytest.raises(ParamError, match="not one of this model's styles: contra, smb"):
         sample.sample_images(G, 1, seed=0, like="zelda")
+    grids = sorted(p.name for p in (out / "grids").glob("style_*.png"))
+    assert grids == ["style_00_contra.png", "style_01_smb.png"]        # one grid per style
+    a, b = (np.asarray(Image.open(out / "grids" / g)) for g in grids)
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    from stages._report import _section_training
+    html = _section_training([out])
+    assert "One style at a time" in html and ">contra<" in html and ">smb<" in html
 
 
 def test_like_on_an_unconditional_model_names_the_option(patches, tmp_path):

@@ -44,7 +44,13 @@ K
     is no budget; real NES screens use each distinct tile 4.7 times.
 Assignment (:func:`assign`)
     Unary cost = mean ΔE76² per pixel between the cell and a dictionary tile (in some
-    orientation); pairwise cost = ``seam_weight`` × mean ΔE76² between the pixels that touch
+    orientation), plus ``texture_weight`` × (τ_cell − τ_tile)², where τ is a tile's texture:
+    the mean ΔE76 between 4-neighbour pixels inside it.  Without that term the nearest tile by
+    per-pixel error regresses to the mean: a brick, foliage or dither cell is closer to a flat
+    tile of its average colour than to a texture of another phase, so rebuilt screens came out
+    half as textured as their samples (inside-tile ΔE 5.8 against 9.9; real screens 10.8),
+    which is what their worse SWD and their "rough" border/interior ratio were measuring.
+    Pairwise cost = ``seam_weight`` × mean ΔE76² between the pixels that touch
     across a shared border.  Minimised by iterated conditional modes over each cell's
     ``candidates`` best tiles, updating a checkerboard half of the cells at a time, for at
     most ``sweeps`` sweeps (each sweep only lowers the energy).  ``seam_weight="auto"``
@@ -72,6 +78,7 @@ from tilesets.cells import ORIENTATIONS, encode_cells, flip_tile, flip_variants
 from tilesets.pixels import join_grid, lab_of_pixels, pack_colours
 
 __all__ = ["ALPHA_DE", "AUTO_GAIN", "AUTO_MIN_USES", "K_CAP", "NES_MAX_DISTINCT", "SEAM_WEIGHTS",
+           "TEXTURE_WEIGHT",
            "Dictionary", "learn_dictionary", "assign", "calibrate_seam_weight",
            "parse_seam_weight", "rebuild", "render", "grid_tiles", "distinct_tiles",
            "tile_distance", "nes_max_distinct", "mean_delta_e", "isolated_rate", "seam_ratio"]
@@ -87,6 +94,9 @@ K_CAP = 256
 #: automatic K is at most the input tiles / this: every entry stands for 4 cells on average
 #: (real NES screens: 974 distinct tiles in 4,560 cells, one per 4.7)
 AUTO_MIN_USES = 4
+#: weight of the texture term of the assignment (see the module notes): (ΔE76)² of texture
+#: difference against mean ΔE76² per pixel; chosen on two corpora (docs/tiles.md)
+TEXTURE_WEIGHT = 16.0
 #: 16×16 tiles one NES screen may use: 64 × four 8×8 patterns = the 256 of a pattern table
 NES_MAX_DISTINCT = 64
 
@@ -735,8 +745,8 @@ def _as_tiles(dictionary: Union[Dictionary, np.ndarray]) -> np.ndarray:
 
 def assign(cells: np.ndarray, dictionary: Union[Dictionary, np.ndarray], *,
            flips: Optional[bool] = None, seam_weight: Union[float, str] = "auto",
-           candidates: int = 8, sweeps: int = 8, max_distinct: Optional[int] = None
-           ) -> tuple[np.ndarray, np.ndarray]:
+           candidates: int = 8, sweeps: int = 8, max_distinct: Optional[int] = None,
+           texture_weight: float = TEXTURE_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
     """Choose a dictionary tile (and orientation) for every cell of one or more screens.
 
     Parameters
@@ -755,6 +765,8 @@ def assign(cells: np.ndarray, dictionary: Union[Dictionary, np.ndarray], *,
         Most ICM sweeps.
     max_distinct : int, optional
         Most distinct tiles per screen (NES: :data:`NES_MAX_DISTINCT`).
+    texture_weight : float
+        Weight of the texture term (≥ 0; 0: per-pixel error only).
 
     Returns
     -------
@@ -762,7 +774,8 @@ def assign(cells: np.ndarray, dictionary: Union[Dictionary, np.ndarray], *,
     orientations : ndarray, same shape, uint8 — bit 0 H, bit 1 V (0 when flips are off);
         the cell shows ``flip_tile(tiles[id], ORIENTATIONS[orientation])``.
     """
-    prob = _Problem.build(cells, dictionary, flips=flips, candidates=candidates)
+    prob = _Problem.build(cells, dictionary, flips=flips, candidates=candidates,
+                          texture_weight=texture_weight)
     if max_distinct is not None and max_distinct < 1:
         raise ValueError(f"max_distinct must be >= 1, got {max_distinct}")
     lam = _check_seam_weight(seam_weight, prob, sweeps)
@@ -773,7 +786,8 @@ def assign(cells: np.ndarray, dictionary: Union[Dictionary, np.ndarray], *,
                                    prob.nflip, max_distinct)
             if keep is not None:
                 sub = _Problem(prob.src[si:si + 1], prob.var, prob.allowed
-                               & np.repeat(keep, prob.nflip), prob.nflip, candidates)
+                               & np.repeat(keep, prob.nflip), prob.nflip, candidates,
+                               texture_weight=prob.texture_weight)
                 v[si] = sub.solve(lam, sweeps)[0]
     ids, o = v // prob.nflip, (v % prob.nflip).astype(np.uint8)
     return (ids[0], o[0]) if prob.single else (ids, o)
@@ -785,7 +799,9 @@ SEAM_WEIGHTS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 def calibrate_seam_weight(cells: np.ndarray, dictionary: Union[Dictionary, np.ndarray], *,
                           flips: Optional[bool] = None, candidates: int = 8, sweeps: int = 8,
-                          weights: Sequence[float] = SEAM_WEIGHTS) -> dict:
+                          weights: Sequence[float] = SEAM_WEIGHTS,
+                          texture_weight: float = TEXTURE_WEIGHT,
+                          target_ratio: Optional[float] = None) -> dict:
     """The smallest seam weight whose rebuilt screens' seams are no stronger than the cells'.
 
     Rebuilding each cell on its own makes borders rougher than the screen's (the errors of
@@ -797,18 +813,23 @@ def calibrate_seam_weight(cells: np.ndarray, dictionary: Union[Dictionary, np.nd
 
     Parameters
     ----------
-    cells, dictionary, flips, candidates, sweeps
+    cells, dictionary, flips, candidates, sweeps, texture_weight
         As for :func:`assign`.
     weights : sequence of float
         Weights to try, ascending.
+    target_ratio : float, optional
+        The border/interior ratio to reach instead of the cells' own: real screens' ratio, when
+        the screens being rebuilt are generated ones (:func:`seam_ratio` of real screens).
 
     Returns
     -------
     dict: ``seam_weight``, ``source_ratio`` (border / interior ΔE76 of ``cells``; inf when
-    their tiles are flat inside), and ``tried``: list of (weight, rebuilt ratio).
+    their tiles are flat inside), ``target_ratio`` (the ratio aimed at) and ``tried``: list of
+    (weight, rebuilt ratio).
     """
-    prob = _Problem.build(cells, dictionary, flips=flips, candidates=candidates)
-    return prob.calibrate(weights, sweeps)
+    prob = _Problem.build(cells, dictionary, flips=flips, candidates=candidates,
+                          texture_weight=texture_weight)
+    return prob.calibrate(weights, sweeps, target_ratio)
 
 
 def parse_seam_weight(value: Union[float, str]) -> Union[float, str]:
@@ -848,13 +869,16 @@ class _Problem:
     """Cells, dictionary variants, each cell's candidates and the border tables between them."""
 
     def __init__(self, src: np.ndarray, var: np.ndarray, allowed: np.ndarray, nflip: int,
-                 candidates: int, single: bool = False):
+                 candidates: int, single: bool = False, texture_weight: float = TEXTURE_WEIGHT):
+        if not 0 <= texture_weight < float("inf"):
+            raise ValueError(f"texture_weight must be a number >= 0, got {texture_weight!r}")
         self.src, self.var, self.allowed, self.nflip = src, var, allowed, nflip
         self.single = single
+        self.texture_weight = float(texture_weight)
         s, r, c = src.shape[:3]
         self.screens = s
         m = max(1, min(candidates, int(allowed.sum())))
-        cand, unary = _top_candidates(src, var, allowed, m)
+        cand, unary = _top_candidates(src, var, allowed, m, self.texture_weight)
         self.cand = cand.reshape(s, r, c, m)
         self.unary = unary.reshape(s, r, c, m)
         self.h = self.v = None
@@ -863,7 +887,8 @@ class _Problem:
             self.h, self.v = _pair_tables(var, self.cand)
 
     @classmethod
-    def build(cls, cells, dictionary, *, flips: Optional[bool], candidates: int) -> "_Problem":
+    def build(cls, cells, dictionary, *, flips: Optional[bool], candidates: int,
+              texture_weight: float = TEXTURE_WEIGHT) -> "_Problem":
         cells = np.asarray(cells)
         single = cells.ndim == 5
         if single:
@@ -888,7 +913,8 @@ class _Problem:
         (ic, it), _, table = _colour_table(flat, tiles)
         src = table[ic].reshape((s, r, c) + table[ic].shape[1:])           # (S, R, C, T, T, ch)
         var = _variants(table[it], nflip).reshape((-1,) + src.shape[3:])  # (V, T, T, ch)
-        return cls(src, var, ~_redundant_variants(it, nflip), nflip, candidates, single)
+        return cls(src, var, ~_redundant_variants(it, nflip), nflip, candidates, single,
+                   texture_weight)
 
     def solve(self, lam: float, sweeps: int) -> np.ndarray:
         """Chosen variant id of every cell (S, R, C)."""
@@ -915,16 +941,19 @@ class _Problem:
         de = np.concatenate([np.sqrt((x * x).sum(-1)).ravel() for x in d])
         return (float(de.mean()) if de.size else 0.0), float(inner.mean())
 
-    def calibrate(self, weights: Sequence[float], sweeps: int) -> dict:
+    def calibrate(self, weights: Sequence[float], sweeps: int,
+                  target_ratio: Optional[float] = None) -> dict:
         border, inner = self.seams()
-        target = border / inner if inner > 0 else np.inf
+        source = border / inner if inner > 0 else np.inf
+        target = source if target_ratio is None else float(target_ratio)
         tried = []
         for lam in weights:
             b, i = self.seams(self.solve(lam, sweeps))
             tried.append((float(lam), b / i if i > 0 else np.inf))
             if b <= target * i or self.h is None:
                 break
-        return {"seam_weight": tried[-1][0], "source_ratio": float(target), "tried": tried}
+        return {"seam_weight": tried[-1][0], "source_ratio": float(source),
+                "target_ratio": float(target), "tried": tried}
 
 
 def _inner_de(a: np.ndarray) -> np.ndarray:
@@ -956,17 +985,23 @@ def _unary(src: np.ndarray, var: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return d
 
 
-def _top_candidates(src: np.ndarray, var: np.ndarray, allowed: np.ndarray, m: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Each cell's ``m`` best allowed variants by the per-pixel term, best first.
+def _top_candidates(src: np.ndarray, var: np.ndarray, allowed: np.ndarray, m: int,
+                    texture_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's ``m`` best allowed variants by the unary term (per-pixel error plus
+    ``texture_weight`` × squared texture difference), best first.
 
     Returns (variant ids (n, m) int64, unary cost (n, m) float32)."""
     x = src.reshape(-1, var[0].size)
     n = len(x)
     cand = np.empty((n, m), np.int64)
     cost = np.empty((n, m), np.float32)
+    if texture_weight:
+        tex_src = _inner_de(src.reshape((n,) + src.shape[3:])).astype(np.float32)
+        tex_var = _inner_de(var).astype(np.float32)
     for s, e in _chunks(n, len(var)):
         d = _unary(x[s:e].reshape((e - s, 1, 1) + src.shape[3:]), var, allowed)
+        if texture_weight:
+            d += texture_weight * (tex_src[s:e, None] - tex_var[None, :]) ** 2
         part = np.argpartition(d, m - 1, axis=1)[:, :m] if m < d.shape[1] else \
             np.broadcast_to(np.arange(d.shape[1]), d.shape).copy()
         pd = np.take_along_axis(d, part, 1)
@@ -1096,7 +1131,8 @@ def render(tiles: np.ndarray, ids: np.ndarray, orientations: np.ndarray) -> np.n
 
 def rebuild(images: Sequence[np.ndarray], dictionary: Dictionary, *,
             seam_weight: Union[float, str] = "auto", max_distinct: Optional[int] = None,
-            candidates: int = 8, sweeps: int = 8) -> list[np.ndarray]:
+            candidates: int = 8, sweeps: int = 8, texture_weight: float = TEXTURE_WEIGHT
+            ) -> list[np.ndarray]:
     """Rebuild screens from a dictionary: one Tiled map (uint32 id | flip bits) per image.
 
     Parameters
@@ -1119,7 +1155,7 @@ def rebuild(images: Sequence[np.ndarray], dictionary: Dictionary, *,
     for shape, members in sorted(by_shape.items()):
         ids, codes = assign(np.stack([grids[i] for i in members]), dictionary,
                             seam_weight=seam_weight, max_distinct=max_distinct,
-                            candidates=candidates, sweeps=sweeps)
+                            candidates=candidates, sweeps=sweeps, texture_weight=texture_weight)
         for j, i in enumerate(members):
             out[i] = encode_cells(ids[j], codes[j])
     return out  # type: ignore[return-value]
