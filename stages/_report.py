@@ -479,8 +479,9 @@ def _doubling_edges(values: Sequence[int]) -> list[int]:
     return edges
 
 
-def _section_seams(summary: dict) -> str:
-    """Colour difference across tile borders against inside tiles."""
+def _section_seams(summary: dict, stage_info: Optional[dict] = None) -> str:
+    """Colour difference across tile borders against inside tiles (and the real training
+    screens' ratio, from slice's summary, when slice had them)."""
     seams = (summary.get("level") or {}).get("seams") or {}
     if not seams:
         return ""
@@ -489,9 +490,19 @@ def _section_seams(summary: dict) -> str:
         f"<td>{_esc(v.get('interior'))}</td><td>{_esc(v.get('ratio'))}</td></tr>"
         for label, v in (("generated screens, rebuilt from the tiles", seams.get("screens") or {}),
                          ("level", seams.get("level") or {})))
+    sl = (((stage_info or {}).get("slice") or {}).get("summary") or {}).get("seam_ratio") or {}
+    real = sl.get("real")
+    if isinstance(real, (int, float)) and real > 0:
+        rows += (f"<tr><th>real training screens</th><td></td><td></td><td>{real:.3f}</td></tr>")
+        note = (f"slice joined the tiles (seam weight {_esc(sl.get('seam_weight'))}) so that "
+                f"the rebuilt screens come close to the real training screens' ratio")
+    else:
+        note = ("real screens, whose objects sit on the tile grid, measure about 1.5-2 "
+                "(the example screens 1.5-1.6, the pyxel platformer screens 1.9-2.0)")
     return ("<h2>Seams</h2><p>Mean colour difference (ΔE76) between neighbouring pixels across "
-            "tile borders and inside tiles. A ratio near 1 means the tiles join as smoothly as "
-            "their insides (real screens: about 1 or below); far above 1, the grid shows.</p>"
+            "tile borders and inside tiles. A ratio near 1 means tile borders look like the "
+            f"insides of tiles; {note}. Far above the real screens' ratio, the grid shows; far "
+            "below, the art is smeared across its tiles.</p>"
             "<table><tr><th></th><th>across borders</th><th>inside tiles</th>"
             f"<th>border / inside</th></tr>{rows}</table>")
 
@@ -736,7 +747,7 @@ def write_report(out_dir: Path, *, title: str, summary: dict, bank: np.ndarray,
         _section_terrains(summary, bank, terrain_tiles),
         _section_tiles(bank, tile_props, summary),
         _section_reuse(summary, uses),
-        _section_seams(summary),
+        _section_seams(summary, stage_info),
         _section_novelty(tile_meta, dropped),
         _section_dropped(dropped, evidence),
         _section_samples(out_dir, sample_paths, sample_maps, report_samples),

@@ -5,8 +5,10 @@ Reads quantize's indexed PNGs (or any images a user names) and cuts every image 
 never repeat exactly; slice learns a *dictionary* of at most ``max_tiles`` clean tiles that
 recur (:func:`tilesets.dictionary.learn_dictionary`: flip-aware k-means in CIELAB over every
 cell of every image, each tile a per-pixel vote of its members, at most 4 colours) and
-rebuilds every image from it cell by cell, preferring tiles whose edges join their
-neighbours' (:func:`tilesets.dictionary.rebuild`).  ``max_tiles`` 0 picks K from the
+rebuilds every image from it cell by cell, preferring tiles that keep the cell's texture and
+whose edges join their neighbours' (:func:`tilesets.dictionary.rebuild`); how strongly they
+must join is calibrated so the rebuilt screens' border/interior contrast matches the real
+training screens' (crop's artifact, an optional input).  ``max_tiles`` 0 picks K from the
 distortion curve; -1 keeps every distinct tile once and maps the images exactly (no budget).
 
 With ``flips`` on (the default) a tile stands for its H, V and HV-flipped forms and map cells
@@ -43,13 +45,14 @@ from tilesets.bank import (PAD_MODES, ImageSlicer, apply_cells, fit_to_grid, nor
                            palette_swap_groups, unique_name)
 from tilesets.cells import FLIP_MASK, cell_ids
 from tilesets.pixels import join_grid
-from tilesets.dictionary import (TEXTURE_WEIGHT, Dictionary, grid_tiles, learn_dictionary,
+from tilesets.dictionary import (SEAM_WEIGHTS, TEXTURE_WEIGHT, Dictionary,
+                                 calibrate_seam_weight, grid_tiles, learn_dictionary,
                                  mean_delta_e, nes_max_distinct, parse_seam_weight, rebuild,
                                  seam_ratio)
 
 NAME = "slice"
-INPUTS = {"images": "quantize"}
-OPTIONAL_INPUTS = ()
+INPUTS = {"images": "quantize", "training_screens": "crop"}
+OPTIONAL_INPUTS = ("training_screens",)
 LIBS = ("numpy", "pillow")
 
 log = logging.getLogger("tilegan.slice")
@@ -85,12 +88,13 @@ class Params(StageParams):
                                         "tiles only copy one screen's speckle. -1 = no "
                                         "budget: every distinct tile once, images mapped "
                                         "exactly (slice before the tile budget)", min=-1)
-    seam_weight: str = param("0.2", help="how much a cell's tile must join its neighbours' "
-                                         "edges: a number >= 0 (0 = each cell on its own; "
-                                         "0.2, measured, keeps the rebuilt screens' border/"
-                                         "interior contrast within 8 % of real screens'); "
-                                         "'auto' = the smallest weight whose rebuilt screens' "
-                                         "borders are no rougher than the images' own")
+    seam_weight: str = param("auto", help="how much a cell's tile must join its neighbours' "
+                                          "edges: 'auto' = the smallest weight whose rebuilt "
+                                          "screens' border/interior contrast is within 5 % of "
+                                          "the real training screens' (the crop artifact, "
+                                          "--training-screens) or, without them, of the "
+                                          "images' own; or a number >= 0 (0 = each cell on "
+                                          "its own)")
     texture_weight: float = param(TEXTURE_WEIGHT, help="how much a cell's tile must keep the "
                                                        "cell's texture (the colour change "
                                                        "between neighbouring pixels inside "
@@ -214,8 +218,9 @@ class SliceResult:
         rebuilt cell chose, dropped), ``rebuilt_delta_e`` (mean ΔE76 of the rebuilt screens vs
         the images).
     seams : dict or None
-        With a budget: border/interior ΔE ratio of the images (``input``) and of the rebuilt
-        screens (``rebuilt``), :func:`tilesets.dictionary.seam_ratio`.
+        With a budget: border/interior ΔE ratio of the images (``input``), of the rebuilt
+        screens (``rebuilt``) and of the real training screens (``real``, -1 without them),
+        :func:`tilesets.dictionary.seam_ratio`; and the ``seam_weight`` used.
     nes_fit : NesFitReport or None
         NES mode with a budget.
     """
@@ -252,7 +257,8 @@ class SliceResult:
 
 # --------------------------------------------------------------------------- core
 def slice_images(images: Iterable[tuple[Path, np.ndarray, Optional[list]]], params: Params, *,
-                 palette_name: Optional[str] = None) -> SliceResult:
+                 palette_name: Optional[str] = None,
+                 seam_target: Optional[float] = None) -> SliceResult:
     """Cut images into tiles, learn the tile budget, and rebuild every image from it.
 
     Parameters
@@ -263,6 +269,9 @@ def slice_images(images: Iterable[tuple[Path, np.ndarray, Optional[list]]], para
     params : Params
     palette_name : str, optional
         Recorded in the tile set; in NES mode, the NES palette the tiles are fitted to.
+    seam_target : float, optional
+        Border/interior ΔE ratio of real screens (:func:`training_seam_ratio`) that
+        ``seam_weight = "auto"`` aims the rebuilt screens at; None: the images' own.
 
     Returns
     -------
@@ -282,11 +291,12 @@ def slice_images(images: Iterable[tuple[Path, np.ndarray, Optional[list]]], para
     palette = _shared_palette([s.palette for s in screens])
     if not params.budget:
         return _exact(screens, params, palette, palette_name, warnings, unusable)
-    return _budget(screens, params, palette, palette_name, warnings, unusable)
+    return _budget(screens, params, palette, palette_name, warnings, unusable, seam_target)
 
 
 def _budget(screens: list[Screen], params: Params, palette: Optional[list],
-            palette_name: Optional[str], warnings: list, unusable: list) -> SliceResult:
+            palette_name: Optional[str], warnings: list, unusable: list,
+            seam_target: Optional[float] = None) -> SliceResult:
     """The tile budget: learn, rebuild, make the tile set (NES: make it legal), measure."""
     t0 = time.perf_counter()
     dic = learn_budget(screens, params)
@@ -294,7 +304,7 @@ def _budget(screens: list[Screen], params: Params, palette: Optional[list],
              sum(s.rgba.shape[0] * s.rgba.shape[1] for s in screens) // params.tile_size ** 2,
              time.perf_counter() - t0)
     warnings += dic.warnings
-    maps = rebuild_screens(screens, dic, params)
+    maps, cal = rebuild_screens(screens, dic, params, seam_target)
     tileset = budget_tileset(dic.tiles, dict(zip([s.name for s in screens], maps)), params,
                              palette, palette_name)
     unused = len(dic) - len(tileset)
@@ -308,7 +318,9 @@ def _budget(screens: list[Screen], params: Params, palette: Optional[list],
             "curve": [[int(k), float(e)] for k, e in dic.curve], "unused": unused,
             "rebuilt_delta_e": _rebuilt_delta_e(screens, rebuilt)}
     seams = {"input": _ratio([s.rgba for s in screens], params.tile_size),
-             "rebuilt": _ratio(rebuilt, params.tile_size)}
+             "rebuilt": _ratio(rebuilt, params.tile_size),
+             "real": -1.0 if seam_target is None else float(seam_target),
+             "seam_weight": float(cal["seam_weight"])}
     return SliceResult(tileset, [int(u) for u in tileset.uses()],
                        palette_swap_groups(tileset.bank, flips=tileset.flips), warnings,
                        unusable, info, seams, nes_fit)
@@ -372,12 +384,40 @@ def learn_budget(screens: list[Screen], params: Params) -> Dictionary:
         raise InputError(f"slice: {e}") from None
 
 
-def rebuild_screens(screens: list[Screen], dic: Dictionary, params: Params) -> list[np.ndarray]:
-    """One uint32 map per screen, rebuilt from the dictionary with the seam-aware assignment
-    (NES mode: at most :func:`~tilesets.dictionary.nes_max_distinct` tiles a screen)."""
+def rebuild_screens(screens: list[Screen], dic: Dictionary, params: Params,
+                    seam_target: Optional[float] = None) -> tuple[list[np.ndarray], dict]:
+    """One uint32 map per screen, rebuilt from the dictionary with the seam- and
+    texture-aware assignment (NES mode: at most
+    :func:`~tilesets.dictionary.nes_max_distinct` tiles a screen), and the seam weight used
+    (:func:`choose_seam_weight`; ``seam_target``: the real screens' border/interior ratio
+    that ``seam_weight = "auto"`` aims at, None: the images' own)."""
     limit = nes_max_distinct(params.tile_size) if params.nes else None
-    return rebuild([s.rgba for s in screens], dic, seam_weight=params.seam(),
-                   max_distinct=limit, texture_weight=params.texture_weight)
+    cal = choose_seam_weight(screens, dic, params, seam_target)
+    return rebuild([s.rgba for s in screens], dic, seam_weight=cal["seam_weight"],
+                   max_distinct=limit, texture_weight=params.texture_weight), cal
+
+
+def choose_seam_weight(screens: list[Screen], dic: Dictionary, params: Params,
+                       seam_target: Optional[float] = None) -> dict:
+    """``{"seam_weight", "target_ratio", "source_ratio", "tried"}``: a fixed ``seam_weight``
+    as given; ``"auto"`` calibrated (:func:`tilesets.dictionary.calibrate_seam_weight`) on the
+    screens of the most common size against ``seam_target`` (None: the screens' own ratio)."""
+    lam = params.seam()
+    if lam != "auto":
+        return {"seam_weight": float(lam), "target_ratio": seam_target, "source_ratio": None,
+                "tried": []}
+    t = params.tile_size
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for s in screens:
+        by_shape.setdefault(s.rgba.shape[:2], []).append(grid_tiles(s.rgba, t))
+    group = max(by_shape.values(), key=len)
+    cal = calibrate_seam_weight(np.stack(group), dic, weights=SEAM_WEIGHTS,
+                                texture_weight=params.texture_weight,
+                                target_ratio=seam_target)
+    log.info("slice: seam weight %g (rebuilt border/interior ratio aimed at %.3f, %s)",
+             cal["seam_weight"], cal["target_ratio"],
+             "the training screens'" if seam_target is not None else "the images' own")
+    return cal
 
 
 def budget_tileset(tiles: np.ndarray, maps: dict[str, np.ndarray], params: Params,
@@ -452,6 +492,30 @@ def _rebuilt_delta_e(screens: list[Screen], rebuilt: list[np.ndarray]) -> float:
     a = np.concatenate([s.rgba.reshape(-1, 4) for s in screens])
     b = np.concatenate([r.reshape(-1, 4) for r in rebuilt])
     return mean_delta_e(a, b)
+
+
+def training_seam_ratio(items: Iterable[Any], tile_size: int, skipped: Skipped
+                        ) -> Optional[float]:
+    """Border/interior ΔE ratio (:func:`tilesets.dictionary.seam_ratio`) of real screens: a
+    crop artifact's ``screens/`` (the training screens, at native pixels on their tile grid),
+    or image files / folders.  None when no screen has a tile with any texture.  Unreadable
+    files go to ``skipped``."""
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if (p / "screens").is_dir():
+            files += sorted((p / "screens").glob("*.png"))
+        else:
+            files += expand_inputs([p])
+    screens = []
+    for _, rgba in iter_images(files, skipped, mode="RGBA"):
+        a = fit_to_grid(normalize_alpha(rgba), tile_size, "crop")
+        if a.size and a[..., 3].any():
+            screens.append(a)
+    if not screens:
+        return None
+    r = seam_ratio(screens, tile_size)["ratio"]
+    return float(r) if np.isfinite(r) and r > 0 else None
 
 
 def _ratio(images: list[np.ndarray], t: int) -> float:
@@ -621,14 +685,19 @@ def run(inputs: dict[str, list[Any]], params: Params, out_dir: Path,
     """Slice images into a tile budget and per-image maps rebuilt from it.
 
     ``inputs["images"]``: quantize's artifact folder, or image files / folders / globs.
+    ``inputs["training_screens"]`` (optional): crop's artifact (or real screens as files or
+    folders), whose border/interior ratio ``seam_weight = "auto"`` aims the rebuild at.
     Writes the :class:`TileSet` and ``slice.json`` into ``out_dir``; returns the summary
     (:meth:`SliceResult.summary` plus ``skipped``).
     """
     items = inputs.get("images") or []
     files = _image_files(items)
     skipped = Skipped(logger=log)
+    target = None
+    if inputs.get("training_screens") and params.budget and params.seam() == "auto":
+        target = training_seam_ratio(inputs["training_screens"], params.tile_size, skipped)
     result = slice_images(_decoded(files, skipped, progress), params,
-                          palette_name=_palette_name(items))
+                          palette_name=_palette_name(items), seam_target=target)
     for u in result.unusable:
         skipped.add(u.path, f"{u.path}: {u.reason}")
     if not result.tileset.maps:

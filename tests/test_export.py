@@ -689,3 +689,14 @@ def test_max_sample_maps_0_writes_every_screen():
     assert len(maps) > 16
     assert len(_core(bank, maps, max_sample_maps=0).sample_maps) == len(maps)
     assert len(_core(bank, maps).sample_maps) == 16        # the default
+
+
+def test_report_seams_show_the_real_screens_ratio_when_slice_had_them():
+    from stages._report import _section_seams
+
+    summary = {"level": {"seams": {"screens": {"border": 12.3, "interior": 6.9, "ratio": 1.78},
+                                   "level": {"border": 12.6, "interior": 7.1, "ratio": 1.78}}}}
+    info = {"slice": {"summary": {"seam_ratio": {"real": 1.509, "seam_weight": 0.4}}}}
+    html = _section_seams(summary, info)
+    assert "real training screens" in html and "1.509" in html and "seam weight 0.4" in html
+    assert "real training screens" not in _section_seams(summary, {})

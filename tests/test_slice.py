@@ -11,6 +11,7 @@ from PIL import Image
 from stages import slice as sl
 from stages._common import InputError, ParamError
 from tilesets import bank as B
+from tilesets import dictionary as D
 from tilesets.artifacts import TileSet
 from tilesets.cells import ID_MASK, Flip
 
@@ -276,7 +277,40 @@ def test_budget_records_the_dictionary_and_the_seams():
     r = _budget(images)
     d = r.dictionary
     assert d["k_requested"] is None and d["curve"] and d["k_learned"] >= len(r.tileset)
-    assert d["distortion"] >= 0 and set(r.seams) == {"input", "rebuilt"}
+    assert d["distortion"] >= 0 and set(r.seams) == {"input", "rebuilt", "real", "seam_weight"}
+    assert r.seams["real"] == -1.0                       # no training screens given
+
+
+def test_auto_seam_weight_aims_at_the_training_screens_ratio():
+    images, _ = _screens(_blocky(6), speckle=0.04)
+    rough = sl.slice_images(images, sl.Params(), seam_target=100.0)    # real borders: strong
+    smooth = sl.slice_images(images, sl.Params(), seam_target=0.01)    # real borders: none
+    assert rough.seams["seam_weight"] == 0.0
+    assert smooth.seams["seam_weight"] == max(D.SEAM_WEIGHTS)
+    assert smooth.seams["rebuilt"] < rough.seams["rebuilt"]
+    fixed = sl.slice_images(images, sl.Params(seam_weight="0.3"), seam_target=0.01)
+    assert fixed.seams["seam_weight"] == 0.3                           # a number is kept
+
+
+def test_run_reads_the_training_screens_of_a_crop_artifact(tmp_path):
+    images, _ = _screens(_blocky(6), n=8, speckle=0.03)
+    src = tmp_path / "q"
+    src.mkdir()
+    for path, rgba, _ in images:
+        Image.fromarray(rgba).save(src / path.name)
+    crop_art = tmp_path / "crop" / "screens"
+    crop_art.mkdir(parents=True)
+    real = [rgba for _, rgba, _ in _screens(_blocky(6), n=4, seed=7)[0]]
+    for i, rgba in enumerate(real):
+        Image.fromarray(rgba).save(crop_art / f"r{i}.png")
+    Image.new("RGB", (4, 4)).save(crop_art / "tiny.png")            # no tile: left out
+    (crop_art / "broken.png").write_bytes(b"not a png")             # unreadable: skipped
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = sl.run({"images": [src], "training_screens": [crop_art.parent]}, sl.Params(), out)
+    info = json.loads((out / "slice.json").read_text())
+    assert info["seams"]["real"] == pytest.approx(D.seam_ratio(real, 16)["ratio"])
+    assert any("broken.png" in str(k) for k in summary["skipped"])
 
 
 def test_same_seed_same_bank():
@@ -297,12 +331,12 @@ def test_texture_weight_is_checked_and_reaches_the_rebuild():
     dic = Dictionary(tiles=np.stack([grey, stripes]), counts=np.ones(2, np.int64), flips=False)
     shots = [sl.Screen(name="a", rgba=np.concatenate([dither, dither], 1), palette=None)]
     for weight, want in ((0.0, 0), (sl.Params().texture_weight, 1)):
-        (m,) = sl.rebuild_screens(shots, dic, sl.Params(texture_weight=weight, seam_weight="0"))
+        (m,), _ = sl.rebuild_screens(shots, dic, sl.Params(texture_weight=weight, seam_weight="0"))
         assert (m & 0xFFFFFFF).tolist() == [[want, want]]
 
 
 def test_fixed_seam_weight_is_a_number_or_auto():
-    assert sl.Params(seam_weight="0.5").seam() == 0.5 and sl.Params().seam() == 0.2
+    assert sl.Params(seam_weight="0.5").seam() == 0.5 and sl.Params().seam() == "auto"
     assert sl.Params(seam_weight="auto").seam() == "auto"
     for bad in ("-1", "heavy", "nan"):
         with pytest.raises(ParamError, match="seam_weight must be 'auto' or a number >= 0"):

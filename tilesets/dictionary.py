@@ -78,7 +78,7 @@ from tilesets.cells import ORIENTATIONS, encode_cells, flip_tile, flip_variants
 from tilesets.pixels import join_grid, lab_of_pixels, pack_colours
 
 __all__ = ["ALPHA_DE", "AUTO_GAIN", "AUTO_MIN_USES", "K_CAP", "NES_MAX_DISTINCT", "SEAM_WEIGHTS",
-           "TEXTURE_WEIGHT",
+           "SEAM_TOLERANCE", "TEXTURE_WEIGHT",
            "Dictionary", "learn_dictionary", "assign", "calibrate_seam_weight",
            "parse_seam_weight", "rebuild", "render", "grid_tiles", "distinct_tiles",
            "tile_distance", "nes_max_distinct", "mean_delta_e", "isolated_rate", "seam_ratio"]
@@ -795,21 +795,26 @@ def assign(cells: np.ndarray, dictionary: Union[Dictionary, np.ndarray], *,
 
 #: seam weights tried by :func:`calibrate_seam_weight`, smallest first
 SEAM_WEIGHTS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+#: :func:`calibrate_seam_weight` stops at the first weight whose rebuilt ratio is at most the
+#: target ratio × (1 + this): every step up the ladder flattens the art a little more
+SEAM_TOLERANCE = 0.05
 
 
 def calibrate_seam_weight(cells: np.ndarray, dictionary: Union[Dictionary, np.ndarray], *,
                           flips: Optional[bool] = None, candidates: int = 8, sweeps: int = 8,
                           weights: Sequence[float] = SEAM_WEIGHTS,
                           texture_weight: float = TEXTURE_WEIGHT,
-                          target_ratio: Optional[float] = None) -> dict:
+                          target_ratio: Optional[float] = None,
+                          tolerance: float = SEAM_TOLERANCE) -> dict:
     """The smallest seam weight whose rebuilt screens' seams are no stronger than the cells'.
 
     Rebuilding each cell on its own makes borders rougher than the screen's (the errors of
     neighbouring cells do not agree), while a large weight smooths the art away.  The screens
     being rebuilt say how strong their seams should be: the ratio of the mean ΔE76 between
     pixels that touch across tile borders to that between neighbouring pixels inside tiles
-    (the generator learned it from real screens).  This tries ``weights`` in order and keeps
-    the first whose rebuilt screens' ratio is at most the cells' own (the largest if none is).
+    (the generator learned it from real screens; better, give the real screens' ratio as
+    ``target_ratio``).  This tries ``weights`` in order and keeps the first whose rebuilt
+    screens' ratio is at most the target × (1 + ``tolerance``) (the largest if none is).
 
     Parameters
     ----------
@@ -820,6 +825,8 @@ def calibrate_seam_weight(cells: np.ndarray, dictionary: Union[Dictionary, np.nd
     target_ratio : float, optional
         The border/interior ratio to reach instead of the cells' own: real screens' ratio, when
         the screens being rebuilt are generated ones (:func:`seam_ratio` of real screens).
+    tolerance : float
+        How far above the target the rebuilt ratio may stay (a share, ≥ 0).
 
     Returns
     -------
@@ -829,7 +836,7 @@ def calibrate_seam_weight(cells: np.ndarray, dictionary: Union[Dictionary, np.nd
     """
     prob = _Problem.build(cells, dictionary, flips=flips, candidates=candidates,
                           texture_weight=texture_weight)
-    return prob.calibrate(weights, sweeps, target_ratio)
+    return prob.calibrate(weights, sweeps, target_ratio, tolerance)
 
 
 def parse_seam_weight(value: Union[float, str]) -> Union[float, str]:
@@ -861,7 +868,7 @@ def parse_seam_weight(value: Union[float, str]) -> Union[float, str]:
 def _check_seam_weight(seam_weight, prob: "_Problem", sweeps: int) -> float:
     lam = parse_seam_weight(seam_weight)
     if lam == "auto":
-        return prob.calibrate(SEAM_WEIGHTS, sweeps)["seam_weight"]
+        return prob.calibrate(SEAM_WEIGHTS, sweeps, None, SEAM_TOLERANCE)["seam_weight"]
     return float(lam)
 
 
@@ -942,7 +949,9 @@ class _Problem:
         return (float(de.mean()) if de.size else 0.0), float(inner.mean())
 
     def calibrate(self, weights: Sequence[float], sweeps: int,
-                  target_ratio: Optional[float] = None) -> dict:
+                  target_ratio: Optional[float] = None, tolerance: float = 0.0) -> dict:
+        if not 0 <= tolerance < float("inf"):
+            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
         border, inner = self.seams()
         source = border / inner if inner > 0 else np.inf
         target = source if target_ratio is None else float(target_ratio)
@@ -950,7 +959,7 @@ class _Problem:
         for lam in weights:
             b, i = self.seams(self.solve(lam, sweeps))
             tried.append((float(lam), b / i if i > 0 else np.inf))
-            if b <= target * i or self.h is None:
+            if b <= target * (1 + tolerance) * i or self.h is None:
                 break
         return {"seam_weight": tried[-1][0], "source_ratio": float(source),
                 "target_ratio": float(target), "tried": tried}
