@@ -190,13 +190,22 @@ def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dic
     def levels(r: dict) -> str:
         return " / ".join(f"{v:.0f}" for v in r["levels"])
 
+    sys.path.insert(0, str(ROOT / "bench"))
+    from quality_tiles import grid_alignment
+
+    def grid(images: np.ndarray) -> str:
+        rgba = np.concatenate([images, np.full(images.shape[:3] + (1,), 255, np.uint8)], -1)
+        on, off, _ = grid_alignment(list(rgba))
+        return f"{on:.2f} / {off:.2f}"
+
     out = ["| images | SWD raw | SWD after quantize | per level (fine → coarse) | "
            "SWD after the tile budget | isolated px after quantize | colours / 16-px tile "
-           "after quantize |",
-           "|---|---|---|---|---|---|---|",
+           "after quantize | border/interior on the 16-px grid / best off it |",
+           "|---|---|---|---|---|---|---|---|",
            f"| real: train vs held back, both quantized with no clean-up (floor) | "
            f"{raw_floor:.1f} | {floor['swd']:.1f} | {levels(floor)} | - | "
-           f"{isolated_share(hold_q):.2%} | {colours_per_tile(hold_q).mean():.2f} |"]
+           f"{isolated_share(hold_q):.2%} | {colours_per_tile(hold_q).mean():.2f} | "
+           f"{grid(hold_q)} |"]
     for name, fake in samples.items():
         fq = quantized(fake, work / f"q_after_{name}")
         r = swd(fq, hold_q, seed=seed)
@@ -205,7 +214,7 @@ def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dic
                    f"{r['swd']:.1f} ({r['swd'] / floor['swd']:.2f}× floor) | {levels(r)} | "
                    f"{t['swd']:.1f} ({t['swd'] / floor['swd']:.2f}×; {levels(t)}) | "
                    f"{isolated_share(fq):.2%} (raw {isolated_share(fake):.1%}) | "
-                   f"{colours_per_tile(fq).mean():.2f} |")
+                   f"{colours_per_tile(fq).mean():.2f} | {grid(fq)} |")
     return out
 
 

@@ -22,7 +22,9 @@ seam weight a calibration against the real screens' border ratio would pick.  Fi
   distinct up to a flip in Tiled mode;
 * isolated pixels (unlike all in-tile 8-neighbours): the dictionary's tiles vs the real
   screens' tiles (and the rebuilt and unreduced samples' cells);
-* seams: mean ΔE76 across tile borders / inside tiles, rebuilt vs real;
+* seams: mean ΔE76 across tile borders / inside tiles, rebuilt vs real, and of a 64×15 level
+  made by export's Wave Function Collapse from the rebuilt maps (``tilesets.wfc.make_level``
+  with export's defaults);
 * SWD (``stages._metrics.swd``, sample-sized crops of the held-back screens on the tile grid)
   of the rebuilt samples and of the unreduced quantised samples against the held-back
   screens, with the real-vs-real floor (other real screens' crops, as many as there are
@@ -161,14 +163,18 @@ def main() -> None:
     grids = [D.grid_tiles(s, TILE) for s in samples]
     same_shape = len({g.shape for g in grids}) == 1
     s_real = D.seam_ratio(held, TILE)
+    s_train = D.seam_ratio(other, TILE)              # what slice aims at: the training screens
     cal = D.calibrate_seam_weight(np.stack(grids), dic, texture_weight=mu,
-                                  target_ratio=s_real["ratio"]) if same_shape else None
+                                  target_ratio=s_train["ratio"]) if same_shape else None
+    if lam == "auto":
+        lam = cal["seam_weight"] if cal is not None else "auto"
     t0 = time.perf_counter()
     maps = D.rebuild(samples, dic, seam_weight=lam, texture_weight=mu, max_distinct=limit)
     t_rebuild = time.perf_counter() - t0
     draw = [D.render(dic.tiles, *decode_cells(m)) for m in maps]
     variants = {"rebuilt, seam weight 0": dict(seam_weight=0.0, texture_weight=mu),
-                "rebuilt, texture weight 0": dict(seam_weight=lam, texture_weight=0.0)}
+                "rebuilt, old defaults (seam weight 0.2, texture weight 0)":
+                    dict(seam_weight=0.2, texture_weight=0.0)}
     other_draws = {name: [D.render(dic.tiles, *decode_cells(m))
                           for m in D.rebuild(samples, dic, max_distinct=limit, **kw)]
                    for name, kw in variants.items()}
@@ -183,10 +189,10 @@ def main() -> None:
         print(f"  warning: {w}")
     if cal is not None:
         tried = ", ".join(f"{lam:g}: {r:.3f}" for lam, r in cal["tried"])
-        print(f"seam weight {lam:g}, texture weight {mu:g}; calibrated to the real screens' "
-              f"border/interior ratio {cal['target_ratio']:.3f} the seam weight would be "
-              f"{cal['seam_weight']:g} (samples' own ratio {cal['source_ratio']:.3f}; rebuilt "
-              f"ratio by weight: {tried})")
+        print(f"seam weight {lam}, texture weight {mu:g}; calibrated to the training screens' "
+              f"border/interior ratio {cal['target_ratio']:.3f} (as slice does) the seam weight "
+              f"is {cal['seam_weight']:g} (samples' own ratio {cal['source_ratio']:.3f}; "
+              f"rebuilt ratio by weight: {tried})")
 
     real_cells = cells(held)
     n = min(sum(len(c) for c in sample_cells), sum(len(c) for c in real_cells))
@@ -207,6 +213,23 @@ def main() -> None:
         on, off, where = grid_alignment(ims)
         print(f"  grid alignment of the {name}: ratio {on:.3f} on the tile grid, at most "
               f"{off:.3f} off it (shift {where[0]},{where[1]} px)")
+    from functools import partial
+
+    from stages.export import Params as ExportParams
+    from tilesets import wfc
+    from tilesets.cells import cell_tiles
+
+    ep = ExportParams()
+    level = wfc.make_level(maps, partial(cell_tiles, dic.tiles), width=ep.level_width,
+                           height=ep.level_height, seed=ep.seed, attempts=ep.wfc_attempts,
+                           seams=ep.level_seams, chunk=ep.level_chunk,
+                           reuse_penalty=ep.level_reuse_penalty, model=ep.level_model,
+                           time_limit=60.0)
+    lv = (level.stats.get("seams") or {}).get("level") or {}
+    if lv.get("ratio"):
+        print(f"  level ({ep.level_width}x{ep.level_height}, {level.stats.get('model')} model): "
+              f"{lv['ratio']:.3f} ({lv['border']:.2f} / {lv['interior']:.2f}), "
+              f"{lv['ratio'] / s_real['ratio'] - 1:+.1%} vs real (target within 15 %)")
     for name, ims in [("rebuilt", draw), *other_draws.items(), ("unreduced samples", samples)]:
         s = D.seam_ratio(ims, TILE)
         print(f"  {name}: {s['ratio']:.3f} ({s['border']:.2f} / {s['interior']:.2f}), "
