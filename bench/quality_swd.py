@@ -161,10 +161,11 @@ def quantized(images: np.ndarray, work: Path, *, cleanup: "int | None" = None) -
     return np.stack([load_image(f) for f in sorted(dst.glob("s_*.png"))])
 
 
-def tile_budget(images: np.ndarray) -> np.ndarray:
-    """Quantised RGB images rebuilt from a tile budget learned on all their 16×16 cells, with
-    slice's defaults (automatic K, seam and texture weights): what the user's maps show."""
-    from stages.slice import Params
+def tile_budget(images: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Quantised RGB images rebuilt from a tile budget learned on all their 16×16 cells, as
+    slice does in the pipeline (automatic K, texture weight, the seam weight calibrated against
+    the border/interior ratio of ``real``, the real training patches): what the maps show."""
+    from stages.slice import Params, Screen, rebuild_screens
     from tilesets import dictionary as D
     from tilesets.cells import decode_cells
 
@@ -172,7 +173,9 @@ def tile_budget(images: np.ndarray) -> np.ndarray:
     rgba = np.concatenate([images, np.full(images.shape[:3] + (1,), 255, np.uint8)], -1)
     cells = np.concatenate([D.grid_tiles(im, 16).reshape(-1, 16, 16, 4) for im in rgba])
     dic = D.learn_dictionary(cells, seed=p.seed)
-    maps = D.rebuild(list(rgba), dic, seam_weight=p.seam(), texture_weight=p.texture_weight)
+    target = D.seam_ratio(list(real), 16)["ratio"]
+    maps, _ = rebuild_screens([Screen(f"s{i}", im, None) for i, im in enumerate(rgba)], dic, p,
+                              seam_target=target)
     return np.stack([D.render(dic.tiles, *decode_cells(m))[..., :3] for m in maps])
 
 
@@ -209,7 +212,7 @@ def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dic
     for name, fake in samples.items():
         fq = quantized(fake, work / f"q_after_{name}")
         r = swd(fq, hold_q, seed=seed)
-        t = swd(tile_budget(fq), hold_q, seed=seed)
+        t = swd(tile_budget(fq, train_pick), hold_q, seed=seed)
         out.append(f"| {name} (quantize defaults) | {swd(fake, hold, seed=seed)['swd']:.1f} | "
                    f"{r['swd']:.1f} ({r['swd'] / floor['swd']:.2f}× floor) | {levels(r)} | "
                    f"{t['swd']:.1f} ({t['swd'] / floor['swd']:.2f}×; {levels(t)}) | "
