@@ -9,7 +9,9 @@ from an explicit :class:`torch.Generator`, so a training step is reproducible fr
 Policies: ``"translation"`` (integer shifts up to 1/8 of the side, zero fill; whole pixels
 keep pixel art crisp), ``"tiles"`` (shifts by whole 16-px tiles, wrapped around: every pixel
 stays on its place in the tile grid, so D can still tell art drawn on the grid from art drawn
-off it, and the wrapped edge is a tile border like any other), ``"cutout"`` (one zeroed square of half the side), ``"color"``
+off it, and the wrapped edge is a tile border like any other), ``"grid8"`` (as
+``"translation"``, but in whole steps of 8 px, the NES pattern grid: D keeps seeing where the
+8-px grid lies), ``"cutout"`` (one zeroed square of half the side), ``"color"``
 (brightness, saturation, contrast; alpha is left alone for RGBA).
 
 torch is imported inside the ops, so :func:`parse_policy` checks a policy without it.
@@ -21,7 +23,11 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     import torch
 
-POLICIES = ("translation", "tiles", "cutout", "color")
+POLICIES = ("translation", "grid8", "tiles", "cutout", "color")
+
+#: the step of ``"grid8"``'s shifts: the NES pattern grid (8×8), so a shift keeps every pixel's
+#: place in the 8-px grid (and, shifted by 8 or 16, in the 16-px tile grid's halves)
+GRID_STEP = 8
 
 #: the tile grid ``"tiles"`` keeps (pixels); a side that is not a multiple of it is left alone
 TILE = 16
@@ -59,6 +65,8 @@ def diff_augment(x: torch.Tensor, ops: tuple[str, ...], *,
             x = augment_translation(x, generator=generator)
         elif op == "tiles":
             x = augment_tiles(x, generator=generator)
+        elif op == "grid8":
+            x = augment_translation(x, generator=generator, step=GRID_STEP)
         elif op == "cutout":
             x = augment_cutout(x, generator=generator)
         else:
@@ -87,16 +95,19 @@ def augment_color(x: torch.Tensor, *, generator: Optional[torch.Generator] = Non
 
 
 def augment_translation(x: torch.Tensor, ratio: float = 0.125, *,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Shift each image by whole pixels, up to ``ratio`` of its side, filling with zeros."""
+                        generator: Optional[torch.Generator] = None, step: int = 1) -> torch.Tensor:
+    """Shift each image by whole pixels, up to ``ratio`` of its side, filling with zeros;
+    ``step`` > 1 shifts only by multiples of it (at least one step either way)."""
     import torch
 
     b, _, h, w = x.shape
     ry, rx = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    if step > 1:
+        ry, rx = max(ry, step) // step * step, max(rx, step) // step * step
     if ry == 0 and rx == 0:
         return x
-    dy = torch.randint(-ry, ry + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(-rx, rx + 1, (b,), generator=generator).to(x.device)
+    dy = torch.randint(-(ry // step), ry // step + 1, (b,), generator=generator).to(x.device) * step
+    dx = torch.randint(-(rx // step), rx // step + 1, (b,), generator=generator).to(x.device) * step
     c = x.shape[1]
     xp = torch.nn.functional.pad(x, (rx, rx, ry, ry)).contiguous()           # (B, C, H+2ry, W+2rx)
     wp = w + 2 * rx

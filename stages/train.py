@@ -106,8 +106,9 @@ class Params(StageParams):
                                "images (ProGAN's variety check; 0 = off).", min=0)
     diffaug: str = param("translation",
                          help="DiffAugment ops applied to everything D sees, comma separated "
-                              "(translation, tiles = whole-tile shifts that keep the 16-px "
-                              "grid, cutout, color); empty = off.")
+                              "(translation, grid8 = shifts in whole 8-px steps, tiles = "
+                              "whole-tile wrapped shifts that keep the 16-px grid, cutout, "
+                              "color); empty = off.")
     ema: float = param(0.999, help="Decay of the generator EMA used for grids, SWD and sampling "
                                    "(0 = off; below 1).", min=0)
     mode_seeking: float = param(0.0, help="Weight of the mode-seeking term (MSGAN): G is pushed "

@@ -253,6 +253,19 @@ def test_tile_translation_keeps_every_pixel_on_its_grid_place():
     assert torch.equal(augment_tiles(odd), odd)                 # off the 16-px grid: left alone
 
 
+def test_grid8_translation_shifts_by_whole_8px_steps():
+    b, h, w = 32, 64, 64
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    x = torch.stack([ys % 8 + 1, xs % 8 + 1]).float()[None].repeat(b, 1, 1, 1)
+    y = augment_translation(x, generator=torch.Generator().manual_seed(3), step=8)
+    inside = y[:, 0] > 0                                   # zero fill where nothing came in
+    assert torch.equal(y[:, :2][inside[:, None].expand(-1, 2, -1, -1)],
+                       x[:, :2][inside[:, None].expand(-1, 2, -1, -1)])   # same 8-px grid place
+    assert (~inside).any(dim=(1, 2)).sum() > b // 2                     # most images moved
+    z = diff_augment(x, parse_policy("grid8"), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(z, y)
+
+
 def test_diffaug_keeps_shape_and_gradients():
     x = torch.rand(3, 4, 16, 16, requires_grad=True)
     y = diff_augment(x, parse_policy("translation,tiles,cutout,color"),
