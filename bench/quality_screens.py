@@ -71,7 +71,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from quality_swd import quantized
-    from quality_tiles import grid_alignment
+    from quality_tiles import grid_alignment_text as grid
     from stages._metrics import swd
     from stages.sample import load_generator, sample_images
 
@@ -85,10 +85,6 @@ def main() -> None:
     work = args.work / "screens"
     held_q = quantized(held, work / "q_held", cleanup=0)
 
-    def grid(images: np.ndarray) -> str:
-        rgba = np.concatenate([images, np.full(images.shape[:3] + (1,), 255, np.uint8)], -1)
-        on, off, _ = grid_alignment(list(rgba))
-        return f"{on:.2f} / {off:.2f}"
 
     def row(name: str, images: np.ndarray, q: np.ndarray) -> str:
         r = swd(q, held_q, seed=args.seed)

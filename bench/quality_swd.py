@@ -194,12 +194,7 @@ def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dic
         return " / ".join(f"{v:.0f}" for v in r["levels"])
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from quality_tiles import grid_alignment
-
-    def grid(images: np.ndarray) -> str:
-        rgba = np.concatenate([images, np.full(images.shape[:3] + (1,), 255, np.uint8)], -1)
-        on, off, _ = grid_alignment(list(rgba))
-        return f"{on:.2f} / {off:.2f}"
+    from quality_tiles import grid_alignment_text as grid
 
     out = ["| images | SWD raw | SWD after quantize | per level (fine → coarse) | "
            "SWD after the tile budget | isolated px after quantize | colours / 16-px tile "

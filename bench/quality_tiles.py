@@ -119,6 +119,14 @@ def grid_alignment(images: list[np.ndarray]) -> tuple[float, float, tuple[int, i
     return at(0, 0), off[best], best
 
 
+def grid_alignment_text(images: np.ndarray) -> str:
+    """``"on / best off"`` of :func:`grid_alignment` for a stack of RGB (or RGBA) images."""
+    if images.shape[-1] == 3:
+        images = np.concatenate([images, np.full(images.shape[:3] + (1,), 255, np.uint8)], -1)
+    on, off, _ = grid_alignment(list(images))
+    return f"{on:.2f} / {off:.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, default=ROOT / "out" / "cache")

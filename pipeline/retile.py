@@ -31,9 +31,10 @@ def retile_cmd(
              "pixels.")] = "crop",
     seam_weight: Annotated[str, typer.Option(
         help="'auto' or a number >= 0: how much tiles must join their neighbours.")] = "auto",
-    texture_weight: Annotated[float, typer.Option(
+    texture_weight: Annotated[Optional[float], typer.Option(
         help="How much a cell's tile must keep the cell's texture (>= 0; 0 = nearest colours "
-             "only, which flattens textures).")] = 16.0,
+             "only, which flattens textures). Default: the retile stage's (16).",
+        show_default=False)] = None,
     native: Annotated[bool, typer.Option(
         "--native/--no-native", help="Undo an integer nearest-neighbour upscale first (a "
                                      "3x screenshot is retiled at its native pixels).")] = True,
@@ -52,8 +53,9 @@ def retile_cmd(
     from .cli import _setup_logging
 
     _setup_logging(verbose)
+    extra = {} if texture_weight is None else {"texture_weight": texture_weight}
     params = R.Params(pad_mode=pad_mode, seam_weight=seam_weight, native=native, nes=nes,
-                      texture_weight=texture_weight)
+                      **extra)
     cfg = load_config(config, load_all())
     if tileset is None:
         tileset = cached_tileset(C.Store(cfg.cache))

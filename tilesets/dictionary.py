@@ -885,11 +885,12 @@ class _Problem:
         s, r, c = src.shape[:3]
         self.screens = s
         m = max(1, min(candidates, int(allowed.sum())))
-        cand, unary = _top_candidates(src, var, allowed, m, self.texture_weight)
+        self._var_inner: Optional[np.ndarray] = _inner_de(var) if self.texture_weight else None
+        cand, unary = _top_candidates(src, var, allowed, m, self.texture_weight,
+                                      self._var_inner)
         self.cand = cand.reshape(s, r, c, m)
         self.unary = unary.reshape(s, r, c, m)
         self.h = self.v = None
-        self._var_inner: Optional[np.ndarray] = None
         if r * c > 1 and m > 1:
             self.h, self.v = _pair_tables(var, self.cand)
 
@@ -995,9 +996,11 @@ def _unary(src: np.ndarray, var: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 
 
 def _top_candidates(src: np.ndarray, var: np.ndarray, allowed: np.ndarray, m: int,
-                    texture_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                    texture_weight: float = 0.0, var_inner: Optional[np.ndarray] = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Each cell's ``m`` best allowed variants by the unary term (per-pixel error plus
-    ``texture_weight`` × squared texture difference), best first.
+    ``texture_weight`` × squared texture difference), best first; ``var_inner`` is
+    :func:`_inner_de` of ``var`` when the caller has it.
 
     Returns (variant ids (n, m) int64, unary cost (n, m) float32)."""
     x = src.reshape(-1, var[0].size)
@@ -1006,7 +1009,7 @@ def _top_candidates(src: np.ndarray, var: np.ndarray, allowed: np.ndarray, m: in
     cost = np.empty((n, m), np.float32)
     if texture_weight:
         tex_src = _inner_de(src.reshape((n,) + src.shape[3:])).astype(np.float32)
-        tex_var = _inner_de(var).astype(np.float32)
+        tex_var = (_inner_de(var) if var_inner is None else var_inner).astype(np.float32)
     for s, e in _chunks(n, len(var)):
         d = _unary(x[s:e].reshape((e - s, 1, 1) + src.shape[3:]), var, allowed)
         if texture_weight:
