@@ -67,6 +67,11 @@ class GANConfig:
         Class-conditional networks (empty = unconditional): the style names (source games),
         label ``i`` is ``classes[i]``.  G concatenates a learned embedding of the label to its
         noise; D adds a projection term (Miyato & Koyama's projection discriminator).
+    class_share : tuple of float
+        Each class's share of the training patches (same order as ``classes``; empty =
+        equal shares, as in checkpoints written before it was recorded).  Sampling without a
+        style asked for draws the styles in these proportions (:meth:`style_prior`), so the
+        mixture matches the corpus: a one-screen style is not a quarter of the samples.
     """
 
     height: int = 64
@@ -84,11 +89,22 @@ class GANConfig:
     palette: tuple = ()
     gumbel_tau: float = 1.0
     classes: tuple = ()
+    class_share: tuple = ()
 
     @property
     def n_classes(self) -> int:
         """Number of styles of a conditional model (0 = unconditional)."""
         return len(self.classes)
+
+    def style_prior(self) -> tuple:
+        """Each class's sampling probability: ``class_share`` normalised, else equal shares
+        (empty for an unconditional model)."""
+        if not self.classes:
+            return ()
+        if not self.class_share:
+            return tuple(1.0 / len(self.classes) for _ in self.classes)
+        total = float(sum(self.class_share))
+        return tuple(float(s) / total for s in self.class_share)
 
     @property
     def embed_dim(self) -> int:
@@ -150,6 +166,11 @@ class GANConfig:
                 raise ValueError(f"gumbel_tau must be positive, got {self.gumbel_tau}")
         if len(self.classes) == 1:
             raise ValueError("a conditional model needs at least 2 classes")
+        if self.class_share and (len(self.class_share) != len(self.classes)
+                                 or not all(float(s) >= 0 for s in self.class_share)
+                                 or not sum(self.class_share) > 0):
+            raise ValueError(f"class_share must hold one non-negative share per class "
+                             f"({len(self.classes)}) with a positive sum, got {self.class_share}")
         if self.n_up < 2 or max(self.base) > 4 * min(self.base):
             raise ValueError(f"image size {self.height}x{self.width} cannot be built by doubling: "
                              "use sides such as 32, 64, 128 or 256x224")
@@ -165,7 +186,35 @@ class GANConfig:
             kw["palette"] = tuple(tuple(int(x) for x in c) for c in kw["palette"])
         if "classes" in kw:
             kw["classes"] = tuple(str(c) for c in kw["classes"])
+        if "class_share" in kw:
+            kw["class_share"] = tuple(float(x) for x in kw["class_share"])
         return cls(**kw)
+
+
+#: Fractional part of the golden ratio: (i + 0.5) times it, modulo 1, spreads any run of
+#: consecutive indices evenly over [0, 1) (a low-discrepancy sequence).
+_GOLDEN = 0.6180339887498949
+
+
+def prior_labels(prior: "tuple | list", n: int, *, start: int = 0) -> list:
+    """Labels ``start .. start + n - 1`` of a deterministic sequence whose label frequencies
+    follow ``prior`` (probabilities, one per class) on every run of consecutive indices, each
+    class within a label or two of its expected count, the classes interleaved.
+
+    It gives SWD samples, grids and batch-norm calibration the corpus's mixture of styles
+    without drawing random numbers (so their noise stays fixed).
+    """
+    cum, acc = [], 0.0
+    for p in prior:
+        acc += float(p)
+        cum.append(acc)
+    if not cum:
+        return []
+    out = []
+    for i in range(start, start + n):
+        u = ((i + 0.5) * _GOLDEN) % 1.0 * acc
+        out.append(next((k for k, c in enumerate(cum) if u < c), len(cum) - 1))
+    return out
 
 
 def max_d_scales(side: int) -> int:

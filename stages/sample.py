@@ -154,8 +154,8 @@ def sample_size(cfg: GANConfig, *, width: int = 0, height: int = 0) -> tuple[int
 
 def style_labels(cfg: GANConfig, n: int, *, like: str = "", seed: int = 0) -> "Any":
     """(n,) int64 labels for a conditional generator: all ``like``'s index, or seeded random
-    styles (a stream of their own, so the noise of ``seed`` is the same either way); None for
-    an unconditional one.
+    styles drawn in the training corpus's proportions (``GANConfig.style_prior``; a stream of
+    their own, so the noise of ``seed`` is the same either way); None for an unconditional one.
 
     Raises
     ------
@@ -176,7 +176,9 @@ def style_labels(cfg: GANConfig, n: int, *, like: str = "", seed: int = 0) -> "A
                              f"{', '.join(cfg.classes)}", field="like")
         return torch.full((n,), cfg.classes.index(like), dtype=torch.int64)
     g = torch.Generator().manual_seed(int(seed) + 2_000_003)
-    return torch.randint(0, cfg.n_classes, (n,), generator=g)
+    prior = torch.tensor(cfg.style_prior(), dtype=torch.float64)
+    return torch.multinomial(prior, n, replacement=True, generator=g) if n else \
+        torch.zeros(0, dtype=torch.int64)
 
 
 def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128,

@@ -209,10 +209,10 @@ def resolve_d_scales(p: Params) -> int:
 
 
 def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None,
-               classes: tuple = ()) -> GANConfig:
+               classes: tuple = (), class_share: tuple = ()) -> GANConfig:
     """The network architecture these parameters train (``palette`` (K, 3) uint8: the colours
     of ``output = "palette"``, see :func:`corpus_palette`; ``classes``: the style names of a
-    ``conditional`` model)."""
+    ``conditional`` model, ``class_share`` their shares of the training patches)."""
     pal = () if palette is None or p.output != "palette" else tuple(
         tuple(int(x) for x in c) for c in palette)
     return GANConfig(height=p.size, width=p.size, channels=channels, nz=p.nz, ngf=p.ngf,
@@ -220,7 +220,8 @@ def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None,
                      d_scales=resolve_d_scales(p), mbstd=p.mbstd,
                      g_arch="fcn" if p.spatial_noise else "dcgan", output=p.output,
                      palette=pal, gumbel_tau=float(p.gumbel_tau),
-                     classes=tuple(classes) if p.conditional else ())
+                     classes=tuple(classes) if p.conditional else (),
+                     class_share=tuple(class_share) if p.conditional else ())
 
 
 def corpus_palette(images: np.ndarray, k: int) -> np.ndarray:
@@ -842,7 +843,7 @@ class Trainer:
             for i in range(0, n, batch):
                 k = min(batch, n - i)
                 self.G_ema(torch.randn(k, *self.cfg.noise_shape(), generator=gen).to(self.device),
-                           self.cycle_labels(k, start=i))
+                           self.mixture_labels(k, start=i))
         self.G_ema.eval()
         for m, mom in zip(bns, saved):
             m.momentum = mom
@@ -853,18 +854,23 @@ class Trainer:
         return all(bool(torch.isfinite(t).all()) for m in (self.G, self.D)
                    for t in m.state_dict().values() if t.is_floating_point())
 
-    def cycle_labels(self, n: int, *, start: int = 0) -> "Any":
-        """Labels start, start+1, ... modulo the number of styles (None when unconditional):
-        the styles of grids, SWD samples and batch-norm calibration, every style in turn."""
+    def mixture_labels(self, n: int, *, start: int = 0) -> "Any":
+        """Labels ``start .. start + n - 1`` of :func:`~stages._gan_config.prior_labels` (None
+        when unconditional): the styles of grids, SWD samples and batch-norm calibration, in
+        the training patches' proportions, as the batches G trains on."""
         import torch
+
+        from stages._gan_config import prior_labels
 
         if not self.cfg.n_classes:
             return None
-        return (torch.arange(start, start + n) % self.cfg.n_classes).to(self.device)
+        return torch.tensor(prior_labels(self.cfg.style_prior(), n, start=start),
+                            dtype=torch.int64).to(self.device)
 
     def generate(self, z: "Any", *, batch: int = 256, style: Optional[int] = None) -> np.ndarray:
         """uint8 (N, S, S, C) images from the EMA generator (eval mode) for noise z (a
-        conditional model draws the styles in turn, :meth:`cycle_labels`, or only ``style``)."""
+        conditional model draws the styles in the corpus's proportions, :meth:`mixture_labels`,
+        or only ``style``)."""
         import torch
 
         from stages._gan import to_uint8
@@ -874,7 +880,7 @@ class Trainer:
         with torch.inference_mode():
             for i in range(0, len(z), batch):
                 k = len(z[i:i + batch])
-                y = self.cycle_labels(k, start=i)
+                y = self.mixture_labels(k, start=i)
                 if style is not None and y is not None:
                     y = torch.full_like(y, int(style))
                 out.append(to_uint8(self.G_ema(z[i:i + batch].to(self.device), y)))
@@ -1119,7 +1125,7 @@ class TrainingRun:
         # fixed noise for grids and SWD (independent of training randomness)
         fixed = torch.Generator().manual_seed(_step_seed(params.seed, _SEED_FIXED_NOISE))
         shape = trainer.cfg.noise_shape()
-        self.grid_z = torch.randn(64, *shape, generator=fixed)   # a conditional G: styles in turn
+        self.grid_z = torch.randn(64, *shape, generator=fixed)   # conditional: corpus mixture
         self.swd_z = torch.randn(data.n_holdout, *shape, generator=fixed)
         self.global_batch = params.batch * ranks.world
         self.start, self.resumed_from = 0, None
@@ -1407,7 +1413,9 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         if params.output == "palette":         # D sees real patches in the same colours
             palette = corpus_palette(data.train, params.palette_size)
             data = dataclasses.replace(data, train=map_to_palette(data.train, palette))
-        trainer = Trainer(params, gan_config(params, patches.shape[-1], palette, classes),
+        share = () if data.labels is None else tuple(   # each style's share of the batches
+            float(c) for c in np.bincount(data.labels, minlength=len(classes)) / len(data.labels))
+        trainer = Trainer(params, gan_config(params, patches.shape[-1], palette, classes, share),
                           ranks.device, world=ranks.world, rank=ranks.rank)
         training = TrainingRun(params, trainer, data, Path(out_dir), ranks, progress)
         training.resume()

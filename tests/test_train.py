@@ -868,6 +868,38 @@ def test_conditional_run_stores_the_styles_and_samples_one_at_a_time(tmp_path):
     assert "One style at a time" in html and ">contra<" in html and ">smb<" in html
 
 
+def test_mixture_labels_follow_the_prior_on_every_run_of_indices():
+    from stages._gan_config import prior_labels
+
+    prior = (0.3, 0.6, 0.004, 0.096)
+    for start, n in ((0, 256), (1000, 64), (7, 500)):
+        counts = np.bincount(prior_labels(prior, n, start=start), minlength=4)
+        assert np.abs(counts - np.array(prior) * n).max() <= 2
+    assert prior_labels(prior, 8, start=3) == prior_labels(prior, 11)[3:]   # fixed per index
+
+
+def test_conditional_model_records_and_samples_the_corpus_s_style_mix(tmp_path):
+    from stages import sample
+    from tilesets.artifacts import Patches
+
+    art = tmp_path / "crop"
+    art.mkdir()
+    labels = np.array([0] * 20 + [1] * 4, np.int32)            # "smb" is a sixth of the corpus
+    Patches(blocky(24, 32), labels, ["contra", "smb"]).save(art, lambda p, a: np.save(p, a))
+    out = tmp_path / "o"
+    out.mkdir()
+    train.run({"patches": [art]}, tiny(conditional=True, swd_holdout=0.0), out)
+    G, info = sample.load_generator(out / "ckpt.pt")
+    assert info.gan.class_share == pytest.approx((20 / 24, 4 / 24))
+    drawn = sample.style_labels(info.gan, 6000, seed=0)
+    assert np.bincount(drawn.numpy(), minlength=2) / 6000 == pytest.approx((5 / 6, 1 / 6), abs=0.02)
+    # checkpoints from before the shares were recorded draw every style equally often
+    old = GANConfig.from_dict({k: v for k, v in info.gan.to_dict().items() if k != "class_share"})
+    assert old.style_prior() == (0.5, 0.5)
+    with pytest.raises(ValueError, match="class_share"):
+        GANConfig(height=32, width=32, classes=("a", "b"), class_share=(1.0,)).validate()
+
+
 def test_like_on_an_unconditional_model_names_the_option(patches, tmp_path):
     from stages import sample
 
