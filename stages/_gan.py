@@ -73,6 +73,28 @@ def _up(kind: str, cin: int, cout: int) -> list[nn.Module]:
     return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)]
 
 
+class ConditionalBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose scale and shift are the label's: ``bn(x) * gain[y] + bias[y]``.
+
+    The normalisation itself has no affine part (``weight``/``bias`` are None), so EMA
+    batch-norm calibration and ``has_batchnorm`` treat it as any batch norm; the per-class gain
+    starts at 1 and the bias at 0, so an untrained layer is a plain batch norm.
+    """
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__(channels, affine=False)
+        self.gain = nn.Embedding(n_classes, channels)
+        self.shift = nn.Embedding(n_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if y is None:
+            raise ValueError("a conditional generator needs labels y")
+        h = super().forward(x)
+        return h * self.gain(y)[:, :, None, None].to(h.dtype) + self.shift(y)[:, :, None, None].to(h.dtype)
+
+
 class Generator(nn.Module):
     """Noise -> image (B, C, H, W) float in [-1, 1].
 
@@ -95,11 +117,16 @@ class Generator(nn.Module):
         else:
             # (nz [+E]) × 1 × 1 -> (ngf*m0) × bh × bw   (4 × 4 for square images)
             first = nn.ConvTranspose2d(zin, g * _mult(0, n), (bh, bw), 1, 0, bias=False)
-        layers: list[nn.Module] = [first, nn.BatchNorm2d(g * _mult(0, n)), nn.ReLU(True)]
+        cbn = bool(cfg.n_classes) and cfg.g_cond == "cbn"
+
+        def norm(c: int) -> nn.Module:
+            return ConditionalBatchNorm2d(c, cfg.n_classes) if cbn else nn.BatchNorm2d(c)
+
+        layers: list[nn.Module] = [first, norm(g * _mult(0, n)), nn.ReLU(True)]
         for i in range(1, n):
             # (ngf*m_{i-1}) × s × s -> (ngf*m_i) × 2s × 2s
             layers += [*_up(cfg.upsample, g * _mult(i - 1, n), g * _mult(i, n)),
-                       nn.BatchNorm2d(g * _mult(i, n)),
+                       norm(g * _mult(i, n)),
                        nn.ReLU(True)]
         if cfg.output == "palette":
             # ngf × (H/2) × (W/2) -> K logits × H × W   (K palette colours)
@@ -111,7 +138,7 @@ class Generator(nn.Module):
             # ngf × (H/2) × (W/2) -> C × H × W
             layers += [*_up(cfg.upsample, g * _mult(n - 1, n), cfg.channels), nn.Tanh()]
         self.main = nn.Sequential(*layers)
-        if cfg.n_classes:
+        if cfg.n_classes and not cbn:
             self.embed = nn.Embedding(cfg.n_classes, cfg.embed_dim)
         init_weights(self)
 
@@ -125,9 +152,16 @@ class Generator(nn.Module):
         if self.cfg.n_classes:
             if y is None:
                 raise ValueError("a conditional generator needs labels y")
-            e = self.embed(y.to(z.device))[:, :, None, None].to(z.dtype)
-            z = torch.cat([z, e.expand(-1, -1, *z.shape[2:])], dim=1)
-        out = self.main(z)
+            y = y.to(z.device)
+        if self.cfg.n_classes and self.cfg.g_cond == "cbn":
+            out = z
+            for layer in self.main:
+                out = layer(out, y) if isinstance(layer, ConditionalBatchNorm2d) else layer(out)
+        else:
+            if self.cfg.n_classes:
+                e = self.embed(y)[:, :, None, None].to(z.dtype)
+                z = torch.cat([z, e.expand(-1, -1, *z.shape[2:])], dim=1)
+            out = self.main(z)
         if self.cfg.output == "palette":
             return decode_palette(out, self.palette_rgb, tau=self.cfg.gumbel_tau,
                                   hard_only=not self.training)
@@ -236,7 +270,7 @@ def init_weights(module: nn.Module) -> None:
             nn.init.normal_(w, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 

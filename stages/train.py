@@ -221,7 +221,8 @@ def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None,
                      g_arch="fcn" if p.spatial_noise else "dcgan", output=p.output,
                      palette=pal, gumbel_tau=float(p.gumbel_tau),
                      classes=tuple(classes) if p.conditional else (),
-                     class_share=tuple(class_share) if p.conditional else ())
+                     class_share=tuple(class_share) if p.conditional else (),
+                     g_cond="cbn" if p.conditional else "concat")
 
 
 def corpus_palette(images: np.ndarray, k: int) -> np.ndarray:

@@ -844,6 +844,30 @@ def test_conditional_networks_take_the_label_into_account():
     assert not torch.allclose(D(x, y=torch.tensor([0, 0])), D(x, y=torch.tensor([1, 1])))
 
 
+def test_conditional_batch_norm_generator_takes_label_and_noise_and_old_layout_still_builds():
+    from stages._gan import ConditionalBatchNorm2d
+
+    torch.manual_seed(0)
+    cfg = GANConfig(height=32, width=32, nz=8, ngf=4, ndf=4, classes=("a", "b"), g_cond="cbn")
+    G = Generator(cfg)
+    assert any(isinstance(m, ConditionalBatchNorm2d) for m in G.modules())
+    assert not hasattr(G, "embed") and cfg.embed_dim == 0     # the noise is the only input
+    with torch.no_grad():                                      # train the per-class gains a bit
+        for m in G.modules():
+            if isinstance(m, ConditionalBatchNorm2d):
+                m.gain.weight[1].mul_(-1.0)
+    z = torch.randn(4, 8)                                      # batch statistics (train mode)
+    a, b = G(z, torch.zeros(4, dtype=torch.long)), G(z, torch.ones(4, dtype=torch.long))
+    assert not torch.allclose(a, b)                            # the label matters
+    assert (a[0] - a[1]).abs().mean() > 0.1 * a.abs().mean()   # so does the noise, within a style
+    with pytest.raises(ValueError, match="labels"):
+        G(z)
+    old = Generator(GANConfig(height=32, width=32, nz=8, ngf=4, ndf=4, classes=("a", "b")))
+    assert "embed.weight" in old.state_dict()                  # checkpoints from before g_cond
+    with pytest.raises(ValueError, match="g_cond"):
+        GANConfig(height=32, width=32, classes=("a", "b"), g_cond="film").validate()
+
+
 def test_conditional_run_stores_the_styles_and_samples_one_at_a_time(tmp_path):
     from stages import sample
 
@@ -852,7 +876,7 @@ def test_conditional_run_stores_the_styles_and_samples_one_at_a_time(tmp_path):
     out.mkdir()
     train.run({"patches": [art]}, tiny(conditional=True), out)
     G, info = sample.load_generator(out / "ckpt.pt")
-    assert info.gan.classes == ("contra", "smb")
+    assert info.gan.classes == ("contra", "smb") and info.gan.g_cond == "cbn"
     like = sample.sample_images(G, 2, seed=0, like="smb")
     other = sample.sample_images(G, 2, seed=0, like="contra")
     mixed = sample.sample_images(G, 2, seed=0)
