@@ -295,7 +295,32 @@ def _section_level(out_dir: Path, summary: dict) -> str:
     because = f" Why: {_esc(lv['because'])}." if lv.get("because") else ""
     return (f"<h2>Level (maps/level.tmx)</h2><p>Made by Wave Function Collapse over "
             f"{model}.{because} {note}.</p>" + _level_table(lv) +
-            f'<div class="scroll">{_img_tag(data, alt="level preview", scale=2, width=w)}</div>')
+            f'<div class="scroll">{_img_tag(data, alt="level preview", scale=2, width=w)}</div>'
+            + _style_levels(out_dir, lv.get("styles") or {}))
+
+
+def _style_levels(out_dir: Path, styles: dict) -> str:
+    """One level per style (a conditional model's screens), each made from its style's
+    screens only, with its figures: what "a level like this game" looks like."""
+    if not styles:
+        return ""
+    parts = ["<h3>One level per style</h3><p>The same tiles, each level made only from the "
+             "generated screens of one style (the conditional model's label), so it keeps "
+             "that game's look.</p>"]
+    for style, lv in styles.items():
+        name = Path(str(lv.get("map", ""))).stem
+        data, w = _png_of_file(out_dir / "previews" / f"{name}.png")
+        seams = (lv.get("seams") or {})
+        ratio = lambda k: (seams.get(k) or {}).get("ratio")  # noqa: E731
+        parts.append(
+            f"<p><b>{_esc(style)}</b> ({_esc(lv.get('map'))}): {lv.get('screens')} screens, "
+            f"{_esc(lv.get('method'))}, model {_esc(lv.get('model'))}, "
+            f"{lv.get('distinct_tiles')} distinct tiles, border/inside {ratio('level')} "
+            f"(its screens: {ratio('screens')})"
+            + "".join(f"; {_esc(x)}" for x in lv.get("warnings") or []) + "</p>"
+            f'<div class="scroll">{_img_tag(data, alt=f"level like {style}", scale=2, width=w)}'
+            "</div>")
+    return "".join(parts)
 
 
 def _level_table(lv: dict) -> str:

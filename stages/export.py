@@ -16,6 +16,9 @@ Reads dedupe's artifact (the :class:`tilesets.artifacts.TileSet` plus ``tiles.js
                               the first ``max_sample_maps`` in name order (the tiles, level,
                               reuse figures and terrains come from every screen)
     maps/level.tmx            a new level made by Wave Function Collapse (tilesets/wfc.py)
+    maps/level_<style>.tmx    from a conditional model's samples (sample's ``styles``): one more
+                              level per style with at least ``STYLE_LEVEL_MIN_SCREENS`` screens,
+                              made only from that style's screens ("a level like this game")
     previews/<map>.png        each map rendered by tilesets/render.py (= Tiled's tmxrasterizer)
     report.html               one self-contained page: level, tileset at 1x / 3x, groups, reuse,
                               seams, novelty, evidence, training
@@ -163,7 +166,8 @@ class Export:
     screens : int
         Screens rebuilt from the tiles (the tile set's maps), written or not.
     level : dict
-        The level's :meth:`tilesets.wfc.WfcResult.summary` plus ``seconds``.
+        The level's :meth:`tilesets.wfc.WfcResult.summary` plus ``seconds``; with per-style
+        levels, ``styles``: ``{style: {"map", "screens", ...that level's summary}}``.
     reuse : dict
         How the rebuilt screens reuse the tiles: :meth:`tilesets.wfc.Recurrence.to_json` plus
         ``top_share`` (the commonest tile's share of the cells) and ``uses`` (cells per tile id,
@@ -213,7 +217,7 @@ class Export:
 
 # --------------------------------------------------------------------------- core
 def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Params, *,
-                   progress: ProgressFn = no_progress) -> Export:
+                   styles: Optional[dict] = None, progress: ProgressFn = no_progress) -> Export:
     """Lay out the tile set for Tiled: sheet, tile properties, the maps and a new level.
 
     Steps: :func:`_sheet_layout` (tiles grouped by kind; a tile's sheet position becomes its
@@ -229,6 +233,9 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
         dedupe's tiles.json records (by bank id), the source of the tile properties (None: no
         tiles.json).
     params : Params
+    styles : dict, optional
+        Screen stem -> style name (a conditional model's samples, :func:`sample_styles`):
+        besides ``level``, one level per style (:func:`_style_levels`).
 
     Returns
     -------
@@ -260,6 +267,9 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
     samples = _sample_maps({stem: maps[stem] for stem in written})
     progress("export", 2, 5)
     level, level_info, level_warnings = _level(tiles, maps, params)
+    style_levels, by_style = _style_levels(tiles, maps, styles or {}, params)
+    if by_style:
+        level_info = dict(level_info, styles=by_style)
     progress("export", 3, 5)
     terrains, terrain_warnings = _terrains(tiles, maps, params)
     progress("export", 4, 5)
@@ -268,7 +278,7 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
                    for m, stem in zip(samples, written)]
     props = _tile_properties(tile_records or [], layout, uses)
     return Export(atlas, layout.columns, tiles, layout, props,
-                  [_sheet_map(layout)] + samples + [level], sample_info, level_info,
+                  [_sheet_map(layout)] + samples + [level] + style_levels, sample_info, level_info,
                   screens=len(maps), reuse=_reuse(maps.values(), layout, uses),
                   terrains=terrains, flips=bool(tileset.flips),
                   warnings=warnings + level_warnings + terrain_warnings)
@@ -335,6 +345,61 @@ def _level(tiles: np.ndarray, maps: dict[str, np.ndarray],
                      {"method": result.method, "model": model,
                       "seed": params.seed, "violations": result.violations})
     return level, info, warnings
+
+
+#: A style gets its own level when at least this many of the screens are in it (fewer screens
+#: show too few tile pairs for a level that looks like them).
+STYLE_LEVEL_MIN_SCREENS = 16
+
+
+def _style_levels(tiles: np.ndarray, maps: dict[str, np.ndarray], styles: dict,
+                  params: Params) -> tuple[list[TiledMap], dict]:
+    """One level per style (``level_<style>``) from that style's screens alone, for every style
+    with at least :data:`STYLE_LEVEL_MIN_SCREENS` screens, when two or more styles qualify (one
+    style's level is ``level`` itself).  Returns the maps and ``{style: summary}`` (the map's
+    path, its screens and the level's summary; warnings go into the summary)."""
+    groups: dict[str, dict] = {}
+    for stem, m in maps.items():
+        if stem in styles:
+            groups.setdefault(str(styles[stem]), {})[stem] = m
+    groups = {k: v for k, v in sorted(groups.items()) if len(v) >= STYLE_LEVEL_MIN_SCREENS}
+    if len(groups) < 2:
+        return [], {}
+    out, info = [], {}
+    for style, group in groups.items():
+        level, summary, warnings = _level(tiles, group, params)
+        level.name = f"level_{_slug(style)}"
+        level.properties = dict(level.properties, style=style, screens=len(group))
+        out.append(level)
+        summary.pop("seconds", None)             # the report must not change with timing
+        info[style] = dict(summary, map=f"maps/{level.name}.tmx", screens=len(group),
+                           warnings=warnings)
+    return out, info
+
+
+def _slug(name: str) -> str:
+    """A style name as a file-name part: letters, digits, '-' and '_' kept, others '_'."""
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.strip())
+    return slug or "style"
+
+
+def sample_styles(sample_paths: list[Path]) -> dict:
+    """Screen stem -> style name from sample's ``samples.json`` (``styles`` beside ``files``,
+    written for a conditional model); ``{}`` when there is none or it is unreadable (the
+    per-style levels are an extra: a warning-free no-op, never a failed export)."""
+    manifest = find_artifact([Path(p) for p in sample_paths], "samples.json")
+    if manifest is None:
+        return {}
+    try:
+        data = load_json(manifest)
+    except ArtifactError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    files, styles = data.get("files"), data.get("styles")
+    if not isinstance(files, list) or not isinstance(styles, list) or len(files) != len(styles):
+        return {}
+    return {Path(str(f)).stem: str(s) for f, s in zip(files, styles)}
 
 
 def _terrains(tiles: np.ndarray, maps: dict[str, np.ndarray],
@@ -543,7 +608,8 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     out_dir = Path(out_dir)
     items = [Path(p) for p in inputs.get("tileset", [])]
     tileset, meta, dropped, evidence = _load_inputs(items)
-    ex = export_tileset(tileset, meta, params, progress=progress)
+    ex = export_tileset(tileset, meta, params, progress=progress,
+                        styles=sample_styles(list(inputs.get("samples") or [])))
     _write(out_dir, ex, params)
     summary: dict[str, Any] = {
         "name": params.name, "tiles": len(tileset), "tile_size": tileset.tile_size,

@@ -181,6 +181,13 @@ def style_labels(cfg: GANConfig, n: int, *, like: str = "", seed: int = 0) -> "A
         torch.zeros(0, dtype=torch.int64)
 
 
+def image_styles(cfg: GANConfig, n: int, *, like: str = "", seed: int = 0) -> Optional[list]:
+    """Each of the ``n`` images' style name as :func:`sample_images` draws them (None for an
+    unconditional generator): what export groups the screens by for one level per style."""
+    labels = style_labels(cfg, n, like=like, seed=seed)
+    return None if labels is None else [cfg.classes[int(i)] for i in labels]
+
+
 def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128,
              labels: Any = None) -> np.ndarray:
     """uint8 (N, H, W, C) images for noise z (N, nz) or noise maps (N, nz, h, w), ``batch``
@@ -289,18 +296,26 @@ class SampleResult:
     files: list
     interpolation: Optional[str]
     like: str = ""
+    styles: Optional[list] = None
 
     def manifest(self) -> dict:
-        """The content of samples.json (``like`` only when a style was asked for)."""
+        """The content of samples.json (``like`` only when a style was asked for; ``styles``,
+        each file's style name, only from a conditional model)."""
         out = {"n": self.n, "seed": self.seed, "weights": self.weights, "step": self.step,
                "size": self.size, "channels": self.channels, "files": self.files,
                "interpolation": self.interpolation}
-        return {**out, "like": self.like} if self.like else out
+        if self.like:
+            out["like"] = self.like
+        if self.styles is not None:
+            out["styles"] = self.styles
+        return out
 
     def to_summary(self, checkpoint: Path) -> dict:
         """The stage summary: the manifest without the file list, plus the checkpoint used."""
-        return {**{k: v for k, v in self.manifest().items() if k != "files"},
-                "checkpoint": str(checkpoint)}
+        out = {k: v for k, v in self.manifest().items() if k not in ("files", "styles")}
+        if self.styles is not None:                         # how many screens of each style
+            out["styles"] = {name: self.styles.count(name) for name in sorted(set(self.styles))}
+        return {**out, "checkpoint": str(checkpoint)}
 
 
 def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
@@ -341,6 +356,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     result = SampleResult(n=int(p.n), seed=int(p.seed), weights=info.weights, step=info.step,
                           size=[int(images.shape[1]), int(images.shape[2])],
                           channels=int(info.gan.channels), files=files,
-                          interpolation=STRIP_FILE if p.interpolate else None, like=p.like)
+                          interpolation=STRIP_FILE if p.interpolate else None, like=p.like,
+                          styles=image_styles(G.cfg, len(images), like=p.like, seed=p.seed))
     write_json(out_dir / MANIFEST_FILE, result.manifest())
     return result.to_summary(ckpt)

@@ -135,10 +135,10 @@ def test_base64_zlib_maps_render_in_tiled_and_load_in_pytmx(tmp_path):
         assert_matches_tiled(tmx, out / "previews" / f"{tmx.stem}.png")
 
 
-def _core(bank, maps, **params) -> export.Export:
+def _core(bank, maps, styles=None, **params) -> export.Export:
     """export_tileset on a TileSet of ``bank`` and ``maps`` (no tiles.json records)."""
     p = export.Params(**{"level_width": 16, "level_height": 6, **params})
-    return export.export_tileset(TileSet(bank, maps), [], p)
+    return export.export_tileset(TileSet(bank, maps), [], p, styles=styles)
 
 
 def test_core_numbers_sample_maps_in_stem_order_with_flip_counts():
@@ -700,3 +700,64 @@ def test_report_seams_show_the_real_screens_ratio_when_slice_had_them():
     html = _section_seams(summary, info)
     assert "real training screens" in html and "1.509" in html and "seam weight 0.4" in html
     assert "real training screens" not in _section_seams(summary, {})
+
+
+# ------------------------------------------------------------------ one level per style
+def _two_styles(n: int = export.STYLE_LEVEL_MIN_SCREENS):
+    """Screens of two styles on disjoint tiles: "day" is the recurring world, "night" the same
+    layouts on colour-inverted copies of its tiles (ids 7-13)."""
+    from tests.test_wfc import recurring_world
+
+    day, bank = recurring_world(n, seed=1)
+    night_bank = bank.copy()
+    night_bank[..., :3] = 255 - night_bank[..., :3]
+    k = np.uint32(len(bank))
+    maps = {f"s_{i:03d}": m for i, m in enumerate(day)}
+    maps.update({f"s_{n + i:03d}": (m & ~np.uint32(ID_MASK)) | ((m & np.uint32(ID_MASK)) + k)
+                 for i, m in enumerate(day)})
+    styles = {f"s_{i:03d}": "day" if i < n else "night" for i in range(2 * n)}
+    return np.concatenate([bank, night_bank]), maps, styles
+
+
+def _bank_ids(ex: export.Export, name: str) -> set:
+    gids = ex.gids()[name] & ID_MASK
+    return {int(ex.layout.bank_of()[g - 1]) for g in np.unique(gids) if g}
+
+
+def test_each_style_gets_a_level_made_only_of_its_own_tiles():
+    bank, maps, styles = _two_styles()
+    ex = _core(bank, maps, styles=styles)
+    names = [m.name for m in ex.maps]
+    assert names[-3:] == ["level", "level_day", "level_night"]
+    assert _bank_ids(ex, "level_day") <= set(range(7))
+    assert _bank_ids(ex, "level_night") <= set(range(7, 14))
+    by = ex.level["styles"]
+    assert set(by) == {"day", "night"} and by["night"]["map"] == "maps/level_night.tmx"
+    assert by["day"]["screens"] == export.STYLE_LEVEL_MIN_SCREENS and by["day"]["violations"] == 0
+
+
+def test_no_style_levels_without_two_styles_of_enough_screens():
+    bank, maps, styles = _two_styles()
+    few = {s: ("day" if st == "day" else "rare") for s, st in styles.items()}
+    few.update({s: "day" for s in sorted(styles)[-2:]})          # "rare" one screen short
+    assert [m.name for m in _core(bank, maps, styles=few).maps][-1] == "level"
+    assert "styles" not in _core(bank, maps).level                 # unconditional: as before
+
+
+def test_export_reads_the_styles_from_samples_json_and_shows_each_level(tmp_path):
+    bank, maps, styles = _two_styles()
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    files = [f"{stem}.png" for stem in sorted(styles)]
+    write_json(samples / "samples.json", {"files": files,
+                                          "styles": [styles[Path(f).stem] for f in files]})
+    dd = make_dedupe_dir(tmp_path / "dd", bank=bank, maps=maps)
+    out = tmp_path / "out"
+    out.mkdir()
+    s = export.run({"tileset": [dd], "samples": [samples]},
+                   export.Params(level_width=16, level_height=6), out)
+    assert {"maps/level_day.tmx", "maps/level_night.tmx"} <= set(s["maps"])
+    assert (out / "previews" / "level_night.png").exists()
+    html = (out / "report.html").read_text()
+    assert "One level per style" in html and "level like night" in html
+    assert export.sample_styles([tmp_path / "nowhere"]) == {}

@@ -917,6 +917,12 @@ def test_conditional_model_records_and_samples_the_corpus_s_style_mix(tmp_path):
     assert info.gan.class_share == pytest.approx((20 / 24, 4 / 24))
     drawn = sample.style_labels(info.gan, 6000, seed=0)
     assert np.bincount(drawn.numpy(), minlength=2) / 6000 == pytest.approx((5 / 6, 1 / 6), abs=0.02)
+    shots = tmp_path / "s"
+    summary = sample.run({"checkpoint": [out]}, sample.Params(n=12, seed=3), shots)
+    manifest = json.loads((shots / "samples.json").read_text())
+    assert manifest["styles"] == sample.image_styles(info.gan, 12, seed=3)   # one per file
+    assert len(manifest["styles"]) == len(manifest["files"]) == 12
+    assert sum(summary["styles"].values()) == 12 and set(summary["styles"]) <= {"contra", "smb"}
     # checkpoints from before the shares were recorded draw every style equally often
     old = GANConfig.from_dict({k: v for k, v in info.gan.to_dict().items() if k != "class_share"})
     assert old.style_prior() == (0.5, 0.5)
