@@ -21,9 +21,9 @@ share of isolated pixels (unlike all 8 neighbours) and the mean colours per 16×
 With ``--after-quantize`` the table also has SWD **after the tile budget**: the quantised
 samples' 16×16 cells through slice's defaults (``learn_dictionary`` + seam- and
 texture-aware ``rebuild``), i.e. the screens the user's maps show. A conditional
-configuration (``{"conditional": true}``) also draws every style on its own, and each style is
-scored against that style's held-back patches (per-style SWD after quantize), beside the
-unconditional ``ours`` samples against the same patches.
+configuration (``--extra cond='{"conditional": "on"}'``) also draws every style on its own, and each style is scored against that style's
+held-back patches (per-style SWD after quantize), beside the samples of the first
+unconditional configuration against the same patches.
 
 ``--screens DIR`` takes another corpus (default: ``examples/screens``).
 
@@ -31,8 +31,8 @@ unconditional ``ours`` samples against the same patches.
            [--extra name='{"batch": 32}' ...] [--after-quantize] [--screens DIR]
 
 e.g. ``--extra palette='{"output": "palette"}' --extra spatial='{"spatial_noise": true}'``
-(``--extra cond='{"conditional": true}'`` trains on the crop artifact's per-patch games; its
-samples draw a random style each).
+(``--extra cond='{"conditional": "on"}'`` trains on the crop artifact's per-patch games; a
+conditional model's samples draw each style in its share of the training patches).
 
 Configurations: ``reference`` (pytorch/examples DCGAN: ngf=ndf=64, BCE, Adam 2e-4 β1 0.5, fp32,
 BN in both nets, samples in train-mode BN as that example draws them), ``ours`` (stages.train
@@ -219,12 +219,15 @@ def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dic
 def per_style_report(hold: np.ndarray, hold_games: np.ndarray, game_names: list,
                      configs: dict, work: Path, seed: int) -> list[str]:
     """Markdown rows: each style of every conditional configuration, after quantize, against
-    that style's held-back patches (quantized, no clean-up), beside the unconditional ``ours``
-    samples against the same patches."""
+    that style's held-back patches (quantized, no clean-up), beside the samples of the first
+    unconditional configuration of ours (e.g. ``--extra uncond='{"conditional": "off"}'``)
+    against the same patches."""
     from stages._metrics import swd
 
     out: list[str] = []
-    uncond: dict[str, np.ndarray] = {}
+    uncond = next((n for n in configs if n != "reference" and not (work / n / "styles.json").exists()
+                   and (work / n / "samples.npy").exists()), None)
+    base_q: "np.ndarray | None" = None
     for name in configs:
         styles_file = work / name / "styles.json"
         if not styles_file.exists():
@@ -232,7 +235,8 @@ def per_style_report(hold: np.ndarray, hold_games: np.ndarray, game_names: list,
         styles = json.loads(styles_file.read_text())
         if not out:
             out = ["| config | style | held-back patches | SWD after quantize, this style | "
-                   "ours (unconditional) against the same patches |", "|---|---|---|---|---|"]
+                   f"{uncond or 'an unconditional model'} against the same patches |",
+                   "|---|---|---|---|---|"]
         for i, style in enumerate(styles):
             if style not in game_names:
                 continue
@@ -244,11 +248,10 @@ def per_style_report(hold: np.ndarray, hold_games: np.ndarray, game_names: list,
             fq = quantized(np.load(work / name / f"style_{i:02d}.npy"), work / f"q_style_{name}_{i:02d}")
             r = swd(fq, ref, seed=seed)
             base = "-"
-            if (work / "ours" / "samples.npy").exists():
-                if "ours" not in uncond:
-                    uncond["ours"] = quantized(np.load(work / "ours" / "samples.npy"),
-                                               work / "q_style_ours")
-                base = f"{swd(uncond['ours'], ref, seed=seed)['swd']:.1f}"
+            if uncond is not None:
+                if base_q is None:
+                    base_q = quantized(np.load(work / uncond / "samples.npy"), work / "q_style_uncond")
+                base = f"{swd(base_q, ref, seed=seed)['swd']:.1f}"
             out.append(f"| {name} | {style} | {len(mine)} | {r['swd']:.1f} | {base} |")
     return out
 

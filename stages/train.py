@@ -58,6 +58,9 @@ from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, 
                             StageError, StageParams, atomic_write_text, expand_inputs,
                             find_artifact, load_image, no_progress, param, save_png, write_json)
 from stages._gan_config import OUTPUT, UPSAMPLE, GANConfig, max_d_scales
+
+#: Values of Params.conditional.
+CONDITIONAL = ("auto", "on", "off")
 from tilesets.artifacts import PATCHES_FILE, ArtifactError, Patches, grid_cut, load_npy
 
 NAME = "train"
@@ -146,10 +149,18 @@ class Params(StageParams):
                                        "(the rest of the training pixels map to the nearest).",
                               min=2, max=256)
     gumbel_tau: float = param(1.0, help="output=palette: Gumbel-softmax temperature (> 0).")
-    conditional: bool = param(False, help="One style at a time: a class-conditional G and a "
-                                          "projection D on each patch's source game (crop's "
-                                          "patch_games.npy); `pipeline sample --like NAME` then "
-                                          "draws one game's style.")
+    conditional: str = param("off", help="One style at a time: a class-conditional G "
+                                          "(conditional batch norm) and a projection D on each "
+                                          "patch's source game (crop's patch_games.npy); "
+                                          "`pipeline sample --like NAME` then draws one game's "
+                                          "style. auto: when the patches come from 2 or more "
+                                          "games; on: always (an error without them); off.",
+                              choices=CONDITIONAL)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.conditional, bool):     # the flag of earlier versions
+            object.__setattr__(self, "conditional", "on" if self.conditional else "off")
+        super().__post_init__()
 
     def check(self) -> None:
         """The declared ranges, then the rules :func:`param` cannot say: open upper bounds,
@@ -220,9 +231,8 @@ def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None,
                      d_scales=resolve_d_scales(p), mbstd=p.mbstd,
                      g_arch="fcn" if p.spatial_noise else "dcgan", output=p.output,
                      palette=pal, gumbel_tau=float(p.gumbel_tau),
-                     classes=tuple(classes) if p.conditional else (),
-                     class_share=tuple(class_share) if p.conditional else (),
-                     g_cond="cbn" if p.conditional else "concat")
+                     classes=tuple(classes), class_share=tuple(class_share),
+                     g_cond="cbn" if classes else "concat")
 
 
 def corpus_palette(images: np.ndarray, k: int) -> np.ndarray:
@@ -1360,17 +1370,24 @@ class TrainingRun:
 
 def conditional_labels(params: Params, paths: list[Path],
                        n_patches: int) -> tuple[Optional[np.ndarray], list]:
-    """(labels (N,) int64, style names) for a ``conditional`` run, (None, []) otherwise.
+    """(labels (N,) int64, style names) for a conditional run, (None, []) otherwise:
+    ``conditional`` "on", or "auto" when the patches carry 2 or more games.
 
     Raises
     ------
     InputError
-        ``conditional`` without per-patch games (not a crop artifact, or one written before
-        crop recorded them), or with a single game.
+        ``conditional`` "on" without per-patch games (not a crop artifact, or one written
+        before crop recorded them), or with a single game.
     """
-    if not params.conditional:
+    if params.conditional == "off":
         return None, []
     labels, names = load_patch_games(paths, n_patches)
+    if params.conditional == "auto":
+        if labels is None or len(names) < 2:
+            log.info("one style (%s): training an unconditional model",
+                     names[0] if names else "no per-patch games")
+            return None, []
+        return labels, names
     if labels is None:
         raise InputError("train --conditional needs each patch's game: give a crop artifact "
                          "with patch_games.npy (rerun `pipeline crop`), not loose images or arrays")

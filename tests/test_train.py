@@ -941,6 +941,21 @@ def test_like_on_an_unconditional_model_names_the_option(patches, tmp_path):
         sample.sample_images(G, 1, seed=0, like="smb")
 
 
+def test_auto_trains_one_style_at_a_time_only_when_the_patches_name_several_games(patches,
+                                                                                   tmp_path):
+    art = _crop_artifact(tmp_path / "crop", ["contra", "smb"])
+    for name, inp, want in (("two", art, ("contra", "smb")), ("loose", patches, ())):
+        out = tmp_path / name
+        out.mkdir()
+        train.run({"patches": [inp]}, tiny(steps=1, conditional="auto"), out)
+        ck = torch.load(out / "ckpt.pt", weights_only=True)
+        assert GANConfig.from_dict(ck["config"]["gan"]).classes == want
+    assert train.Params(conditional=True).conditional == "on"     # the old flag still reads
+    assert train.Params(conditional=False).conditional == "off"
+    with pytest.raises(ParamError, match="conditional"):
+        train.Params(conditional="maybe")
+
+
 def test_conditional_without_patch_games_names_what_is_missing(patches, tmp_path):
     with pytest.raises(InputError, match="patch_games.npy"):
         train.run({"patches": [patches]}, tiny(conditional=True), tmp_path)
