@@ -22,6 +22,7 @@ import numpy as np
 from stages._common import (InputError, ParamError, ProgressFn, StageParams, find_artifact,
                             no_progress, param, save_png, write_json)
 from stages._gan_config import GANConfig
+from stages._styles import StyleIndex
 
 NAME = "sample"
 INPUTS = {"checkpoint": "train"}
@@ -56,8 +57,10 @@ class Params(StageParams):
                                "its stride (16 for 64-px patches).", min=0)
     height: int = param(0, help="Sample height in pixels (0 = the training size); as --width.",
                         min=0)
-    like: str = param("", help="Draw every image in one style: a game name of a model trained "
-                               "with --conditional (empty = styles at random per image).")
+    like: str = param("", help="Draw every image in one style: a game of the training corpus "
+                               "(a conditional model draws it; a default one keeps the samples "
+                               "its style index names so). Empty = every style, in the "
+                               "corpus's proportions.")
 
     def check(self) -> None:
         super().check()
@@ -69,11 +72,13 @@ class Params(StageParams):
 @dataclass(frozen=True)
 class GeneratorInfo:
     """Where a loaded generator comes from: its checkpoint ``step``, which ``weights``
-    ("G_ema" or "G") and its architecture ``gan``."""
+    ("G_ema" or "G"), its architecture ``gan`` and, when it trained on several games, the
+    index that names a sample's style (:class:`stages._styles.StyleIndex`)."""
 
     step: int
     weights: str
     gan: GANConfig
+    styles: Optional[StyleIndex] = None
 
 
 def load_generator(path: Path, *, use_ema: bool = True, device: Any = "cpu") -> tuple[Any, GeneratorInfo]:
@@ -100,7 +105,8 @@ def load_generator(path: Path, *, use_ema: bool = True, device: Any = "cpu") -> 
     except RuntimeError as e:
         raise InputError(f"{path}: generator weights do not match its config ({e})") from None
     G = G.to(device).eval().requires_grad_(False)
-    return G, GeneratorInfo(step=int(ck.get("step", 0)), weights=key, gan=cfg)
+    styles = StyleIndex.from_state(ck["styles"]) if "styles" in ck else None
+    return G, GeneratorInfo(step=int(ck.get("step", 0)), weights=key, gan=cfg, styles=styles)
 
 
 def _slerp(a: "Any", b: "Any", t: float) -> "Any":
@@ -166,8 +172,9 @@ def style_labels(cfg: GANConfig, n: int, *, like: str = "", seed: int = 0) -> "A
 
     if not cfg.n_classes:
         if like:
-            raise ParamError(f"sample: --like {like!r} needs a model trained with "
-                             "`pipeline train --conditional`; this one has no styles",
+            raise ParamError(f"sample: --like {like!r} needs a model that knows styles: one "
+                             "trained on a crop artifact of several games, or with "
+                             "`pipeline train --conditional on`; this one has none",
                              field="like")
         return None
     if like:
@@ -181,11 +188,19 @@ def style_labels(cfg: GANConfig, n: int, *, like: str = "", seed: int = 0) -> "A
         torch.zeros(0, dtype=torch.int64)
 
 
-def image_styles(cfg: GANConfig, n: int, *, like: str = "", seed: int = 0) -> Optional[list]:
-    """Each of the ``n`` images' style name as :func:`sample_images` draws them (None for an
-    unconditional generator): what export groups the screens by for one level per style."""
-    labels = style_labels(cfg, n, like=like, seed=seed)
-    return None if labels is None else [cfg.classes[int(i)] for i in labels]
+def image_styles(cfg: GANConfig, images: np.ndarray, *, like: str = "", seed: int = 0,
+                 styles: Optional[StyleIndex] = None) -> Optional[list]:
+    """Each image's style name: ``like`` for all; a conditional generator's labels as
+    :func:`sample_images` draws them; else the style ``styles`` names from its pixels; None
+    when there is no way to tell (an unconditional model of one game)."""
+    if like:
+        return [like] * len(images)
+    labels = style_labels(cfg, len(images), seed=seed)
+    if labels is not None:
+        return [cfg.classes[int(i)] for i in labels]
+    if styles is None or not len(images):
+        return None
+    return [styles.names[int(i)] for i in styles.classify(images)]
 
 
 def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128,
@@ -215,6 +230,7 @@ def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128,
 
 def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold: int = 128,
                   width: int = 0, height: int = 0, like: str = "",
+                  styles: Optional[StyleIndex] = None,
                   progress: ProgressFn = no_progress) -> np.ndarray:
     """``n`` images from generator ``G`` for the noise of ``seed``.
 
@@ -233,7 +249,11 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
     width, height : int
         Image size (0 = the training size); see :func:`sample_size`.
     like : str
-        A conditional generator's style for every image (see :func:`style_labels`).
+        Every image in this style: a conditional generator draws it (see
+        :func:`style_labels`); an unconditional one with ``styles`` keeps only the images
+        that index names so (:func:`keep_style`).
+    styles : StyleIndex, optional
+        The checkpoint's style index (:attr:`GeneratorInfo.styles`).
     progress : callable
         ``progress("sample", done, n)`` before the first batch and after each one.
 
@@ -243,6 +263,10 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
     """
     import torch
 
+    if like and not G.cfg.n_classes and styles is not None:
+        return keep_style(G, n, like, styles, seed=seed, batch=batch,
+                          alpha_threshold=alpha_threshold, width=width, height=height,
+                          progress=progress)
     h, w = sample_size(G.cfg, width=width, height=height)
     shape = (G.cfg.nz,) if G.cfg.g_arch != "fcn" else G.cfg.noise_shape(h, w)
     z = torch.randn(n, *shape, generator=torch.Generator().manual_seed(int(seed)))
@@ -254,6 +278,50 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
                                labels=None if labels is None else labels[i:i + batch]))
         progress("sample", i + len(chunks[-1]), n)
     return np.concatenate(chunks)
+
+
+#: ``--like`` on an unconditional model draws at most this many times ``n`` images (plus one
+#: batch) looking for ``n`` in the style.
+LIKE_MAX_DRAWS = 40
+
+
+def keep_style(G: Any, n: int, like: str, styles: StyleIndex, *, seed: int, batch: int = 64,
+               alpha_threshold: int = 128, width: int = 0, height: int = 0,
+               progress: ProgressFn = no_progress) -> np.ndarray:
+    """``n`` images of an unconditional generator that ``styles`` names ``like``: rounds of
+    ``batch`` images (round r uses the noise of seed ``seed + 7919 r``, so the result depends
+    only on ``seed``), keeping those in the style, in order.
+
+    Raises
+    ------
+    ParamError
+        ``like`` is not one of the index's styles, or fewer than ``n`` turned up in
+        :data:`LIKE_MAX_DRAWS` × ``n`` draws (the message gives the style's share).
+    """
+    if like not in styles.names:
+        raise ParamError(f"sample: --like {like!r} is not one of this model's styles: "
+                         f"{', '.join(styles.names)}", field="like")
+    want = styles.names.index(like)
+    kept: list[np.ndarray] = []
+    drawn = found = 0
+    progress("sample", 0, n)
+    limit = LIKE_MAX_DRAWS * n + batch
+    r = 0
+    while found < n and drawn < limit:
+        images = sample_images(G, batch, seed=seed + 7919 * r, batch=batch,
+                               alpha_threshold=alpha_threshold, width=width, height=height)
+        hit = images[styles.classify(images) == want]
+        kept.append(hit[:n - found])
+        found += len(kept[-1])
+        drawn += len(images)
+        r += 1
+        progress("sample", found, n)
+    if found < n:
+        raise ParamError(f"sample: only {found} of {drawn} images this model drew look like "
+                         f"{like!r} ({100 * found / max(drawn, 1):.1f} %); ask for fewer (--n) or "
+                         "train one style at a time (`pipeline train --conditional on`)",
+                         field="like")
+    return np.concatenate(kept)
 
 
 def interpolation_strip(G: Any, frames: int, *, keyframes: int, seed: int, batch: int = 64,
@@ -345,18 +413,20 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = sample_images(G, p.n, seed=p.seed, batch=p.batch, alpha_threshold=p.alpha_threshold,
-                           width=p.width, height=p.height, like=p.like, progress=progress)
+                           width=p.width, height=p.height, like=p.like, styles=info.styles,
+                           progress=progress)
     files = [f"sample_{i:04d}.png" for i in range(len(images))]
     for name, image in zip(files, images):
         save_png(out_dir / name, image)
     if p.interpolate:
         save_png(out_dir / STRIP_FILE, interpolation_strip(
             G, p.interpolate, keyframes=p.n_keyframes, seed=p.seed, batch=p.batch,
-            alpha_threshold=p.alpha_threshold, like=p.like))
+            alpha_threshold=p.alpha_threshold, like=p.like if G.cfg.n_classes else ""))
     result = SampleResult(n=int(p.n), seed=int(p.seed), weights=info.weights, step=info.step,
                           size=[int(images.shape[1]), int(images.shape[2])],
                           channels=int(info.gan.channels), files=files,
                           interpolation=STRIP_FILE if p.interpolate else None, like=p.like,
-                          styles=image_styles(G.cfg, len(images), like=p.like, seed=p.seed))
+                          styles=image_styles(G.cfg, images, like=p.like, seed=p.seed,
+                                              styles=info.styles))
     write_json(out_dir / MANIFEST_FILE, result.manifest())
     return result.to_summary(ckpt)

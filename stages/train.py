@@ -58,6 +58,7 @@ from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, 
                             StageError, StageParams, atomic_write_text, expand_inputs,
                             find_artifact, load_image, no_progress, param, save_png, write_json)
 from stages._gan_config import OUTPUT, UPSAMPLE, GANConfig, max_d_scales
+from stages._styles import StyleIndex
 
 #: Values of Params.conditional.
 CONDITIONAL = ("auto", "on", "off")
@@ -1122,12 +1123,14 @@ class TrainingRun:
     """
 
     def __init__(self, params: Params, trainer: Trainer, data: TrainingData, out_dir: Path,
-                 ranks: Ranks, progress: ProgressFn = no_progress):
+                 ranks: Ranks, progress: ProgressFn = no_progress,
+                 styles: Optional[StyleIndex] = None):
         import torch
 
         from stages._gan import ARCH_VERSION
 
         self.params, self.trainer, self.data, self.ranks = params, trainer, data, ranks
+        self.styles = styles                 # saved beside the weights: sample names styles
         self.out_dir = Path(out_dir)
         self.progress = progress if ranks.main else no_progress
         self.config = {"params": _plain_params(params), "gan": trainer.cfg.to_dict(),
@@ -1287,13 +1290,16 @@ class TrainingRun:
     def checkpoint(self, step: int, elapsed: float) -> None:
         """Remember the trainer's state as the one to roll back to; the main rank writes the
         metrics and ``ckpt.pt``: the state plus ``step``, ``elapsed`` (training seconds),
-        ``version``, ``config`` and ``rng`` (the global RNG states)."""
+        ``version``, ``config``, ``rng`` (the global RNG states) and, for patches of several
+        games, ``styles`` (:meth:`stages._styles.StyleIndex.to_state`)."""
         self.good_state, self.good_step = _cpu_copy(self.trainer.state()), step
         if self.ranks.main:
             self.log.save(self.out_dir / METRICS_FILE)
+            extra = {} if self.styles is None else {"styles": self.styles.to_state()}
             save_checkpoint(self.out_dir / CKPT_FILE,
                             dict(self.good_state, step=int(step), elapsed=float(elapsed),
-                                 version=CKPT_VERSION, config=self.config, rng=_rng_state()))
+                                 version=CKPT_VERSION, config=self.config, rng=_rng_state(),
+                                 **extra))
 
     def save_grid(self, step: int) -> None:
         """grids/step_NNNNNN.png: the fixed grid noise through the EMA generator (main rank)."""
@@ -1423,19 +1429,25 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     with process_group(params.device) as ranks:
         patches, skipped = load_patches(list(inputs.get("patches") or []), size=params.size,
                                         channels=params.channels)
-        labels, classes = conditional_labels(params, list(inputs.get("patches") or []),
-                                             len(patches))
+        paths = list(inputs.get("patches") or [])
+        labels, classes = conditional_labels(params, paths, len(patches))
+        games, game_names = (labels, classes) if labels is not None else \
+            load_patch_games(paths, len(patches))
+        # each patch's game rides along (an unconditional G ignores it): the style index
         data = TrainingData.split(patches, holdout=params.swd_holdout, seed=params.seed,
-                                  labels=labels)
+                                  labels=games)
         palette = None
         if params.output == "palette":         # D sees real patches in the same colours
             palette = corpus_palette(data.train, params.palette_size)
             data = dataclasses.replace(data, train=map_to_palette(data.train, palette))
-        share = () if data.labels is None else tuple(   # each style's share of the batches
+        share = () if not classes else tuple(   # each style's share of the batches
             float(c) for c in np.bincount(data.labels, minlength=len(classes)) / len(data.labels))
         trainer = Trainer(params, gan_config(params, patches.shape[-1], palette, classes, share),
                           ranks.device, world=ranks.world, rank=ranks.rank)
-        training = TrainingRun(params, trainer, data, Path(out_dir), ranks, progress)
+        styles = None if data.labels is None else StyleIndex.build(
+            data.train, data.labels, game_names, seed=params.seed)
+        training = TrainingRun(params, trainer, data, Path(out_dir), ranks, progress,
+                               styles=styles)
         training.resume()
         training.prepare()
         step, reason = training.train()

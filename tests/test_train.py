@@ -920,7 +920,8 @@ def test_conditional_model_records_and_samples_the_corpus_s_style_mix(tmp_path):
     shots = tmp_path / "s"
     summary = sample.run({"checkpoint": [out]}, sample.Params(n=12, seed=3), shots)
     manifest = json.loads((shots / "samples.json").read_text())
-    assert manifest["styles"] == sample.image_styles(info.gan, 12, seed=3)   # one per file
+    drawn = [info.gan.classes[i] for i in sample.style_labels(info.gan, 12, seed=3)]
+    assert manifest["styles"] == drawn                                     # one per file
     assert len(manifest["styles"]) == len(manifest["files"]) == 12
     assert sum(summary["styles"].values()) == 12 and set(summary["styles"]) <= {"contra", "smb"}
     # checkpoints from before the shares were recorded draw every style equally often
@@ -928,6 +929,29 @@ def test_conditional_model_records_and_samples_the_corpus_s_style_mix(tmp_path):
     assert old.style_prior() == (0.5, 0.5)
     with pytest.raises(ValueError, match="class_share"):
         GANConfig(height=32, width=32, classes=("a", "b"), class_share=(1.0,)).validate()
+
+
+def test_default_model_of_several_games_names_each_sample_s_style(tmp_path, monkeypatch):
+    from stages import sample
+
+    art = _crop_artifact(tmp_path / "crop", ["contra", "smb"])
+    out = tmp_path / "o"
+    out.mkdir()
+    train.run({"patches": [art]}, tiny(steps=2), out)                  # unconditional
+    G, info = sample.load_generator(out / "ckpt.pt")
+    assert not G.cfg.n_classes and info.styles.names == ("contra", "smb")
+    shots = tmp_path / "s"
+    sample.run({"checkpoint": [out]}, sample.Params(n=8, seed=1), shots)
+    names = json.loads((shots / "samples.json").read_text())["styles"]
+    assert len(names) == 8 and set(names) <= {"contra", "smb"}
+    common = max(set(names), key=names.count)
+    got = sample.sample_images(G, 5, seed=2, like=common, styles=info.styles)
+    assert len(got) == 5 and {info.styles.names[i] for i in info.styles.classify(got)} == {common}
+    never = "smb" if common == "contra" else "contra"
+    monkeypatch.setattr(type(info.styles), "classify",
+                        lambda self, im: np.full(len(im), self.names.index(common), np.int64))
+    with pytest.raises(ParamError, match=f"look like '{never}'"):
+        sample.sample_images(G, 2, seed=0, like=never, styles=info.styles)
 
 
 def test_like_on_an_unconditional_model_names_the_option(patches, tmp_path):
