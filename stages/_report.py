@@ -300,14 +300,13 @@ def _section_level(out_dir: Path, summary: dict) -> str:
 
 
 def _style_levels(out_dir: Path, styles: dict) -> str:
-    """One level per style (the samples' styles from sample's samples.json), each made from its style's
-    screens only, with its figures: what "a level like this game" looks like."""
+    """One level per style (the styles sample wrote into samples.json), each made from its
+    style's screens only, with its figures: what "a level like this game" looks like."""
     if not styles:
         return ""
     parts = ["<h3>One level per style</h3><p>The same tiles, each level made only from the "
              "generated screens of one style (named by the model's style index, or a "
-             "conditional model's label), so it keeps "
-             "that game's look.</p>"]
+             "conditional model's label), so it keeps that game's look.</p>"]
     for style, lv in styles.items():
         name = Path(str(lv.get("map", ""))).stem
         data, w = _png_of_file(out_dir / "previews" / f"{name}.png")
