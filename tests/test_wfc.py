@@ -501,3 +501,12 @@ def test_border_interior_compares_pixels_across_borders_with_pixels_inside():
     smooth = border_interior([np.array([[0, 1]])], st)
     assert smooth["border"] < 40.0 and smooth["interior"] > 0 and smooth["ratio"] is not None
     assert border_interior([], st) == {"border": None, "interior": None, "ratio": None}
+
+
+def test_a_tile_over_a_quarter_of_the_level_and_twice_its_screen_share_floods_it():
+    from tilesets.wfc import floods
+
+    assert floods(0.37, 0.077)           # a style level's black block (measured: 37 % vs 7.7 %)
+    assert floods(0.28, 0.078)
+    assert not floods(0.6, 0.6)          # sky may cover as much of the level as of the screens
+    assert not floods(0.2, 0.05)         # under a quarter of the level: left alone
