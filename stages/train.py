@@ -1182,8 +1182,10 @@ class TrainingRun:
         try:
             ck = load_checkpoint(path)
             old = ck["config"]["params"]
-            same = (ck["config"].get("gan") == self.config["gan"] and all(
-                old.get(k) == v for k, v in self.config["params"].items() if k not in _RESUME_FREE))
+            # through GANConfig, so fields added since (their defaults) compare equal
+            same = (GANConfig.from_dict(ck["config"]["gan"]) == self.trainer.cfg and all(
+                _resume_value(k, old.get(k)) == v for k, v in self.config["params"].items()
+                if k not in _RESUME_FREE))
         except (InputError, KeyError, TypeError) as e:
             log.warning("ignoring unusable checkpoint %s: %s", path, e)
             return None
@@ -1372,6 +1374,14 @@ class TrainingRun:
                 else:
                     rows.append({"step": step, "swd": self.last_swd})
         return crisp
+
+
+def _resume_value(name: str, value: Any) -> Any:
+    """A parameter as an older checkpoint recorded it, in today's form (``conditional`` was a
+    flag: true/false are "on"/"off")."""
+    if name == "conditional" and isinstance(value, bool):
+        return "on" if value else "off"
+    return value
 
 
 def conditional_labels(params: Params, paths: list[Path],
