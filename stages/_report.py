@@ -320,6 +320,11 @@ def _style_levels(out_dir: Path, styles: dict) -> str:
             + "".join(f"; {_esc(x)}" for x in lv.get("warnings") or []) + "</p>"
             f'<div class="scroll">{_img_tag(data, alt=f"level like {style}", scale=2, width=w)}'
             "</div>")
+        if lv.get("sheet"):
+            sheet, sw = _png_of_file(out_dir / "previews" / f"{Path(str(lv['sheet'])).stem}.png")
+            parts.append(f"<p>Its {lv.get('tiles')} tiles, in sheet order "
+                         f"({_esc(lv.get('sheet'))}), at 2×:</p>"
+                         f"{_img_tag(sheet, alt=f'tiles of {style}', scale=2, width=sw)}")
     return "".join(parts)
 
 

@@ -16,9 +16,10 @@ Reads dedupe's artifact (the :class:`tilesets.artifacts.TileSet` plus ``tiles.js
                               the first ``max_sample_maps`` in name order (the tiles, level,
                               reuse figures and terrains come from every screen)
     maps/level.tmx            a new level made by Wave Function Collapse (tilesets/wfc.py)
-    maps/level_<style>.tmx    from a conditional model's samples (sample's ``styles``): one more
-                              level per style with at least ``STYLE_LEVEL_MIN_SCREENS`` screens,
-                              made only from that style's screens ("a level like this game")
+    maps/level_<style>.tmx    with sample's ``styles`` (each sample's game): one more level per
+                              style with at least ``STYLE_LEVEL_MIN_SCREENS`` screens, made only
+                              from that style's screens ("a level like this game")
+    maps/sheet_<style>.tmx    beside it, every tile that style's screens use, in sheet order
     previews/<map>.png        each map rendered by tilesets/render.py (= Tiled's tmxrasterizer)
     report.html               one self-contained page: level, tileset at 1x / 3x, groups, reuse,
                               seams, novelty, evidence, training
@@ -52,7 +53,7 @@ from tilesets import render as render_mod
 from tilesets import tiled
 from tilesets import wfc as wfc_mod
 from tilesets.artifacts import ArtifactError, TileSet, load_json
-from tilesets.cells import FLIP_MASK, cell_tiles
+from tilesets.cells import FLIP_MASK, ID_MASK, cell_tiles
 from tilesets.pixels import pack_colours
 from tilesets.terrain import TerrainSet, infer_terrains, wangsets_xml
 
@@ -267,7 +268,8 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
     samples = _sample_maps({stem: maps[stem] for stem in written})
     progress("export", 2, 5)
     level, level_info, level_warnings = _level(tiles, maps, params)
-    style_levels, by_style = _style_levels(tiles, maps, styles or {}, params)
+    style_levels, by_style = _style_levels(tiles, maps, styles or {}, params,
+                                           columns=layout.columns)
     if by_style:
         level_info = dict(level_info, styles=by_style)
     progress("export", 3, 5)
@@ -353,11 +355,12 @@ STYLE_LEVEL_MIN_SCREENS = 16
 
 
 def _style_levels(tiles: np.ndarray, maps: dict[str, np.ndarray], styles: dict,
-                  params: Params) -> tuple[list[TiledMap], dict]:
+                  params: Params, *, columns: int) -> tuple[list[TiledMap], dict]:
     """One level per style (``level_<style>``) from that style's screens alone, for every style
     with at least :data:`STYLE_LEVEL_MIN_SCREENS` screens, when two or more styles qualify (one
-    style's level is ``level`` itself).  Returns the maps and ``{style: summary}`` (the map's
-    path, its screens and the level's summary; warnings go into the summary)."""
+    style's level is ``level`` itself), each followed by the style's tiles
+    (:func:`_style_sheet`).  Returns the maps and ``{style: summary}`` (the maps' paths, its
+    screens and tiles and the level's summary; warnings go into the summary)."""
     groups: dict[str, dict] = {}
     for stem, m in maps.items():
         if stem in styles:
@@ -370,11 +373,24 @@ def _style_levels(tiles: np.ndarray, maps: dict[str, np.ndarray], styles: dict,
         level, summary, warnings = _level(tiles, group, params)
         level.name = f"level_{_slug(style)}"
         level.properties = dict(level.properties, style=style, screens=len(group))
-        out.append(level)
+        sheet = _style_sheet(group, style, columns=columns)
+        out += [level, sheet]
         summary.pop("seconds", None)             # the report must not change with timing
         info[style] = dict(summary, map=f"maps/{level.name}.tmx", screens=len(group),
-                           warnings=warnings)
+                           sheet=f"maps/{sheet.name}.tmx",
+                           tiles=int(sheet.properties["tiles"]), warnings=warnings)
     return out, info
+
+
+def _style_sheet(group: dict[str, np.ndarray], style: str, *, columns: int) -> TiledMap:
+    """``sheet_<style>``: every tile one style's screens use, once, in sheet order (so by
+    kind, as on tileset.png), ``columns`` per row: that game's palette of tiles to paint from."""
+    ids = np.unique(np.concatenate([(m & np.uint32(ID_MASK)).ravel() for m in group.values()]))
+    rows = -(-len(ids) // columns)
+    gids = np.zeros(rows * columns, np.uint32)
+    gids[:len(ids)] = ids.astype(np.uint32) + 1
+    return TiledMap(f"sheet_{_slug(style)}", gids.reshape(rows, columns),
+                    {"style": style, "tiles": int(len(ids))})
 
 
 def _slug(name: str) -> str:

@@ -728,7 +728,9 @@ def test_each_style_gets_a_level_made_only_of_its_own_tiles():
     bank, maps, styles = _two_styles()
     ex = _core(bank, maps, styles=styles)
     names = [m.name for m in ex.maps]
-    assert names[-3:] == ["level", "level_day", "level_night"]
+    assert names[-5:] == ["level", "level_day", "sheet_day", "level_night", "sheet_night"]
+    assert _bank_ids(ex, "sheet_night") == set(range(7, 14))      # every night tile, only they
+    assert ex.level["styles"]["night"]["tiles"] == 7
     assert _bank_ids(ex, "level_day") <= set(range(7))
     assert _bank_ids(ex, "level_night") <= set(range(7, 14))
     by = ex.level["styles"]
@@ -760,4 +762,5 @@ def test_export_reads_the_styles_from_samples_json_and_shows_each_level(tmp_path
     assert (out / "previews" / "level_night.png").exists()
     html = (out / "report.html").read_text()
     assert "One level per style" in html and "level like night" in html
+    assert "tiles of night" in html and (out / "maps" / "sheet_night.tmx").exists()
     assert export.sample_styles([tmp_path / "nowhere"]) == {}
