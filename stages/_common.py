@@ -202,6 +202,14 @@ def name_prefix(stem: str) -> str:
     return _NAME_NUMBER.split(stem, 1)[0].strip(" _-.")
 
 
+def file_safe(name: str, *, default: str, limit: int = 40) -> str:
+    """``name`` (a game or style) as part of a file name: letters, digits, '-' and '_' kept,
+    anything else '_', outer '_' dropped, at most ``limit`` characters; ``default`` if nothing
+    is left."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")[:limit]
+    return safe or default
+
+
 def expand_inputs(items: Iterable[os.PathLike | str], suffixes: Sequence[str] = IMAGE_SUFFIXES,
                   *, recursive: bool = True) -> list[Path]:
     """Expand files, folders and glob patterns into a sorted, de-duplicated file list.

@@ -74,7 +74,7 @@ def _up(kind: str, cin: int, cout: int) -> list[nn.Module]:
 
 
 class ConditionalBatchNorm2d(nn.BatchNorm2d):
-    """Batch norm whose scale and shift are the label's: ``bn(x) * gain[y] + bias[y]``.
+    """Batch norm whose scale and shift are the label's: ``bn(x) * gain[y] + shift[y]``.
 
     The normalisation itself has no affine part (``weight``/``bias`` are None), so EMA
     batch-norm calibration and ``has_batchnorm`` treat it as any batch norm; the per-class gain
@@ -92,7 +92,8 @@ class ConditionalBatchNorm2d(nn.BatchNorm2d):
         if y is None:
             raise ValueError("a conditional generator needs labels y")
         h = super().forward(x)
-        return h * self.gain(y)[:, :, None, None].to(h.dtype) + self.shift(y)[:, :, None, None].to(h.dtype)
+        gain, shift = (e(y)[:, :, None, None].to(h.dtype) for e in (self.gain, self.shift))
+        return h * gain + shift
 
 
 class Generator(nn.Module):

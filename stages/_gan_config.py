@@ -5,7 +5,9 @@ torch; the networks these configurations build live in :mod:`stages._gan`.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,17 +222,12 @@ def prior_labels(prior: "tuple | list", n: int, *, start: int = 0) -> list:
     It gives SWD samples, grids and batch-norm calibration the corpus's mixture of styles
     without drawing random numbers (so their noise stays fixed).
     """
-    cum, acc = [], 0.0
-    for p in prior:
-        acc += float(p)
-        cum.append(acc)
+    cum = list(itertools.accumulate(float(p) for p in prior))
     if not cum:
         return []
-    out = []
-    for i in range(start, start + n):
-        u = ((i + 0.5) * _GOLDEN) % 1.0 * acc
-        out.append(next((k for k, c in enumerate(cum) if u < c), len(cum) - 1))
-    return out
+    last = len(cum) - 1
+    return [min(last, bisect.bisect_right(cum, ((i + 0.5) * _GOLDEN) % 1.0 * cum[-1]))
+            for i in range(start, start + n)]
 
 
 def max_d_scales(side: int) -> int:

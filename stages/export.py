@@ -47,7 +47,8 @@ import numpy as np
 
 from stages import _report
 from stages._common import (InputError, ParamError, ProgressFn, StageError, StageParams,
-                            atomic_write_text, find_artifact, no_progress, param, save_png)
+                            atomic_write_text, file_safe, find_artifact, no_progress, param,
+                            save_png)
 from tilesets import atlas as atlas_mod
 from tilesets import render as render_mod
 from tilesets import tiled
@@ -235,8 +236,8 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
         tiles.json).
     params : Params
     styles : dict, optional
-        Screen stem -> style name (a conditional model's samples, :func:`sample_styles`):
-        besides ``level``, one level per style (:func:`_style_levels`).
+        Screen stem -> style name (sample's ``styles``, :func:`sample_styles`): besides
+        ``level``, one level per style (:func:`_style_levels`).
 
     Returns
     -------
@@ -368,12 +369,15 @@ def _style_levels(tiles: np.ndarray, maps: dict[str, np.ndarray], styles: dict,
     groups = {k: v for k, v in sorted(groups.items()) if len(v) >= STYLE_LEVEL_MIN_SCREENS}
     if len(groups) < 2:
         return [], {}
-    out, info = [], {}
+    out, info, used = [], {}, set()
     for style, group in groups.items():
+        slug = file_safe(style, default="style")
+        slug = slug if slug not in used else f"{slug}-{len(used)}"    # "a b" and "a_b"
+        used.add(slug)
         level, summary, warnings = _level(tiles, group, params)
-        level.name = f"level_{_slug(style)}"
+        level.name = f"level_{slug}"
         level.properties = dict(level.properties, style=style, screens=len(group))
-        sheet = _style_sheet(group, style, columns=columns)
+        sheet = _style_sheet(group, style, slug, columns=columns)
         out += [level, sheet]
         summary.pop("seconds", None)             # the report must not change with timing
         info[style] = dict(summary, map=f"maps/{level.name}.tmx", screens=len(group),
@@ -382,27 +386,23 @@ def _style_levels(tiles: np.ndarray, maps: dict[str, np.ndarray], styles: dict,
     return out, info
 
 
-def _style_sheet(group: dict[str, np.ndarray], style: str, *, columns: int) -> TiledMap:
-    """``sheet_<style>``: every tile one style's screens use, once, in sheet order (so by
+def _style_sheet(group: dict[str, np.ndarray], style: str, slug: str, *,
+                 columns: int) -> TiledMap:
+    """``sheet_<slug>``: every tile one style's screens use, once, in sheet order (so by
     kind, as on tileset.png), ``columns`` per row: that game's palette of tiles to paint from."""
     ids = np.unique(np.concatenate([(m & np.uint32(ID_MASK)).ravel() for m in group.values()]))
     rows = -(-len(ids) // columns)
     gids = np.zeros(rows * columns, np.uint32)
     gids[:len(ids)] = ids.astype(np.uint32) + 1
-    return TiledMap(f"sheet_{_slug(style)}", gids.reshape(rows, columns),
+    return TiledMap(f"sheet_{slug}", gids.reshape(rows, columns),
                     {"style": style, "tiles": int(len(ids))})
-
-
-def _slug(name: str) -> str:
-    """A style name as a file-name part: letters, digits, '-' and '_' kept, others '_'."""
-    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.strip())
-    return slug or "style"
 
 
 def sample_styles(sample_paths: list[Path]) -> dict:
     """Screen stem -> style name from sample's ``samples.json`` (``styles`` beside ``files``,
-    written for a conditional model); ``{}`` when there is none or it is unreadable (the
-    per-style levels are an extra: a warning-free no-op, never a failed export)."""
+    written when the model knows styles: its style index or a conditional model's labels);
+    ``{}`` when there is none or it is unreadable (the per-style levels are an extra: a
+    warning-free no-op, never a failed export)."""
     manifest = find_artifact([Path(p) for p in sample_paths], "samples.json")
     if manifest is None:
         return {}

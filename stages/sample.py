@@ -368,7 +368,7 @@ class SampleResult:
 
     def manifest(self) -> dict:
         """The content of samples.json (``like`` only when a style was asked for; ``styles``,
-        each file's style name, only from a conditional model)."""
+        each file's style name, only when the model knows styles)."""
         out = {"n": self.n, "seed": self.seed, "weights": self.weights, "step": self.step,
                "size": self.size, "channels": self.channels, "files": self.files,
                "interpolation": self.interpolation}

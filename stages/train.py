@@ -56,15 +56,24 @@ from stages._augment import parse_policy
 from stages._checkpoint import CKPT_VERSION, load_checkpoint, resolve_device, save_checkpoint
 from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, Skipped,
                             StageError, StageParams, atomic_write_text, expand_inputs,
-                            find_artifact, load_image, no_progress, param, save_png, write_json)
+                            file_safe, find_artifact, load_image, no_progress, param, save_png,
+                            write_json)
 from stages._gan_config import OUTPUT, UPSAMPLE, GANConfig, max_d_scales
 from stages._styles import StyleIndex
-
-#: Values of Params.conditional.
-CONDITIONAL = ("auto", "on", "off")
 from tilesets.artifacts import PATCHES_FILE, ArtifactError, Patches, grid_cut, load_npy
 
 NAME = "train"
+
+#: Values of Params.conditional.
+CONDITIONAL = ("auto", "on", "off")
+
+
+def conditional_mode(value: Any) -> Any:
+    """``conditional`` in today's form: the flag of earlier versions (true/false) is
+    "on"/"off"; anything else is returned as given (checked by Params)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
 INPUTS = {"patches": "crop"}
 OPTIONAL_INPUTS = ()
 LIBS = ("torch", "numpy")
@@ -159,8 +168,7 @@ class Params(StageParams):
                               choices=CONDITIONAL)
 
     def __post_init__(self) -> None:
-        if isinstance(self.conditional, bool):     # the flag of earlier versions
-            object.__setattr__(self, "conditional", "on" if self.conditional else "off")
+        object.__setattr__(self, "conditional", conditional_mode(self.conditional))
         super().__post_init__()
 
     def check(self) -> None:
@@ -911,8 +919,7 @@ STYLE_GRID = 16
 
 def style_file_name(name: str, index: int) -> str:
     """A file-name-safe form of a style (game) name; the index keeps names unique."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")[:40]
-    return f"{index:02d}_{safe or 'style'}"
+    return f"{index:02d}_{file_safe(name, default='style')}"
 
 
 def _tile_grid(images: np.ndarray, cols: int) -> np.ndarray:
@@ -1130,7 +1137,8 @@ class TrainingRun:
         from stages._gan import ARCH_VERSION
 
         self.params, self.trainer, self.data, self.ranks = params, trainer, data, ranks
-        self.styles = styles                 # saved beside the weights: sample names styles
+        # saved beside the weights in every checkpoint: sample names styles with it
+        self.style_state = None if styles is None else styles.to_state()
         self.out_dir = Path(out_dir)
         self.progress = progress if ranks.main else no_progress
         self.config = {"params": _plain_params(params), "gan": trainer.cfg.to_dict(),
@@ -1297,7 +1305,7 @@ class TrainingRun:
         self.good_state, self.good_step = _cpu_copy(self.trainer.state()), step
         if self.ranks.main:
             self.log.save(self.out_dir / METRICS_FILE)
-            extra = {} if self.styles is None else {"styles": self.styles.to_state()}
+            extra = {} if self.style_state is None else {"styles": self.style_state}
             save_checkpoint(self.out_dir / CKPT_FILE,
                             dict(self.good_state, step=int(step), elapsed=float(elapsed),
                                  version=CKPT_VERSION, config=self.config, rng=_rng_state(),
@@ -1377,17 +1385,15 @@ class TrainingRun:
 
 
 def _resume_value(name: str, value: Any) -> Any:
-    """A parameter as an older checkpoint recorded it, in today's form (``conditional`` was a
-    flag: true/false are "on"/"off")."""
-    if name == "conditional" and isinstance(value, bool):
-        return "on" if value else "off"
-    return value
+    """A parameter as an older checkpoint recorded it, in today's form."""
+    return conditional_mode(value) if name == "conditional" else value
 
 
-def conditional_labels(params: Params, paths: list[Path],
-                       n_patches: int) -> tuple[Optional[np.ndarray], list]:
-    """(labels (N,) int64, style names) for a conditional run, (None, []) otherwise:
-    ``conditional`` "on", or "auto" when the patches carry 2 or more games.
+def conditional_labels(params: Params, labels: Optional[np.ndarray],
+                       names: list) -> tuple[Optional[np.ndarray], list]:
+    """The patches' games (``labels`` (N,) int64 and ``names``, from
+    :func:`load_patch_games`) as a conditional run's styles, or (None, []) for an unconditional
+    one: ``conditional`` "on", or "auto" when the patches carry 2 or more games.
 
     Raises
     ------
@@ -1397,7 +1403,6 @@ def conditional_labels(params: Params, paths: list[Path],
     """
     if params.conditional == "off":
         return None, []
-    labels, names = load_patch_games(paths, n_patches)
     if params.conditional == "auto":
         if labels is None or len(names) < 2:
             log.info("one style (%s): training an unconditional model",
@@ -1439,11 +1444,9 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     with process_group(params.device) as ranks:
         patches, skipped = load_patches(list(inputs.get("patches") or []), size=params.size,
                                         channels=params.channels)
-        paths = list(inputs.get("patches") or [])
-        labels, classes = conditional_labels(params, paths, len(patches))
-        games, game_names = (labels, classes) if labels is not None else \
-            load_patch_games(paths, len(patches))
         # each patch's game rides along (an unconditional G ignores it): the style index
+        games, game_names = load_patch_games(list(inputs.get("patches") or []), len(patches))
+        _, classes = conditional_labels(params, games, game_names)
         data = TrainingData.split(patches, holdout=params.swd_holdout, seed=params.seed,
                                   labels=games)
         palette = None
