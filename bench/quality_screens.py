@@ -3,22 +3,26 @@ whole screens, beside the best a patch generator can do at that size (a mosaic o
 
 Reads the work folder of ``bench/quality_swd.py`` (``--out DIR``), which holds the held-back
 screens it cropped (``crop_holdout/screens``) and each configuration's checkpoint
-(``<config>/ckpt.pt``).  The screen size is the commonest held-back screen size cut down to
-multiples of 16 (every held-back screen of that size is kept, cropped to it).  Then, after the
-quantize stage with its defaults on both sides' generated screens and with no clean-up on the
-held-back ones (palette-fair, as ``quality_swd.py --after-quantize``):
+(``<config>/ckpt.pt``).  Every screen size (sides cut down to multiples of 16) that two or
+more held-back screens have is its own group, with only the screens of exactly that size (a
+taller screen cropped would not be a whole screen).  Then, after the quantize stage with its
+defaults on both sides' generated screens and with no clean-up on the held-back ones
+(palette-fair, as ``quality_swd.py --after-quantize``):
 
-* ``--spatial NAME`` (default ``spatial``): whole screens drawn at that size by the spatial
-  generator (``sample_images(..., width, height)``);
+* ``--spatial NAMES`` (default ``spatial``; comma separated): whole screens drawn at that size
+  by each spatial generator (``sample_images(..., width, height)``; a positional one draws a
+  whole screen's layout, top to bottom);
 * ``--patch NAME`` (default ``ours``): mosaics of the default generator's 64×64 samples laid
   side by side to the same size (what a patch generator offers for a screen);
 * the floor: the training screens of the same size against the held-back ones.
 
 SWD on the Laplacian pyramid down to 16 px (more levels than at 64×64: 256-px structure is
-measured) and the border/interior ratio on the 16-px grid; ``n`` is the number of held-back
+measured), the same on the top and the bottom 64 rows alone against the held-back screens'
+(layout: a generator that does not know where in a screen it draws puts the same things at
+both), and the border/interior ratio on the 16-px grid; ``n`` is the number of held-back
 screens, so the figures are noisy (state them with it).
 
-    python bench/quality_screens.py WORK [--spatial spatial] [--patch ours] [--n 64] [--seed 0]
+    python bench/quality_screens.py WORK [--spatial spatial,pos] [--patch ours] [--n 64] [--seed 0]
 """
 from __future__ import annotations
 
@@ -40,16 +44,6 @@ def screens_of(folder: Path) -> list[np.ndarray]:
     return [load_image(p, mode="RGB") for p in sorted(folder.glob("*.png"))]
 
 
-def common_size(screens: list[np.ndarray]) -> tuple[int, int]:
-    sizes = collections.Counter((s.shape[0] // 16 * 16, s.shape[1] // 16 * 16) for s in screens)
-    return sizes.most_common(1)[0][0]
-
-
-def of_size(screens: list[np.ndarray], h: int, w: int) -> np.ndarray:
-    keep = [s[:h, :w] for s in screens if s.shape[0] >= h and s.shape[1] >= w]
-    return np.stack(keep) if keep else np.zeros((0, h, w, 3), np.uint8)
-
-
 def mosaic(patches: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
     """``n`` screens of (h, w) made of the patches side by side, in order (cropped at the
     right and bottom edges)."""
@@ -61,10 +55,45 @@ def mosaic(patches: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
     return p.transpose(0, 1, 3, 2, 4, 5).reshape(n, rows * s, cols * s, 3)[:, :h, :w]
 
 
+def size_groups(held: list[np.ndarray], train: list[np.ndarray], min_held: int = 2) -> list:
+    """(h, w, held (n, h, w, 3), training (m, h, w, 3)) for every screen size (sides cut down to
+    multiples of 16) that at least ``min_held`` held-back screens have, commonest first; only
+    screens of exactly that size count (a taller screen cropped would not be a whole screen)."""
+    def cut(s: np.ndarray) -> tuple[int, int]:
+        return s.shape[0] // 16 * 16, s.shape[1] // 16 * 16
+
+    sizes = collections.Counter(cut(s) for s in held)
+    out = []
+    for (h, w), n in sizes.most_common():
+        if n >= min_held:
+            pick = [s[:h, :w] for s in held if cut(s) == (h, w)]
+            tr = [s[:h, :w] for s in train if cut(s) == (h, w)]
+            out.append((h, w, np.stack(pick),
+                        np.stack(tr) if tr else np.zeros((0, h, w, 3), np.uint8)))
+    return out
+
+
+#: Rows of the top and bottom bands that :func:`bands` compares (a whole screen's layout: what
+#: lies at its top and at its bottom).
+BAND = 64
+
+
+def bands(q: np.ndarray, held_q: np.ndarray, seed: int) -> str:
+    """SWD of the top ``BAND`` rows against the held-back screens' top rows, and of the bottom
+    rows against theirs: a generator without a screen's layout draws the same at both."""
+    from stages._metrics import swd
+
+    if q.shape[1] < 2 * BAND:
+        return "-"
+    top = swd(q[:, :BAND], held_q[:, :BAND], seed=seed)["swd"]
+    bottom = swd(q[:, -BAND:], held_q[:, -BAND:], seed=seed)["swd"]
+    return f"{top:.0f} / {bottom:.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("work", type=Path, help="quality_swd.py's --out folder")
-    ap.add_argument("--spatial", default="spatial")
+    ap.add_argument("--spatial", default="spatial", help="spatial generators, comma separated")
     ap.add_argument("--patch", default="ours")
     ap.add_argument("--n", type=int, default=64, help="generated screens per set")
     ap.add_argument("--seed", type=int, default=0)
@@ -77,43 +106,46 @@ def main() -> None:
 
     held_all = screens_of(args.work / "crop_holdout" / "screens")
     train_all = screens_of(args.work / "crop_train" / "screens")
-    h, w = common_size(held_all)
-    held, train = of_size(held_all, h, w), of_size(train_all, h, w)
-    print(f"screens {w}x{h}: {len(held)} held back, {len(train)} training")
-    if len(held) < 2:
-        sys.exit("quality_screens: fewer than 2 held-back screens of the commonest size")
+    groups = size_groups(held_all, train_all)
+    if not groups:
+        sys.exit("quality_screens: no screen size has 2 or more held-back screens")
     work = args.work / "screens"
-    held_q = quantized(held, work / "q_held", cleanup=0)
-
-
-    def row(name: str, images: np.ndarray, q: np.ndarray) -> str:
-        r = swd(q, held_q, seed=args.seed)
-        levels = " / ".join(f"{v:.0f}" for v in r["levels"])
-        return f"| {name} | {len(images)} | {r['swd']:.1f} | {levels} | {grid(q)} |"
-
     rows = ["| screens | n | SWD after quantize vs held back | per level (fine → coarse) | "
-            "border/interior on the grid / best off it |", "|---|---|---|---|---|",
-            f"| real held-back screens (no clean-up) | {len(held)} | - | - | {grid(held_q)} |"]
-    if len(train) >= 2:
-        rows.append(row("real training screens (floor)", train,
-                        quantized(train, work / "q_train", cleanup=0)))
-    spatial_ck = args.work / args.spatial / "ckpt.pt"
-    if spatial_ck.exists():
-        G, _ = load_generator(spatial_ck)
-        big = sample_images(G, args.n, seed=args.seed + 7, width=w, height=h)
-        rows.append(row(f"{args.spatial}: whole screens", big,
-                        quantized(big, work / f"q_{args.spatial}")))
-        from PIL import Image
-        Image.fromarray(np.concatenate(list(big[:4]), 1)).save(work / f"{args.spatial}_4.png")
-    patch_ck = args.work / args.patch / "ckpt.pt"
-    if patch_ck.exists():
-        G, _ = load_generator(patch_ck)
-        s = G.cfg.height
-        per = -(-h // s) * -(-w // s)
-        tiles = sample_images(G, args.n * per, seed=args.seed + 7)
-        mos = mosaic(tiles, args.n, h, w)
-        rows.append(row(f"{args.patch}: mosaics of {s}x{s} samples", mos,
-                        quantized(mos, work / f"q_{args.patch}")))
+            f"top / bottom {BAND} rows | border/interior on the grid / best off it |",
+            "|---|---|---|---|---|---|"]
+    for h, w, held, train in groups:
+        tag = f"{w}x{h}"
+        held_q = quantized(held, work / f"q_held_{tag}", cleanup=0)
+
+        def row(name: str, images: np.ndarray, q: np.ndarray) -> str:
+            r = swd(q, held_q, seed=args.seed)
+            levels = " / ".join(f"{v:.0f}" for v in r["levels"])
+            return (f"| {tag} {name} | {len(images)} | {r['swd']:.1f} | {levels} | "
+                    f"{bands(q, held_q, args.seed)} | {grid(q)} |")
+
+        rows.append(f"| {tag} real held-back screens (no clean-up) | {len(held)} | - | - | - | "
+                    f"{grid(held_q)} |")
+        if len(train) >= 2:
+            rows.append(row("real training screens (floor)", train,
+                            quantized(train, work / f"q_train_{tag}", cleanup=0)))
+        for name in [x for x in args.spatial.split(",") if x]:
+            ck = args.work / name / "ckpt.pt"
+            if not ck.exists():
+                continue
+            G, _ = load_generator(ck)
+            big = sample_images(G, args.n, seed=args.seed + 7, width=w, height=h)
+            rows.append(row(f"{name}: whole screens", big, quantized(big, work / f"q_{name}_{tag}")))
+            from PIL import Image
+            Image.fromarray(np.concatenate(list(big[:4]), 1)).save(work / f"{name}_{tag}_4.png")
+        patch_ck = args.work / args.patch / "ckpt.pt"
+        if patch_ck.exists():
+            G, _ = load_generator(patch_ck)
+            s_ = G.cfg.height
+            per = -(-h // s_) * -(-w // s_)
+            tiles = sample_images(G, args.n * per, seed=args.seed + 7)
+            mos = mosaic(tiles, args.n, h, w)
+            rows.append(row(f"{args.patch}: mosaics of {s_}x{s_} samples", mos,
+                            quantized(mos, work / f"q_{args.patch}_{tag}")))
     print("\n".join(rows))
 
 

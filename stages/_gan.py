@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from stages._gan_config import UPSAMPLE, GANConfig, max_d_scales  # noqa: F401  (re-exported)
+from stages._gan_config import UPSAMPLE, GANConfig, max_d_scales, screen_span  # noqa: F401
 
 #: Bumped whenever the network layout changes so that old checkpoints are refused clearly.
 ARCH_VERSION = 1
@@ -111,7 +111,8 @@ class Generator(nn.Module):
         self.cfg = cfg
         n, g = cfg.n_up, cfg.ngf
         bh, bw = cfg.base
-        zin = cfg.nz + cfg.embed_dim          # a conditional G appends the label's embedding
+        # a conditional G appends the label's embedding, a positional one each row's position
+        zin = cfg.nz + cfg.embed_dim + int(cfg.positional)
         if cfg.g_arch == "fcn":
             # (nz [+E]) × h × w -> (ngf*m0) × h × w   (h × w = bh × bw at the training size)
             first: nn.Module = nn.Conv2d(zin, g * _mult(0, n), 3, 1, 1, bias=False)
@@ -143,13 +144,25 @@ class Generator(nn.Module):
             self.embed = nn.Embedding(cfg.n_classes, cfg.embed_dim)
         init_weights(self)
 
-    def forward(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``y`` (B,) int64 labels of a conditional generator (required there, else ignored)."""
+    def forward(self, z: torch.Tensor, y: Optional[torch.Tensor] = None,
+                where: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``y`` (B,) int64 labels of a conditional generator (required there, else ignored).
+
+        ``where`` (B, h) float: a positional generator's row positions
+        (:func:`stages._gan_config.where_rows`, one per noise row); None = :meth:`default_where`.
+        """
         if z.dim() == 2:
             if self.cfg.g_arch == "fcn":             # one vector: a constant map, training size
                 z = z[:, :, None, None].expand(-1, -1, *self.cfg.base)
             else:
                 z = z[:, :, None, None]
+        if self.cfg.positional:
+            where = self.default_where(z) if where is None else where.to(z.device)
+            if where.shape != (z.shape[0], z.shape[2]):
+                raise ValueError(f"where must hold one position per noise row, shape "
+                                 f"({z.shape[0]}, {z.shape[2]}), got {tuple(where.shape)}")
+            z = torch.cat([z, where[:, None, :, None].to(z.dtype).expand(-1, 1, -1, z.shape[3])],
+                          dim=1)
         if self.cfg.n_classes:
             if y is None:
                 raise ValueError("a conditional generator needs labels y")
@@ -167,6 +180,21 @@ class Generator(nn.Module):
             return decode_palette(out, self.palette_rgb, tau=self.cfg.gumbel_tau,
                                   hard_only=not self.training)
         return out
+
+
+    def default_where(self, z: torch.Tensor) -> torch.Tensor:
+        """Row positions (B, h) for noise maps ``z`` (B, nz, h, w) when none are given.
+
+        An image taller than the training patches spans a whole screen; one of their height
+        is a window whose top is its first noise value through the normal CDF (uniform over
+        the heights it fits), so each image's position is fixed by its own noise: the same
+        whatever the batch, and spread as the training patches' are.
+        """
+        h = z.shape[2]
+        span = screen_span(self.cfg, h * self.cfg.stride)
+        top = torch.special.ndtr(z[:, 0, 0, 0].double()) * (1.0 - span)
+        r = (torch.arange(h, dtype=torch.float64, device=z.device) + 0.5) / h
+        return (2.0 * (top[:, None] + r[None] * span) - 1.0).float()
 
 
 def decode_palette(logits: torch.Tensor, palette: torch.Tensor, *, tau: float,
@@ -199,8 +227,9 @@ class Discriminator(nn.Module):
         self.cfg = cfg
         n, d = cfg.n_up, cfg.ndf
         sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
-        # C × H × W -> ndf × H/2 × W/2
-        layers: list[nn.Module] = [sn(nn.Conv2d(cfg.channels, d, 4, 2, 1, bias=cfg.spectral_norm)),
+        # (C [+1 row position]) × H × W -> ndf × H/2 × W/2
+        layers: list[nn.Module] = [sn(nn.Conv2d(cfg.channels + int(cfg.positional), d, 4, 2, 1,
+                                                bias=cfg.spectral_norm)),
                                    nn.LeakyReLU(0.2, True)]
         for i in range(1, n):
             cin, cout = d * _mult(n - i, n), d * _mult(n - 1 - i, n)
@@ -223,13 +252,29 @@ class Discriminator(nn.Module):
                 for s in range(1, cfg.d_scales))
         init_weights(self)
 
-    def forward(self, x: torch.Tensor, parts: int = 1,
-                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, parts: int = 1, y: Optional[torch.Tensor] = None,
+                where: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B,) float32, or (B, d_scales) with the full-size scale first.
 
         ``parts``: the batch is that many equal, contiguous sets (e.g. real then fake) that the
         minibatch-std groups must not mix.  ``y`` (B,) int64: labels of a conditional D.
+        ``where`` (B, h) float: a positional D's row positions (h divides the image height;
+        each covers its share of pixel rows), appended to the image as one more channel.
         """
+        if self.cfg.positional:
+            if where is None:
+                raise ValueError("a positional discriminator needs the rows' positions (where)")
+            rows = where.to(x.device, x.dtype).repeat_interleave(x.shape[2] // where.shape[1], 1)
+            x = torch.cat([x, rows[:, None, :, None].expand(-1, 1, -1, x.shape[3])], dim=1)
+        out = self._logits(x, parts, y)
+        if self.cfg.d_scales == 1:
+            return out
+        outs = [out] + [d._logits(nn.functional.avg_pool2d(x, 2 ** s), parts, y)
+                        for s, d in enumerate(self.coarse, 1)]
+        return torch.stack(outs, dim=1)
+
+    def _logits(self, x: torch.Tensor, parts: int, y: Optional[torch.Tensor]) -> torch.Tensor:
+        """This scale's logits (B,) for ``x`` (with a positional D's position channel)."""
         if self.cfg.mbstd > 0 or self.cfg.n_classes:
             h = self.main[:-1](x)
             if self.cfg.mbstd > 0:
@@ -242,11 +287,7 @@ class Discriminator(nn.Module):
                              * h.float().sum(dim=(2, 3))).sum(dim=1)
         else:
             out = self.main(x).reshape(x.shape[0]).float()
-        if self.cfg.d_scales == 1:
-            return out
-        outs = [out] + [d(nn.functional.avg_pool2d(x, 2 ** s), parts, y)
-                        for s, d in enumerate(self.coarse, 1)]
-        return torch.stack(outs, dim=1)
+        return out
 
 
 def _minibatch_std(h: torch.Tensor, group: int, parts: int) -> torch.Tensor:

@@ -87,6 +87,16 @@ class GANConfig:
         equal shares, as in checkpoints written before it was recorded).  Sampling without a
         style asked for draws the styles in these proportions (:meth:`style_prior`), so the
         mixture matches the corpus: a one-screen style is not a quarter of the samples.
+    screen_height : int
+        0: the networks do not know where in a screen a patch lies.  > 0 (``g_arch = "fcn"``
+        only): a *positional* model.  G takes one more noise channel, each noise cell's
+        vertical position in its screen (:func:`where_rows`: -1 top, +1 bottom), and D one more
+        image channel, the same position per pixel row; real patches come with theirs (crop's
+        ``patch_rows.npy``) and fakes are drawn at the same positions, so G learns what belongs
+        at each height of a screen.  A sample taller than the patches is a whole screen, top
+        to bottom; one of the patches' height is a window of ``height / screen_height`` (the
+        training screens' median height) at a height its noise picks
+        (``Generator.default_where``).
     """
 
     height: int = 64
@@ -106,6 +116,7 @@ class GANConfig:
     classes: tuple = ()
     class_share: tuple = ()
     g_cond: str = "concat"
+    screen_height: int = 0
 
     @property
     def n_classes(self) -> int:
@@ -121,6 +132,11 @@ class GANConfig:
             return tuple(1.0 / len(self.classes) for _ in self.classes)
         total = float(sum(self.class_share))
         return tuple(float(s) / total for s in self.class_share)
+
+    @property
+    def positional(self) -> bool:
+        """Whether G and D take each row's position in its screen (``screen_height`` > 0)."""
+        return self.screen_height > 0
 
     @property
     def embed_dim(self) -> int:
@@ -189,6 +205,12 @@ class GANConfig:
                                  or not sum(self.class_share) > 0):
             raise ValueError(f"class_share must hold one non-negative share per class "
                              f"({len(self.classes)}) with a positive sum, got {self.class_share}")
+        if self.screen_height < 0 or (self.screen_height and self.screen_height < self.height):
+            raise ValueError(f"screen_height must be 0 or at least the patch height "
+                             f"{self.height}, got {self.screen_height}")
+        if self.screen_height and self.g_arch != "fcn":
+            raise ValueError("a positional model (screen_height > 0) needs g_arch 'fcn' "
+                             "(train with --spatial-noise)")
         if self.n_up < 2 or max(self.base) > 4 * min(self.base):
             raise ValueError(f"image size {self.height}x{self.width} cannot be built by doubling: "
                              "use sides such as 32, 64, 128 or 256x224")
@@ -234,3 +256,38 @@ def max_d_scales(side: int) -> int:
     """Most discriminator scales an image whose smaller side is ``side`` allows (each scale
     halves it; all but the first must keep at least 16 pixels)."""
     return max(1, (side // 16).bit_length())
+
+
+def where_rows(tops: Any, spans: Any, cells: int) -> Any:
+    """Vertical positions of ``cells`` noise rows: (B, cells) float32 in [-1, 1].
+
+    ``tops`` and ``spans`` (B,) are fractions of the screen's height: where the image's top
+    row lies and how much of the screen it covers.  Row r's value is its centre,
+    ``2 * (top + (r + 0.5) / cells * span) - 1`` (-1 = the screen's top edge, +1 its bottom).
+    """
+    import numpy as np
+
+    t = np.asarray(tops, np.float64).reshape(-1, 1)
+    s = np.asarray(spans, np.float64).reshape(-1, 1)
+    r = (np.arange(cells, dtype=np.float64) + 0.5) / cells
+    return (2.0 * (t + r[None] * s) - 1.0).astype(np.float32)
+
+
+def patch_where(rows: Any, size: int, cells: int) -> Any:
+    """:func:`where_rows` of patches ``size`` pixels tall cut at ``rows`` (B, 2) int = (top
+    row, screen height) in pixels, as crop records them."""
+    import numpy as np
+
+    r = np.asarray(rows, np.float64).reshape(-1, 2)
+    h = np.maximum(r[:, 1], size)
+    return where_rows(r[:, 0] / h, size / h, cells)
+
+
+def screen_span(cfg: GANConfig, height: int) -> float:
+    """The share of a screen that an image ``height`` pixels tall covers under ``cfg``: an
+    image taller than the training patches is a whole screen (1: ``sample --height 240``
+    draws screens 240 tall, top to bottom); one the patches' height is a window of
+    ``height / screen_height`` (the training screens' median height)."""
+    if not cfg.screen_height or height > cfg.height:
+        return 1.0
+    return min(1.0, height / cfg.screen_height)

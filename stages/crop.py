@@ -685,16 +685,26 @@ def cut_patches(screen: np.ndarray, rec: ScreenRecord, local: np.ndarray,
     -------
     ndarray, shape (len(local), S, S, C), uint8
     """
-    S, stride, n_flip = params.patch_size, params.stride, 2 if params.flip else 1
-    gx, gy = rec.grid
-    _, nx = _positions(rec, S, stride)
+    S, n_flip = params.patch_size, 2 if params.flip else 1
     out = np.empty((len(local), S, S, screen.shape[2]), np.uint8)
-    for j, q in enumerate(local):
-        row, col = divmod(int(q) // n_flip, nx)
-        y, x = gy + row * stride, gx + col * stride
+    for j, (q, (y, x)) in enumerate(zip(local, patch_origins(rec, local, params))):
         p = screen[y:y + S, x:x + S]
         out[j] = p[:, ::-1] if q % n_flip else p
     return out
+
+
+def patch_origins(rec: ScreenRecord, local: np.ndarray, params: Params) -> np.ndarray:
+    """Top-left (y, x) on the screen of each picked patch (``local`` as in :func:`cut_patches`).
+
+    Returns
+    -------
+    ndarray, shape (len(local), 2), int32
+    """
+    n_flip = 2 if params.flip else 1
+    _, nx = _positions(rec, params.patch_size, params.stride)
+    row, col = np.divmod(np.asarray(local, np.int64) // n_flip, nx)
+    gx, gy = rec.grid
+    return np.stack([gy + row * params.stride, gx + col * params.stride], 1).astype(np.int32)
 
 
 def cut_tiles(screen: np.ndarray, rec: ScreenRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -908,7 +918,10 @@ def crop_stream(items: Iterable[tuple[InputFile, str, Union[NativeScreen, Unusab
     names = sorted({r.game for r in sel.records})          # each patch's game, for train
     labels = np.concatenate([np.full(len(plan.of_screen(r.index)), names.index(r.game), np.int32)
                              for r in sel.records])
-    return CropResult(sel.records, Patches(patch_sink.close(), labels, names), tiles, sel, plan,
+    rows = np.concatenate([np.stack([patch_origins(r, plan.of_screen(r.index), params)[:, 0],
+                                     np.full(len(plan.of_screen(r.index)), r.height)], 1)
+                           for r in sel.records]).astype(np.int32)     # where in its screen
+    return CropResult(sel.records, Patches(patch_sink.close(), labels, names, rows), tiles, sel, plan,
                       sheet.render(sel.records, sel.dropped))
 
 

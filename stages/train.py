@@ -58,7 +58,7 @@ from stages._common import (IMAGE_SUFFIXES, InputError, ParamError, ProgressFn, 
                             StageError, StageParams, atomic_write_text, expand_inputs,
                             file_safe, find_artifact, load_image, no_progress, param, save_png,
                             write_json)
-from stages._gan_config import OUTPUT, UPSAMPLE, GANConfig, max_d_scales
+from stages._gan_config import OUTPUT, UPSAMPLE, GANConfig, max_d_scales, patch_where
 from stages._styles import StyleIndex
 from tilesets.artifacts import PATCHES_FILE, ArtifactError, Patches, grid_cut, load_npy
 
@@ -166,6 +166,10 @@ class Params(StageParams):
                                           "style. auto: when the patches come from 2 or more "
                                           "games; on: always (an error without them); off.",
                               choices=CONDITIONAL)
+    position: bool = param(False, help="Tell G and D where in its screen each patch lies (its "
+                                        "rows' heights, from crop's patch_rows.npy), so whole "
+                                        "screens sampled with --width/--height get a screen's "
+                                        "layout (sky above, ground below). Needs --spatial-noise.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditional", conditional_mode(self.conditional))
@@ -197,6 +201,9 @@ class Params(StageParams):
             self._fail("gumbel_tau", f"gumbel_tau must be positive, got {self.gumbel_tau}")
         if self.output == "palette" and self.channels == 4:
             self._fail("output", "output=palette trains RGB only; use --channels 3 or --output rgb")
+        if self.position and not self.spatial_noise:
+            self._fail("position", "position needs --spatial-noise (a generator that draws "
+                                   "whole screens)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             self._fail("device", f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -229,10 +236,12 @@ def resolve_d_scales(p: Params) -> int:
 
 
 def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None,
-               classes: tuple = (), class_share: tuple = ()) -> GANConfig:
+               classes: tuple = (), class_share: tuple = (),
+               screen_height: int = 0) -> GANConfig:
     """The network architecture these parameters train (``palette`` (K, 3) uint8: the colours
     of ``output = "palette"``, see :func:`corpus_palette`; ``classes``: the style names of a
-    ``conditional`` model, ``class_share`` their shares of the training patches)."""
+    ``conditional`` model, ``class_share`` their shares of the training patches;
+    ``screen_height``: the training screens' median height of a ``position`` model)."""
     pal = () if palette is None or p.output != "palette" else tuple(
         tuple(int(x) for x in c) for c in palette)
     return GANConfig(height=p.size, width=p.size, channels=channels, nz=p.nz, ngf=p.ngf,
@@ -241,7 +250,8 @@ def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None,
                      g_arch="fcn" if p.spatial_noise else "dcgan", output=p.output,
                      palette=pal, gumbel_tau=float(p.gumbel_tau),
                      classes=tuple(classes), class_share=tuple(class_share),
-                     g_cond="cbn" if classes else "concat")
+                     g_cond="cbn" if classes else "concat",
+                     screen_height=int(screen_height) if p.position else 0)
 
 
 def corpus_palette(images: np.ndarray, k: int) -> np.ndarray:
@@ -340,6 +350,29 @@ def load_patch_games(paths: list[Path], n_patches: int) -> tuple[Optional[np.nda
     return np.repeat(p.games.astype(np.int64), n_patches // len(p.games)), list(p.game_names)
 
 
+def load_patch_rows(paths: list[Path], n_patches: int, size: int) -> Optional[np.ndarray]:
+    """Each loaded patch's (top row, screen height) in pixels (int64 (n_patches, 2)) from a
+    crop artifact's ``patch_rows.npy``; None for other inputs or older artifacts.
+
+    Crop's patches cut into smaller ``size`` squares (:func:`load_patches`, row-major) get
+    their own rows.
+    """
+    artifact = find_artifact(paths, PATCHES_FILE)
+    if artifact is None:
+        return None
+    try:
+        p = Patches.load(artifact.parent, mmap=True)
+    except ArtifactError as e:
+        raise InputError(str(e)) from None
+    if p.rows is None or not len(p.rows) or n_patches % len(p.rows):
+        return None
+    k = n_patches // len(p.rows)                       # size squares per crop patch
+    nx = max(1, int(round(math.sqrt(k))))
+    rows = np.repeat(p.rows.astype(np.int64), k, axis=0)
+    rows[:, 0] += np.tile((np.arange(k) // nx) * size, len(p.rows))
+    return rows
+
+
 def _channels_of_first_npy(files: list[Path]) -> int:
     """4 when the first .npy input holds RGBA, else 3 (images alone train as RGB)."""
     first = next((f for f in files if f.suffix.lower() == ".npy"), None)
@@ -387,23 +420,28 @@ class TrainingData:
         too small to spare them, see :func:`stages._metrics.sample_swd_reference`).
     labels : ndarray, shape (n_train,), int64, or None
         The style (game index) of each training patch for a ``conditional`` model.
+    rows : ndarray, shape (n_train, 2), int64, or None
+        Each training patch's (top row, screen height) in pixels, for a ``position`` model.
     """
 
     patches: np.ndarray
     train: np.ndarray
     holdout: Optional[np.ndarray]
     labels: Optional[np.ndarray] = None
+    rows: Optional[np.ndarray] = None
 
     @classmethod
     def split(cls, patches: np.ndarray, *, holdout: float, seed: int,
-              labels: Optional[np.ndarray] = None) -> "TrainingData":
-        """``labels`` (N,) int64 per patch (a conditional model's styles) or None; the
-        result's ``labels`` are those of ``train``."""
+              labels: Optional[np.ndarray] = None,
+              rows: Optional[np.ndarray] = None) -> "TrainingData":
+        """``labels`` (N,) int64 per patch (a conditional model's styles) or None, ``rows``
+        (N, 2) their positions or None; the result's are those of ``train``."""
         from stages._metrics import sample_swd_reference
 
         train_idx, held = sample_swd_reference(patches, holdout=holdout, seed=seed)
         return cls(patches, patches[train_idx], held,
-                   None if labels is None else labels[train_idx])
+                   None if labels is None else labels[train_idx],
+                   None if rows is None else rows[train_idx])
 
     @property
     def n_holdout(self) -> int:
@@ -724,10 +762,11 @@ class Trainer:
             self._apply_lr()
 
     # ----------------------------------------------------------------- one step
-    def step(self, step: int, real_u8: np.ndarray,
-             labels: Optional[np.ndarray] = None) -> tuple[float, float, bool]:
+    def step(self, step: int, real_u8: np.ndarray, labels: Optional[np.ndarray] = None,
+             rows: Optional[np.ndarray] = None) -> tuple[float, float, bool]:
         """One D update and one G update on a uint8 (B, S, S, C) batch (``labels`` (B,): the
-        styles of a conditional model; its fakes are drawn with the same labels).
+        styles of a conditional model; ``rows`` (B, 2): the patches' (top row, screen height)
+        for a positional one; its fakes are drawn with the same labels and positions).
 
         All randomness (noise, augmentation) comes from ``(seed, step, rank, rollbacks)``.
         Returns (lossD, lossG, ok) averaged over ranks; ok is False when a loss is non-finite
@@ -745,11 +784,19 @@ class Trainer:
             real = real.contiguous(memory_format=torch.channels_last)
         z = torch.randn(real.shape[0], *self.cfg.noise_shape(), generator=gen).to(dev)
         y = None if not self.cfg.n_classes else torch.as_tensor(labels, dtype=torch.int64).to(dev)
+        where = None
+        if self.cfg.positional:
+            if rows is None:
+                raise ValueError("a positional model trains on patches with their rows")
+            where = torch.from_numpy(patch_where(rows, real.shape[2], z.shape[2])).to(dev)
         noise_std = p.instance_noise * max(0.0, 1.0 - step / max(1, p.steps))
         with self.autocast():
-            fake = self.G_forward(z) if y is None else self.G_forward(z, y)
-        lossD = self._update_discriminator(real, fake, gen, noise_std, y)
-        lossG = self._update_generator(fake, z, gen, noise_std, y)
+            if where is not None:
+                fake = self.G_forward(z, y, where)
+            else:
+                fake = self.G_forward(z) if y is None else self.G_forward(z, y)
+        lossD = self._update_discriminator(real, fake, gen, noise_std, y, where)
+        lossG = self._update_generator(fake, z, gen, noise_std, y, where)
         lossD, lossG, ok = self._agree_on_losses(lossD, lossG)
         if ok:
             self._update_ema(step)
@@ -768,7 +815,7 @@ class Trainer:
         return x
 
     def _update_discriminator(self, real: "Any", fake: "Any", gen: "Any",
-                              noise_std: float, y: "Any" = None) -> "Any":
+                              noise_std: float, y: "Any" = None, where: "Any" = None) -> "Any":
         """One optimiser step of D on a real and a generated batch; returns its loss."""
         import torch
 
@@ -778,10 +825,12 @@ class Trainer:
         fake_in = self._discriminator_input(fake.detach().float(), gen, noise_std)
         with self.autocast():
             if self.d_has_bn and self.world == 1:        # batch norm: separate batches
-                real_logits, fake_logits = self.D_forward(real_in, 1, y), self.D_forward(fake_in, 1, y)
+                real_logits = self.D_forward(real_in, 1, y, where)
+                fake_logits = self.D_forward(fake_in, 1, y, where)
             else:
                 both = self.D_forward(torch.cat([real_in, fake_in]), 2,
-                                      None if y is None else torch.cat([y, y]))
+                                      None if y is None else torch.cat([y, y]),
+                                      None if where is None else torch.cat([where, where]))
                 real_logits, fake_logits = both[:b], both[b:]
         loss = discriminator_loss(real_logits, fake_logits, kind=p.loss,
                                   label_smoothing=p.label_smoothing)
@@ -790,14 +839,14 @@ class Trainer:
         return loss
 
     def _update_generator(self, fake: "Any", z: "Any", gen: "Any", noise_std: float,
-                          y: "Any" = None) -> "Any":
+                          y: "Any" = None, where: "Any" = None) -> "Any":
         """One optimiser step of G through the (frozen) D; returns its loss."""
         p = self.params
         self.optG.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
         with self.autocast():
             fake_logits = self.D_forward_for_G(
-                self._discriminator_input(fake.float(), gen, noise_std), 1, y)
+                self._discriminator_input(fake.float(), gen, noise_std), 1, y, where)
         loss = generator_loss(fake_logits, kind=p.loss)
         if p.mode_seeking > 0:
             loss = loss + p.mode_seeking * mode_seeking_term(fake.float(), z)
@@ -1191,9 +1240,10 @@ class TrainingRun:
             ck = load_checkpoint(path)
             old = ck["config"]["params"]
             # through GANConfig, so fields added since (their defaults) compare equal
+            defaults = _plain_params(Params())          # fields added since: their defaults
             same = (GANConfig.from_dict(ck["config"]["gan"]) == self.trainer.cfg and all(
-                _resume_value(k, old.get(k)) == v for k, v in self.config["params"].items()
-                if k not in _RESUME_FREE))
+                _resume_value(k, old.get(k, defaults[k])) == v
+                for k, v in self.config["params"].items() if k not in _RESUME_FREE))
         except (InputError, KeyError, TypeError) as e:
             log.warning("ignoring unusable checkpoint %s: %s", path, e)
             return None
@@ -1246,14 +1296,15 @@ class TrainingRun:
             elapsed = _max_over_ranks(elapsed, self.ranks.device)
         return elapsed
 
-    def _batch(self, step: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """This rank's slice of the global batch of ``step``: uint8 (batch, S, S, C) and its
-        labels (batch,) (None without them)."""
+    def _batch(self, step: int) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+        """This rank's slice of the global batch of ``step``: uint8 (batch, S, S, C), its
+        labels (batch,) and rows (batch, 2) (None without them)."""
         b, rank = self.params.batch, self.ranks.rank
         idx = np.sort(batch_indices(self.params.seed, step, len(self.data.train),
                                     self.global_batch)[rank * b:(rank + 1) * b])
-        labels = self.data.labels
-        return self.data.train[idx], None if labels is None else labels[idx]
+        labels, rows = self.data.labels, self.data.rows
+        return (self.data.train[idx], None if labels is None else labels[idx],
+                None if rows is None else rows[idx])
 
     def _roll_back(self, step: int, lossD: float, lossG: float) -> int:
         """Return to the last checkpoint with halved learning rates (or stop when that has
@@ -1418,6 +1469,25 @@ def conditional_labels(params: Params, labels: Optional[np.ndarray],
     return labels, names
 
 
+def position_rows(params: Params, paths: list[Path], n_patches: int) -> Optional[np.ndarray]:
+    """The patches' rows (:func:`load_patch_rows`) for a ``position`` model, else None.
+
+    Raises
+    ------
+    InputError
+        ``position`` without per-patch rows (loose images or arrays, or a crop artifact
+        written before crop recorded them).
+    """
+    if not params.position:
+        return None
+    rows = load_patch_rows(paths, n_patches, params.size)
+    if rows is None:
+        raise InputError("train --position needs where each patch lies in its screen: give a "
+                         "crop artifact with patch_rows.npy (rerun `pipeline crop`), not loose "
+                         "images or arrays")
+    return rows
+
+
 def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         progress: ProgressFn = no_progress) -> dict:
     """Train the GAN on the patches and write the train artifact into ``out_dir``.
@@ -1447,15 +1517,18 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         # each patch's game rides along (an unconditional G ignores it): the style index
         games, game_names = load_patch_games(list(inputs.get("patches") or []), len(patches))
         _, classes = conditional_labels(params, games, game_names)
+        rows = position_rows(params, list(inputs.get("patches") or []), len(patches))
         data = TrainingData.split(patches, holdout=params.swd_holdout, seed=params.seed,
-                                  labels=games)
+                                  labels=games, rows=rows)
         palette = None
         if params.output == "palette":         # D sees real patches in the same colours
             palette = corpus_palette(data.train, params.palette_size)
             data = dataclasses.replace(data, train=map_to_palette(data.train, palette))
         share = () if not classes else tuple(   # each style's share of the batches
             float(c) for c in np.bincount(data.labels, minlength=len(classes)) / len(data.labels))
-        trainer = Trainer(params, gan_config(params, patches.shape[-1], palette, classes, share),
+        screen_h = 0 if rows is None else int(np.median(rows[:, 1]))
+        trainer = Trainer(params, gan_config(params, patches.shape[-1], palette, classes, share,
+                                             screen_h),
                           ranks.device, world=ranks.world, rank=ranks.rank)
         styles = None if data.labels is None else StyleIndex.build(
             data.train, data.labels, game_names, seed=params.seed)

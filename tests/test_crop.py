@@ -554,7 +554,7 @@ def test_run_writes_the_core_result_as_artifacts(tmp_path):
     assert tiles.screens == [r.to_json() for r in want.records]
     assert sorted(p.name for p in out.iterdir()) == ["contact.png", "crop.json",
                                                      "patch_game_names.npy", "patch_games.npy",
-                                                     "patches.npy",
+                                                     "patch_rows.npy", "patches.npy",
                                                      "screens", "screens.json", "tiles.npy",
                                                      "tiles_origin.npy"]
     assert (s["screens"], s["patches"], s["tiles"]) == (3, 20, len(want.tiles.tiles))

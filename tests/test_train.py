@@ -809,7 +809,8 @@ def _crop_artifact(folder: Path, games: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     images = blocky(24, 32)
     labels = np.arange(24) % len(games)
-    Patches(images, labels.astype(np.int32), games).save(folder, lambda p, a: np.save(p, a))
+    rows = np.stack([(np.arange(24) % 3) * 32, np.full(24, 96)], 1).astype(np.int32)
+    Patches(images, labels.astype(np.int32), games, rows).save(folder, lambda p, a: np.save(p, a))
     return folder
 
 
@@ -1000,18 +1001,19 @@ def test_conditional_without_patch_games_names_what_is_missing(patches, tmp_path
 
 @pytest.mark.slow
 @_NEEDS_TORCHRUN
-def test_gloo_ddp_trains_the_spatial_palette_conditional_model_in_sync(tmp_path):
+def test_gloo_ddp_trains_the_spatial_palette_conditional_positional_model_in_sync(tmp_path):
     art = _crop_artifact(tmp_path / "crop", ["contra", "smb"])
     out = tmp_path / "out"
     out.mkdir()
     params = {**train.TINY, "size": 32, "steps": 4, "ckpt_every": 2, "spatial_noise": True,
-              "output": "palette", "palette_size": 8, "conditional": True}
+              "output": "palette", "palette_size": 8, "conditional": True, "position": True}
     s0, s1 = _run_ddp(tmp_path, out, art, params)
     assert s0["world_size"] == s1["world_size"] == 2
     assert s0["g_checksum"] == pytest.approx(s1["g_checksum"], rel=1e-6)
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     gan = GANConfig.from_dict(ck["config"]["gan"])
     assert ck["step"] == 4 and gan.g_arch == "fcn" and gan.classes == ("contra", "smb")
+    assert gan.screen_height == 96
 
 
 def test_isolated_share_counts_pixels_unlike_all_neighbours():

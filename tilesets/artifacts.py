@@ -35,6 +35,7 @@ class ArtifactError(ValueError):
 PATCHES_FILE = "patches.npy"
 PATCH_GAMES_FILE = "patch_games.npy"
 PATCH_GAME_NAMES_FILE = "patch_game_names.npy"
+PATCH_ROWS_FILE = "patch_rows.npy"
 TILES_FILE = "tiles.npy"
 TILES_ORIGIN_FILE = "tiles_origin.npy"
 SCREENS_FILE = "screens.json"
@@ -102,11 +103,15 @@ class Patches:
 
     ``games`` (optional) int32 (N,): each patch's source game as an index into ``game_names``
     (list of str); None when unknown (older artifacts, user arrays).
+    ``rows`` (optional) int32 (N, 2): each patch's top row in its screen and that screen's
+    height, in native pixels (where in a screen it was cut: a positional model learns layout
+    from it); None when unknown.
     """
 
     images: np.ndarray
     games: Optional[np.ndarray] = None
     game_names: list = field(default_factory=list)
+    rows: Optional[np.ndarray] = None
 
     def validate(self, where: Path = Path(PATCHES_FILE)) -> "Patches":
         _check_uint8_images(self.images, where, "patches", (3, 4))
@@ -117,6 +122,15 @@ class Patches:
                     or (len(g) and not 0 <= int(g.min()) <= int(g.max()) < len(self.game_names))):
                 raise ArtifactError(f"{where}: expected {len(self.images)} integer game indices "
                                     f"below {len(self.game_names)}, got {g.dtype} {g.shape}")
+        if self.rows is not None:
+            r, S = self.rows, self.images.shape[1] if self.images.ndim == 4 else 0
+            if (r.ndim != 2 or r.shape != (len(self.images), 2) or r.dtype.kind not in "iu"
+                    or (len(r) and (int(r[:, 0].min()) < 0
+                                    or bool((r[:, 0] + S > r[:, 1]).any())))):
+                raise ArtifactError(f"{where.with_name(PATCH_ROWS_FILE)}: expected "
+                                    f"({len(self.images)}, 2) integer (top row, screen height) "
+                                    f"pairs with each patch inside its screen, got "
+                                    f"{r.dtype} {r.shape}")
         return self
 
     def save(self, folder: Path, save_npy: SaveNpy) -> None:
@@ -125,6 +139,8 @@ class Patches:
         if self.games is not None:
             save_npy(folder / PATCH_GAMES_FILE, np.asarray(self.games, np.int32))
             save_npy(folder / PATCH_GAME_NAMES_FILE, np.asarray(list(self.game_names), dtype=str))
+        if self.rows is not None:
+            save_npy(folder / PATCH_ROWS_FILE, np.asarray(self.rows, np.int32))
 
     @classmethod
     def load(cls, folder: Path, *, mmap: bool = False) -> "Patches":
@@ -133,7 +149,9 @@ class Patches:
         if (Path(folder) / PATCH_GAMES_FILE).is_file():
             games = load_npy(Path(folder) / PATCH_GAMES_FILE)
             names = [str(x) for x in load_npy(Path(folder) / PATCH_GAME_NAMES_FILE).tolist()]
-        return cls(load_npy(path, mmap=mmap), games, names).validate(path)
+        rows = (load_npy(Path(folder) / PATCH_ROWS_FILE)
+                if (Path(folder) / PATCH_ROWS_FILE).is_file() else None)
+        return cls(load_npy(path, mmap=mmap), games, names, rows).validate(path)
 
     @staticmethod
     def exists(folder: Path) -> bool:
