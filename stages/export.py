@@ -17,7 +17,7 @@ Reads dedupe's artifact (the :class:`tilesets.artifacts.TileSet` plus ``tiles.js
                               reuse figures and terrains come from every screen)
     maps/level.tmx            a new level made by Wave Function Collapse (tilesets/wfc.py)
     maps/level_<style>.tmx    with sample's ``styles`` (each sample's game): one more level per
-                              style with at least ``STYLE_LEVEL_MIN_SCREENS`` screens, made only
+                              style with at least ``STYLE_LEVEL_MIN_CELLS`` cells, made only
                               from that style's screens ("a level like this game")
     maps/sheet_<style>.tmx    beside it, every tile that style's screens use, in sheet order
     previews/<map>.png        each map rendered by tilesets/render.py (= Tiled's tmxrasterizer)
@@ -350,15 +350,15 @@ def _level(tiles: np.ndarray, maps: dict[str, np.ndarray],
     return level, info, warnings
 
 
-#: A style gets its own level when at least this many of the screens are in it (fewer screens
-#: show too few tile pairs for a level that looks like them).
-STYLE_LEVEL_MIN_SCREENS = 16
+#: A style gets its own level when its screens hold at least this many cells: 16 samples of
+#: 64×64, or two whole screens (fewer show too few tile pairs for a level that looks like them).
+STYLE_LEVEL_MIN_CELLS = 256
 
 
 def _style_levels(tiles: np.ndarray, maps: dict[str, np.ndarray], styles: dict,
                   params: Params, *, columns: int) -> tuple[list[TiledMap], dict]:
     """One level per style (``level_<style>``) from that style's screens alone, for every style
-    with at least :data:`STYLE_LEVEL_MIN_SCREENS` screens, when two or more styles qualify (one
+    whose screens hold at least :data:`STYLE_LEVEL_MIN_CELLS` cells, when two or more qualify (one
     style's level is ``level`` itself), each followed by the style's tiles
     (:func:`_style_sheet`).  Returns the maps and ``{style: summary}`` (the maps' paths, its
     screens and tiles and the level's summary; warnings go into the summary)."""
@@ -366,7 +366,8 @@ def _style_levels(tiles: np.ndarray, maps: dict[str, np.ndarray], styles: dict,
     for stem, m in maps.items():
         if stem in styles:
             groups.setdefault(str(styles[stem]), {})[stem] = m
-    groups = {k: v for k, v in sorted(groups.items()) if len(v) >= STYLE_LEVEL_MIN_SCREENS}
+    groups = {k: v for k, v in sorted(groups.items())
+              if sum(m.size for m in v.values()) >= STYLE_LEVEL_MIN_CELLS}
     if len(groups) < 2:
         return [], {}
     out, info, used = [], {}, set()

@@ -138,3 +138,18 @@ def test_error_line_escapes_control_characters():
 
     assert error_line(ValueError("a.zip!evil\nname: not an image")) == \
         "a.zip!evil\\nname: not an image"
+
+
+@pytest.mark.parametrize("path", ["pipeline.toml", "examples/whole_screens.toml"])
+def test_the_shipped_configs_load_and_every_stage_parameter_resolves(path):
+    from pathlib import Path
+
+    from pipeline.config import load_config, resolve_params
+
+    root = Path(__file__).resolve().parent.parent
+    modules = {name: load_stage(name) for name in STAGES}
+    config = load_config(root / path, modules, required=True)
+    params = {name: resolve_params(modules[name], config, {}) for name in STAGES}
+    if path.endswith("whole_screens.toml"):            # whole screens from a positional model
+        assert params["train"].position and params["train"].spatial_noise
+        assert (params["sample"].width, params["sample"].height) == (256, 240)

@@ -703,7 +703,7 @@ def test_report_seams_show_the_real_screens_ratio_when_slice_had_them():
 
 
 # ------------------------------------------------------------------ one level per style
-def _two_styles(n: int = export.STYLE_LEVEL_MIN_SCREENS):
+def _two_styles(n: int = 16):
     """Screens of two styles on disjoint tiles: "day" is the recurring world, "night" the same
     layouts on colour-inverted copies of its tiles (ids 7-13)."""
     from tests.test_wfc import recurring_world
@@ -735,13 +735,14 @@ def test_each_style_gets_a_level_made_only_of_its_own_tiles():
     assert _bank_ids(ex, "level_night") <= set(range(7, 14))
     by = ex.level["styles"]
     assert set(by) == {"day", "night"} and by["night"]["map"] == "maps/level_night.tmx"
-    assert by["day"]["screens"] == export.STYLE_LEVEL_MIN_SCREENS and by["day"]["violations"] == 0
+    assert by["day"]["screens"] == 16 and by["day"]["violations"] == 0
 
 
-def test_no_style_levels_without_two_styles_of_enough_screens():
+def test_no_style_levels_without_two_styles_of_enough_cells():
     bank, maps, styles = _two_styles()
-    few = {s: ("day" if st == "day" else "rare") for s, st in styles.items()}
-    few.update({s: "day" for s in sorted(styles)[-2:]})          # "rare" one screen short
+    few = {s: "day" for s in styles}
+    few.update({s: "rare" for s in sorted(styles)[-2:]})    # "rare": 2 screens of 120 cells
+    assert 2 * 120 < export.STYLE_LEVEL_MIN_CELLS <= 3 * 120
     assert [m.name for m in _core(bank, maps, styles=few).maps][-1] == "level"
     assert "styles" not in _core(bank, maps).level                 # unconditional: as before
 
