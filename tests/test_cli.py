@@ -150,6 +150,8 @@ def test_the_shipped_configs_load_and_every_stage_parameter_resolves(path):
     modules = {name: load_stage(name) for name in STAGES}
     config = load_config(root / path, modules, required=True)
     params = {name: resolve_params(modules[name], config, {}) for name in STAGES}
+    assert all(Path(p).is_dir() for p in config.stage_input("scrape"))     # the example corpus
+    assert config.out == (root / "out").resolve()                          # one cache for both
     if path.endswith("whole_screens.toml"):            # whole screens from a positional model
         assert params["train"].position and params["train"].spatial_noise
         assert (params["sample"].width, params["sample"].height) == (256, 240)
