@@ -55,8 +55,10 @@ class Params(StageParams):
     width: int = param(0, help="Sample width in pixels (0 = the training size). Larger sizes "
                                "need a generator trained with --spatial-noise; a multiple of "
                                "its stride (16 for 64-px patches).", min=0)
-    height: int = param(0, help="Sample height in pixels (0 = the training size); as --width.",
-                        min=0)
+    height: int = param(0, help="Sample height in pixels (0 = the training size); as --width. "
+                                "From a generator trained with --position, an image taller "
+                                "than the training patches is a whole screen with a screen's "
+                                "layout (sky above, ground below).", min=0)
     like: str = param("", help="Draw every image in one style: a game of the training corpus "
                                "(a conditional model draws it; a default one keeps the samples "
                                "its style index names so). Empty = every style, in the "

@@ -12,7 +12,8 @@ Options off by default (issue #16, docs/training.md): ``spatial_noise`` (a fully
 generator on a noise map, sampled at any multiple of its stride), ``output = "palette"``
 (per-pixel logits over the corpus's most used colours, straight-through Gumbel-softmax) and
 ``conditional`` (class-conditional G and projection D on each patch's game, from crop's
-``patch_games.npy``).
+``patch_games.npy``) and ``position`` (with ``spatial_noise``: G and D are told each patch's
+height in its screen, from crop's ``patch_rows.npy``, so whole screens get a layout).
 
 Artifacts (``out_dir``): ``ckpt.pt`` (one dict, see :meth:`TrainingRun.checkpoint`),
 ``config.json``, ``metrics.jsonl`` (one row per logged step: step, lossD, lossG, ips, swd when
