@@ -523,14 +523,15 @@ def test_checkpoint_with_other_params_is_not_resumed(patches, tmp_path):
     assert s["resumed_from"] is None
 
 
-def test_checkpoint_from_before_the_style_fields_is_resumed(patches, tmp_path):
+def test_checkpoint_from_before_the_style_and_position_fields_is_resumed(patches, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     train.run({"patches": [patches]}, tiny(), out)
     ck = torch.load(out / "ckpt.pt", weights_only=True)
-    for k in ("class_share", "g_cond"):                       # a checkpoint of last version
+    for k in ("class_share", "g_cond", "screen_height"):      # a checkpoint of older versions
         ck["config"]["gan"].pop(k)
     ck["config"]["params"]["conditional"] = False
+    ck["config"]["params"].pop("position")                   # parameters added since: defaults
     torch.save(ck, out / "ckpt.pt")
     s = train.run({"patches": [patches]}, tiny(), out)
     assert s["resumed_from"] == 3
