@@ -16,6 +16,9 @@ defaults on both sides' generated screens and with no clean-up on the held-back 
   side by side to the same size (what a patch generator offers for a screen);
 * the floor: the training screens of the same size against the held-back ones.
 
+A conditional generator draws each group's screens in the group's game when its held-back
+screens are all of one game (``--like``): one style at a time, as a designer would ask.
+
 SWD on the Laplacian pyramid down to 16 px (more levels than at 64×64: 256-px structure is
 measured), the same on the top and the bottom 64 rows alone against the held-back screens'
 (layout: a generator that does not know where in a screen it draws puts the same things at
@@ -30,6 +33,7 @@ import argparse
 import collections
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -44,6 +48,16 @@ def screens_of(folder: Path) -> list[np.ndarray]:
     return [load_image(p, mode="RGB") for p in sorted(folder.glob("*.png"))]
 
 
+def games_of(crop_dir: Path) -> list:
+    """Each screen's game, in :func:`screens_of`'s order (crop's screens.json; None unknown)."""
+    import json
+
+    path = crop_dir / "screens.json"
+    by_id = ({r["id"]: r.get("game") for r in json.loads(path.read_text())}
+             if path.is_file() else {})
+    return [by_id.get(p.stem) for p in sorted((crop_dir / "screens").glob("*.png"))]
+
+
 def mosaic(patches: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
     """``n`` screens of (h, w) made of the patches side by side, in order (cropped at the
     right and bottom edges)."""
@@ -55,21 +69,26 @@ def mosaic(patches: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
     return p.transpose(0, 1, 3, 2, 4, 5).reshape(n, rows * s, cols * s, 3)[:, :h, :w]
 
 
-def size_groups(held: list[np.ndarray], train: list[np.ndarray], min_held: int = 2) -> list:
-    """(h, w, held (n, h, w, 3), training (m, h, w, 3)) for every screen size (sides cut down to
-    multiples of 16) that at least ``min_held`` held-back screens have, commonest first; only
-    screens of exactly that size count (a taller screen cropped would not be a whole screen)."""
+def size_groups(held: list[np.ndarray], train: list[np.ndarray], min_held: int = 2,
+                held_games: Optional[list] = None) -> list:
+    """(h, w, held (n, h, w, 3), training (m, h, w, 3), game) for every screen size (sides cut
+    down to multiples of 16) that at least ``min_held`` held-back screens have, commonest
+    first; only screens of exactly that size count (a taller screen cropped would not be a
+    whole screen).  ``game``: the one game of the group's held-back screens, else None."""
     def cut(s: np.ndarray) -> tuple[int, int]:
         return s.shape[0] // 16 * 16, s.shape[1] // 16 * 16
 
     sizes = collections.Counter(cut(s) for s in held)
     out = []
+    games = held_games or [None] * len(held)
     for (h, w), n in sizes.most_common():
         if n >= min_held:
             pick = [s[:h, :w] for s in held if cut(s) == (h, w)]
             tr = [s[:h, :w] for s in train if cut(s) == (h, w)]
+            names = {g for s, g in zip(held, games) if cut(s) == (h, w)}
             out.append((h, w, np.stack(pick),
-                        np.stack(tr) if tr else np.zeros((0, h, w, 3), np.uint8)))
+                        np.stack(tr) if tr else np.zeros((0, h, w, 3), np.uint8),
+                        names.pop() if len(names) == 1 else None))
     return out
 
 
@@ -106,14 +125,15 @@ def main() -> None:
 
     held_all = screens_of(args.work / "crop_holdout" / "screens")
     train_all = screens_of(args.work / "crop_train" / "screens")
-    groups = size_groups(held_all, train_all)
+    groups = size_groups(held_all, train_all,
+                         held_games=games_of(args.work / "crop_holdout"))
     if not groups:
         sys.exit("quality_screens: no screen size has 2 or more held-back screens")
     work = args.work / "screens"
     rows = ["| screens | n | SWD after quantize vs held back | per level (fine → coarse) | "
             f"top / bottom {BAND} rows | border/interior on the grid / best off it |",
             "|---|---|---|---|---|---|"]
-    for h, w, held, train in groups:
+    for h, w, held, train, game in groups:
         tag = f"{w}x{h}"
         held_q = quantized(held, work / f"q_held_{tag}", cleanup=0)
 
@@ -133,8 +153,10 @@ def main() -> None:
             if not ck.exists():
                 continue
             G, _ = load_generator(ck)
-            big = sample_images(G, args.n, seed=args.seed + 7, width=w, height=h)
-            rows.append(row(f"{name}: whole screens", big, quantized(big, work / f"q_{name}_{tag}")))
+            like = game if game in (G.cfg.classes or ()) else ""   # one style at a time
+            big = sample_images(G, args.n, seed=args.seed + 7, width=w, height=h, like=like)
+            label = f"{name}: whole screens" + (f", like {like}" if like else "")
+            rows.append(row(label, big, quantized(big, work / f"q_{name}_{tag}")))
             from PIL import Image
             Image.fromarray(np.concatenate(list(big[:4]), 1)).save(work / f"{name}_{tag}_4.png")
         patch_ck = args.work / args.patch / "ckpt.pt"

@@ -154,4 +154,5 @@ def test_the_shipped_configs_load_and_every_stage_parameter_resolves(path):
     assert config.out == (root / "out").resolve()                          # one cache for both
     if path.endswith("whole_screens.toml"):            # whole screens from a positional model
         assert params["train"].position and params["train"].spatial_noise
+        assert params["train"].conditional == "on"
         assert (params["sample"].width, params["sample"].height) == (256, 240)
