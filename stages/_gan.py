@@ -21,7 +21,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from stages._gan_config import UPSAMPLE, GANConfig, max_d_scales, screen_span  # noqa: F401
+from stages._gan_config import (UPSAMPLE, GANConfig, max_d_scales,  # noqa: F401
+                                screen_span, where_rows)
 
 #: Bumped whenever the network layout changes so that old checkpoints are refused clearly.
 ARCH_VERSION = 1
@@ -192,9 +193,8 @@ class Generator(nn.Module):
         """
         h = z.shape[2]
         span = screen_span(self.cfg, h * self.cfg.stride)
-        top = torch.special.ndtr(z[:, 0, 0, 0].double()) * (1.0 - span)
-        r = (torch.arange(h, dtype=torch.float64, device=z.device) + 0.5) / h
-        return (2.0 * (top[:, None] + r[None] * span) - 1.0).float()
+        top = torch.special.ndtr(z[:, 0, 0, 0].detach().double().cpu()) * (1.0 - span)
+        return torch.from_numpy(where_rows(top.numpy(), [span] * len(top), h)).to(z.device)
 
 
 def decode_palette(logits: torch.Tensor, palette: torch.Tensor, *, tau: float,

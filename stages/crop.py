@@ -916,11 +916,11 @@ def crop_stream(items: Iterable[tuple[InputFile, str, Union[NativeScreen, Unusab
     tiles = TrainingTiles(tile_sink.close(), np.concatenate(origins),
                           [r.to_json() for r in sel.records])
     names = sorted({r.game for r in sel.records})          # each patch's game, for train
-    labels = np.concatenate([np.full(len(plan.of_screen(r.index)), names.index(r.game), np.int32)
-                             for r in sel.records])
-    rows = np.concatenate([np.stack([patch_origins(r, plan.of_screen(r.index), params)[:, 0],
-                                     np.full(len(plan.of_screen(r.index)), r.height)], 1)
-                           for r in sel.records]).astype(np.int32)     # where in its screen
+    picks = [plan.of_screen(r.index) for r in sel.records]
+    labels = np.concatenate([np.full(len(q), names.index(r.game), np.int32)
+                             for r, q in zip(sel.records, picks)])
+    rows = np.concatenate([np.stack([patch_origins(r, q, params)[:, 0], np.full(len(q), r.height)], 1)
+                           for r, q in zip(sel.records, picks)]).astype(np.int32)  # in its screen
     return CropResult(sel.records, Patches(patch_sink.close(), labels, names, rows), tiles, sel, plan,
                       sheet.render(sel.records, sel.dropped))
 

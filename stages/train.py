@@ -333,20 +333,26 @@ def load_patches(paths: list[Path], *, size: int, channels: int) -> tuple[np.nda
     return np.ascontiguousarray(np.concatenate(arrays)), skipped.items
 
 
+def crop_patches(paths: list[Path]) -> Optional[Patches]:
+    """The crop artifact among ``paths`` (memory-mapped :class:`Patches`: its games and rows),
+    or None for other inputs."""
+    artifact = find_artifact(paths, PATCHES_FILE)
+    if artifact is None:
+        return None
+    try:
+        return Patches.load(artifact.parent, mmap=True)
+    except ArtifactError as e:
+        raise InputError(str(e)) from None
+
+
 def load_patch_games(paths: list[Path], n_patches: int) -> tuple[Optional[np.ndarray], list]:
     """Each loaded patch's game (int64 (n_patches,), an index into the returned names) from a
     crop artifact's ``patch_games.npy``; (None, []) for other inputs or older artifacts.
 
     Crop's patches cut into smaller ``size`` squares (:func:`load_patches`) keep their game.
     """
-    artifact = find_artifact(paths, PATCHES_FILE)
-    if artifact is None:
-        return None, []
-    try:
-        p = Patches.load(artifact.parent, mmap=True)
-    except ArtifactError as e:
-        raise InputError(str(e)) from None
-    if p.games is None or not len(p.games) or n_patches % len(p.games):
+    p = crop_patches(paths)
+    if p is None or p.games is None or not len(p.games) or n_patches % len(p.games):
         return None, []
     return np.repeat(p.games.astype(np.int64), n_patches // len(p.games)), list(p.game_names)
 
@@ -358,14 +364,8 @@ def load_patch_rows(paths: list[Path], n_patches: int, size: int) -> Optional[np
     Crop's patches cut into smaller ``size`` squares (:func:`load_patches`, row-major) get
     their own rows.
     """
-    artifact = find_artifact(paths, PATCHES_FILE)
-    if artifact is None:
-        return None
-    try:
-        p = Patches.load(artifact.parent, mmap=True)
-    except ArtifactError as e:
-        raise InputError(str(e)) from None
-    if p.rows is None or not len(p.rows) or n_patches % len(p.rows):
+    p = crop_patches(paths)
+    if p is None or p.rows is None or not len(p.rows) or n_patches % len(p.rows):
         return None
     k = n_patches // len(p.rows)                       # size squares per crop patch
     nx = max(1, int(round(math.sqrt(k))))
@@ -792,10 +792,7 @@ class Trainer:
             where = torch.from_numpy(patch_where(rows, real.shape[2], z.shape[2])).to(dev)
         noise_std = p.instance_noise * max(0.0, 1.0 - step / max(1, p.steps))
         with self.autocast():
-            if where is not None:
-                fake = self.G_forward(z, y, where)
-            else:
-                fake = self.G_forward(z) if y is None else self.G_forward(z, y)
+            fake = self.G_forward(z, y, where)
         lossD = self._update_discriminator(real, fake, gen, noise_std, y, where)
         lossG = self._update_generator(fake, z, gen, noise_std, y, where)
         lossD, lossG, ok = self._agree_on_losses(lossD, lossG)
