@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install tileset whole-screens test test-fast bench status clean clean-cache corpus drill
+.PHONY: help install tileset test test-fast bench status clean clean-cache corpus drill
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -24,9 +24,6 @@ install: $(BIN)/pipeline ## Create .venv and install tilegan (CPU torch unless T
 
 tileset: install ## Run the whole pipeline on examples/ and leave the tileset in out/tileset/
 	$(BIN)/pipeline run
-
-whole-screens: install ## The same corpus as whole 256x240 screens with a layout: out/whole_screens/
-	$(BIN)/pipeline run --config examples/whole_screens.toml
 
 status: install ## Show which stages are fresh, stale or missing
 	$(BIN)/pipeline status

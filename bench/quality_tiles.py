@@ -32,7 +32,7 @@ seam weight a calibration against the real screens' border ratio would pick.  Fi
 
     python bench/quality_tiles.py [--crop DIR] [--quantize DIR] [--cache out/cache]
            [--max-tiles K] [--nes] [--seed 0] [--seam-weight W] [--texture-weight W]
-           [--holdout DIR]
+           [--holdout DIR] [--swd-size N]
 """
 from __future__ import annotations
 
@@ -139,6 +139,10 @@ def main() -> None:
                     help="crop artifact of held-back screens (default: every 5th --crop screen)")
     ap.add_argument("--seam-weight", type=float, default=None, help="default: slice's")
     ap.add_argument("--texture-weight", type=float, default=None, help="default: slice's")
+    ap.add_argument("--swd-size", type=int, default=0,
+                    help="score SWD on NxN crops on the tile grid of every image (samples and "
+                         "held-back screens alike) instead of sample-sized crops: for whole-"
+                         "screen samples larger than some held-back screens (default: off)")
     args = ap.parse_args()
     from stages.slice import Params as SliceParams
 
@@ -245,7 +249,14 @@ def main() -> None:
 
     from stages._metrics import swd
 
-    h, w = samples[0].shape[:2]
+    if args.swd_size:
+        h = w = args.swd_size
+        def cut(ims: list[np.ndarray]) -> list[np.ndarray]:
+            return list(crops(ims, h, w))
+        samples, draw = cut(samples), cut(draw)
+        other_draws = {name: cut(d) for name, d in other_draws.items()}
+    else:
+        h, w = samples[0].shape[:2]
     ref = crops(held, h, w)
     if len(ref) < 2 or len(samples) < 2:
         print(f"SWD: needs at least 2 held-back crops of {w}x{h} and 2 samples; skipped")
