@@ -143,3 +143,8 @@ def test_a_positional_model_trains_resumes_and_samples_whole_screens(tmp_path):
     G, info = sample.load_generator(out / "ckpt.pt")
     images = sample.sample_images(G, 2, seed=0, width=64, height=96)
     assert images.shape == (2, 96, 64, 3)
+    # a wider noise keeps each patch-sized image's window where the unscaled draw puts it
+    z = torch.randn(3, *G.cfg.noise_shape(), generator=torch.Generator().manual_seed(1))
+    wide = sample.sample_images(G, 3, seed=1, noise_scale=1.3)
+    assert np.array_equal(wide, sample.generate(G, z * 1.3, batch=3, where=G.default_where(z)))
+    assert not np.array_equal(wide, sample.generate(G, z * 1.3, batch=3))

@@ -63,6 +63,30 @@ def test_same_seed_same_images_whatever_the_batch_other_seed_other_images(traine
     assert not np.array_equal(a, sample.sample_images(G, 4, seed=4))
 
 
+def test_noise_scale_multiplies_the_seeds_noise(trained):
+    import torch
+
+    G, _ = _generator(trained)
+    plain = sample.sample_images(G, 3, seed=5)
+    assert np.array_equal(plain, sample.sample_images(G, 3, seed=5, noise_scale=1.0))
+    wide = sample.sample_images(G, 3, seed=5, noise_scale=1.5)
+    assert not np.array_equal(plain, wide)
+    z = torch.randn(3, G.cfg.nz, generator=torch.Generator().manual_seed(5)) * 1.5
+    assert np.array_equal(wide, sample.generate(G, z, batch=3))        # exactly 1.5 x the draw
+
+
+def test_the_sample_stage_uses_its_noise_scale_and_the_default_widens_it(trained, tmp_path):
+    assert sample.Params().noise_scale == 1.15
+    for scale in (1.0, 1.15):
+        sample.run({"checkpoint": [trained]}, sample.Params(n=2, noise_scale=scale),
+                   tmp_path / str(scale))
+    G, _ = _generator(trained)
+    for scale in (1.0, 1.15):
+        want = sample.sample_images(G, 2, seed=0, noise_scale=scale)
+        with Image.open(tmp_path / str(scale) / "sample_0001.png") as im:
+            assert np.array_equal(np.asarray(im.convert("RGB")), want[1])
+
+
 def test_raw_generator_differs_from_ema(trained):
     G_ema, ema = _generator(trained)
     G_raw, raw = _generator(trained, use_ema=False)
@@ -136,6 +160,8 @@ def test_corrupt_checkpoint_is_an_input_error(tmp_path):
     ("interpolate", 1, "interpolate must be 0 \\(off\\) or at least 2"),
     ("n_keyframes", 1, "n_keyframes must be at least 2"),
     ("alpha_threshold", 256, "alpha_threshold must be within 0..255"),
+    ("noise_scale", 0.0, "noise_scale must be above 0"),
+    ("noise_scale", -1.0, "noise_scale must be at least 0"),
 ])
 def test_params_out_of_range_are_refused_naming_the_field(field, value, message):
     with pytest.raises(ParamError, match=f"sample: {message}") as e:
