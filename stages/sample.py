@@ -234,8 +234,7 @@ def generate(G: Any, z: Any, *, batch: int, alpha_threshold: int = 128,
             zi = z[i:i + batch].to(dev)
             yi = None if labels is None else labels[i:i + batch].to(dev)
             wi = None if where is None else where[i:i + batch]
-            out.append(to_uint8(G(zi, yi, wi) if wi is not None else
-                                G(zi) if yi is None else G(zi, yi)))
+            out.append(to_uint8(G(zi, yi, wi)))
     imgs = np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
     if imgs.shape[-1] == 4 and alpha_threshold > 0:
         a = imgs[..., 3]
@@ -290,9 +289,8 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
     h, w = sample_size(G.cfg, width=width, height=height)
     shape = (G.cfg.nz,) if G.cfg.g_arch != "fcn" else G.cfg.noise_shape(h, w)
     z = torch.randn(n, *shape, generator=torch.Generator().manual_seed(int(seed)))
-    where = G.default_where(z) if G.cfg.positional and noise_scale != 1 else None
-    if noise_scale != 1:
-        z = z * float(noise_scale)
+    where = G.default_where(z) if G.cfg.positional else None     # from the unscaled draw
+    z = z * float(noise_scale)
     labels = style_labels(G.cfg, n, like=like, seed=seed)
     chunks = []
     progress("sample", 0, n)

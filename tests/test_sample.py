@@ -128,7 +128,7 @@ class _Constant(torch.nn.Module):
         super().__init__()
         self.image = torch.nn.Parameter(torch.tensor(image).permute(2, 0, 1)[None])
 
-    def forward(self, z):
+    def forward(self, z, y=None, where=None):
         return self.image.expand(len(z), -1, -1, -1)
 
 
