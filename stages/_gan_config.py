@@ -9,7 +9,7 @@ import bisect
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 #: How the generator may double its maps (see GANConfig.upsample).
 UPSAMPLE = ("deconv", "nearest")
@@ -97,6 +97,11 @@ class GANConfig:
         to bottom; one of the patches' height is a window of ``height / screen_height`` (the
         training screens' median height) at a height its noise picks
         (``Generator.default_where``).
+    class_height : tuple of int
+        A positional conditional model's median training-screen height per class, in pixels
+        (same order as ``classes``; empty = not recorded, as in checkpoints written before it
+        was): ``sample --style-height`` draws each style's whole screens at its own height
+        (:func:`style_screen_height`), so a game of 256×128 screens is not stretched to 240.
     """
 
     height: int = 64
@@ -117,6 +122,7 @@ class GANConfig:
     class_share: tuple = ()
     g_cond: str = "concat"
     screen_height: int = 0
+    class_height: tuple = ()
 
     @property
     def n_classes(self) -> int:
@@ -208,6 +214,12 @@ class GANConfig:
         if self.screen_height < 0 or (self.screen_height and self.screen_height < self.height):
             raise ValueError(f"screen_height must be 0 or at least the patch height "
                              f"{self.height}, got {self.screen_height}")
+        if self.class_height and (len(self.class_height) != len(self.classes)
+                                  or not self.screen_height
+                                  or not all(int(h) >= self.height for h in self.class_height)):
+            raise ValueError(f"class_height must hold one screen height (at least the patch "
+                             f"height {self.height}) per class ({len(self.classes)}) of a "
+                             f"positional model, got {self.class_height}")
         if self.screen_height and self.g_arch != "fcn":
             raise ValueError("a positional model (screen_height > 0) needs g_arch 'fcn' "
                              "(train with --spatial-noise)")
@@ -228,6 +240,8 @@ class GANConfig:
             kw["classes"] = tuple(str(c) for c in kw["classes"])
         if "class_share" in kw:
             kw["class_share"] = tuple(float(x) for x in kw["class_share"])
+        if "class_height" in kw:
+            kw["class_height"] = tuple(int(x) for x in kw["class_height"])
         return cls(**kw)
 
 
@@ -281,6 +295,19 @@ def patch_where(rows: Any, size: int, cells: int) -> Any:
     r = np.asarray(rows, np.float64).reshape(-1, 2)
     h = np.maximum(r[:, 1], size)
     return where_rows(r[:, 0] / h, size / h, cells)
+
+
+def style_screen_height(cfg: GANConfig, height: int, label: Optional[int] = None) -> int:
+    """The height in pixels to draw a whole screen of style ``label`` at (None: any style):
+    that style's median training-screen height (``cfg.class_height``), else the median of all
+    training screens (``cfg.screen_height``), rounded to the nearest multiple of the stride.
+    ``height`` itself when it is not a whole screen (not taller than the patches), the model
+    is not positional, or the rounded height would not be taller than the patches."""
+    if not cfg.positional or height <= cfg.height:
+        return height
+    h = cfg.class_height[label] if (label is not None and cfg.class_height) else cfg.screen_height
+    h = int(round(h / cfg.stride)) * cfg.stride
+    return h if h > cfg.height else height
 
 
 def screen_span(cfg: GANConfig, height: int) -> float:

@@ -319,13 +319,25 @@ def _sample_maps(maps: dict[str, np.ndarray]) -> list[TiledMap]:
             for i, (stem, m) in enumerate(maps.items())]
 
 
+def style_level_heights(groups: dict[str, dict[str, np.ndarray]], params: Params) -> dict:
+    """Rows of each style's level: ``params.level_height``, except when the styles' screens
+    differ in height (sample drew each at its own screen height, ``--style-height``): then a
+    style whose screens are all shorter gets a level as tall as they are (a game of 8-row
+    screens, an 8-row level laid out as they are, not their layout stretched over 15)."""
+    rows = {style: {int(m.shape[0]) for m in g.values()} for style, g in groups.items()}
+    if len({r for rs in rows.values() for r in rs}) < 2:
+        return {style: params.level_height for style in groups}
+    return {style: min(params.level_height, max(rs)) for style, rs in rows.items()}
+
+
 def _level(tiles: np.ndarray, maps: dict[str, np.ndarray],
-           params: Params) -> tuple[TiledMap, dict, list[str]]:
+           params: Params, height: int = 0) -> tuple[TiledMap, dict, list[str]]:
     """A new level by Wave Function Collapse over the generated screens (cells in sheet ids,
-    ``tiles`` in sheet order), its summary (with ``seconds``) and the warnings it deserves."""
+    ``tiles`` in sheet order), ``height`` rows tall (0: ``params.level_height``), its summary
+    (with ``seconds``) and the warnings it deserves."""
     t0 = time.perf_counter()
     result = wfc_mod.make_level(maps.values(), partial(cell_tiles, tiles),
-                                width=params.level_width, height=params.level_height,
+                                width=params.level_width, height=height or params.level_height,
                                 seed=params.seed, attempts=params.wfc_attempts,
                                 seams=params.level_seams, chunk=params.level_chunk,
                                 reuse_penalty=params.level_reuse_penalty,
@@ -370,12 +382,13 @@ def _style_levels(tiles: np.ndarray, maps: dict[str, np.ndarray], styles: dict,
               if sum(m.size for m in v.values()) >= STYLE_LEVEL_MIN_CELLS}
     if len(groups) < 2:
         return [], {}
+    heights = style_level_heights(groups, params)
     out, info, used = [], {}, set()
     for style, group in groups.items():
         slug = file_safe(style, default="style")
         slug = slug if slug not in used else f"{slug}-{len(used)}"    # "a b" and "a_b"
         used.add(slug)
-        level, summary, warnings = _level(tiles, group, params)
+        level, summary, warnings = _level(tiles, group, params, heights[style])
         level.name = f"level_{slug}"
         level.properties = dict(level.properties, style=style, screens=len(group))
         sheet = _style_sheet(group, style, slug, columns=columns)

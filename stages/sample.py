@@ -21,7 +21,7 @@ import numpy as np
 
 from stages._common import (InputError, ParamError, ProgressFn, StageParams, find_artifact,
                             no_progress, param, save_png, write_json)
-from stages._gan_config import GANConfig
+from stages._gan_config import GANConfig, style_screen_height
 from stages._styles import StyleIndex
 
 NAME = "sample"
@@ -66,6 +66,13 @@ class Params(StageParams):
                                           "corpus and the same on 64-px patches "
                                           "(docs/training.md); 1.3 starts mixing styles.",
                                min=0.0)
+    style_height: bool = param(False, help="Whole screens from a positional model (taller "
+                                           "than its patches): draw each style at its own "
+                                           "training screens' median height (a game of "
+                                           "256x128 screens at 128, not stretched to "
+                                           "--height); a model that records no per-style "
+                                           "heights draws every screen at the corpus's median "
+                                           "screen height. Off: every image --height tall.")
     like: str = param("", help="Draw every image in one style: a game of the training corpus "
                                "(a conditional model draws it; a default one keeps the samples "
                                "its style index names so). Empty = every style, in the "
@@ -302,6 +309,53 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
     return np.concatenate(chunks)
 
 
+def sample_screens(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold: int = 128,
+                   width: int = 0, height: int = 0, like: str = "",
+                   styles: Optional[StyleIndex] = None, noise_scale: float = 1.0,
+                   progress: ProgressFn = no_progress) -> list[np.ndarray]:
+    """As :func:`sample_images`, but each whole screen at its style's own screen height
+    (:func:`stages._gan_config.style_screen_height`): a list of ``n`` uint8 (H_i, W, C) arrays.
+
+    A conditional model's images keep their styles and noise: image i's noise is the top
+    H_i / stride rows of the (n, nz, h, w) draw that :func:`sample_images` makes at the asked
+    ``height`` for the same seed, so a style drawn at the asked height is the same image
+    either way.  Images that are not whole screens (not taller than the training patches) or
+    a model without positions: :func:`sample_images` unchanged.
+    """
+    import torch
+
+    cfg = G.cfg
+    h, w = sample_size(cfg, width=width, height=height)
+    if not cfg.positional or h <= cfg.height:
+        return list(sample_images(G, n, seed=seed, batch=batch, alpha_threshold=alpha_threshold,
+                                  width=width, height=height, like=like, styles=styles,
+                                  noise_scale=noise_scale, progress=progress))
+    labels = style_labels(cfg, n, like=like, seed=seed)
+    if labels is None:                  # one height for all: the corpus's screens'
+        return list(sample_images(G, n, seed=seed, batch=batch, alpha_threshold=alpha_threshold,
+                                  width=w, height=style_screen_height(cfg, h), like=like,
+                                  styles=styles, noise_scale=noise_scale, progress=progress))
+    z = torch.randn(n, *cfg.noise_shape(h, w), generator=torch.Generator().manual_seed(int(seed)))
+    heights = np.array([style_screen_height(cfg, h, int(y)) for y in labels])
+    out: list[Optional[np.ndarray]] = [None] * n
+    progress("sample", 0, n)
+    done = 0
+    for hh in sorted(set(heights.tolist())):
+        idx = np.flatnonzero(heights == hh)
+        zi = z[idx][:, :, :hh // cfg.stride]
+        where = G.default_where(zi)                         # from the unscaled draw
+        for i in range(0, len(idx), batch):
+            part = idx[i:i + batch]
+            imgs = generate(G, zi[i:i + batch] * float(noise_scale), batch=batch,
+                            alpha_threshold=alpha_threshold, labels=labels[part],
+                            where=where[i:i + batch])
+            for k, im in zip(part, imgs):
+                out[k] = im
+            done += len(part)
+            progress("sample", done, n)
+    return out
+
+
 #: ``--like`` on an unconditional model draws at most this many times ``n`` images (plus one
 #: batch) looking for ``n`` in the style.
 LIKE_MAX_DRAWS = 40
@@ -375,8 +429,9 @@ def find_checkpoint(paths: list[Path]) -> Path:
 @dataclass(frozen=True)
 class SampleResult:
     """What a sample run wrote: ``n`` images of ``seed`` from ``weights`` at checkpoint
-    ``step``, ``size`` [h, w] with ``channels``, the PNG ``files`` and the ``interpolation``
-    strip's file name (None when off)."""
+    ``step``, ``size`` [h, w] with ``channels`` (the tallest, when ``heights`` lists each
+    file's height because they differ: ``--style-height``), the PNG ``files`` and the
+    ``interpolation`` strip's file name (None when off)."""
 
     n: int
     seed: int
@@ -388,6 +443,7 @@ class SampleResult:
     interpolation: Optional[str]
     like: str = ""
     styles: Optional[list] = None
+    heights: Optional[list] = None
 
     def manifest(self) -> dict:
         """The content of samples.json (``like`` only when a style was asked for; ``styles``,
@@ -399,13 +455,19 @@ class SampleResult:
             out["like"] = self.like
         if self.styles is not None:
             out["styles"] = self.styles
+        if self.heights is not None:
+            out["heights"] = self.heights
         return out
 
     def to_summary(self, checkpoint: Path) -> dict:
         """The stage summary: the manifest without the file list, plus the checkpoint used."""
-        out = {k: v for k, v in self.manifest().items() if k not in ("files", "styles")}
+        out = {k: v for k, v in self.manifest().items()
+               if k not in ("files", "styles", "heights")}
         if self.styles is not None:                         # how many screens of each style
             out["styles"] = {name: self.styles.count(name) for name in sorted(set(self.styles))}
+        if self.heights is not None:                        # each style's height, or all heights
+            out["heights"] = ({name: h for name, h in sorted(zip(self.styles, self.heights))}
+                              if self.styles is not None else sorted(set(self.heights)))
         return {**out, "checkpoint": str(checkpoint)}
 
 
@@ -435,9 +497,10 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     G, info = load_generator(ckpt, use_ema=p.use_ema, device=resolve_device(p.device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = sample_images(G, p.n, seed=p.seed, batch=p.batch, alpha_threshold=p.alpha_threshold,
-                           width=p.width, height=p.height, like=p.like, styles=info.styles,
-                           noise_scale=p.noise_scale, progress=progress)
+    draw = sample_screens if p.style_height else sample_images
+    images = draw(G, p.n, seed=p.seed, batch=p.batch, alpha_threshold=p.alpha_threshold,
+                  width=p.width, height=p.height, like=p.like, styles=info.styles,
+                  noise_scale=p.noise_scale, progress=progress)
     files = [f"sample_{i:04d}.png" for i in range(len(images))]
     for name, image in zip(files, images):
         save_png(out_dir / name, image)
@@ -445,11 +508,15 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         save_png(out_dir / STRIP_FILE, interpolation_strip(
             G, p.interpolate, keyframes=p.n_keyframes, seed=p.seed, batch=p.batch,
             alpha_threshold=p.alpha_threshold, like=p.like if G.cfg.n_classes else ""))
+    heights = [int(im.shape[0]) for im in images]
+    same = len(set(heights)) <= 1
     result = SampleResult(n=int(p.n), seed=int(p.seed), weights=info.weights, step=info.step,
-                          size=[int(images.shape[1]), int(images.shape[2])],
+                          size=[max(heights, default=0), int(images[0].shape[1]) if len(images)
+                                else 0],
                           channels=int(info.gan.channels), files=files,
                           interpolation=STRIP_FILE if p.interpolate else None, like=p.like,
-                          styles=image_styles(G.cfg, images, like=p.like, seed=p.seed,
-                                              styles=info.styles))
+                          styles=image_styles(G.cfg, np.stack(images) if same else images,
+                                              like=p.like, seed=p.seed, styles=info.styles),
+                          heights=None if same else heights)
     write_json(out_dir / MANIFEST_FILE, result.manifest())
     return result.to_summary(ckpt)

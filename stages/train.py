@@ -49,7 +49,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -238,11 +238,12 @@ def resolve_d_scales(p: Params) -> int:
 
 def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None,
                classes: tuple = (), class_share: tuple = (),
-               screen_height: int = 0) -> GANConfig:
+               screen_height: int = 0, class_height: tuple = ()) -> GANConfig:
     """The network architecture these parameters train (``palette`` (K, 3) uint8: the colours
     of ``output = "palette"``, see :func:`corpus_palette`; ``classes``: the style names of a
     ``conditional`` model, ``class_share`` their shares of the training patches;
-    ``screen_height``: the training screens' median height of a ``position`` model)."""
+    ``screen_height``: the training screens' median height of a ``position`` model,
+    ``class_height`` each style's, when it is conditional too)."""
     pal = () if palette is None or p.output != "palette" else tuple(
         tuple(int(x) for x in c) for c in palette)
     return GANConfig(height=p.size, width=p.size, channels=channels, nz=p.nz, ngf=p.ngf,
@@ -252,7 +253,9 @@ def gan_config(p: Params, channels: int, palette: Optional[np.ndarray] = None,
                      palette=pal, gumbel_tau=float(p.gumbel_tau),
                      classes=tuple(classes), class_share=tuple(class_share),
                      g_cond="cbn" if classes else "concat",
-                     screen_height=int(screen_height) if p.position else 0)
+                     screen_height=int(screen_height) if p.position else 0,
+                     class_height=tuple(int(h) for h in class_height)
+                     if p.position and classes else ())
 
 
 def corpus_palette(images: np.ndarray, k: int) -> np.ndarray:
@@ -1467,6 +1470,18 @@ def conditional_labels(params: Params, labels: Optional[np.ndarray],
     return labels, names
 
 
+def style_screen_heights(rows: Optional[np.ndarray], labels: Optional[np.ndarray],
+                         classes: Sequence) -> tuple:
+    """Each style's median screen height in pixels, over its patches' ``rows`` (N, 2) = (top
+    row, screen height) and ``labels`` (N,): what ``sample --style-height`` draws it at; ()
+    without rows or styles.  A style without patches (all held back) takes the median of all."""
+    if rows is None or labels is None or not len(classes):
+        return ()
+    overall = int(np.median(rows[:, 1]))
+    return tuple(int(np.median(rows[labels == c, 1])) if np.any(labels == c) else overall
+                 for c in range(len(classes)))
+
+
 def position_rows(params: Params, paths: list[Path], n_patches: int) -> Optional[np.ndarray]:
     """The patches' rows (:func:`load_patch_rows`) for a ``position`` model, else None.
 
@@ -1526,7 +1541,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
             float(c) for c in np.bincount(data.labels, minlength=len(classes)) / len(data.labels))
         screen_h = 0 if rows is None else int(np.median(rows[:, 1]))
         trainer = Trainer(params, gan_config(params, patches.shape[-1], palette, classes, share,
-                                             screen_h),
+                                             screen_h, style_screen_heights(rows, games, classes)),
                           ranks.device, world=ranks.world, rank=ranks.rank)
         styles = None if data.labels is None else StyleIndex.build(
             data.train, data.labels, game_names, seed=params.seed)

@@ -765,3 +765,13 @@ def test_export_reads_the_styles_from_samples_json_and_shows_each_level(tmp_path
     assert "One level per style" in html and "level like night" in html
     assert "tiles of night" in html and (out / "maps" / "sheet_night.tmx").exists()
     assert export.sample_styles([tmp_path / "nowhere"]) == {}
+
+
+def test_a_style_drawn_at_its_own_shorter_height_gets_a_level_that_tall():
+    bank, maps, styles = _two_styles()
+    short = {k: (m[-5:] if styles[k] == "night" else m) for k, m in maps.items()}
+    ex = _core(bank, short, styles=styles, level_height=8)
+    rows = {name: ex.gids()[name].shape[0] for name in ("level", "level_day", "level_night")}
+    assert rows == {"level": 8, "level_day": 8, "level_night": 5}
+    same = _core(bank, maps, styles=styles, level_height=8)        # equal heights: as asked
+    assert {same.gids()[n].shape[0] for n in ("level_day", "level_night")} == {8}

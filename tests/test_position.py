@@ -2,6 +2,7 @@
 to the networks and back out of sample."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 from stages import crop, sample, train
 from stages._common import InputError, ParamError
 from stages._gan import Discriminator, Generator
-from stages._gan_config import GANConfig, patch_where, screen_span, where_rows
+from stages._gan_config import (GANConfig, patch_where, screen_span, style_screen_height,
+                                where_rows)
 from tilesets.artifacts import ArtifactError, Patches
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -148,3 +150,68 @@ def test_a_positional_model_trains_resumes_and_samples_whole_screens(tmp_path):
     wide = sample.sample_images(G, 3, seed=1, noise_scale=1.3)
     assert np.array_equal(wide, sample.generate(G, z * 1.3, batch=3, where=G.default_where(z)))
     assert not np.array_equal(wide, sample.generate(G, z * 1.3, batch=3))
+
+
+def _two_game_artifact(folder: Path) -> Path:
+    """Game "tall" cut from 96-px screens, game "short" from 64-px ones."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    games = np.arange(24, dtype=np.int32) % 2
+    rows = np.stack([np.where(games == 0, (np.arange(24) % 3) * 32, (np.arange(24) % 2) * 32),
+                     np.where(games == 0, 96, 64)], 1).astype(np.int32)
+    folder.mkdir(parents=True)
+    Patches(images, games, ["tall", "short"], rows).save(folder, lambda p, a: np.save(p, a))
+    return folder
+
+
+def test_each_style_median_screen_height_is_measured_over_its_own_patches():
+    rows = np.array([[0, 128], [0, 128], [64, 240], [0, 240], [0, 192]])
+    labels = np.array([0, 0, 1, 1, 2])
+    assert train.style_screen_heights(rows, labels, ["a", "b", "c"]) == (128, 240, 192)
+    assert train.style_screen_heights(rows, labels, ["a", "b", "c", "d"])[3] == 192  # no patches
+    assert train.style_screen_heights(None, labels, ["a", "b"]) == ()
+    assert train.style_screen_heights(rows, None, []) == ()
+
+
+def test_a_style_is_drawn_at_its_own_screen_height_rounded_to_the_stride():
+    cfg = GANConfig(height=32, width=32, nz=8, ngf=4, ndf=4, g_arch="fcn", upsample="nearest",
+                    classes=("a", "b"), screen_height=96, class_height=(128, 70))
+    assert style_screen_height(cfg, 240, 0) == 128
+    assert cfg.stride == 8 and style_screen_height(cfg, 240, 1) == 72   # 70: nearest multiple
+    assert style_screen_height(cfg, 240) == 96                 # no style: the corpus's median
+    assert style_screen_height(cfg, 32, 0) == 32               # a patch, not a whole screen
+    old = GANConfig(**{**cfg.to_dict(), "class_height": ()})   # checkpoints from before
+    assert style_screen_height(old, 240, 0) == 96
+    with pytest.raises(ValueError, match="class_height"):
+        GANConfig(**{**cfg.to_dict(), "class_height": (128,)}).validate()
+
+
+def test_sample_style_height_draws_each_game_at_its_screens_height(tmp_path):
+    art = _two_game_artifact(tmp_path / "crop")
+    out = tmp_path / "train"
+    out.mkdir()
+    train.run({"patches": [art]}, _tiny(steps=2, conditional="on"), out)
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ck["config"]["gan"]["class_height"] == (96, 64)
+    G, _ = sample.load_generator(out / "ckpt.pt")
+    both = sample.sample_screens(G, 6, seed=3, width=64, height=128, noise_scale=1.15)
+    labels = sample.style_labels(G.cfg, 6, seed=3)
+    assert [im.shape[0] for im in both] == [96 if y == 0 else 64 for y in labels.tolist()]
+    assert {im.shape[0] for im in both} == {96, 64}
+    # the same noise as one draw at the asked height: its top rows, per style
+    z = torch.randn(6, *G.cfg.noise_shape(128, 64), generator=torch.Generator().manual_seed(3))
+    i = int(np.flatnonzero(labels.numpy() == 1)[0])
+    zi = z[i:i + 1, :, :64 // G.cfg.stride]
+    want = sample.generate(G, zi * 1.15, batch=1, labels=labels[i:i + 1],
+                           where=G.default_where(zi))
+    assert np.array_equal(both[i], want[0])
+    # the stage writes them, says each file's height, and the plain draw stays as asked
+    shots = tmp_path / "shots"
+    s = sample.run({"checkpoint": [out]}, sample.Params(n=6, seed=3, width=64, height=128,
+                                                          style_height=True), shots)
+    assert s["heights"] == {"short": 64, "tall": 96} and s["size"] == [96, 64]
+    meta = json.loads((shots / "samples.json").read_text())
+    assert meta["heights"] == [im.shape[0] for im in both]
+    plain = sample.run({"checkpoint": [out]}, sample.Params(n=6, seed=3, width=64, height=128),
+                       tmp_path / "plain")
+    assert plain["size"] == [128, 64] and "heights" not in plain
