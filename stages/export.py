@@ -108,9 +108,12 @@ class Params(StageParams):
     level_model: str = param("auto", help="what the level is made of: auto (single tiles and "
                                           "their seen neighbours when tiles recur, else pieces), "
                                           "tiles, or chunks", choices=wfc_mod.MODELS)
-    sheet_layout: str = param("kind", help="tileset.png layout: kind (groups of related tiles: "
-                                           "sky first, ground last) or bank (dedupe's order, "
-                                           "best first)", choices=("kind", "bank"))
+    sheet_layout: str = param("style", help="tileset.png layout: style (one block of rows per "
+                                            "game the samples name, each laid out by kind; "
+                                            "as kind when there are not two), kind (groups "
+                                            "of related tiles: sky first, ground last) or "
+                                            "bank (dedupe's order, best first)",
+                              choices=("style", "kind", "bank"))
     report_samples: int = param(16, help="generated screens shown in report.html", min=0)
     max_sample_maps: int = param(16, help="write at most this many rebuilt screens as "
                                           "maps/sample_NNN.tmx with previews, the first in name "
@@ -260,7 +263,7 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
         warnings.append(f"{semi} semi-transparent pixels: Tiled may draw them one colour level off")
     progress("export", 0, 5)
     uses = tileset.uses()
-    layout = _sheet_layout(tileset, uses, params)
+    layout = _sheet_layout(tileset, uses, params, styles or {})
     tiles = layout.sheet_tiles(bank)
     atlas = atlas_mod.pack_atlas(tiles, columns=layout.columns)
     maps = {stem: layout.remap(tileset.maps[stem]) for stem in sorted(tileset.maps)}
@@ -287,14 +290,19 @@ def export_tileset(tileset: TileSet, tile_records: Optional[list], params: Param
                   warnings=warnings + level_warnings + terrain_warnings)
 
 
-def _sheet_layout(tileset: TileSet, uses: np.ndarray, params: Params) -> atlas_mod.SheetLayout:
-    """Where each bank tile goes on tileset.png (:func:`tilesets.atlas.layout_sheet`)."""
+def _sheet_layout(tileset: TileSet, uses: np.ndarray, params: Params,
+                  styles: dict) -> atlas_mod.SheetLayout:
+    """Where each bank tile goes on tileset.png (:func:`tilesets.atlas.layout_sheet`; with
+    ``styles``, stem -> style name, each tile belongs to the style that uses it most)."""
     k = len(tileset)
     cols = atlas_mod.atlas_columns(k, params.columns)
     maps = list(tileset.maps.values())
+    names = sorted(set(styles.values()))
     return atlas_mod.layout_sheet(tileset.bank, uses, columns=cols,
                                   by=params.sheet_layout,
-                                  heights=atlas_mod.tile_heights(maps, k))
+                                  heights=atlas_mod.tile_heights(maps, k),
+                                  styles=atlas_mod.tile_styles(tileset.maps, styles, k, names),
+                                  style_names=names)
 
 
 def _sheet_map(layout: atlas_mod.SheetLayout) -> TiledMap:

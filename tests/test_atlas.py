@@ -7,7 +7,7 @@ import pytest
 
 from tests.test_wfc import BROWN, DARK_BROWN, DARK_GREEN, GREEN, SKY, WHITE, world_tiles
 from tilesets.atlas import (OTHER_GROUP, Kind, describe_tile, layout_sheet,
-                            pack_atlas, tile_heights, unpack_atlas)
+                            pack_atlas, tile_heights, tile_styles, unpack_atlas)
 from tilesets.cells import FLIP_MASK, ID_MASK, Flip
 
 T = 16
@@ -189,6 +189,36 @@ def test_where_tiles_sit_in_the_screens_moves_their_group():
     assert np.isnan(tile_heights([m[:4] for m in maps], 2)).all()  # short screens say nothing
 
 
+def test_style_layout_gives_each_game_a_block_of_whole_rows_laid_out_by_kind(kinds):
+    names, bank, uses = kinds
+    style = np.array([0 if n in ("sky", "grass") else 1 for n in names])
+    style[names.index("brick")] = -1                                 # one tile no game uses
+    lay = layout_sheet(bank, uses, columns=4, by="style", styles=style,
+                       style_names=["day", "night"])
+    pos = lay.position
+    day, night, none = (np.flatnonzero(style == s) for s in (0, 1, -1))
+    assert pos[day].max() < pos[night].min() and pos[night].max() < pos[none].min()
+    assert pos[night].min() % 4 == 0 and pos[none].min() % 4 == 0    # each block starts a row
+    assert [g.name.split(":")[0] for g in lay.groups] == sorted(
+        (g.name.split(":")[0] for g in lay.groups), key=["day", "night", "no style"].index)
+    for g in lay.groups:                                             # kinds inside each block
+        assert len({names[b] for b in g.tiles}) == 1
+        assert len({int(style[b]) for b in g.tiles}) == 1
+    assert sorted(pos.tolist()) == sorted(set(pos.tolist()))
+    # one style, or none: the kind layout
+    one = layout_sheet(bank, uses, columns=4, by="style", styles=np.zeros(len(bank), int))
+    np.testing.assert_array_equal(one.position, layout_sheet(bank, uses, columns=4).position)
+    np.testing.assert_array_equal(layout_sheet(bank, uses, columns=4, by="style").position,
+                                  one.position)
+
+
+def test_a_tile_belongs_to_the_style_whose_screens_use_it_most():
+    maps = {"a": np.array([[0, 0, 1]], np.uint32), "b": np.array([[1, 1, 2]], np.uint32),
+            "c": np.array([[3 | FLIP_MASK]], np.uint32)}
+    got = tile_styles(maps, {"a": "day", "b": "night", "c": "day"}, 5, ["day", "night"])
+    assert got.tolist() == [0, 1, 1, 0, -1]                           # tile 4: no screen
+
+
 def test_bad_arguments_are_rejected(kinds):
     _, bank, uses = kinds
     with pytest.raises(ValueError, match="uses"):
@@ -197,3 +227,5 @@ def test_bad_arguments_are_rejected(kinds):
         layout_sheet(bank, uses, columns=0)
     with pytest.raises(ValueError, match="by"):
         layout_sheet(bank, uses, columns=4, by="colour")
+    with pytest.raises(ValueError, match="styles"):
+        layout_sheet(bank, uses, columns=4, by="style", styles=np.zeros(3, int))

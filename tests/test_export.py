@@ -775,3 +775,19 @@ def test_a_style_drawn_at_its_own_shorter_height_gets_a_level_that_tall():
     assert rows == {"level": 8, "level_day": 8, "level_night": 5}
     same = _core(bank, maps, styles=styles, level_height=8)        # equal heights: as asked
     assert {same.gids()[n].shape[0] for n in ("level_day", "level_night")} == {8}
+
+
+def test_the_sheet_puts_each_style_tiles_together_and_kind_layout_mixes_them():
+    bank, maps, styles = _two_styles()
+    ex = _core(bank, maps, styles=styles)
+    pos = ex.layout.position
+    assert pos[:7].max() < pos[7:].min()                       # day's tiles, then night's
+    assert pos[7:].min() % ex.columns == 0                     # night starts a row of its own
+    heads = [g["name"].split(": ")[0] for g in ex.sheet_summary()["groups"]]
+    assert heads == sorted(heads) and set(heads) == {"day", "night"}
+    kind = _core(bank, maps, styles=styles, sheet_layout="kind")
+    assert not any(":" in g["name"] for g in kind.sheet_summary()["groups"])
+    # a sample map shows the same tiles whichever the layout
+    s0 = ex.gids()["sample_000"]
+    np.testing.assert_array_equal(ex.tiles[(s0 & ID_MASK) - 1],
+                                  kind.tiles[(kind.gids()["sample_000"] & ID_MASK) - 1])

@@ -352,7 +352,8 @@ def tile_heights(maps: Sequence[np.ndarray], count: int, *, min_rows: int = 6) -
 
 
 def layout_sheet(tiles: np.ndarray, uses: np.ndarray, *, columns: int, by: str = "kind",
-                 heights: Optional[np.ndarray] = None) -> SheetLayout:
+                 heights: Optional[np.ndarray] = None, styles: Optional[np.ndarray] = None,
+                 style_names: Sequence[str] = ()) -> SheetLayout:
     """Lay tiles out by kind: groups of rows, sky first, ground last, most used first.
 
     Parameters
@@ -362,11 +363,18 @@ def layout_sheet(tiles: np.ndarray, uses: np.ndarray, *, columns: int, by: str =
         Cells using each tile (orders tiles inside a group).
     columns : int
         Tiles per sheet row (>= 1).
-    by : {"kind", "bank"}
-        ``"bank"`` keeps bank order with no gaps (one group, ``"all tiles"``).
+    by : {"kind", "style", "bank"}
+        ``"bank"`` keeps bank order with no gaps (one group, ``"all tiles"``).  ``"style"``:
+        one block of rows per style (``styles``), in ``style_names`` order, each laid out by
+        kind, its groups named ``"<style>: <group>"``; tiles of no style come last.  With
+        fewer than two styles among the tiles it is ``"kind"``.
     heights : ndarray, shape (K,), optional
         :func:`tile_heights`; where known, a group's mean height (weighted by uses) counts half
         in its place on the sheet, the kind's usual place the other half.
+    styles : ndarray, shape (K,), int, optional
+        ``by="style"``: each tile's style (an index into ``style_names``; -1 = none), e.g.
+        :func:`tile_styles`.
+    style_names : sequence of str
 
     Returns
     -------
@@ -379,8 +387,15 @@ def layout_sheet(tiles: np.ndarray, uses: np.ndarray, *, columns: int, by: str =
         raise ValueError(f"uses must have shape ({k},), got {u.shape}")
     if columns < 1:
         raise ValueError(f"columns must be >= 1, got {columns}")
-    if by not in ("kind", "bank"):
-        raise ValueError(f"by must be 'kind' or 'bank', got {by!r}")
+    if by not in ("kind", "style", "bank"):
+        raise ValueError(f"by must be 'kind', 'style' or 'bank', got {by!r}")
+    if by == "style":
+        st = None if styles is None else np.asarray(styles, np.int64)
+        if st is not None and st.shape != (k,):
+            raise ValueError(f"styles must have shape ({k},), got {st.shape}")
+        if st is not None and len(set(st[st >= 0].tolist())) >= 2:
+            return _style_blocks(t, u, st, list(style_names), columns=columns, heights=heights)
+        by = "kind"
     if by == "bank" or k == 0:
         rows = max(1, math.ceil(k / columns))
         g = (Group("all tiles", Kind.TEXTURED, tuple(range(k)), 0, int(u.sum())),) if k else ()
@@ -404,6 +419,40 @@ def layout_sheet(tiles: np.ndarray, uses: np.ndarray, *, columns: int, by: str =
         cursor += len(ids)
         prev_small = small
     return SheetLayout(columns, max(1, math.ceil(cursor / columns)), position, tuple(groups))
+
+
+def _style_blocks(tiles: np.ndarray, uses: np.ndarray, styles: np.ndarray, names: list, *,
+                  columns: int, heights: Optional[np.ndarray]) -> SheetLayout:
+    """:func:`layout_sheet` ``by="style"``: each style's tiles laid out by kind as a block of
+    whole rows, the blocks one after another (``names`` order, then the tiles of no style)."""
+    position = np.zeros(len(tiles), np.int64)
+    groups: list = []
+    cursor = 0
+    for s in sorted(set(styles.tolist()), key=lambda v: (v < 0, v)):
+        ids = np.flatnonzero(styles == s)
+        block = layout_sheet(tiles[ids], uses[ids], columns=columns, by="kind",
+                             heights=None if heights is None else np.asarray(heights)[ids])
+        label = names[s] if 0 <= s < len(names) else ("no style" if s < 0 else f"style {s}")
+        position[ids] = cursor + block.position
+        groups += [Group(f"{label}: {g.name}", g.kind, tuple(int(ids[b]) for b in g.tiles),
+                         cursor + g.first, g.uses) for g in block.groups]
+        cursor += block.rows * columns
+    return SheetLayout(columns, max(1, cursor // columns), position, tuple(groups))
+
+
+def tile_styles(maps: dict, styles: dict, count: int,
+                names: Sequence[str]) -> np.ndarray:
+    """Each tile's style: the style (index into ``names``) whose screens use it most; -1 for a
+    tile no styled screen uses.  ``maps``: stem -> cells (bank id | flip bits); ``styles``:
+    stem -> style name.  (count,) int64."""
+    index = {n: i for i, n in enumerate(names)}
+    counts = np.zeros((count, max(1, len(names))), np.int64)
+    for stem, m in maps.items():
+        if styles.get(stem) not in index:
+            continue
+        ids = (np.asarray(m).astype(np.uint64) & np.uint64(ID_MASK)).astype(np.int64).ravel()
+        np.add.at(counts[:, index[styles[stem]]], ids, 1)
+    return np.where(counts.sum(1) > 0, counts.argmax(1), -1)
 
 
 #: More groups than this, and the groups of fewer than :data:`MIN_GROUP` tiles that are not
