@@ -515,7 +515,7 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
                                 else 0],
                           channels=int(info.gan.channels), files=files,
                           interpolation=STRIP_FILE if p.interpolate else None, like=p.like,
-                          styles=image_styles(G.cfg, np.stack(images) if same else images,
+                          styles=image_styles(G.cfg, np.asarray(images) if same else images,
                                               like=p.like, seed=p.seed, styles=info.styles),
                           heights=None if same else heights)
     write_json(out_dir / MANIFEST_FILE, result.manifest())
