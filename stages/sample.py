@@ -296,17 +296,39 @@ def sample_images(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold
     h, w = sample_size(G.cfg, width=width, height=height)
     shape = (G.cfg.nz,) if G.cfg.g_arch != "fcn" else G.cfg.noise_shape(h, w)
     z = torch.randn(n, *shape, generator=torch.Generator().manual_seed(int(seed)))
-    where = G.default_where(z) if G.cfg.positional else None     # from the unscaled draw
-    z = z * float(noise_scale)
-    labels = style_labels(G.cfg, n, like=like, seed=seed)
-    chunks = []
+    images = _draw(G, z, style_labels(G.cfg, n, like=like, seed=seed), None,
+                   noise_scale=noise_scale, batch=batch, alpha_threshold=alpha_threshold,
+                   progress=progress)
+    return np.stack(images) if images else np.zeros((0, h, w, G.cfg.channels), np.uint8)
+
+
+def _draw(G: Any, z: Any, labels: Any, rows: Optional[np.ndarray], *, noise_scale: float,
+          batch: int, alpha_threshold: int, progress: ProgressFn) -> list[np.ndarray]:
+    """Image i of noise ``z`` (n, nz[, h, w]) and ``labels`` (n,) (None: unconditional), from
+    the top ``rows[i]`` noise rows (None: all of them), ``batch`` at a time among images of the
+    same height; the noise is scaled by ``noise_scale``, a positional generator's windows come
+    from the unscaled draw.  ``progress("sample", done, n)`` before the first batch and after
+    each one."""
+    n = len(z)
+    groups = ([np.arange(n)] if rows is None
+              else [np.flatnonzero(rows == r) for r in sorted(set(rows.tolist()))])
+    out: list = [None] * n
     progress("sample", 0, n)
-    for i in range(0, n, batch):
-        chunks.append(generate(G, z[i:i + batch], batch=batch, alpha_threshold=alpha_threshold,
-                               labels=None if labels is None else labels[i:i + batch],
-                               where=None if where is None else where[i:i + batch]))
-        progress("sample", i + len(chunks[-1]), n)
-    return np.concatenate(chunks)
+    done = 0
+    for idx in groups:
+        zi = z[idx] if rows is None else z[idx][:, :, :int(rows[idx[0]])]
+        where = G.default_where(zi) if G.cfg.positional else None
+        for i in range(0, len(idx), batch):
+            part = idx[i:i + batch]
+            imgs = generate(G, zi[i:i + batch] * float(noise_scale), batch=batch,
+                            alpha_threshold=alpha_threshold,
+                            labels=None if labels is None else labels[part],
+                            where=None if where is None else where[i:i + batch])
+            for k, im in zip(part, imgs):
+                out[k] = im
+            done += len(part)
+            progress("sample", done, n)
+    return out
 
 
 def sample_screens(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshold: int = 128,
@@ -336,24 +358,9 @@ def sample_screens(G: Any, n: int, *, seed: int, batch: int = 64, alpha_threshol
                                   width=w, height=style_screen_height(cfg, h), like=like,
                                   styles=styles, noise_scale=noise_scale, progress=progress))
     z = torch.randn(n, *cfg.noise_shape(h, w), generator=torch.Generator().manual_seed(int(seed)))
-    heights = np.array([style_screen_height(cfg, h, int(y)) for y in labels])
-    out: list[Optional[np.ndarray]] = [None] * n
-    progress("sample", 0, n)
-    done = 0
-    for hh in sorted(set(heights.tolist())):
-        idx = np.flatnonzero(heights == hh)
-        zi = z[idx][:, :, :hh // cfg.stride]
-        where = G.default_where(zi)                         # from the unscaled draw
-        for i in range(0, len(idx), batch):
-            part = idx[i:i + batch]
-            imgs = generate(G, zi[i:i + batch] * float(noise_scale), batch=batch,
-                            alpha_threshold=alpha_threshold, labels=labels[part],
-                            where=where[i:i + batch])
-            for k, im in zip(part, imgs):
-                out[k] = im
-            done += len(part)
-            progress("sample", done, n)
-    return out
+    rows = np.array([style_screen_height(cfg, h, int(y)) // cfg.stride for y in labels])
+    return _draw(G, z, labels, rows, noise_scale=noise_scale, batch=batch,
+                 alpha_threshold=alpha_threshold, progress=progress)
 
 
 #: ``--like`` on an unconditional model draws at most this many times ``n`` images (plus one
