@@ -101,7 +101,7 @@ def worker_reference(train_npy: Path, out: Path, minutes: float, n_out: int, see
 
 
 def worker_ours(train_npy: Path, out: Path, minutes: float, n_out: int, seed: int,
-                overrides: dict) -> dict:
+                overrides: dict, noise_scale: float = 1.0) -> dict:
     import torch
 
     from stages import train
@@ -112,15 +112,16 @@ def worker_ours(train_npy: Path, out: Path, minutes: float, n_out: int, seed: in
     params = train.Params(**kw)
     s = train.run({"patches": [train_npy.parent]}, params, out)   # the crop artifact (games)
     G, _ = load_generator(out / "ckpt.pt", use_ema=True)
-    np.save(out / "samples.npy", sample_images(G, n_out, seed=seed + 99))
+    np.save(out / "samples.npy", sample_images(G, n_out, seed=seed + 99, noise_scale=noise_scale))
     for i, name in enumerate(G.cfg.classes or ()):                  # one style at a time
-        np.save(out / f"style_{i:02d}.npy", sample_images(G, n_out, seed=seed + 99, like=name))
+        np.save(out / f"style_{i:02d}.npy", sample_images(G, n_out, seed=seed + 99, like=name,
+                                                          noise_scale=noise_scale))
     if G.cfg.n_classes:
         (out / "styles.json").write_text(json.dumps(list(G.cfg.classes)))
     if params.ema > 0 and G.cfg.g_arch == "dcgan" and not G.cfg.n_classes:   # raw weights
         z = torch.randn(n_out, G.cfg.nz, generator=torch.Generator().manual_seed(seed + 99))
         G_raw, _ = load_generator(out / "ckpt.pt", use_ema=False)
-        np.save(out / "samples_raw.npy", generate(G_raw, z, batch=64))
+        np.save(out / "samples_raw.npy", generate(G_raw, z * noise_scale, batch=64))
     return {"steps": s["steps"], "seconds": s["train_seconds"], "img_per_s": s["img_per_s"]}
 
 
@@ -268,6 +269,8 @@ def main() -> None:
                     help="the corpus (a folder of screens; every 5th held back)")
     ap.add_argument("--after-quantize", action="store_true",
                     help="also report SWD, isolated pixels and colours per tile after quantize")
+    ap.add_argument("--noise-scale", type=float, default=None,
+                    help="our samples' noise scale (default: `pipeline sample`'s, what users get)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--train-npy", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n-out", type=int, default=512, help=argparse.SUPPRESS)
@@ -283,12 +286,15 @@ def main() -> None:
             info = worker_reference(args.train_npy, args.out, args.minutes, args.n_out, args.seed)
         else:
             info = worker_ours(args.train_npy, args.out, args.minutes, args.n_out, args.seed,
-                               json.loads(args.overrides))
+                               json.loads(args.overrides), args.noise_scale)
         (args.out / "info.json").write_text(json.dumps(info))
         return
 
     from stages._metrics import colours_per_tile, share_over, swd
 
+    if args.noise_scale is None:
+        from stages import sample
+        args.noise_scale = sample.Params().noise_scale
     work = args.out or Path(tempfile.mkdtemp(prefix="tilegan_quality_"))
     work.mkdir(parents=True, exist_ok=True)
     train_npy, hold_npy = prepare(work, args.size, args.screens)
@@ -297,7 +303,8 @@ def main() -> None:
     hold_pick = np.sort(np.random.default_rng(args.seed).choice(len(hold), n_out, replace=False))
     hold = hold[hold_pick]
     print(f"train patches {len(train_p)} (from {len(list((work / 'crop_train' / 'screens').glob('*.png')))} "
-          f"screens), held-back patches {n_out}; {args.minutes} min per config, all in parallel")
+          f"screens), held-back patches {n_out}; {args.minutes} min per config, all in parallel; "
+          f"our samples at noise scale {args.noise_scale:g}")
 
     configs = {name: {} for name in args.configs.split(",") if name}
     for e in args.extra:
@@ -308,7 +315,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", "reference" if name == "reference" else "ours",
                "--train-npy", str(train_npy), "--out", str(work / name), "--minutes",
                str(args.minutes), "--n-out", str(n_out), "--seed", str(args.seed),
-               "--overrides", json.dumps(ov)]
+               "--overrides", json.dumps(ov), "--noise-scale", str(args.noise_scale)]
         procs[name] = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     for name, pr in procs.items():
         if pr.wait() != 0:

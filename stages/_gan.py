@@ -79,7 +79,9 @@ class ConditionalBatchNorm2d(nn.BatchNorm2d):
 
     The normalisation itself has no affine part (``weight``/``bias`` are None), so EMA
     batch-norm calibration and ``has_batchnorm`` treat it as any batch norm; the per-class gain
-    starts at 1 and the bias at 0, so an untrained layer is a plain batch norm.
+    starts at 1 and the bias at 0, so an untrained layer is a plain batch norm.  It computes in
+    float32 whatever the autocast (the result in the input's dtype): compiled by torch 2.13's
+    inductor for one CPU thread under bf16 autocast, its backward gave NaN gradients.
     """
 
     def __init__(self, channels: int, n_classes: int):
@@ -92,9 +94,10 @@ class ConditionalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if y is None:
             raise ValueError("a conditional generator needs labels y")
-        h = super().forward(x)
-        gain, shift = (e(y)[:, :, None, None].to(h.dtype) for e in (self.gain, self.shift))
-        return h * gain + shift
+        with torch.autocast(x.device.type, enabled=False):
+            h = super().forward(x.float())
+            gain, shift = (e(y)[:, :, None, None].float() for e in (self.gain, self.shift))
+            return (h * gain + shift).to(x.dtype)
 
 
 class Generator(nn.Module):

@@ -106,8 +106,10 @@ class Params(StageParams):
     nz: int = param(100, help="Length of the noise vector.", min=1)
     ngf: int = param(16, help="Generator base width (widest layer = 8×).", min=1)
     ndf: int = param(16, help="Discriminator base width (widest layer = 8×).", min=1)
-    loss: str = param("hinge", help="GAN loss: hinge or bce (classic non-saturating DCGAN).",
-                      choices=("hinge", "bce"))
+    loss: str = param("hinge", help="GAN loss: hinge, bce (classic non-saturating DCGAN) or "
+                                    "rpgan (relativistic pairing: each real image against the "
+                                    "generated one of the same batch slot).",
+                      choices=("hinge", "bce", "rpgan"))
     spectral_norm: bool = param(True, help="Spectral norm on D's convs (instead of batch norm).")
     upsample: str = param("nearest", help="Generator doubling: deconv (DCGAN transposed conv) or "
                                          "nearest (nearest ×2 + 3×3 conv, no checkerboard).",
@@ -627,11 +629,14 @@ def discriminator_loss(real_logits: "Any", fake_logits: "Any", *, kind: str,
     """D's loss on its logits for real and generated images (any equal shapes, float32).
 
     ``kind`` "hinge": mean relu(1 - real) + mean relu(1 + fake); "bce": binary cross-entropy
-    with target 1 - ``label_smoothing`` for real and 0 for fake.
+    with target 1 - ``label_smoothing`` for real and 0 for fake; "rpgan" (relativistic
+    pairing): mean softplus(fake - real), slot by slot.
     """
     import torch
     import torch.nn.functional as F
 
+    if kind == "rpgan":
+        return F.softplus(fake_logits - real_logits).mean()
     if kind == "hinge":
         return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
     return (F.binary_cross_entropy_with_logits(
@@ -639,10 +644,16 @@ def discriminator_loss(real_logits: "Any", fake_logits: "Any", *, kind: str,
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
 
 
-def generator_loss(fake_logits: "Any", *, kind: str) -> "Any":
-    """G's loss on D's logits for its images: -mean (hinge) or non-saturating BCE."""
+def generator_loss(fake_logits: "Any", *, kind: str, real_logits: "Any" = None) -> "Any":
+    """G's loss on D's logits for its images: -mean (hinge), non-saturating BCE, or "rpgan":
+    mean softplus(real - fake) against D's logits for the real images of the same slots
+    (``real_logits``, constants to G)."""
     import torch.nn.functional as F
 
+    if kind == "rpgan":
+        if real_logits is None:
+            raise ValueError("the rpgan loss needs D's logits for the real batch")
+        return F.softplus(real_logits - fake_logits).mean()
     return -fake_logits.mean() if kind == "hinge" else F.softplus(-fake_logits).mean()
 
 
@@ -797,7 +808,7 @@ class Trainer:
         with self.autocast():
             fake = self.G_forward(z, y, where)
         lossD = self._update_discriminator(real, fake, gen, noise_std, y, where)
-        lossG = self._update_generator(fake, z, gen, noise_std, y, where)
+        lossG = self._update_generator(fake, z, gen, noise_std, y, where, real=real)
         lossD, lossG, ok = self._agree_on_losses(lossD, lossG)
         if ok:
             self._update_ema(step)
@@ -840,15 +851,23 @@ class Trainer:
         return loss
 
     def _update_generator(self, fake: "Any", z: "Any", gen: "Any", noise_std: float,
-                          y: "Any" = None, where: "Any" = None) -> "Any":
-        """One optimiser step of G through the (frozen) D; returns its loss."""
+                          y: "Any" = None, where: "Any" = None, real: "Any" = None) -> "Any":
+        """One optimiser step of G through the (frozen) D; returns its loss.  The rpgan loss
+        also scores ``real`` with the updated D (no gradients)."""
+        import torch
+
         p = self.params
         self.optG.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
+        real_logits = None
+        if p.loss == "rpgan":
+            with torch.no_grad(), self.autocast():
+                real_logits = self.D_forward_for_G(
+                    self._discriminator_input(real, gen, noise_std), 1, y, where).float()
         with self.autocast():
             fake_logits = self.D_forward_for_G(
                 self._discriminator_input(fake.float(), gen, noise_std), 1, y, where)
-        loss = generator_loss(fake_logits, kind=p.loss)
+        loss = generator_loss(fake_logits, kind=p.loss, real_logits=real_logits)
         if p.mode_seeking > 0:
             loss = loss + p.mode_seeking * mode_seeking_term(fake.float(), z)
         self.scaler.scale(loss).backward()
@@ -1317,7 +1336,9 @@ class TrainingRun:
             raise StageError(
                 f"training diverged at step {step} (lossD={lossD}, lossG={lossG}) and "
                 f"{trainer.rollbacks} rollback(s) with halved learning rates did not help; "
-                f"lower --lr-g/--lr-d, try --loss hinge --spectral-norm, or change --seed")
+                f"lower --lr-g/--lr-d, try --loss hinge --spectral-norm, or change --seed"
+                + ("; it was compiled: try without --compile, or with --precision fp32"
+                   if self.params.compile else ""))
         log.warning("step %d: non-finite or exploding loss (D=%s, G=%s); rolling back to "
                     "step %d with learning rates x%.3g", step, lossD, lossG, self.good_step,
                     trainer.lr_scale / 2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -485,6 +486,28 @@ def test_hinge_and_bce_losses_on_hand_made_logits():
         float(F.softplus(-fake).mean()))
 
 
+def test_rpgan_loss_pairs_each_real_image_with_its_slots_fake():
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.5])
+    # D: mean softplus(fake - real) over the slots (-4 and 0.5), not over all pairs
+    d = (torch.nn.functional.softplus(torch.tensor(-4.0)) + torch.nn.functional.softplus(
+        torch.tensor(0.5))) / 2
+    assert float(train.discriminator_loss(real, fake, kind="rpgan")) == pytest.approx(float(d))
+    assert float(train.discriminator_loss(real, fake.flip(0), kind="rpgan")) != pytest.approx(float(d))
+    g = (torch.nn.functional.softplus(torch.tensor(4.0)) + torch.nn.functional.softplus(
+        torch.tensor(-0.5))) / 2
+    assert float(train.generator_loss(fake, kind="rpgan", real_logits=real)) == pytest.approx(float(g))
+    with pytest.raises(ValueError, match="real batch"):
+        train.generator_loss(fake, kind="rpgan")
+
+
+def test_rpgan_training_steps_move_both_networks():
+    trainer = _trainer(loss="rpgan")
+    g0 = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    lossD, lossG, ok = trainer.step(0, blocky(4))
+    assert ok and np.isfinite(lossD) and np.isfinite(lossG)
+    assert any(not torch.equal(v, g0[k]) for k, v in trainer.G.state_dict().items())
+
+
 def test_roll_back_restores_the_state_and_halves_both_learning_rates():
     p = tiny()
     trainer = _trainer()
@@ -881,6 +904,24 @@ def test_conditional_batch_norm_generator_takes_label_and_noise_and_old_layout_s
     assert "embed.weight" in old.state_dict()                  # checkpoints from before g_cond
     with pytest.raises(ValueError, match="g_cond"):
         GANConfig(height=32, width=32, classes=("a", "b"), g_cond="film").validate()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on a CPU needs a C++ compiler (g++), not installed")
+def test_compiled_conditional_generator_has_finite_gradients_under_bf16_on_one_thread():
+    # torch 2.13's inductor, one CPU thread, bf16 autocast: the compiled backward of an
+    # affine-free batch norm times the class gains gave NaN gradients (finite loss), so
+    # `train --compile` of a conditional model diverged at step 1; the norm now runs in fp32
+    p = train.Params(conditional="on")
+    cfg = train.gan_config(p, 3, classes=("a", "b", "c"), class_share=(0.3, 0.3, 0.4))
+    torch.manual_seed(0)
+    G = Generator(cfg).train()
+    z, y = torch.randn(16, cfg.nz), torch.randint(0, 3, (16,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = torch.compile(G, dynamic=False)(z, y)
+    out.float().mean().backward()
+    bad = [k for k, q in G.named_parameters() if not torch.isfinite(q.grad).all()]
+    assert bad == [] and torch.isfinite(out).all()
 
 
 def test_conditional_run_stores_the_styles_and_samples_one_at_a_time(tmp_path):
