@@ -502,10 +502,13 @@ def test_rpgan_loss_pairs_each_real_image_with_its_slots_fake():
 
 def test_rpgan_training_steps_move_both_networks():
     trainer = _trainer(loss="rpgan")
-    g0 = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    before = {n: {k: v.clone() for k, v in getattr(trainer, n).state_dict().items()}
+              for n in ("G", "D")}
     lossD, lossG, ok = trainer.step(0, blocky(4))
     assert ok and np.isfinite(lossD) and np.isfinite(lossG)
-    assert any(not torch.equal(v, g0[k]) for k, v in trainer.G.state_dict().items())
+    for n in ("G", "D"):
+        assert any(not torch.equal(v, before[n][k])
+                   for k, v in getattr(trainer, n).state_dict().items()), n
 
 
 def test_roll_back_restores_the_state_and_halves_both_learning_rates():
@@ -595,6 +598,16 @@ def test_persistent_nan_stops_with_a_clear_error(patches, tmp_path, monkeypatch)
     out.mkdir()
     with pytest.raises(StageError, match="diverged at step 0.*2 rollback"):
         train.run({"patches": [patches]}, tiny(max_rollbacks=2), out)
+
+
+def test_persistent_nan_of_a_compiled_run_says_to_try_without_compile(patches, tmp_path,
+                                                                       monkeypatch):
+    _poison_d_loss(monkeypatch, lambda call: True)
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: f)    # the message, not inductor
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(StageError, match="it was compiled: try without --compile"):
+        train.run({"patches": [patches]}, tiny(max_rollbacks=1, compile=True), out)
 
 
 # ------------------------------------------------------------------ resume after SIGKILL
