@@ -1,6 +1,8 @@
 """quantize: map images onto a retro palette (NES 2C02 by default), exactly and fast.
 
-Inputs: a sample artifact (``sample_NNNN.png``) or any files / folders / globs.
+Inputs: a sample artifact (``sample_NNNN.png``) or any files / folders / globs; optionally
+``reference``: real screens (crop's artifact, or image files / folders) whose colours the
+images are drawn to before the palette mapping (``snap_delta_e``; see :mod:`palettes.snap`).
 Outputs (in ``out_dir``):
 
 * ``<stem>.png`` — indexed (mode "P") PNG per input.  Its palette is the *whole* palette
@@ -8,8 +10,8 @@ Outputs (in ``out_dir``):
   pixels use one extra index (named in ``quantize.json``).
 * ``quantize.json`` — palette name and RGB list, usable indices, per-image statistics
   (colours per 16×16 tile and isolated-pixel rate before / after clean-up, mean ΔE76, the
-  recognised palette), skipped inputs, and with ``nes`` the fitted backdrop + sub-palettes,
-  error and legality.
+  recognised palette, the share of pixels drawn to a reference colour), the reference colours,
+  skipped inputs, and with ``nes`` the fitted backdrop + sub-palettes, error and legality.
 * ``report/nes_error_map.png`` (only with ``nes``) — per-16×16-area mean ΔE of the NES fit,
   one row of maps per image (black = 0, white ≥ 30 ΔE).
 
@@ -18,7 +20,7 @@ unknown one) is mapped colour for colour by NES number (``--no-recognise`` turns
 See docs/colour.md.
 """
 # Shape: Params -> quantize_image (one RGBA array -> QuantizeResult, from the steps opaque_mask,
-# recognised_index / nearest_index, clean_up, tile_stats) and fit_nes (one NES palette set
+# recognised_index / snap_to_reference + nearest_index, clean_up, tile_stats) and fit_nes (one NES palette set
 # across all images) -> run, which loads files (in worker processes for big batches), calls
 # them and writes.  quantize_images is the same core for arrays in memory.
 from __future__ import annotations
@@ -38,8 +40,8 @@ from stages._common import (InputError, ParamError, ProgressFn, Skipped, StagePa
                             pool_workers, save_png, write_json)
 
 NAME = "quantize"
-INPUTS = {"images": "sample"}
-OPTIONAL_INPUTS = ()
+INPUTS = {"images": "sample", "reference": "crop"}
+OPTIONAL_INPUTS = ("reference",)
 LIBS = ("numpy", "pillow")
 
 log = logging.getLogger("tilegan.quantize")
@@ -84,6 +86,10 @@ class Params(StageParams):
                             "an NES palette (a known emulator table, or a consistent unknown one) "
                             "is mapped colour for colour by NES number, so distinct colours stay "
                             "distinct; other images use nearest colour")
+    snap_delta_e: float = param(20.0, help="with reference screens (crop's artifact in the "
+                                "pipeline, or --reference): a pixel within this ΔE76 of a colour "
+                                "they use takes that colour before the palette mapping, so "
+                                "generated art keeps the real art's colours; 0 = off", min=0.0)
 
     def check(self) -> None:
         super().check()
@@ -151,6 +157,7 @@ class QuantizeResult:
     before, after : TileStats — after mapping, after clean-up
     mean_delta_e : float — mean ΔE76 between source and output colours (opaque pixels)
     match : PaletteMatch or None — the recognised NES palette (see :mod:`palettes.recognition`)
+    snapped : float — share of opaque pixels drawn to a reference colour first (0 without one)
     """
     index: np.ndarray
     opaque: np.ndarray
@@ -159,6 +166,7 @@ class QuantizeResult:
     after: TileStats
     mean_delta_e: float
     match: Optional[Any] = None
+    snapped: float = 0.0
 
     @property
     def transparent_pixels(self) -> int:
@@ -224,6 +232,20 @@ def recognised_index(rgb: np.ndarray, opaque: np.ndarray, target: TargetPalette
     return index, match
 
 
+def snap_to_reference(rgb: np.ndarray, opaque: np.ndarray, reference: Optional[np.ndarray],
+                      params: Params) -> tuple[np.ndarray, float]:
+    """``rgb`` with every pixel within ``params.snap_delta_e`` of a ``reference`` colour (K, 3)
+    moved onto it (:func:`palettes.snap.snap_to_colours`), and the share of opaque pixels that
+    moved; ``rgb`` itself and 0 without a reference or with ``snap_delta_e`` 0."""
+    from palettes.snap import snap_to_colours
+
+    if reference is None or not len(reference) or params.snap_delta_e <= 0:
+        return rgb, 0.0
+    snapped, moved = snap_to_colours(rgb, reference, max_delta_e=params.snap_delta_e)
+    n = int(opaque.sum())
+    return snapped, (float((moved & opaque).sum()) / n if n else 0.0)
+
+
 def clean_up(index: np.ndarray, source_lab: np.ndarray, target: TargetPalette, params: Params,
              opaque: np.ndarray) -> np.ndarray:
     """Colour limit per 16×16 area, then isolated-pixel removal (``params.cleanup`` passes);
@@ -250,7 +272,8 @@ def tile_stats(index: np.ndarray, opaque: np.ndarray) -> TileStats:
                      int(counts.max()) if len(counts) else 0, iso / n if n else 0.0)
 
 
-def quantize_image(rgba: np.ndarray, target: TargetPalette, params: Params) -> QuantizeResult:
+def quantize_image(rgba: np.ndarray, target: TargetPalette, params: Params, *,
+                   reference: Optional[np.ndarray] = None) -> QuantizeResult:
     """Map one image onto the target palette and clean it up.
 
     Parameters
@@ -258,6 +281,9 @@ def quantize_image(rgba: np.ndarray, target: TargetPalette, params: Params) -> Q
     rgba : ndarray, shape (H, W, 4), uint8
     target : TargetPalette — from :func:`target_palette`
     params : Params
+    reference : ndarray, shape (K, 3), uint8, optional
+        The real screens' colours (:func:`palettes.snap.reference_colours`): pixels within
+        ``params.snap_delta_e`` of one take it before the mapping (:func:`snap_to_reference`).
 
     Returns
     -------
@@ -271,7 +297,9 @@ def quantize_image(rgba: np.ndarray, target: TargetPalette, params: Params) -> Q
     -----
     A recognised NES screenshot (``params.recognise``, NES target) is mapped by NES number and
     clean-up sees it as exactly on the palette: areas within the colour limit and deliberate
-    single pixels stay as they are.  Dithering does not apply to it.
+    single pixels stay as they are.  Dithering and the reference snap do not apply to it.
+    Clean-up judges the other images by their colours after the snap; ``mean_delta_e`` is
+    against the colours as given.
     """
     from palettes.colour import srgb_to_lab
 
@@ -282,17 +310,19 @@ def quantize_image(rgba: np.ndarray, target: TargetPalette, params: Params) -> Q
     rgb = np.ascontiguousarray(rgba[..., :3])
     recognised = recognised_index(rgb, opaque, target) if params.recognise else None
     source_lab = srgb_to_lab(rgb)
+    snapped = 0.0
     if recognised is not None:
         index, match = recognised
         cleanup_lab = target.lab[index]        # exactly on the palette: nothing looks like noise
     else:
-        index, match = nearest_index(rgb, target, params), None
-        cleanup_lab = source_lab
+        drawn, snapped = snap_to_reference(rgb, opaque, reference, params)
+        index, match = nearest_index(drawn, target, params), None
+        cleanup_lab = source_lab if drawn is rgb else srgb_to_lab(drawn)
     before = tile_stats(index, opaque)
     index = clean_up(index, cleanup_lab, target, params, opaque)
     delta_e = np.sqrt(((source_lab - target.lab[index]) ** 2).sum(-1))[opaque]
     return QuantizeResult(index, opaque, rgb, before, tile_stats(index, opaque),
-                          float(delta_e.mean()), match)
+                          float(delta_e.mean()), match, snapped)
 
 
 # --------------------------------------------------------------------------- NES across images
@@ -387,15 +417,81 @@ class QuantizedBatch:
 
 
 def quantize_images(images: Sequence[np.ndarray], params: Params, *,
-                    names: Optional[Sequence[str]] = None) -> QuantizedBatch:
-    """The stage's core on arrays: :func:`quantize_image` on each (H, W, 4) uint8 RGBA image,
-    then :func:`fit_nes` across them when ``params.nes``.  Raises :class:`InputError` for an
-    image with no opaque pixel."""
+                    names: Optional[Sequence[str]] = None,
+                    reference: Optional[np.ndarray] = None) -> QuantizedBatch:
+    """The stage's core on arrays: :func:`quantize_image` on each (H, W, 4) uint8 RGBA image
+    (drawn to the ``reference`` colours (K, 3) first, when given), then :func:`fit_nes` across
+    them when ``params.nes``.  Raises :class:`InputError` for an image with no opaque pixel."""
     target = target_palette(params)
-    results = [quantize_image(np.asarray(im, np.uint8), target, params) for im in images]
+    results = [quantize_image(np.asarray(im, np.uint8), target, params, reference=reference)
+               for im in images]
     names = list(names) if names is not None else [f"image_{i:04d}" for i in range(len(results))]
     nes = fit_nes(results, names, target, params) if params.nes else None
     return QuantizedBatch(results, nes)
+
+
+# --------------------------------------------------------------------------- reference
+#: at most this many of a crop artifact's patches (evenly spaced) are counted for the reference
+#: colours, and at most this many image files: enough for every colour with a real share
+REFERENCE_PATCHES = 8192
+REFERENCE_FILES = 2000
+
+
+def _evenly(n: int, k: int) -> np.ndarray:
+    """At most ``k`` indices spread evenly over ``range(n)``."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64)) if n else \
+        np.zeros(0, np.int64)
+
+
+def _reference_images(items: Sequence[Any], skipped: Skipped, alpha_threshold: int):
+    """Yield the reference images: a crop artifact's patches, else its ``screens/``, else the
+    image files of ``items``; unreadable files go to ``skipped``."""
+    from stages._common import iter_images
+    from tilesets.artifacts import PATCHES_FILE, ArtifactError, load_npy
+
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if (p / PATCHES_FILE).is_file():
+            try:
+                patches = load_npy(p / PATCHES_FILE, mmap=True)
+            except ArtifactError as e:
+                raise InputError(f"quantize: reference {p}: {e}") from None
+            if patches.ndim != 4 or patches.dtype != np.uint8 or patches.shape[-1] not in (3, 4):
+                raise InputError(f"quantize: reference {p / PATCHES_FILE}: expected uint8 "
+                                 f"(N, H, W, 3 or 4) patches, got {patches.dtype} {patches.shape}")
+            pick = _evenly(len(patches), REFERENCE_PATCHES)
+            for s in range(0, len(pick), 512):
+                yield np.asarray(patches[pick[s:s + 512]])
+        elif (p / "screens").is_dir():
+            files += sorted((p / "screens").glob("*.png"))
+        else:
+            files += expand_inputs([p])
+    files = [files[i] for i in _evenly(len(files), REFERENCE_FILES)]
+    for _, rgba in iter_images(files, skipped, mode="RGBA"):
+        yield rgba
+
+
+def load_reference(items: Sequence[Any], params: Params) -> tuple[Any, Skipped]:
+    """The reference screens' colours (:class:`palettes.snap.ReferenceColours`) and the
+    reference files that could not be read.
+
+    ``items``: crop's artifact (its training patches, up to ``REFERENCE_PATCHES`` evenly
+    spaced) or image files / folders (up to ``REFERENCE_FILES``).  :class:`InputError` when
+    they hold no opaque pixel.
+    """
+    from palettes.snap import reference_colours
+
+    skipped = Skipped(logger=log)
+    ref = reference_colours(_reference_images(items, skipped, params.alpha_threshold),
+                            alpha_threshold=params.alpha_threshold)
+    if not len(ref.colours):
+        why = f" ({skipped.items[0]['reason']})" if skipped.items else ""
+        raise InputError(f"quantize: the reference {', '.join(map(str, items))} has no opaque "
+                         f"pixel to take colours from{why}")
+    log.info("quantize: %d reference colours (of %d) cover %.1f%% of %d reference pixels",
+             len(ref.colours), ref.total_colours, 100 * ref.covered, ref.pixels)
+    return ref, skipped
 
 
 # --------------------------------------------------------------------------- files
@@ -444,7 +540,7 @@ def result_row(file_row: dict, result: QuantizeResult) -> dict:
     """A ``quantize.json`` image row: the file fields plus the image's statistics."""
     return {**file_row, "transparent_pixels": result.transparent_pixels,
             "mean_delta_e": result.mean_delta_e, "before": result.before.as_json(),
-            "after": result.after.as_json(),
+            "after": result.after.as_json(), "snapped_share": result.snapped,
             "palette_match": result.match.as_json() if result.match is not None else None}
 
 
@@ -459,12 +555,14 @@ class FileOutcome:
 
 
 def quantize_file(path: str, target: TargetPalette, params: Params,
-                  out_dir: Optional[str] = None) -> FileOutcome:
-    """Load and quantise one file.  With ``out_dir`` the PNG is written here and only its row
-    is kept (memory stays flat over thousands of files); without, the result is kept for the
-    NES fit across all images.  A bad file is an outcome with an error naming it."""
+                  out_dir: Optional[str] = None, reference: Optional[np.ndarray] = None
+                  ) -> FileOutcome:
+    """Load and quantise one file (drawn to the ``reference`` colours first, when given).  With
+    ``out_dir`` the PNG is written here and only its row is kept (memory stays flat over
+    thousands of files); without, the result is kept for the NES fit across all images.  A bad
+    file is an outcome with an error naming it."""
     try:
-        result = quantize_image(load_image(path, mode="RGBA"), target, params)
+        result = quantize_image(load_image(path, mode="RGBA"), target, params, reference=reference)
     except InputError as e:
         msg = str(e)
         return FileOutcome(path, error=msg if msg.startswith(str(path)) else f"{path}: {msg}")
@@ -504,7 +602,8 @@ def _worker_init() -> None:
 
 
 def quantize_files(files: Sequence[Path], target: TargetPalette, params: Params,
-                   out_dir: Optional[Path], progress: ProgressFn = no_progress) -> list[FileOutcome]:
+                   out_dir: Optional[Path], progress: ProgressFn = no_progress, *,
+                   reference: Optional[np.ndarray] = None) -> list[FileOutcome]:
     """:func:`quantize_file` over ``files`` in order: in worker processes (spawned, one per core,
     at most 8) when there are several files holding >= ``_POOL_MIN_PIXELS`` pixels together."""
     import multiprocessing as mp
@@ -514,7 +613,7 @@ def quantize_files(files: Sequence[Path], target: TargetPalette, params: Params,
     workers = pool_workers(len(files), min_items=2, cap=8) \
         if _total_pixels(files) >= _POOL_MIN_PIXELS else 1
     work = functools.partial(quantize_file, target=target, params=params,
-                             out_dir=None if out_dir is None else str(out_dir))
+                             out_dir=None if out_dir is None else str(out_dir), reference=reference)
     outcomes = []
     progress("quantize", 0, len(files))
     for outcome in map_ordered(work, [str(f) for f in files], workers=workers,
@@ -561,7 +660,7 @@ def write_nes_outputs(good: list[FileOutcome], params: Params, target: TargetPal
 
 
 def summarise(rows: list[dict], skipped: Skipped, target: TargetPalette,
-              nes: Optional[dict]) -> dict[str, Any]:
+              nes: Optional[dict], reference: Optional[dict] = None) -> dict[str, Any]:
     """The stage summary: counts, palette, mean statistics, recognised palettes, NES figures."""
     def mean(key: str, sub: str) -> float:
         return float(np.mean([row[key][sub] for row in rows]))
@@ -583,6 +682,8 @@ def summarise(rows: list[dict], skipped: Skipped, target: TargetPalette,
         "fitted_images": sum(1 for row in rows if row["palette_match"] is not None
                              and row["palette_match"]["kind"] == "fitted"),
         "recognised_tables": dict(sorted(tables.items())),
+        "reference_colours": reference["colours"] if reference else 0,
+        "snapped_share": float(np.mean([row["snapped_share"] for row in rows])),
     }
     if nes is not None:
         summary["nes_legal"] = nes["legal"]
@@ -598,7 +699,13 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
     target = target_palette(params)
     out_dir = Path(out_dir)
     files = input_files(inputs)
-    outcomes = quantize_files(files, target, params, None if params.nes else out_dir, progress)
+    ref = ref_json = None
+    if inputs.get("reference") and params.snap_delta_e > 0:
+        ref, ref_skipped = load_reference(inputs["reference"], params)
+        ref_json = {**ref.as_json(), "sources": [str(p) for p in inputs["reference"]],
+                    "snap_delta_e": params.snap_delta_e, "skipped": ref_skipped.items}
+    outcomes = quantize_files(files, target, params, None if params.nes else out_dir, progress,
+                              reference=None if ref is None else ref.colours)
     skipped = Skipped(logger=log)
     for o in outcomes:
         if o.error is not None:
@@ -611,12 +718,13 @@ def run(inputs: dict[str, list[Path]], params: Params, out_dir: Path,
         rows, nes = write_nes_outputs(good, params, target, out_dir)
     else:
         rows, nes = [o.row for o in good], None
-    summary = summarise(rows, skipped, target, nes)
+    summary = summarise(rows, skipped, target, nes, ref_json)
     write_json(out_dir / "quantize.json", {
         "palette": target.palette.name, "palette_rgb": target.palette.colours.tolist(),
         "palette_kind": target.palette.kind, "usable_indices": [int(u) for u in target.usable],
         "metric": Metric(params.metric).value, "dither": Dither(params.dither).value,
         "cleanup": params.cleanup, "max_colours": params.max_colours,
-        "recognise": params.recognise, "images": rows, "skipped": skipped.items, "nes": nes,
+        "recognise": params.recognise, "reference": ref_json, "images": rows,
+        "skipped": skipped.items, "nes": nes,
         "summary": summary})
     return summary
