@@ -130,12 +130,13 @@ def main() -> None:
     if not groups:
         sys.exit("quality_screens: no screen size has 2 or more held-back screens")
     work = args.work / "screens"
+    crop = args.work / "crop_train"       # quantize draws to its colours, as in the pipeline
     rows = ["| screens | n | SWD after quantize vs held back | per level (fine → coarse) | "
             f"top / bottom {BAND} rows | border/interior on the grid / best off it |",
             "|---|---|---|---|---|---|"]
     for h, w, held, train, game in groups:
         tag = f"{w}x{h}"
-        held_q = quantized(held, work / f"q_held_{tag}", cleanup=0)
+        held_q = quantized(held, work / f"q_held_{tag}", cleanup=0, reference=crop)
 
         def row(name: str, images: np.ndarray, q: np.ndarray) -> str:
             r = swd(q, held_q, seed=args.seed)
@@ -147,7 +148,7 @@ def main() -> None:
                     f"{grid(held_q)} |")
         if len(train) >= 2:
             rows.append(row("real training screens (floor)", train,
-                            quantized(train, work / f"q_train_{tag}", cleanup=0)))
+                            quantized(train, work / f"q_train_{tag}", cleanup=0, reference=crop)))
         for name in [x for x in args.spatial.split(",") if x]:
             ck = args.work / name / "ckpt.pt"
             if not ck.exists():
@@ -156,7 +157,7 @@ def main() -> None:
             like = game if game in (G.cfg.classes or ()) else ""   # one style at a time
             big = sample_images(G, args.n, seed=args.seed + 7, width=w, height=h, like=like)
             label = f"{name}: whole screens" + (f", like {like}" if like else "")
-            rows.append(row(label, big, quantized(big, work / f"q_{name}_{tag}")))
+            rows.append(row(label, big, quantized(big, work / f"q_{name}_{tag}", reference=crop)))
             from PIL import Image
             Image.fromarray(np.concatenate(list(big[:4]), 1)).save(work / f"{name}_{tag}_4.png")
         patch_ck = args.work / args.patch / "ckpt.pt"
@@ -167,7 +168,7 @@ def main() -> None:
             tiles = sample_images(G, args.n * per, seed=args.seed + 7)
             mos = mosaic(tiles, args.n, h, w)
             rows.append(row(f"{args.patch}: mosaics of {s_}x{s_} samples", mos,
-                            quantized(mos, work / f"q_{args.patch}_{tag}")))
+                            quantized(mos, work / f"q_{args.patch}_{tag}", reference=crop)))
     print("\n".join(rows))
 
 

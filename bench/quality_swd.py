@@ -146,9 +146,11 @@ def nes_colour_shares(images: np.ndarray, work: Path) -> tuple[float, float]:
     return res[0], res[1]
 
 
-def quantized(images: np.ndarray, work: Path, *, cleanup: "int | None" = None) -> np.ndarray:
-    """``images`` through the quantize stage (default palette; ``cleanup`` None = its default),
-    back as RGB uint8 arrays in the same order."""
+def quantized(images: np.ndarray, work: Path, *, cleanup: "int | None" = None,
+              reference: "Path | None" = None) -> np.ndarray:
+    """``images`` through the quantize stage (default palette; ``cleanup`` None = its default;
+    ``reference``: the crop artifact whose colours quantize draws to first, as the pipeline
+    passes it), back as RGB uint8 arrays in the same order."""
     from stages import quantize
     from stages._common import load_image, save_png
 
@@ -158,7 +160,10 @@ def quantized(images: np.ndarray, work: Path, *, cleanup: "int | None" = None) -
     for i, im in enumerate(images):
         save_png(src / f"s_{i:04d}.png", im)
     p = quantize.Params() if cleanup is None else quantize.Params(cleanup=cleanup)
-    quantize.run({"images": [src]}, p, dst)
+    inputs = {"images": [src]}
+    if reference is not None:
+        inputs["reference"] = [reference]
+    quantize.run(inputs, p, dst)
     return np.stack([load_image(f) for f in sorted(dst.glob("s_*.png"))])
 
 
@@ -187,8 +192,10 @@ def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dic
     ``samples`` {name: raw uint8}."""
     from stages._metrics import colours_per_tile, isolated_share, swd
 
-    hold_q = quantized(hold, work / "q_hold0", cleanup=0)
-    floor = swd(quantized(train_pick, work / "q_train0", cleanup=0), hold_q, seed=seed)
+    crop = work / "crop_train"           # quantize draws to its colours, as in the pipeline
+    hold_q = quantized(hold, work / "q_hold0", cleanup=0, reference=crop)
+    floor = swd(quantized(train_pick, work / "q_train0", cleanup=0, reference=crop), hold_q,
+                seed=seed)
     raw_floor = swd(train_pick, hold, seed=seed)["swd"]
 
     def levels(r: dict) -> str:
@@ -206,7 +213,7 @@ def after_quantize_report(train_pick: np.ndarray, hold: np.ndarray, samples: dic
            f"{isolated_share(hold_q):.2%} | {colours_per_tile(hold_q).mean():.2f} | "
            f"{grid(hold_q)} |"]
     for name, fake in samples.items():
-        fq = quantized(fake, work / f"q_after_{name}")
+        fq = quantized(fake, work / f"q_after_{name}", reference=crop)
         r = swd(fq, hold_q, seed=seed)
         t = swd(tile_budget(fq, train_pick), hold_q, seed=seed)
         out.append(f"| {name} (quantize defaults) | {swd(fake, hold, seed=seed)['swd']:.1f} | "
@@ -225,6 +232,7 @@ def per_style_report(hold: np.ndarray, hold_games: np.ndarray, game_names: list,
     against the same patches."""
     from stages._metrics import swd
 
+    crop = work / "crop_train"
     out: list[str] = []
     uncond = next((n for n in configs if n != "reference" and not (work / n / "styles.json").exists()
                    and (work / n / "samples.npy").exists()), None)
@@ -245,13 +253,15 @@ def per_style_report(hold: np.ndarray, hold_games: np.ndarray, game_names: list,
             if len(mine) < 2:
                 out.append(f"| {name} | {style} | {len(mine)} | too few to score | - |")
                 continue
-            ref = quantized(mine, work / f"q_style_hold_{i:02d}", cleanup=0)
-            fq = quantized(np.load(work / name / f"style_{i:02d}.npy"), work / f"q_style_{name}_{i:02d}")
+            ref = quantized(mine, work / f"q_style_hold_{i:02d}", cleanup=0, reference=crop)
+            fq = quantized(np.load(work / name / f"style_{i:02d}.npy"),
+                           work / f"q_style_{name}_{i:02d}", reference=crop)
             r = swd(fq, ref, seed=seed)
             base = "-"
             if uncond is not None:
                 if base_q is None:
-                    base_q = quantized(np.load(work / uncond / "samples.npy"), work / "q_style_uncond")
+                    base_q = quantized(np.load(work / uncond / "samples.npy"),
+                                       work / "q_style_uncond", reference=crop)
                 base = f"{swd(base_q, ref, seed=seed)['swd']:.1f}"
             out.append(f"| {name} | {style} | {len(mine)} | {r['swd']:.1f} | {base} |")
     return out

@@ -20,9 +20,10 @@ unknown one) is mapped colour for colour by NES number (``--no-recognise`` turns
 See docs/colour.md.
 """
 # Shape: Params -> quantize_image (one RGBA array -> QuantizeResult, from the steps opaque_mask,
-# recognised_index / snap_to_reference + nearest_index, clean_up, tile_stats) and fit_nes (one NES palette set
-# across all images) -> run, which loads files (in worker processes for big batches), calls
-# them and writes.  quantize_images is the same core for arrays in memory.
+# recognised_index / snap_to_reference + nearest_index, clean_up, tile_stats) and fit_nes (one
+# NES palette set across all images) -> run, which loads files (in worker processes for big
+# batches) and the reference colours (load_reference), calls them and writes.  quantize_images
+# is the same core for arrays in memory.
 from __future__ import annotations
 
 import dataclasses

@@ -57,7 +57,8 @@ def test_snap_zero_or_no_colours_leaves_the_image():
 def test_quantize_maps_a_generated_colour_as_the_corpus_colour_it_stands_for():
     target = q.target_palette(q.Params())
     plain = q.quantize_image(_flat(NEAR), target, q.Params())
-    drawn = q.quantize_image(_flat(NEAR), target, q.Params(), reference=np.array([CORPUS], np.uint8))
+    drawn = q.quantize_image(_flat(NEAR), target, q.Params(),
+                             reference=np.array([CORPUS], np.uint8))
     corpus = q.quantize_image(_flat(CORPUS), target, q.Params())
     assert set(plain.index.ravel().tolist()) == {0x36}
     assert set(drawn.index.ravel().tolist()) == set(corpus.index.ravel().tolist()) == {0x26}
