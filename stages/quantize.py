@@ -37,8 +37,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from stages._common import (InputError, ParamError, ProgressFn, Skipped, StageParams,
-                            expand_inputs, load_image, map_ordered, no_progress, param,
-                            pool_workers, save_png, write_json)
+                            expand_inputs, iter_images, load_image, map_ordered, no_progress,
+                            param, pool_workers, save_png, write_json)
 
 NAME = "quantize"
 INPUTS = {"images": "sample", "reference": "crop"}
@@ -444,10 +444,9 @@ def _evenly(n: int, k: int) -> np.ndarray:
         np.zeros(0, np.int64)
 
 
-def _reference_images(items: Sequence[Any], skipped: Skipped, alpha_threshold: int):
+def _reference_images(items: Sequence[Any], skipped: Skipped):
     """Yield the reference images: a crop artifact's patches, else its ``screens/``, else the
     image files of ``items``; unreadable files go to ``skipped``."""
-    from stages._common import iter_images
     from tilesets.artifacts import PATCHES_FILE, ArtifactError, load_npy
 
     files: list[Path] = []
@@ -484,7 +483,7 @@ def load_reference(items: Sequence[Any], params: Params) -> tuple[Any, Skipped]:
     from palettes.snap import reference_colours
 
     skipped = Skipped(logger=log)
-    ref = reference_colours(_reference_images(items, skipped, params.alpha_threshold),
+    ref = reference_colours(_reference_images(items, skipped),
                             alpha_threshold=params.alpha_threshold)
     if not len(ref.colours):
         why = f" ({skipped.items[0]['reason']})" if skipped.items else ""
