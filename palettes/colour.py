@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["srgb_to_linear", "srgb_to_lab", "srgb_float_to_lab", "rgb_to_lab_table",
-           "delta_e76_sq", "ciede2000", "lab_to_srgb"]
+           "delta_e76_sq", "ciede2000", "lab_to_srgb", "pack_rgb", "unpack_rgb"]
 
 # sRGB (IEC 61966-2-1) primaries, D65 white, XYZ scaled so that Y(white) = 1.
 _M = np.array([[0.4124564, 0.3575761, 0.1804375],
@@ -198,3 +198,17 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     Rt = -np.sin(np.radians(2.0 * dtheta)) * Rc
     return np.sqrt((dLp / Sl) ** 2 + (dCp / Sc) ** 2 + (dHp / Sh) ** 2
                    + Rt * (dCp / Sc) * (dHp / Sh))
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colours -> (...) uint32 ``R << 16 | G << 8 | B`` (one number per colour,
+    ordered as the colours are by R, then G, then B)."""
+    rgb = np.asarray(rgb)
+    return ((rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8)
+            | rgb[..., 2])
+
+
+def unpack_rgb(packed: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`pack_rgb`: (...) ``R << 16 | G << 8 | B`` -> (..., 3) uint8."""
+    packed = np.asarray(packed)
+    return np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], -1).astype(np.uint8)

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from .colour import pack_rgb
 from .data import BUILTIN, DEFAULT_PALETTE
 
 __all__ = ["Palette", "PaletteError", "get_palette", "load_palette_file", "list_palettes",
@@ -218,8 +219,7 @@ def _load_image_strip(path: Path) -> Palette:
         raise PaletteError(f"{path}: not a readable palette image ({e})") from None
     if rgb.size == 0:
         raise PaletteError(f"{path}: the palette image has no pixels")
-    packed = (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
-    _, first = np.unique(packed, return_index=True)
+    _, first = np.unique(pack_rgb(rgb), return_index=True)
     if len(first) > MAX_COLOURS:
         raise PaletteError(f"{path}: {len(first)} distinct colours; a palette strip may hold at "
                            f"most {MAX_COLOURS}")

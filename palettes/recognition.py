@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .colour import delta_e76_sq, srgb_float_to_lab, srgb_to_lab
+from .colour import delta_e76_sq, pack_rgb, srgb_float_to_lab, srgb_to_lab, unpack_rgb
 
 __all__ = ["PaletteMatch", "MatchKind", "ColourTransform", "ImageColours", "recognise",
            "recognise_image", "image_colours", "KNOWN_TOLERANCE", "FIT_MEAN_TOLERANCE",
@@ -249,8 +249,7 @@ def _check_colours(colours: np.ndarray) -> np.ndarray:
         raise ValueError(f"colours_rgb must have shape (K, 3), got {c.shape}")
     if c.dtype != np.uint8:
         raise TypeError(f"colours_rgb must be uint8, got {c.dtype}")
-    packed = (c[:, 0].astype(np.uint32) << 16) | (c[:, 1].astype(np.uint32) << 8) | c[:, 2]
-    if len(np.unique(packed)) != len(c):
+    if len(np.unique(pack_rgb(c))) != len(c):
         raise ValueError("colours_rgb must hold distinct colours")
     return c
 
@@ -344,11 +343,6 @@ class ImageColours:
 _SAMPLE = 1 << 15
 
 
-def _pack(px: np.ndarray) -> np.ndarray:
-    """(N, 3) uint8 -> (N,) uint32 ``R << 16 | G << 8 | B``."""
-    return (px[:, 0].astype(np.uint32) << 16) | (px[:, 1].astype(np.uint32) << 8) | px[:, 2]
-
-
 def image_colours(rgb: np.ndarray, mask: Optional[np.ndarray] = None, *,
                   limit: int = MAX_COLOURS) -> Optional[ImageColours]:
     """Distinct colours of an image, or None when it has more than ``limit``.
@@ -374,10 +368,10 @@ def image_colours(rgb: np.ndarray, mask: Optional[np.ndarray] = None, *,
     for size in (1024, _SAMPLE):
         step = max(1, len(flat) // size)
         sample = flat[::step] if keep is None else flat[::step][keep[::step]]
-        known = np.unique(_pack(sample))
+        known = np.unique(pack_rgb(sample))
         if len(known) > limit:
             return None
-    packed = _pack(flat if keep is None else flat[keep])
+    packed = pack_rgb(flat if keep is None else flat[keep])
     lut = np.zeros(1 << 24, np.uint8)       # colour -> 1 + its rank among the sample's colours
     lut[known] = np.arange(1, len(known) + 1)
     rank = lut[packed]
@@ -388,8 +382,7 @@ def image_colours(rgb: np.ndarray, mask: Optional[np.ndarray] = None, *,
         uniq, inverse, counts = np.unique(packed, return_inverse=True, return_counts=True)
         if len(uniq) > limit:
             return None
-    cols = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], axis=1).astype(np.uint8)
-    return ImageColours(cols, counts.astype(np.int64), inverse.reshape(-1).astype(np.int64))
+    return ImageColours(unpack_rgb(uniq), counts.astype(np.int64), inverse.reshape(-1).astype(np.int64))
 
 
 def recognise_image(rgb: np.ndarray, mask: Optional[np.ndarray] = None,

@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .colour import delta_e76_sq, srgb_to_lab
+from .colour import delta_e76_sq, pack_rgb, srgb_to_lab, unpack_rgb
 
 __all__ = ["ReferenceColours", "reference_colours", "snap_to_colours", "DEFAULT_MIN_SHARE"]
 
@@ -27,17 +27,6 @@ DEFAULT_MIN_SHARE = 0.0005
 #: unique source colours compared against the reference per block (bounds the memory of the
 #: (block, K) distance matrix)
 _BLOCK = 4096
-
-
-def _pack(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 -> (...) int64 0xRRGGBB."""
-    rgb = np.asarray(rgb)
-    return (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-
-
-def _unpack(keys: np.ndarray) -> np.ndarray:
-    """(n,) int64 0xRRGGBB -> (n, 3) uint8."""
-    return np.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], -1).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -88,18 +77,18 @@ def reference_colours(images: Iterable[np.ndarray], *, min_share: float = DEFAUL
         rgb = im[..., :3]
         if im.shape[-1] == 4:
             rgb = rgb[im[..., 3] >= alpha_threshold]
-        keys, n = np.unique(_pack(rgb.reshape(-1, 3)), return_counts=True)
+        keys, n = np.unique(pack_rgb(rgb.reshape(-1, 3)), return_counts=True)
         for k, c in zip(keys.tolist(), n.tolist()):
             counts[k] = counts.get(k, 0) + c
     total = sum(counts.values())
     if not total:
         return ReferenceColours(np.zeros((0, 3), np.uint8), np.zeros(0), 0, 0)
-    keys = np.fromiter(counts.keys(), np.int64, len(counts))
+    keys = np.fromiter(counts.keys(), np.uint32, len(counts))
     n = np.fromiter(counts.values(), np.int64, len(counts))
     order = np.lexsort((keys, -n))                  # commonest first, ties by colour value
     keys, shares = keys[order], n[order] / total
     keep = shares >= min_share
-    return ReferenceColours(_unpack(keys[keep]), shares[keep], len(keys), int(total))
+    return ReferenceColours(unpack_rgb(keys[keep]), shares[keep], len(keys), int(total))
 
 
 def snap_to_colours(rgb: np.ndarray, colours: np.ndarray, *, max_delta_e: float
@@ -121,8 +110,8 @@ def snap_to_colours(rgb: np.ndarray, colours: np.ndarray, *, max_delta_e: float
     colours = np.asarray(colours, np.uint8).reshape(-1, 3)
     if max_delta_e <= 0 or not len(colours) or not rgb.size:
         return rgb.copy(), np.zeros(rgb.shape[:-1], bool)
-    keys, inverse = np.unique(_pack(rgb.reshape(-1, 3)), return_inverse=True)
-    uniq = _unpack(keys)
+    keys, inverse = np.unique(pack_rgb(rgb.reshape(-1, 3)), return_inverse=True)
+    uniq = unpack_rgb(keys)
     ref_lab = srgb_to_lab(colours)
     target = uniq.copy()
     limit = float(max_delta_e) ** 2

@@ -447,19 +447,16 @@ def _evenly(n: int, k: int) -> np.ndarray:
 def _reference_images(items: Sequence[Any], skipped: Skipped):
     """Yield the reference images: a crop artifact's patches, else its ``screens/``, else the
     image files of ``items``; unreadable files go to ``skipped``."""
-    from tilesets.artifacts import PATCHES_FILE, ArtifactError, load_npy
+    from tilesets.artifacts import ArtifactError, Patches
 
     files: list[Path] = []
     for item in items:
         p = Path(item)
-        if (p / PATCHES_FILE).is_file():
+        if Patches.exists(p):
             try:
-                patches = load_npy(p / PATCHES_FILE, mmap=True)
+                patches = Patches.load(p, mmap=True).images
             except ArtifactError as e:
                 raise InputError(f"quantize: reference {p}: {e}") from None
-            if patches.ndim != 4 or patches.dtype != np.uint8 or patches.shape[-1] not in (3, 4):
-                raise InputError(f"quantize: reference {p / PATCHES_FILE}: expected uint8 "
-                                 f"(N, H, W, 3 or 4) patches, got {patches.dtype} {patches.shape}")
             pick = _evenly(len(patches), REFERENCE_PATCHES)
             for s in range(0, len(pick), 512):
                 yield np.asarray(patches[pick[s:s + 512]])

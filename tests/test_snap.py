@@ -80,6 +80,20 @@ def test_a_recognised_nes_screenshot_is_not_drawn_to_the_reference():
     assert np.array_equal(r.index, idx)
 
 
+def _one_sample(tmp_path):
+    """A folder holding one generated image of the colour NEAR, and an empty output folder."""
+    src, out = tmp_path / "samples", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    Image.fromarray(_flat(NEAR)[..., :3]).save(src / "sample_0000.png")
+    return src, out
+
+
+def _numbers(png):
+    """The NES numbers an indexed PNG uses."""
+    return set(np.asarray(Image.open(png)).ravel().tolist())
+
+
 def _crop_artifact(tmp_path, colours):
     art = tmp_path / "crop"
     art.mkdir()
@@ -89,14 +103,10 @@ def _crop_artifact(tmp_path, colours):
 
 
 def test_run_takes_the_reference_from_a_crop_artifact_and_records_it(tmp_path):
-    src = tmp_path / "samples"
-    src.mkdir()
-    Image.fromarray(_flat(NEAR)[..., :3]).save(src / "sample_0000.png")
+    src, out = _one_sample(tmp_path)
     art = _crop_artifact(tmp_path, [CORPUS, CORPUS, (0, 0, 0)])
-    out = tmp_path / "out"
-    out.mkdir()
     s = q.run({"images": [src], "reference": [art]}, q.Params(), out)
-    assert set(np.asarray(Image.open(out / "sample_0000.png")).ravel().tolist()) == {0x26}
+    assert _numbers(out / "sample_0000.png") == {0x26}
     doc = json.loads((out / "quantize.json").read_text())
     assert doc["reference"]["colours"] == 2 and doc["reference"]["sources"] == [str(art)]
     assert doc["images"][0]["snapped_share"] == 1.0
@@ -104,26 +114,18 @@ def test_run_takes_the_reference_from_a_crop_artifact_and_records_it(tmp_path):
 
 
 def test_run_with_snap_off_ignores_the_reference(tmp_path):
-    src = tmp_path / "samples"
-    src.mkdir()
-    Image.fromarray(_flat(NEAR)[..., :3]).save(src / "sample_0000.png")
-    out = tmp_path / "out"
-    out.mkdir()
+    src, out = _one_sample(tmp_path)
     q.run({"images": [src], "reference": [_crop_artifact(tmp_path, [CORPUS])]},
           q.Params(snap_delta_e=0), out)
-    assert set(np.asarray(Image.open(out / "sample_0000.png")).ravel().tolist()) == {0x36}
+    assert _numbers(out / "sample_0000.png") == {0x36}
     assert json.loads((out / "quantize.json").read_text())["reference"] is None
 
 
 def test_reference_files_skip_a_corrupt_one_and_fail_clearly_when_nothing_is_left(tmp_path):
-    src = tmp_path / "samples"
-    src.mkdir()
-    Image.fromarray(_flat(NEAR)[..., :3]).save(src / "sample_0000.png")
+    src, out = _one_sample(tmp_path)
     ref = tmp_path / "screens"
     ref.mkdir()
     (ref / "broken.png").write_bytes(b"not a png")
-    out = tmp_path / "out"
-    out.mkdir()
     with pytest.raises(InputError, match="no opaque pixel.*broken.png"):
         q.run({"images": [src], "reference": [ref]}, q.Params(), out)
     Image.fromarray(_flat(CORPUS)[..., :3]).save(ref / "real.png")
@@ -150,4 +152,4 @@ def test_cli_quantize_takes_a_reference_folder(tmp_path):
     res = CliRunner().invoke(app, ["quantize", str(src), "--reference", str(ref), "--out",
                                    str(tmp_path / "o"), "--config", str(cfg)])
     assert res.exit_code == 0, res.output
-    assert set(np.asarray(Image.open(tmp_path / "o" / "a.png")).ravel().tolist()) == {0x26}
+    assert _numbers(tmp_path / "o" / "a.png") == {0x26}

@@ -59,6 +59,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from palettes.colour import pack_rgb
 from tilesets.bank import pattern_keys
 from tilesets.cells import ORIENTATIONS, flip_tile
 from tilesets.pixels import lab_of_pixels
@@ -220,12 +221,6 @@ def _split_alpha(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if tiles.shape[-1] == 4:
         return rgb, tiles[..., 3] >= 128
     return rgb, np.ones(tiles.shape[:3], bool)
-
-
-def _pack(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 -> (...) uint32 colour codes."""
-    r, g = rgb[..., 0].astype(np.uint32), rgb[..., 1].astype(np.uint32)
-    return (r << 16) | (g << 8) | rgb[..., 2]
 
 
 def _delta_e(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -392,7 +387,7 @@ def structure(tiles: np.ndarray, *, pixel_tolerance: float = 3.0) -> np.ndarray:
 def _minor_share(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Colours per tile (transparent counts as one) and pixels not of the dominant colour."""
     rgb, opaque = _split_alpha(tiles)
-    code = np.where(opaque, _pack(rgb), np.uint32(0xFF000000)).reshape(len(rgb), -1)
+    code = np.where(opaque, pack_rgb(rgb), np.uint32(0xFF000000)).reshape(len(rgb), -1)
     srt = np.sort(code, axis=1)
     change = srt[:, 1:] != srt[:, :-1]
     colours = change.sum(1) + 1
@@ -538,7 +533,7 @@ def _pattern_candidates(rgb: np.ndarray, opaque: np.ndarray, rows: np.ndarray,
     if len(rows) == 0:
         return _Cands.empty()
     t = rgb.shape[1]
-    gcode = np.where(opaque, _pack(rgb), np.uint32(0xFF000000))
+    gcode = np.where(opaque, pack_rgb(rgb), np.uint32(0xFF000000))
     parts = []
     for f in _codes_for(index.flips):
         oriented = np.ascontiguousarray(_orient(rgb[rows], f))
@@ -550,7 +545,7 @@ def _pattern_candidates(rgb: np.ndarray, opaque: np.ndarray, rows: np.ndarray,
         if not len(g):
             continue
         a = np.ascontiguousarray(_orient(gcode[g][..., None], f)[..., 0]).reshape(len(g), t * t)
-        ok = _same_pattern(a, _pack(index.tiles[tr]).reshape(len(tr), t * t))
+        ok = _same_pattern(a, pack_rgb(index.tiles[tr]).reshape(len(tr), t * t))
         z = np.zeros(int(ok.sum()), np.int64)
         parts.append(_Cands(g[ok], tr[ok], z + f, z, z, z + 1, np.ones(len(z), bool)))
     return _Cands.concat(parts)
@@ -775,7 +770,7 @@ def judge_copies(generated: np.ndarray, training: Optional[np.ndarray] = None, *
         return []
     rgb, opaque = _split_alpha(generated)
     low_g = low_structure(generated, rules)
-    gcode = np.where(opaque, _pack(rgb), np.uint32(0xFF000000))
+    gcode = np.where(opaque, pack_rgb(rgb), np.uint32(0xFF000000))
     swap_ok = _pattern_structure(gcode) >= rules.swap_min_structure
     # best candidate so far of every generated tile: (rank, differing, mean ΔE, |shift|, row)
     best: list[Optional[tuple]] = [None] * n
